@@ -63,3 +63,58 @@ def accelerate_cmd(*trainer_args: str) -> list[str]:
         "tuning_trainer",
         *trainer_args,
     ]
+
+
+# ---- the service under test (tests/support/server.py) ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def service_env(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, repo_root: Path):
+    """Files root with the repo's data/train.jsonl + data/valid.jsonl, and models_dir holding `tiny-llama`."""
+    import shutil
+
+    from tests.support.server import ServiceEnv
+
+    root = tmp_path_factory.mktemp("service")
+    files_root = root / "files"
+    (files_root / "data").mkdir(parents=True)
+    for name in ("train.jsonl", "valid.jsonl"):
+        src = repo_root / "data" / name
+        if src.exists():
+            shutil.copyfile(src, files_root / "data" / name)
+    if not (files_root / "data" / "train.jsonl").exists():
+        pytest.fail("data/train.jsonl is missing from the repository")
+    models_dir = root / "models"
+    models_dir.mkdir()
+    shutil.copytree(tiny_model_dir, models_dir / "tiny-llama")
+    return ServiceEnv(files_root=files_root, models_dir=models_dir, root=root)
+
+
+@pytest.fixture(scope="session")
+def live_service(service_env):
+    """A real service (uvicorn subprocess) able to train on the tiny model, with the dev keys."""
+    svc = service_env.start("live")
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def light_service_env(tmp_path_factory: pytest.TempPathFactory):
+    """Like service_env but without the tiny model build: hand-written data files and an empty models dir.
+
+    For API tests that never train (a job on a model that does not exist simply fails)."""
+    from tests.support.server import ServiceEnv, make_light_files_root
+
+    root = tmp_path_factory.mktemp("light-service")
+    files_root = make_light_files_root(root / "files")
+    models_dir = root / "models"
+    models_dir.mkdir()
+    return ServiceEnv(files_root=files_root, models_dir=models_dir, root=root)
+
+
+@pytest.fixture(scope="module")
+def api_service(light_service_env):
+    """One real service per test module on the light env (fresh data dir, dev keys)."""
+    svc = light_service_env.start("api")
+    yield svc
+    svc.stop()
