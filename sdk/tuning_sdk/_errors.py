@@ -1,0 +1,220 @@
+"""The SDK's one error hierarchy.
+
+    TuningError
+    ├── APIConnectionError          the service could not be reached (or the connection dropped)
+    │   └── APITimeoutError         ... because a connect/read timeout expired
+    ├── APIStatusError              the service answered with an error status (4xx/5xx)
+    │   ├── BadRequestError             400
+    │   ├── AuthenticationError         401
+    │   ├── PermissionDeniedError       403
+    │   ├── NotFoundError               404
+    │   ├── ConflictError               409
+    │   ├── UnprocessableEntityError    422
+    │   ├── RateLimitError              429
+    │   └── InternalServerError         5xx
+    └── WaitTimeoutError            tunings.wait(timeout=...) ran out before the job ended
+
+Every error carries `status_code`, `code`, `message`, `param` and `request_id` (None where they do not apply),
+so one `except TuningError as e:` can log all of them the same way. Status codes map to classes in exactly one
+place: `make_status_error`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._models import TuningJob
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "InternalServerError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "TuningError",
+    "UnprocessableEntityError",
+    "WaitTimeoutError",
+    "make_status_error",
+]
+
+
+class TuningError(Exception):
+    """Base class of every error the SDK raises."""
+
+    status_code: int | None = None
+    code: str | None = None
+    param: str | None = None
+    request_id: str | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class APIConnectionError(TuningError):
+    """The request never got an HTTP answer: connection refused, reset, dropped mid-response, DNS failure."""
+
+    def __init__(self, message: str = "Connection error.", *, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class APITimeoutError(APIConnectionError):
+    """A connect or read timeout expired (see `TuningClient(timeout=...)`)."""
+
+    def __init__(self, message: str = "Request timed out.", *, cause: BaseException | None = None) -> None:
+        super().__init__(message, cause=cause)
+
+
+class APIStatusError(TuningError):
+    """The service answered with an error status. Subclasses name the common statuses.
+
+    Attributes:
+        status_code: the HTTP status.
+        code: the machine-readable code from the error body (e.g. ``"invalid_hyperparameter"``).
+        message: the human message from the error body.
+        param: the offending field, dotted (e.g. ``"hyperparameters.learning_rate"``), when one is to blame.
+        request_id: the ``X-Request-ID`` of the failed request; quote it when reporting a problem.
+        body: the whole ``error`` object as sent (it may carry more, e.g. ``line`` for data-file errors).
+        headers: the response headers.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        code: str | None = None,
+        param: str | None = None,
+        request_id: str | None = None,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.code = code
+        self.param = param
+        self.request_id = request_id
+        self.body: dict[str, Any] = dict(body or {})
+        self.headers: dict[str, str] = dict(headers or {})
+
+    @property
+    def line(self) -> int | None:
+        """The 1-based line of the data file at fault, for data-file errors (422); else None."""
+        line = self.body.get("line")
+        return line if isinstance(line, int) else None
+
+    def __str__(self) -> str:
+        parts = [f"Error {self.status_code}"]
+        if self.code:
+            parts.append(f"[{self.code}]")
+        text = " ".join(parts) + f": {self.message}"
+        if self.param:
+            text += f" (param: {self.param})"
+        if self.request_id:
+            text += f" (request id: {self.request_id})"
+        return text
+
+
+class BadRequestError(APIStatusError):
+    """400: malformed request (not JSON, wrong types, a path outside the files root)."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: missing or invalid API key."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the key may not do this."""
+
+
+class NotFoundError(APIStatusError):
+    """404: unknown id (or a job that belongs to another key)."""
+
+
+class ConflictError(APIStatusError):
+    """409: the job is in the wrong state for the action (e.g. deleting a running job)."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422: well-formed but invalid: hyperparameters, data-file content, a reused idempotency key."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests; retried automatically, honouring ``Retry-After``."""
+
+
+class InternalServerError(APIStatusError):
+    """5xx: a fault on the service's side; retried automatically."""
+
+
+class WaitTimeoutError(TuningError, TimeoutError):
+    """`tunings.wait(timeout=...)` expired before the job reached a terminal status.
+
+    The job keeps running on the service; `job` is the last state seen.
+    """
+
+    def __init__(self, message: str, *, job: TuningJob) -> None:
+        super().__init__(message)
+        self.job = job
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def make_status_error(
+    status_code: int, body: Any, headers: Mapping[str, str] | None = None
+) -> APIStatusError:
+    """Build the error for an HTTP error response: the one place where statuses map to classes.
+
+    `body` is the decoded JSON body (or raw text, or None); the API's envelope is
+    ``{"error": {"code", "message", "param", "type", ...}}``, but anything else still gives a useful error.
+    """
+    headers = dict(headers or {})
+    request_id = _header(headers, "x-request-id")
+    err: dict[str, Any] = {}
+    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        err = dict(body["error"])
+    elif isinstance(body, Mapping) and "message" in body:
+        err = dict(body)
+    code = err.get("code") if isinstance(err.get("code"), str) else None
+    param = err.get("param") if isinstance(err.get("param"), str) else None
+    message = err.get("message")
+    if not isinstance(message, str) or not message:
+        text = body.strip() if isinstance(body, str) else ""
+        message = text[:500] or f"HTTP {status_code} with no error message"
+    if status_code >= 500:
+        cls: type[APIStatusError] = InternalServerError
+    else:
+        cls = _STATUS_CLASSES.get(status_code, APIStatusError)
+    return cls(
+        message,
+        status_code=status_code,
+        code=code,
+        param=param,
+        request_id=request_id,
+        body=err,
+        headers=headers,
+    )
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None

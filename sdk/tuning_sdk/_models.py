@@ -1,0 +1,366 @@
+"""Typed, immutable views of the API's JSON objects.
+
+Every model is a frozen dataclass built by `from_dict`, which ignores fields it does not know (a newer service
+may send more) and keeps the original object in `raw`, so nothing the service sends is ever lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+__all__ = [
+    "Hyperparameters",
+    "JobDeleted",
+    "JobError",
+    "JobStatus",
+    "LogRecord",
+    "TrainingMetrics",
+    "TuningJob",
+]
+
+
+class JobStatus(str, Enum):
+    """Job statuses. `TuningJob.status` is a plain ``str`` (a newer service may add statuses); these compare
+    equal to it: ``job.status == JobStatus.SUCCEEDED``."""
+
+    VALIDATING = "validating"
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def is_terminal(self) -> bool:
+        return self.value in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def _opt_float(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _opt_int(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class TrainingMetrics:
+    """A job's latest training progress, as reported by the trainer.
+
+    Attributes:
+        progress: fraction of the run done, 0..1.
+        current_step / total_steps: optimizer steps done / planned.
+        current_epoch / total_epochs: 1-based epoch in progress / planned epochs.
+        train_loss: latest training loss (None before the first step is reported).
+        eval_loss: latest validation loss (None without a validation file).
+        learning_rate, tokens_per_second, eta_seconds: as last reported.
+    """
+
+    progress: float = 0.0
+    current_step: int = 0
+    total_steps: int | None = None
+    current_epoch: int = 0
+    total_epochs: int | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingMetrics:
+        progress = _opt_float(data.get("progress")) or 0.0
+        return cls(
+            progress=min(1.0, max(0.0, progress)),
+            current_step=_opt_int(data.get("current_step")) or 0,
+            total_steps=_opt_int(data.get("total_steps")),
+            current_epoch=_opt_int(data.get("current_epoch")) or 0,
+            total_epochs=_opt_int(data.get("total_epochs")),
+            train_loss=_opt_float(data.get("train_loss")),
+            eval_loss=_opt_float(data.get("eval_loss")),
+            learning_rate=_opt_float(data.get("learning_rate")),
+            tokens_per_second=_opt_float(data.get("tokens_per_second")),
+            eta_seconds=_opt_float(data.get("eta_seconds")),
+            raw=dict(data),
+        )
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Training hyperparameters. Leave a field ``None`` to take the service's default.
+
+    The first three are the common ones; ``epochs`` and ``batch_size`` also accept ``"auto"`` (resolved from
+    the data set size). Names the SDK does not know yet can be passed in ``extra``.
+
+    Example:
+        >>> Hyperparameters(epochs=3, learning_rate=2e-4).to_dict()
+        {'epochs': 3, 'learning_rate': 0.0002}
+    """
+
+    epochs: int | str | None = None
+    learning_rate: float | None = None
+    batch_size: int | str | None = None
+    gradient_accumulation_steps: int | None = None
+    warmup_ratio: float | None = None
+    lr_scheduler_type: str | None = None
+    weight_decay: float | None = None
+    max_grad_norm: float | None = None
+    max_seq_length: int | None = None
+    max_steps: int | None = None
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+    lora_dropout: float | None = None
+    lora_target_modules: str | list[str] | None = None
+    train_on_inputs: bool | None = None
+    eval_steps: int | None = None
+    save_steps: int | None = None
+    logging_steps: int | None = None
+    gradient_checkpointing: bool | None = None
+    packing: bool | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The request form: only the fields that were set, plus `extra`."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.name] = value
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Hyperparameters:
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(**kwargs, extra=extra)
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed: `code` and `message`, plus the trainer's exit status and the tail of its output."""
+
+    code: str | None = None
+    message: str = ""
+    param: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    log_tail: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobError:
+        tail = data.get("log_tail")
+        if isinstance(tail, list):
+            tail = "\n".join(str(x) for x in tail)
+        return cls(
+            code=_opt_str(data.get("code")),
+            message=_opt_str(data.get("message")) or "",
+            param=_opt_str(data.get("param")),
+            exit_code=_opt_int(data.get("exit_code")),
+            signal=_opt_int(data.get("signal")),
+            log_tail=_opt_str(tail),
+            raw=dict(data),
+        )
+
+    def __str__(self) -> str:
+        text = self.message or "job failed"
+        if self.code:
+            text = f"{text} ({self.code})"
+        return text
+
+
+@dataclass(frozen=True)
+class TuningJob:
+    """A fine-tuning job. See docs/api.md, "The job object".
+
+    Example:
+        >>> job = client.tunings.get("ftjob-...")
+        >>> job.status, job.metrics.progress if job.metrics else None
+    """
+
+    id: str
+    status: str
+    model: str
+    training_file: str
+    object: str = "tuning.job"
+    fine_tuned_model: str | None = None
+    adapter_path: str | None = None
+    validation_file: str | None = None
+    method: str | None = None
+    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+    suffix: str | None = None
+    seed: int | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    created_at: int | None = None
+    started_at: int | None = None
+    finished_at: int | None = None
+    duration: float | None = None
+    queue_position: int | None = None
+    trained_tokens: int | None = None
+    error: JobError | None = None
+    metrics: TrainingMetrics | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job has ended: succeeded, failed or cancelled."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_successful(self) -> bool:
+        """True when the job succeeded (the adapter is ready)."""
+        return self.status == JobStatus.SUCCEEDED.value
+
+    @property
+    def is_running(self) -> bool:
+        """True while the trainer works on the job (running or cancelling)."""
+        return self.status in ("running", "cancelling")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TuningJob:
+        hp = data.get("hyperparameters")
+        metrics = data.get("metrics")
+        error = data.get("error")
+        if isinstance(error, str):
+            error = {"message": error}
+        metadata = data.get("metadata")
+        return cls(
+            id=str(data.get("id", "")),
+            status=str(data.get("status", "")),
+            model=str(data.get("model", "")),
+            training_file=str(data.get("training_file", "")),
+            object=str(data.get("object", "tuning.job")),
+            fine_tuned_model=_opt_str(data.get("fine_tuned_model")),
+            adapter_path=_opt_str(data.get("adapter_path")),
+            validation_file=_opt_str(data.get("validation_file")),
+            method=_opt_str(data.get("method")),
+            hyperparameters=Hyperparameters.from_dict(hp) if isinstance(hp, Mapping) else Hyperparameters(),
+            suffix=_opt_str(data.get("suffix")),
+            seed=_opt_int(data.get("seed")),
+            metadata=dict(metadata) if isinstance(metadata, Mapping) else {},
+            created_at=_opt_int(data.get("created_at")),
+            started_at=_opt_int(data.get("started_at")),
+            finished_at=_opt_int(data.get("finished_at")),
+            duration=_opt_float(data.get("duration")),
+            queue_position=_opt_int(data.get("queue_position")),
+            trained_tokens=_opt_int(data.get("trained_tokens")),
+            error=JobError.from_dict(error) if isinstance(error, Mapping) else None,
+            metrics=TrainingMetrics.from_dict(metrics) if isinstance(metrics, Mapping) else None,
+            raw=dict(data),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as the service sent it (unknown fields included)."""
+        return dict(self.raw)
+
+
+@dataclass(frozen=True)
+class JobDeleted:
+    """The answer to `tunings.delete`."""
+
+    id: str
+    deleted: bool
+    object: str = "tuning.job"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobDeleted:
+        return cls(
+            id=str(data.get("id", "")),
+            deleted=bool(data.get("deleted", False)),
+            object=str(data.get("object", "tuning.job")),
+        )
+
+
+_RECORD_BASE = ("seq", "type", "time")
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One record of a job's log: trainer events (`started`, `metrics`, `eval`, `checkpoint`, `completed`,
+    `failed`, `interrupted`), the service's `status` changes and `log` lines of the trainer's output.
+
+    The type-specific fields are in `data`; ``record["loss"]`` and ``record.get("loss")`` read them.
+
+    Example:
+        >>> for rec in client.tunings.stream_logs(job.id):
+        ...     if rec.type == "metrics":
+        ...         print(rec.seq, rec["step"], rec["loss"])
+    """
+
+    seq: int
+    type: str
+    time: float | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LogRecord:
+        return cls(
+            seq=_opt_int(data.get("seq")) or 0,
+            type=str(data.get("type", "")),
+            time=_opt_float(data.get("time")),
+            data={k: v for k, v in data.items() if k not in _RECORD_BASE},
+        )
+
+    def __getitem__(self, name: str) -> Any:
+        return self.data[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.data.get(name, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as the service sent it."""
+        return {"seq": self.seq, "type": self.type, "time": self.time, **self.data}
+
+    @property
+    def is_terminal_status(self) -> bool:
+        """True for the `status` record that makes the job terminal (the stream's last record)."""
+        return self.type == "status" and self.data.get("status") in TERMINAL_STATUSES
+
+    def format(self) -> str:
+        """A one-line human rendering, as `tuning jobs logs` prints it."""
+        d = self.data
+        if self.type == "log":
+            return str(d.get("line", ""))
+        if self.type == "status":
+            msg = d.get("message")
+            return f"status: {d.get('status')}" + (f" ({msg})" if msg else "")
+        if self.type == "metrics":
+            parts = [f"step {d.get('step')}/{d.get('total_steps')}"]
+            if isinstance(d.get("epoch"), (int, float)):
+                parts.append(f"epoch {d['epoch']:.2f}")
+            if isinstance(d.get("loss"), (int, float)):
+                parts.append(f"loss {d['loss']:.4f}")
+            if isinstance(d.get("learning_rate"), (int, float)):
+                parts.append(f"lr {d['learning_rate']:.2e}")
+            if isinstance(d.get("tokens_per_second"), (int, float)):
+                parts.append(f"{d['tokens_per_second']:.0f} tok/s")
+            return "metrics: " + " | ".join(parts)
+        fields = " ".join(f"{k}={v}" for k, v in d.items() if not isinstance(v, (dict, list)))
+        return f"{self.type}: {fields}".rstrip(": ")

@@ -1,0 +1,453 @@
+"""`client.tunings`: create, inspect, list, cancel, delete, wait for and stream fine-tuning jobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+from .. import _http
+from .._errors import (
+    APIConnectionError,
+    InternalServerError,
+    TuningError,
+    WaitTimeoutError,
+)
+from .._models import Hyperparameters, JobDeleted, LogRecord, TuningJob
+from .._pagination import CursorPage
+from .._streaming import iter_response_events
+
+log = logging.getLogger("tuning_sdk")
+
+DEFAULT_POLL_INTERVAL = 2.0
+# The service sends a heartbeat every 15 s of silence: a read this long with nothing means a dead connection.
+STREAM_READ_TIMEOUT = 45.0
+# Give up resuming a log stream after this long without managing to reconnect.
+RECONNECT_WINDOW = 60.0
+# While wait() follows the stream, re-read the job at most this often (a replayed history is a burst).
+MIN_REFRESH_INTERVAL = 0.2
+# Records after which the job object (status, metrics) has changed.
+_JOB_CHANGING = frozenset({"status", "started", "metrics", "eval", "completed", "failed", "interrupted"})
+_LOGS_PAGE = 100
+
+
+def _path_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not job_id:
+        raise ValueError(f"Expected a non-empty job id, got {job_id!r}")
+    return quote(job_id, safe="")
+
+
+class _StreamUnavailable(TuningError):
+    """The service answered the follow request without an event stream."""
+
+
+class _ProgressNotifier:
+    def __init__(self, callback: Callable[[TuningJob], Any] | None) -> None:
+        self._callback = callback
+        self._last: object = None
+
+    def update(self, job: TuningJob) -> None:
+        if self._callback is None or job.metrics is None or job.metrics == self._last:
+            return
+        self._last = job.metrics
+        self._callback(job)
+
+
+class Tunings:
+    """Fine-tuning jobs. Reached as ``client.tunings``."""
+
+    def __init__(self, transport: _http.Transport) -> None:
+        self._t = transport
+
+    # ---- CRUD ----------------------------------------------------------------------------------------
+
+    def create(
+        self,
+        model: str,
+        training_file: str,
+        *,
+        hyperparameters: Mapping[str, Any] | Hyperparameters | None = None,
+        validation_file: str | None = None,
+        method: str | None = None,
+        suffix: str | None = None,
+        seed: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> TuningJob:
+        """Create a fine-tuning job. The service validates it (data file included) and queues it.
+
+        Args:
+            model: base model: a name from the service's models directory (e.g. ``"tiny-llama"``) or a hub id.
+            training_file: JSONL data file, relative to the service's files root (``"data/train.jsonl"``).
+            hyperparameters: a dict or `Hyperparameters`; unset ones take the service's defaults.
+            validation_file: optional JSONL file for eval loss.
+            method: ``"qlora"`` (default on the service) or ``"lora"``.
+            suffix: goes into the fine-tuned model's name.
+            seed: random seed.
+            metadata: free-form key/values stored with the job.
+            idempotency_key: makes the create safe to repeat (the SDK generates one per call when omitted,
+                reused across its automatic retries).
+
+        Returns:
+            The new job (usually ``queued``).
+
+        Raises:
+            UnprocessableEntityError: invalid hyperparameters or data file (``param`` names the field; data
+                errors also give ``line``).
+            BadRequestError: malformed request or a path outside the files root.
+            AuthenticationError, APIConnectionError: as for every call.
+
+        Example:
+            >>> job = client.tunings.create(model="tiny-llama", training_file="data/train.jsonl",
+            ...                             hyperparameters={"epochs": 1, "learning_rate": 2e-4})
+        """
+        body: dict[str, Any] = {"model": model, "training_file": training_file}
+        if hyperparameters is not None:
+            body["hyperparameters"] = (
+                hyperparameters.to_dict()
+                if isinstance(hyperparameters, Hyperparameters)
+                else dict(hyperparameters)
+            )
+        optional = {
+            "validation_file": validation_file,
+            "method": method,
+            "suffix": suffix,
+            "seed": seed,
+            "metadata": dict(metadata) if metadata is not None else None,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        data = self._t.request("POST", "/v1/tunings.create", json_body=body, idempotency_key=idempotency_key)
+        return TuningJob.from_dict(data)
+
+    def get(self, job_id: str) -> TuningJob:
+        """Fetch a job's current state.
+
+        Args:
+            job_id: the job's id (``ftjob-...``).
+
+        Returns:
+            The job, with its latest `metrics`.
+
+        Raises:
+            NotFoundError: no such job for this key.
+
+        Example:
+            >>> client.tunings.get(job.id).status
+            'running'
+        """
+        return TuningJob.from_dict(self._t.request("GET", f"/v1/tunings.get/{_path_id(job_id)}"))
+
+    def list(
+        self, *, status: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> CursorPage[TuningJob]:
+        """List jobs, newest first. Iterating the result walks every page, fetching each when reached.
+
+        Args:
+            status: only jobs in this status (e.g. ``"running"``).
+            limit: page size, 1..100 (the service's default is 20).
+            after: start after this job id (a cursor from a previous page's ``last_id``).
+
+        Returns:
+            The first page; iterate it for all jobs, or read ``.data`` for this page alone.
+
+        Raises:
+            BadRequestError / UnprocessableEntityError: an invalid status or limit.
+
+        Example:
+            >>> running = [j.id for j in client.tunings.list(status="running")]
+        """
+
+        def fetch(cursor: str | None) -> Mapping[str, Any]:
+            params = {"status": status, "limit": limit, "after": cursor}
+            body = self._t.request("GET", "/v1/tunings.list", params=params)
+            return body if isinstance(body, Mapping) else {}
+
+        return CursorPage(fetch(after), parse=TuningJob.from_dict, fetch=fetch)
+
+    def cancel(self, job_id: str) -> TuningJob:
+        """Cancel a job. A running trainer checkpoints and stops; the job ends ``cancelled``.
+
+        Args:
+            job_id: the job's id.
+
+        Returns:
+            The job: ``cancelled``, or ``cancelling`` while the trainer stops (``wait`` for the end).
+
+        Raises:
+            ConflictError: the job has already ended (code ``job_terminal``).
+            NotFoundError: no such job.
+
+        Example:
+            >>> client.tunings.cancel(job.id).status
+            'cancelling'
+        """
+        return TuningJob.from_dict(self._t.request("POST", f"/v1/tunings.cancel/{_path_id(job_id)}"))
+
+    def delete(self, job_id: str) -> JobDeleted:
+        """Delete an ended job and its files on the service.
+
+        Args:
+            job_id: the job's id.
+
+        Returns:
+            ``JobDeleted(id=..., deleted=True)``.
+
+        Raises:
+            ConflictError: the job has not ended yet (code ``job_not_terminal``): cancel it first.
+            NotFoundError: no such job.
+
+        Example:
+            >>> client.tunings.delete(job.id).deleted
+            True
+        """
+        return JobDeleted.from_dict(self._t.request("DELETE", f"/v1/tunings.delete/{_path_id(job_id)}"))
+
+    # ---- logs ----------------------------------------------------------------------------------------
+
+    def stream_logs(
+        self, job_id: str, *, follow: bool = True, after: int | None = None
+    ) -> Iterator[LogRecord]:
+        """A job's log records in order: trainer events, status changes and trainer output lines.
+
+        With ``follow=True`` the iterator stays open and yields records as they happen, until the job ends.
+        A dropped connection is resumed transparently from the last record yielded (``Last-Event-ID``):
+        no record is repeated or lost.
+
+        Args:
+            job_id: the job's id.
+            follow: keep streaming until the job ends (False: the records so far, then stop).
+            after: start after this sequence number (0 or None: from the first record).
+
+        Returns:
+            An iterator of `LogRecord`.
+
+        Raises:
+            NotFoundError: no such job.
+            APIConnectionError: the stream could not be resumed for `RECONNECT_WINDOW` seconds.
+
+        Example:
+            >>> for rec in client.tunings.stream_logs(job.id):
+            ...     print(rec.seq, rec.type, rec.format())
+        """
+        _path_id(job_id)
+        if not follow:
+            return self._page_logs(job_id, after or 0)
+        return (rec for rec in self._follow(job_id, after or 0) if rec is not None)
+
+    def _page_logs(self, job_id: str, after: int) -> Iterator[LogRecord]:
+        last = after
+        while True:
+            body = self._t.request(
+                "GET",
+                f"/v1/tunings.logs/{_path_id(job_id)}",
+                params={"after": last, "limit": _LOGS_PAGE},
+            )
+            if not isinstance(body, Mapping):
+                return
+            raw = body.get("data")
+            records = [LogRecord.from_dict(r) for r in raw or [] if isinstance(r, Mapping)]
+            for rec in records:
+                if rec.seq > last:
+                    last = rec.seq
+                    yield rec
+            if not body.get("has_more") or not records:
+                return
+
+    def _open_stream(self, job_id: str, last_seq: int, read_timeout: float) -> Any:
+        headers = {"Last-Event-ID": str(last_seq)} if last_seq else None
+        resp = self._t.request(
+            "GET",
+            f"/v1/tunings.logs/{_path_id(job_id)}",
+            params={"follow": True, "after": last_seq or None},
+            headers=headers,
+            stream=True,
+            timeout=read_timeout,
+        )
+        ctype = resp.headers.get("Content-Type", "")
+        if "text/event-stream" not in ctype:
+            resp.release_conn()
+            raise _StreamUnavailable(f"expected an event stream, got {ctype or 'no content type'}")
+        return resp
+
+    def _follow(
+        self,
+        job_id: str,
+        after: int,
+        read_timeout: Callable[[], float] | None = None,
+    ) -> Iterator[LogRecord | None]:
+        """Records from the live stream, resumed after drops; None marks a tick (heartbeat or reconnect),
+        so that a caller such as `wait` regains control while nothing happens."""
+        last_seq = after
+        down_since: float | None = None
+        attempt = 0
+        while True:
+            timeout = read_timeout() if read_timeout else STREAM_READ_TIMEOUT
+            try:
+                resp = self._open_stream(job_id, last_seq, timeout)
+            except (APIConnectionError, InternalServerError) as exc:
+                resp = None
+                failure: TuningError | None = exc
+            else:
+                failure = None
+                down_since = None
+                attempt = 0
+                try:
+                    for event in iter_response_events(resp):
+                        if event is None:
+                            yield None
+                            continue
+                        rec = _parse_record(event.data)
+                        if rec is None:
+                            continue
+                        if rec.seq and rec.seq <= last_seq:
+                            continue  # already yielded before a reconnect
+                        last_seq = rec.seq or last_seq
+                        yield rec
+                        if rec.is_terminal_status:
+                            return
+                except APIConnectionError as exc:
+                    failure = exc
+                finally:
+                    resp.release_conn()
+            # The stream ended without the job's terminal status: the connection dropped, or the server
+            # closed it (restart, or the job had already ended before we connected).
+            yield None
+            if failure is None or resp is not None:
+                try:
+                    job = self.get(job_id)
+                except (APIConnectionError, InternalServerError) as exc:
+                    failure = exc
+                else:
+                    if job.is_terminal:
+                        # Whatever landed after our last record, then stop.
+                        yield from self._page_logs(job_id, last_seq)
+                        return
+            now = time.monotonic()
+            down_since = down_since or now
+            if now - down_since > RECONNECT_WINDOW:
+                raise APIConnectionError(
+                    f"log stream of {job_id} could not be resumed for {RECONNECT_WINDOW:.0f}s: {failure}"
+                )
+            delay = _http.retry_delay(attempt)
+            log.info(
+                "log stream of %s interrupted (%s); resuming after seq %d in %.2fs",
+                job_id,
+                failure or "closed",
+                last_seq,
+                delay,
+            )
+            _http._sleep(delay)
+            attempt += 1
+
+    # ---- wait ----------------------------------------------------------------------------------------
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        on_progress: Callable[[TuningJob], Any] | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        timeout: float | None = None,
+    ) -> TuningJob:
+        """Block until the job ends, and return it. A failed or cancelled job is returned, not raised.
+
+        Follows the job's live event stream (so progress arrives as it happens) and falls back to polling
+        every `poll_interval` seconds when the stream is unavailable.
+
+        Args:
+            job_id: the job's id.
+            on_progress: called with the job each time its metrics change.
+            poll_interval: seconds between polls when polling.
+            timeout: give up after this many seconds (None: wait as long as it takes).
+
+        Returns:
+            The job in a terminal status; check ``job.is_successful``, ``job.error``.
+
+        Raises:
+            WaitTimeoutError: `timeout` expired first (the job keeps running; ``e.job`` is its last state).
+            NotFoundError: no such job.
+
+        Example:
+            >>> job = client.tunings.wait(job.id, on_progress=lambda j: print(f"{j.metrics.progress:.0%}"))
+            >>> job.is_successful, job.fine_tuned_model
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        notifier = _ProgressNotifier(on_progress)
+        job = self.get(job_id)
+        notifier.update(job)
+        if job.is_terminal:
+            return job
+        try:
+            job = self._wait_streaming(job, notifier, deadline)
+        except (APIConnectionError, InternalServerError, _StreamUnavailable) as exc:
+            log.info("following the stream of %s failed (%s); polling instead", job_id, exc)
+        if job.is_terminal:
+            return job
+        return self._wait_polling(job, notifier, deadline, poll_interval)
+
+    def _wait_streaming(
+        self, job: TuningJob, notifier: _ProgressNotifier, deadline: float | None
+    ) -> TuningJob:
+        def read_timeout() -> float:
+            if deadline is None:
+                return STREAM_READ_TIMEOUT
+            return max(0.1, min(STREAM_READ_TIMEOUT, deadline - time.monotonic()))
+
+        last_refresh = time.monotonic()
+        dirty = False
+        for rec in self._follow(job.id, 0, read_timeout):
+            if rec is not None and rec.type in _JOB_CHANGING:
+                dirty = True
+            now = time.monotonic()
+            terminal_record = rec is not None and rec.is_terminal_status
+            if dirty and (terminal_record or now - last_refresh >= MIN_REFRESH_INTERVAL or rec is None):
+                job = self.get(job.id)
+                last_refresh, dirty = time.monotonic(), False
+                notifier.update(job)
+                if job.is_terminal:
+                    return job
+            _check_deadline(job, deadline)
+        job = self.get(job.id)
+        notifier.update(job)
+        return job
+
+    def _wait_polling(
+        self, job: TuningJob, notifier: _ProgressNotifier, deadline: float | None, poll_interval: float
+    ) -> TuningJob:
+        failures = 0
+        while not job.is_terminal:
+            _check_deadline(job, deadline)
+            delay = (
+                poll_interval
+                if deadline is None
+                else min(poll_interval, max(0.0, deadline - time.monotonic()))
+            )
+            _http._sleep(delay)
+            try:
+                job = self.get(job.id)
+            except (APIConnectionError, InternalServerError):
+                # Ride out a service restart; give up only after many polls in a row fail.
+                failures += 1
+                if failures >= 10:
+                    raise
+                continue
+            failures = 0
+            notifier.update(job)
+        return job
+
+
+def _check_deadline(job: TuningJob, deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise WaitTimeoutError(f"job {job.id} is still {job.status} after the wait timeout", job=job)
+
+
+def _parse_record(data: str) -> LogRecord | None:
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        log.warning("ignoring a malformed event: %.200s", data)
+        return None
+    return LogRecord.from_dict(obj) if isinstance(obj, Mapping) else None
