@@ -1,0 +1,149 @@
+"""Command line: serve the API, or manage API keys.
+
+    python -m tuning_service [--host H] [--port P] [--workers N]      # uvicorn tuning_service.app:app
+    python -m tuning_service keys create --name NAME                   # prints a new key, once
+    python -m tuning_service keys list
+    python -m tuning_service keys revoke KEY_ID_OR_NAME
+
+`tuning-service` (the console script) is the same as `python -m tuning_service`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .settings import Settings
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:  # a malformed TUNING_* variable: say which, without a traceback
+        raise SystemExit(f"tuning-service: {exc}") from None
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tuning_service",
+        description="Run the tuning service API (uvicorn). Settings come from TUNING_* environment variables; "
+        "see docs/service.md. Key management: 'python -m tuning_service keys --help'.",
+    )
+    p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"),
+                   help="interface to bind (default 127.0.0.1; 0.0.0.0 to serve the network)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000),
+                   help="port (default $PORT or 8000)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.add_argument("--log-level", default=None, help="override TUNING_LOG_LEVEL (debug, info, warning...)")
+    p.add_argument("--root-path", default="", help="URL prefix when served behind a proxy under a sub-path")
+    return p
+
+
+def _keys_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tuning_service keys", description="Manage API keys.")
+    sub = p.add_subparsers(dest="action", required=True)
+    create = sub.add_parser("create", help="create a key and print it (shown once; only its hash is stored)")
+    create.add_argument("--name", required=True, help="a label for the key (e.g. the team or user)")
+    lst = sub.add_parser("list", help="list keys (never their values)")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+    revoke = sub.add_parser("revoke", help="revoke a key by id or name; it stops working at once")
+    revoke.add_argument("key", help="key id (key_...) or name")
+    return p
+
+
+def serve(argv: Sequence[str]) -> int:
+    args = _serve_parser().parse_args(argv)
+    if args.workers < 1:
+        print("--workers must be >= 1", file=sys.stderr)
+        return 2
+    if args.log_level:
+        os.environ["TUNING_LOG_LEVEL"] = args.log_level
+    settings = load_settings()
+    import uvicorn
+
+    uvicorn.run(
+        "tuning_service.app:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        root_path=args.root_path,
+        log_level=settings.log_level.lower(),
+        # The app logs every request itself (with its request id) to stderr and tuning_service.log.
+        access_log=False,
+        # Open log streams (SSE) would otherwise hold a graceful shutdown forever.
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+async def _with_manager(fn: Any) -> Any:
+    # Only the key store is needed: the manager is built without start() (no recovery, no scheduler), so this
+    # is safe while a service is running on the same data directory.
+    from .manager import JobManager
+    from .store import Store
+
+    settings = load_settings()
+    settings.ensure_dirs()
+    store = Store(settings.db_path)
+    await store.open()
+    try:
+        return await fn(JobManager(settings, store))
+    finally:
+        await store.close()
+
+
+def _fmt_time(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def keys(argv: Sequence[str]) -> int:
+    args = _keys_parser().parse_args(argv)
+    if args.action == "create":
+        name = args.name.strip()
+        if not name or name.startswith("env-"):
+            # "env-<n>" is how keys from TUNING_API_KEYS are named in the key store.
+            print("--name must be non-empty and must not start with 'env-'", file=sys.stderr)
+            return 2
+        key_id, plaintext = asyncio.run(_with_manager(lambda m: m.create_key(name)))
+        print(f"Created API key {key_id} ({name}). Copy it now: it is not stored and cannot be shown again.",
+              file=sys.stderr)
+        print(plaintext)
+        return 0
+    if args.action == "list":
+        rows = asyncio.run(_with_manager(lambda m: m.list_keys()))
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        if not rows:
+            print("No API keys. Create one with: python -m tuning_service keys create --name NAME")
+            return 0
+        print(f"{'ID':<22} {'NAME':<24} {'CREATED':<20} STATUS")
+        for r in rows:
+            status = f"revoked {_fmt_time(r.get('revoked_at'))}" if r.get("revoked_at") else "active"
+            print(f"{r['id']:<22} {str(r['name'])[:24]:<24} {_fmt_time(r.get('created_at')):<20} {status}")
+        return 0
+    revoked = asyncio.run(_with_manager(lambda m: m.revoke_key(args.key)))
+    if not revoked:
+        print(f"No active key with id or name {args.key!r}", file=sys.stderr)
+        return 1
+    print(f"Revoked {args.key}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "keys":
+        return keys(args[1:])
+    if args and args[0] == "serve":
+        args = args[1:]
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

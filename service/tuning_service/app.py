@@ -1,0 +1,120 @@
+"""The ASGI application: `uvicorn tuning_service.app:app`.
+
+Start-up (the lifespan) creates the data folders and database, runs the manager's recovery of unfinished jobs
+and only then accepts requests. Shutdown stops the manager's loops but never kills trainers: they run detached
+and are re-attached by the next start.
+
+This module (and everything it imports) stays clear of torch/transformers/peft: start-up must take well under a
+second, and tests/service/test_main.py checks that no ML module is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from . import routes_docs, routes_jobs, routes_logs
+from .auth import setup_keys
+from .errors import APIError
+from .manager import JobManager
+from .middleware import RequestMiddleware
+from .settings import Settings
+
+log = logging.getLogger("tuning_service")
+
+_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
+
+
+def configure_logging(settings: Settings) -> None:
+    """Service log to stderr and to <data_dir>/tuning_service.log (appended; every worker writes to it)."""
+    logger = logging.getLogger("tuning_service")
+    logger.setLevel(settings.log_level)
+    logger.propagate = False
+    # Re-running the lifespan in one process (tests, reload) must not stack handlers.
+    for handler in list(logger.handlers):
+        if getattr(handler, "_tuning_service", False):
+            logger.removeHandler(handler)
+            handler.close()
+    formatter = logging.Formatter(_FORMAT)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    try:
+        handlers.append(logging.FileHandler(settings.log_path, encoding="utf-8"))
+    except OSError as exc:
+        print(f"tuning_service: cannot write {settings.log_path}: {exc}", file=sys.stderr)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler._tuning_service = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    settings = Settings()
+    settings.ensure_dirs()
+    configure_logging(settings)
+    started = time.monotonic()
+    manager = await JobManager.start(settings)
+    try:
+        app.state.disabled_key_ids = await setup_keys(manager, settings)
+    except BaseException:
+        await manager.stop()
+        raise
+    app.state.settings = settings
+    app.state.manager = manager
+    app.state.started_monotonic = started
+    log.info(
+        "tuning service ready in %.0f ms: data=%s files_root=%s models=%s max_concurrent_jobs=%d gpus=%s",
+        (time.monotonic() - started) * 1000,
+        settings.data_dir,
+        settings.files_root,
+        settings.models_dir,
+        settings.max_concurrent_jobs,
+        ",".join(settings.gpus) or "none (CPU)",
+    )
+    try:
+        yield
+    finally:
+        await manager.stop()
+        log.info("tuning service stopped (running trainers keep running and are re-attached on the next start)")
+
+
+async def api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, APIError)
+    if exc.status_code >= 500:
+        log.error("%s %s -> %d %s: %s", request.method, request.url.path, exc.status_code, exc.code, exc.message)
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette's own errors (unknown route, wrong method) in the same shape as ours.
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        err = APIError(404, "not_found", f"No route {request.method} {request.url.path}; see /docs")
+    elif exc.status_code == 405:
+        err = APIError(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+    else:
+        err = APIError(exc.status_code, "http_error", str(exc.detail))
+    return JSONResponse(err.body(), status_code=exc.status_code, headers=dict(exc.headers or {}))
+
+
+def create_app() -> Starlette:
+    # Read once here for the body limit; the lifespan reads the rest (data dir etc.) at start-up.
+    limit = Settings().max_request_bytes
+    return Starlette(
+        routes=[*routes_docs.routes, *routes_jobs.routes, *routes_logs.routes],
+        middleware=[Middleware(RequestMiddleware, max_body_bytes=limit)],
+        exception_handlers={APIError: api_error, HTTPException: http_error},
+        lifespan=lifespan,
+    )
+
+
+app = create_app()

@@ -1,0 +1,102 @@
+"""Bearer API keys: who is calling, and the key set a service starts with.
+
+Keys live in the database as hashes (the manager's key store). A request's owner is the key's id, so jobs stay
+with their key even when a key is renamed, and a revoked key stops working at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+from starlette.requests import Request
+
+from .errors import APIError
+from .settings import DEV_KEYS, Settings
+
+log = logging.getLogger("tuning_service.auth")
+
+_BEARER_HINT = "send 'Authorization: Bearer <your API key>'"
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def bearer_token(request: Request) -> str:
+    """The key from the Authorization header, or 401 saying exactly what is wrong with the header."""
+    header = request.headers.get("authorization")
+    if header is None or not header.strip():
+        raise APIError(
+            401, "missing_api_key", f"No API key provided: {_BEARER_HINT}", headers={"WWW-Authenticate": "Bearer"}
+        )
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise APIError(
+            401,
+            "missing_api_key",
+            f"The Authorization header uses the {scheme[:20]!r} scheme; {_BEARER_HINT}",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    token = token.strip()
+    if not token:
+        raise APIError(
+            401, "missing_api_key", f"The Bearer token is empty: {_BEARER_HINT}",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return token
+
+
+async def authenticate(request: Request) -> str:
+    """Return the calling key's id (the owner of the jobs it creates), or raise 401."""
+    token = bearer_token(request)
+    manager = request.app.state.manager
+    key_id = await _maybe_await(manager.verify_key(token))
+    if not key_id or key_id in getattr(request.app.state, "disabled_key_ids", ()):
+        # Never echo the key: it may be a real key pasted into the wrong service.
+        hint = token[:4] + "..." if len(token) > 8 else "..."
+        raise APIError(
+            401,
+            "invalid_api_key",
+            f"Invalid API key ({hint}): it is unknown or has been revoked",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    request.state.key_id = key_id
+    return str(key_id)
+
+
+async def setup_keys(manager: Any, settings: Settings) -> set[str]:
+    """Register the keys this start accepts from the environment; return the ids of stale environment keys.
+
+    - TUNING_API_KEYS set: those keys (hashed) are accepted, plus keys made with `keys create`.
+    - Otherwise keys made with `python -m tuning_service keys create` are accepted.
+    - With neither, the spec's development keys are registered and a warning says so on every start.
+    Keys registered from the environment on an earlier start (e.g. the development keys before real keys
+    were configured) stay in the database, so the jobs they own stay theirs, but are refused: the returned ids.
+    """
+    keys = await _maybe_await(manager.list_keys())
+    env_ids = {str(k["id"]) for k in keys if _is_env_key(k)}
+    if settings.api_keys:
+        current = set(await _maybe_await(manager.ensure_env_keys(list(settings.api_keys))))
+        log.info("API keys: %d from TUNING_API_KEYS", len(settings.api_keys))
+    elif any(not _revoked(k) and not _is_env_key(k) for k in keys):
+        current = set()
+        log.info("API keys: the keys created with 'python -m tuning_service keys create'")
+    else:
+        current = set(await _maybe_await(manager.ensure_env_keys(list(DEV_KEYS))))
+        log.warning(
+            "No API keys configured: accepting the development keys %s. Anyone who can reach this port can "
+            "use them. Set TUNING_API_KEYS or run 'python -m tuning_service keys create --name NAME'.",
+            " and ".join(DEV_KEYS),
+        )
+    return env_ids - current
+
+
+def _revoked(key: dict[str, Any]) -> bool:
+    return bool(key.get("revoked_at"))
+
+
+def _is_env_key(key: dict[str, Any]) -> bool:
+    # JobManager.ensure_env_keys names environment keys "env-<n>"; `keys create` keys carry the user's name.
+    return str(key.get("name") or "").startswith("env-")

@@ -1,0 +1,123 @@
+"""One pure-ASGI middleware for what every request needs: a request id, a body size limit, an access log line,
+and a last-resort 500 that never leaks internals.
+
+Pure ASGI (not BaseHTTPMiddleware) so that streaming responses pass straight through and client disconnects
+still reach the SSE stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import APIError
+
+log = logging.getLogger("tuning_service.http")
+access_log = logging.getLogger("tuning_service.access")
+
+# A client's id is echoed only if it is short and plain: it ends up in headers and log lines.
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def _error_response_messages(err: APIError, request_id: str) -> tuple[Message, Message]:
+    body = json.dumps(err.body()).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+    return (
+        {"type": "http.response.start", "status": err.status_code, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    )
+
+
+def too_large(limit: int) -> APIError:
+    return APIError(
+        413,
+        "request_too_large",
+        f"Request body is over the limit of {limit} bytes (TUNING_MAX_REQUEST_BYTES)",
+        headers={"Connection": "close"},
+    )
+
+
+class RequestMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        given = headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started_at = time.monotonic()
+        state: dict[str, Any] = {"status": None}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        async def send_error(err: APIError) -> None:
+            start, body = _error_response_messages(err, request_id)
+            state["status"] = err.status_code
+            await send(start)
+            await send(body)
+
+        try:
+            # Refuse an announced oversize body before reading a byte of it.
+            length = headers.get("content-length")
+            if length is not None:
+                if not length.isdigit():
+                    await send_error(APIError(400, "invalid_request", "Content-Length must be a number"))
+                    return
+                if int(length) > self.max_body_bytes:
+                    await send_error(too_large(self.max_body_bytes))
+                    return
+            received = 0
+
+            async def counted_receive() -> Message:
+                # Chunked bodies announce no length: count as they arrive and stop at the limit.
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.max_body_bytes:
+                        raise too_large(self.max_body_bytes)
+                return message
+
+            await self.app(scope, counted_receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error in %s %s (request %s)", scope.get("method"), scope.get("path"), request_id)
+            if state["status"] is not None:
+                raise  # the response already started: nothing sensible can be sent any more
+            await send_error(
+                APIError(
+                    500,
+                    "internal_error",
+                    f"The server hit an internal error; it is logged with request id {request_id}",
+                )
+            )
+        finally:
+            if scope.get("path") != "/health":
+                access_log.info(
+                    "%s %s %s %.1fms rid=%s",
+                    scope.get("method"),
+                    scope.get("path"),
+                    state["status"],
+                    (time.monotonic() - started_at) * 1000,
+                    request_id,
+                )
