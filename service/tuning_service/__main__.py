@@ -32,13 +32,18 @@ def load_settings() -> Settings:
 def _serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tuning_service",
-        description="Run the tuning service API (uvicorn). Settings come from TUNING_* environment variables; "
+        description="Run the tuning service API (uvicorn). Settings come from TUNING_* environment "
+        "variables; "
         "see docs/service.md. Key management: 'python -m tuning_service keys --help'.",
     )
-    p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"),
-                   help="interface to bind (default 127.0.0.1; 0.0.0.0 to serve the network)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000),
-                   help="port (default $PORT or 8000)")
+    p.add_argument(
+        "--host",
+        default=os.environ.get("HOST", "127.0.0.1"),
+        help="interface to bind (default 127.0.0.1; 0.0.0.0 to serve the network)",
+    )
+    p.add_argument(
+        "--port", type=int, default=int(os.environ.get("PORT") or 8000), help="port (default $PORT or 8000)"
+    )
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
     p.add_argument("--log-level", default=None, help="override TUNING_LOG_LEVEL (debug, info, warning...)")
     p.add_argument("--root-path", default="", help="URL prefix when served behind a proxy under a sub-path")
@@ -111,8 +116,10 @@ def keys(argv: Sequence[str]) -> int:
             print("--name must be non-empty and must not start with 'env-'", file=sys.stderr)
             return 2
         key_id, plaintext = asyncio.run(_with_manager(lambda m: m.create_key(name)))
-        print(f"Created API key {key_id} ({name}). Copy it now: it is not stored and cannot be shown again.",
-              file=sys.stderr)
+        print(
+            f"Created API key {key_id} ({name}). Copy it now: it is not stored and cannot be shown again.",
+            file=sys.stderr,
+        )
         print(plaintext)
         return 0
     if args.action == "list":

@@ -4,8 +4,8 @@ Start-up (the lifespan) creates the data folders and database, runs the manager'
 and only then accepts requests. Shutdown stops the manager's loops but never kills trainers: they run detached
 and are re-attached by the next start.
 
-This module (and everything it imports) stays clear of torch/transformers/peft: start-up must take well under a
-second, and tests/service/test_main.py checks that no ML module is loaded.
+This module (and everything it imports) stays clear of torch/transformers/peft: start-up must take well
+under a second, and tests/service/test_main.py checks that no ML module is loaded.
 """
 
 from __future__ import annotations
@@ -84,13 +84,17 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         await manager.stop()
-        log.info("tuning service stopped (running trainers keep running and are re-attached on the next start)")
+        log.info(
+            "tuning service stopped (running trainers keep running and are re-attached on the next start)"
+        )
 
 
 async def api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
     if exc.status_code >= 500:
-        log.error("%s %s -> %d %s: %s", request.method, request.url.path, exc.status_code, exc.code, exc.message)
+        log.error(
+            "%s %s -> %d %s: %s", request.method, request.url.path, exc.status_code, exc.code, exc.message
+        )
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 

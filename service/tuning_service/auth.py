@@ -29,7 +29,10 @@ def bearer_token(request: Request) -> str:
     header = request.headers.get("authorization")
     if header is None or not header.strip():
         raise APIError(
-            401, "missing_api_key", f"No API key provided: {_BEARER_HINT}", headers={"WWW-Authenticate": "Bearer"}
+            401,
+            "missing_api_key",
+            f"No API key provided: {_BEARER_HINT}",
+            headers={"WWW-Authenticate": "Bearer"},
         )
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer":
@@ -42,7 +45,9 @@ def bearer_token(request: Request) -> str:
     token = token.strip()
     if not token:
         raise APIError(
-            401, "missing_api_key", f"The Bearer token is empty: {_BEARER_HINT}",
+            401,
+            "missing_api_key",
+            f"The Bearer token is empty: {_BEARER_HINT}",
             headers={"WWW-Authenticate": "Bearer"},
         )
     return token
@@ -73,7 +78,8 @@ async def setup_keys(manager: Any, settings: Settings) -> set[str]:
     - Otherwise keys made with `python -m tuning_service keys create` are accepted.
     - With neither, the spec's development keys are registered and a warning says so on every start.
     Keys registered from the environment on an earlier start (e.g. the development keys before real keys
-    were configured) stay in the database, so the jobs they own stay theirs, but are refused: the returned ids.
+    were configured) stay in the database, so the jobs they own stay theirs, but are refused: the returned
+    ids.
     """
     keys = await _maybe_await(manager.list_keys())
     env_ids = {str(k["id"]) for k in keys if _is_env_key(k)}

@@ -101,7 +101,9 @@ class RequestMiddleware:
 
             await self.app(scope, counted_receive, send_with_id)
         except Exception:
-            log.exception("unhandled error in %s %s (request %s)", scope.get("method"), scope.get("path"), request_id)
+            log.exception(
+                "unhandled error in %s %s (request %s)", scope.get("method"), scope.get("path"), request_id
+            )
             if state["status"] is not None:
                 raise  # the response already started: nothing sensible can be sent any more
             await send_error(

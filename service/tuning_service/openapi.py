@@ -24,15 +24,26 @@ _HYPERPARAMETERS: dict[str, Any] = {
     "description": "Training hyperparameters (the trainer's schema; unknown names are refused).",
     "additionalProperties": False,
     "properties": {
-        "epochs": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 1000}, {"const": "auto"}],
-                   "default": "auto"},
+        "epochs": {
+            "anyOf": [{"type": "integer", "minimum": 1, "maximum": 1000}, {"const": "auto"}],
+            "default": "auto",
+        },
         "learning_rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.0002},
-        "batch_size": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 4096}, {"const": "auto"}],
-                       "default": "auto"},
+        "batch_size": {
+            "anyOf": [{"type": "integer", "minimum": 1, "maximum": 4096}, {"const": "auto"}],
+            "default": "auto",
+        },
         "gradient_accumulation_steps": {"type": "integer", "minimum": 1, "default": 1},
         "warmup_ratio": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.03},
         "lr_scheduler_type": {
-            "enum": ["linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts"],
+            "enum": [
+                "linear",
+                "cosine",
+                "constant",
+                "constant_with_warmup",
+                "polynomial",
+                "cosine_with_restarts",
+            ],
             "default": "cosine",
         },
         "weight_decay": {"type": "number", "minimum": 0, "default": 0.0},
@@ -42,8 +53,10 @@ _HYPERPARAMETERS: dict[str, Any] = {
         "lora_r": {"type": "integer", "minimum": 1, "default": 16},
         "lora_alpha": {"type": "integer", "minimum": 1, "default": 32},
         "lora_dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1, "default": 0.05},
-        "lora_target_modules": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
-                                "default": "all-linear"},
+        "lora_target_modules": {
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            "default": "all-linear",
+        },
         "train_on_inputs": {"type": "boolean", "default": False},
         "eval_steps": _nullable({"type": "integer", "minimum": 1}),
         "save_steps": _nullable({"type": "integer", "minimum": 1}),
@@ -66,7 +79,9 @@ SCHEMAS: dict[str, Any] = {
                     "message": {"type": "string"},
                     "param": _nullable({"type": "string"}),
                     "type": {"type": "string", "examples": ["invalid_request_error"]},
-                    "line": _nullable({"type": "integer", "description": "1-based line of a data-file error"}),
+                    "line": _nullable(
+                        {"type": "integer", "description": "1-based line of a data-file error"}
+                    ),
                 },
             }
         },
@@ -77,23 +92,33 @@ SCHEMAS: dict[str, Any] = {
         "required": ["model", "training_file"],
         "additionalProperties": False,
         "properties": {
-            "model": {"type": "string", "maxLength": 256,
-                      "description": "A folder under TUNING_MODELS_DIR or a hub id",
-                      "examples": ["tiny-llama", "meta-llama/Llama-2-7b-hf"]},
-            "training_file": {"type": "string", "description": "JSONL path relative to TUNING_FILES_ROOT",
-                              "examples": ["data/train.jsonl"]},
+            "model": {
+                "type": "string",
+                "maxLength": 256,
+                "description": "A folder under TUNING_MODELS_DIR or a hub id",
+                "examples": ["tiny-llama", "meta-llama/Llama-2-7b-hf"],
+            },
+            "training_file": {
+                "type": "string",
+                "description": "JSONL path relative to TUNING_FILES_ROOT",
+                "examples": ["data/train.jsonl"],
+            },
             "validation_file": _nullable({"type": "string"}),
             "hyperparameters": _ref("Hyperparameters"),
             "method": {"enum": ["qlora", "lora"], "default": "qlora"},
-            "suffix": _nullable({"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"}),
+            "suffix": _nullable(
+                {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"}
+            ),
             "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1, "default": 42},
             "metadata": {"type": "object", "maxProperties": 16, "additionalProperties": {"type": "string"}},
         },
-        "examples": [{
-            "model": "meta-llama/Llama-2-7b-hf",
-            "training_file": "data/train.jsonl",
-            "hyperparameters": {"epochs": 3, "learning_rate": 0.0002, "batch_size": 4},
-        }],
+        "examples": [
+            {
+                "model": "meta-llama/Llama-2-7b-hf",
+                "training_file": "data/train.jsonl",
+                "hyperparameters": {"epochs": 3, "learning_rate": 0.0002, "batch_size": 4},
+            }
+        ],
     },
     "JobError": {
         "type": "object",
@@ -141,7 +166,9 @@ SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "integer", "description": "Unix seconds"},
             "started_at": _nullable({"type": "integer"}),
             "finished_at": _nullable({"type": "integer"}),
-            "duration": _nullable({"type": "number", "description": "seconds from started_at to finished_at"}),
+            "duration": _nullable(
+                {"type": "number", "description": "seconds from started_at to finished_at"}
+            ),
             "queue_position": _nullable({"type": "integer", "minimum": 1}),
             "trained_tokens": _nullable({"type": "integer"}),
             "error": _nullable(_ref("JobError")),
@@ -162,13 +189,18 @@ SCHEMAS: dict[str, Any] = {
     "DeletedTuningJob": {
         "type": "object",
         "required": ["id", "object", "deleted"],
-        "properties": {"id": {"type": "string"}, "object": {"const": "tuning.job"}, "deleted": {"const": True}},
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "tuning.job"},
+            "deleted": {"const": True},
+        },
     },
     "LogRecord": {
         "type": "object",
         "required": ["seq", "type", "time"],
         "additionalProperties": True,
-        "description": "A trainer record (started, metrics, eval, checkpoint, completed, failed, interrupted) "
+        "description": "A trainer record (started, metrics, eval, checkpoint, completed, failed, "
+        "interrupted) "
         "or a service record (status, log); see docs/trainer-protocol.md",
         "properties": {
             "seq": {"type": "integer", "minimum": 1},
@@ -220,80 +252,134 @@ _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": 
 
 
 def _limit(default: int, maximum: int) -> dict[str, Any]:
-    return {"name": "limit", "in": "query",
-            "schema": {"type": "integer", "minimum": 1, "maximum": maximum, "default": default}}
+    return {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+    }
 
 
 PATHS: dict[str, Any] = {
-    "/health": {"get": {
-        "operationId": "health", "summary": "Service health (no auth)", "tags": ["service"], "security": [],
-        "responses": {"200": _json(_ref("Health"), "The service is up")},
-    }},
-    "/v1/tunings.create": {"post": {
-        "operationId": "createTuning", "summary": "Create a tuning job", "tags": ["tunings"],
-        "description": "Validates the data files and hyperparameters, then queues the job. Send an "
-        "`Idempotency-Key` header to make retries safe: the same key and body return the same job.",
-        "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255}}],
-        "requestBody": {"required": True,
-                        "content": {"application/json": {"schema": _ref("CreateTuningRequest")}}},
-        "responses": {"200": _json(_ref("TuningJob"), "The queued job"), **_errors(400, 401, 413, 422)},
-    }},
-    "/v1/tunings.get/{job_id}": {"get": {
-        "operationId": "getTuning", "summary": "Get a job", "tags": ["tunings"], "parameters": [_JOB_ID],
-        "responses": {"200": _json(_ref("TuningJob"), "The job"), **_errors(401, 404)},
-    }},
-    "/v1/tunings.list": {"get": {
-        "operationId": "listTunings", "summary": "List your jobs, newest first", "tags": ["tunings"],
-        "parameters": [
-            _limit(20, 100),
-            {"name": "after", "in": "query", "schema": {"type": "string"},
-             "description": "Cursor: the last job id of the previous page"},
-            {"name": "status", "in": "query", "schema": {"enum": STATUSES}},
-        ],
-        "responses": {"200": _json(_ref("TuningJobList"), "A page of jobs"), **_errors(400, 401)},
-    }},
-    "/v1/tunings.cancel/{job_id}": {"post": {
-        "operationId": "cancelTuning", "summary": "Cancel a job", "tags": ["tunings"], "parameters": [_JOB_ID],
-        "description": "A queued job is cancelled at once; a running one goes to `cancelling` while the trainer "
-        "checkpoints, then `cancelled`.",
-        "responses": {"200": _json(_ref("TuningJob"), "The job"), **_errors(401, 404, 409)},
-    }},
-    "/v1/tunings.delete/{job_id}": {"delete": {
-        "operationId": "deleteTuning", "summary": "Delete a finished job and its files", "tags": ["tunings"],
-        "parameters": [_JOB_ID],
-        "responses": {"200": _json(_ref("DeletedTuningJob"), "Deleted"), **_errors(401, 404, 409)},
-    }},
-    "/v1/tunings.logs/{job_id}": {"get": {
-        "operationId": "getTuningLogs", "summary": "A job's records and log lines", "tags": ["tunings"],
-        "description": "JSON pages by default. With `follow=true`: Server-Sent Events (`id` = record seq, "
-        "`event` = record type, `data` = the record), resumable with `Last-Event-ID`, `: heartbeat` comments "
-        "during silence, ending after the terminal `status` record.",
-        "parameters": [
-            _JOB_ID,
-            {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
-            _limit(100, 1000),
-            {"name": "follow", "in": "query", "schema": {"type": "boolean", "default": False}},
-            {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}},
-        ],
-        "responses": {
-            "200": {
-                "description": "A page of records, or an event stream with follow=true",
-                "content": {
-                    "application/json": {"schema": _ref("LogPage")},
-                    "text/event-stream": {"schema": {"type": "string"}},
-                },
+    "/health": {
+        "get": {
+            "operationId": "health",
+            "summary": "Service health (no auth)",
+            "tags": ["service"],
+            "security": [],
+            "responses": {"200": _json(_ref("Health"), "The service is up")},
+        }
+    },
+    "/v1/tunings.create": {
+        "post": {
+            "operationId": "createTuning",
+            "summary": "Create a tuning job",
+            "tags": ["tunings"],
+            "description": "Validates the data files and hyperparameters, then queues the job. Send an "
+            "`Idempotency-Key` header to make retries safe: the same key and body return the same job.",
+            "parameters": [
+                {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255}}
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("CreateTuningRequest")}},
             },
-            **_errors(400, 401, 404),
-        },
-    }},
-    "/openapi.json": {"get": {
-        "operationId": "openapi", "summary": "This document", "tags": ["service"], "security": [],
-        "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
-    }},
-    "/docs": {"get": {
-        "operationId": "docs", "summary": "Swagger UI (works offline)", "tags": ["service"], "security": [],
-        "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
-    }},
+            "responses": {"200": _json(_ref("TuningJob"), "The queued job"), **_errors(400, 401, 413, 422)},
+        }
+    },
+    "/v1/tunings.get/{job_id}": {
+        "get": {
+            "operationId": "getTuning",
+            "summary": "Get a job",
+            "tags": ["tunings"],
+            "parameters": [_JOB_ID],
+            "responses": {"200": _json(_ref("TuningJob"), "The job"), **_errors(401, 404)},
+        }
+    },
+    "/v1/tunings.list": {
+        "get": {
+            "operationId": "listTunings",
+            "summary": "List your jobs, newest first",
+            "tags": ["tunings"],
+            "parameters": [
+                _limit(20, 100),
+                {
+                    "name": "after",
+                    "in": "query",
+                    "schema": {"type": "string"},
+                    "description": "Cursor: the last job id of the previous page",
+                },
+                {"name": "status", "in": "query", "schema": {"enum": STATUSES}},
+            ],
+            "responses": {"200": _json(_ref("TuningJobList"), "A page of jobs"), **_errors(400, 401)},
+        }
+    },
+    "/v1/tunings.cancel/{job_id}": {
+        "post": {
+            "operationId": "cancelTuning",
+            "summary": "Cancel a job",
+            "tags": ["tunings"],
+            "parameters": [_JOB_ID],
+            "description": "A queued job is cancelled at once; a running one goes to `cancelling` while the "
+            "trainer "
+            "checkpoints, then `cancelled`.",
+            "responses": {"200": _json(_ref("TuningJob"), "The job"), **_errors(401, 404, 409)},
+        }
+    },
+    "/v1/tunings.delete/{job_id}": {
+        "delete": {
+            "operationId": "deleteTuning",
+            "summary": "Delete a finished job and its files",
+            "tags": ["tunings"],
+            "parameters": [_JOB_ID],
+            "responses": {"200": _json(_ref("DeletedTuningJob"), "Deleted"), **_errors(401, 404, 409)},
+        }
+    },
+    "/v1/tunings.logs/{job_id}": {
+        "get": {
+            "operationId": "getTuningLogs",
+            "summary": "A job's records and log lines",
+            "tags": ["tunings"],
+            "description": "JSON pages by default. With `follow=true`: Server-Sent Events "
+            "(`id` = record seq, `event` = record type, `data` = the record), resumable with "
+            "`Last-Event-ID`, `: heartbeat` comments during silence, ending after the terminal `status` "
+            "record.",
+            "parameters": [
+                _JOB_ID,
+                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                _limit(100, 1000),
+                {"name": "follow", "in": "query", "schema": {"type": "boolean", "default": False}},
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "A page of records, or an event stream with follow=true",
+                    "content": {
+                        "application/json": {"schema": _ref("LogPage")},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                **_errors(400, 401, 404),
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "tags": ["service"],
+            "security": [],
+            "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
+        }
+    },
+    "/docs": {
+        "get": {
+            "operationId": "docs",
+            "summary": "Swagger UI (works offline)",
+            "tags": ["service"],
+            "security": [],
+            "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+        }
+    },
 }
 
 
@@ -303,16 +389,22 @@ def openapi_document(version: str) -> dict[str, Any]:
         "info": {
             "title": "Tuning service",
             "version": version,
-            "description": "Self-hosted LoRA/QLoRA fine-tuning jobs. Authenticate with `Authorization: Bearer "
-            "<key>`; errors are `{\"error\": {\"code\", \"message\", \"param\", \"type\"}}`.",
+            "description": "Self-hosted LoRA/QLoRA fine-tuning jobs. Authenticate with "
+            "`Authorization: Bearer "
+            '<key>`; errors are `{"error": {"code", "message", "param", "type"}}`.',
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
         "tags": [{"name": "tunings", "description": "Fine-tuning jobs"}, {"name": "service"}],
         "paths": PATHS,
         "components": {
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
-                                               "description": "An API key, e.g. test-key-001 in development"}},
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key, e.g. test-key-001 in development",
+                }
+            },
             "schemas": SCHEMAS,
         },
     }

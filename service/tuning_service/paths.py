@@ -41,7 +41,9 @@ def resolve_data_path(raw: object, files_root: Path, *, param: str) -> tuple[str
     if _PERCENT_ESCAPE.search(raw):
         raise _invalid(param, "must be a plain file path (percent-escapes are not decoded)")
     if "\\" in raw or _WINDOWS_DRIVE.match(raw):
-        raise _invalid(param, "must be a POSIX path relative to the files root (no backslashes or drive letters)")
+        raise _invalid(
+            param, "must be a POSIX path relative to the files root (no backslashes or drive letters)"
+        )
     if raw.startswith("~"):
         raise _invalid(param, "must be relative to the files root (no '~')")
 

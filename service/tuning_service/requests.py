@@ -58,7 +58,9 @@ def parse_json_body(body: bytes) -> Any:
         raise APIError(400, "invalid_json", "Request body is not UTF-8 encoded JSON") from None
     except json.JSONDecodeError as exc:
         raise APIError(
-            400, "invalid_json", f"Request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+            400,
+            "invalid_json",
+            f"Request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
         ) from None
 
 
@@ -81,7 +83,9 @@ def validate_model(value: Any) -> str:
     if not isinstance(value, str):
         raise _bad("model", f"model must be a string, got {type(value).__name__}")
     if len(value) > MAX_MODEL_CHARS:
-        raise _bad("model", f"model is longer than {MAX_MODEL_CHARS} characters", status=422, code="invalid_value")
+        raise _bad(
+            "model", f"model is longer than {MAX_MODEL_CHARS} characters", status=422, code="invalid_value"
+        )
     if not _MODEL_RE.match(value) or ".." in value.split("/"):
         raise _bad(
             "model",
@@ -114,24 +118,38 @@ def validate_metadata(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise _bad("metadata", f"metadata must be an object of strings, got {type(value).__name__}")
     if len(value) > MAX_METADATA_PAIRS:
-        raise _bad("metadata", f"metadata has {len(value)} keys, at most {MAX_METADATA_PAIRS} are allowed",
-                   status=422, code="invalid_value")
+        raise _bad(
+            "metadata",
+            f"metadata has {len(value)} keys, at most {MAX_METADATA_PAIRS} are allowed",
+            status=422,
+            code="invalid_value",
+        )
     for k, v in value.items():
         if len(k) > MAX_METADATA_KEY_CHARS:
-            raise _bad(f"metadata.{k[:20]}", f"metadata keys must be at most {MAX_METADATA_KEY_CHARS} characters",
-                       status=422, code="invalid_value")
+            raise _bad(
+                f"metadata.{k[:20]}",
+                f"metadata keys must be at most {MAX_METADATA_KEY_CHARS} characters",
+                status=422,
+                code="invalid_value",
+            )
         if not isinstance(v, str):
             raise _bad(f"metadata.{k}", f"metadata values must be strings, got {type(v).__name__} for {k!r}")
         if len(v) > MAX_METADATA_VALUE_CHARS:
-            raise _bad(f"metadata.{k}", f"metadata values must be at most {MAX_METADATA_VALUE_CHARS} characters",
-                       status=422, code="invalid_value")
+            raise _bad(
+                f"metadata.{k}",
+                f"metadata values must be at most {MAX_METADATA_VALUE_CHARS} characters",
+                status=422,
+                code="invalid_value",
+            )
     return dict(value)
 
 
 def validate_create_shape(body: Any, settings: Settings) -> tuple[dict[str, Any], dict[str, Path]]:
     """Check the create body's fields (no file I/O). Returns (normalised request, resolved absolute paths)."""
     if not isinstance(body, dict):
-        raise APIError(400, "invalid_request", f"Request body must be a JSON object, got {type(body).__name__}")
+        raise APIError(
+            400, "invalid_request", f"Request body must be a JSON object, got {type(body).__name__}"
+        )
     unknown = sorted(set(body) - set(CREATE_FIELDS))
     if unknown:
         raise _bad(unknown[0], f"Unknown field {unknown[0]!r}; allowed: {', '.join(CREATE_FIELDS)}")
@@ -151,13 +169,21 @@ def validate_create_shape(body: Any, settings: Settings) -> tuple[dict[str, Any]
 
     method = _opt_str(body, "method") or "qlora"
     if method not in METHODS:
-        raise _bad("method", f"method must be one of {', '.join(METHODS)}, got {method!r}",
-                   status=422, code="invalid_value")
+        raise _bad(
+            "method",
+            f"method must be one of {', '.join(METHODS)}, got {method!r}",
+            status=422,
+            code="invalid_value",
+        )
 
     suffix = _opt_str(body, "suffix")
     if suffix is not None and (len(suffix) > MAX_SUFFIX_CHARS or not _SUFFIX_RE.match(suffix)):
-        raise _bad("suffix", f"suffix must be 1-{MAX_SUFFIX_CHARS} characters of letters, digits, '.', '_', '-'",
-                   status=422, code="invalid_value")
+        raise _bad(
+            "suffix",
+            f"suffix must be 1-{MAX_SUFFIX_CHARS} characters of letters, digits, '.', '_', '-'",
+            status=422,
+            code="invalid_value",
+        )
 
     seed = body.get("seed")
     if seed is None:
@@ -188,12 +214,15 @@ def _check_file(path: Path, param: str, shown: str, settings: Settings) -> dict[
         if exc.code == "file_not_found":
             # DataError names only the file's base name; say what the client asked for, relative to the root.
             message = f"{shown!r} was not found under the files root (or is not a regular file)"
-        raise APIError(
-            422, exc.code, f"{param}: {message}", param=param, extra={"line": exc.line}
-        ) from None
+        raise APIError(422, exc.code, f"{param}: {message}", param=param, extra={"line": exc.line}) from None
     except OSError as exc:  # unreadable (permissions): never echo the server path
-        raise APIError(422, "file_unreadable", f"{param}: cannot read {shown!r} ({exc.strerror})",
-                       param=param, extra={"line": None}) from None
+        raise APIError(
+            422,
+            "file_unreadable",
+            f"{param}: cannot read {shown!r} ({exc.strerror})",
+            param=param,
+            extra={"line": None},
+        ) from None
     return summary.to_dict()
 
 
@@ -209,9 +238,12 @@ def validate_idempotency_key(value: str | None) -> str | None:
     if value is None:
         return None
     if not value or len(value) > MAX_IDEMPOTENCY_KEY_CHARS or not value.isprintable():
-        raise APIError(400, "invalid_request",
-                       f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} printable characters",
-                       param="Idempotency-Key")
+        raise APIError(
+            400,
+            "invalid_request",
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} printable characters",
+            param="Idempotency-Key",
+        )
     return value
 
 

@@ -1,4 +1,4 @@
-"""GET /v1/tunings.logs/{id}: a JSON page of a job's records, or (follow=true) a live Server-Sent Events stream."""
+"""GET /v1/tunings.logs/{id}: a JSON page of a job's records, or (follow=true) a live SSE stream."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Server-Sent Events for a job's log records (`GET /v1/tunings.logs/{id}?follow=true`).
 
-Each record is one event: `id: <seq>`, `event: <type>`, `data: <the record as JSON>`. A reconnecting client sends
-`Last-Event-ID` and gets what it missed, nothing twice. Silence longer than the heartbeat interval sends a
-`: heartbeat` comment (keeps proxies from closing the connection and lets the server notice a vanished client).
+Each record is one event: `id: <seq>`, `event: <type>`, `data: <the record as JSON>`. A reconnecting client
+sends `Last-Event-ID` and gets what it missed, nothing twice. Silence longer than the heartbeat interval
+sends a `: heartbeat` comment (keeps proxies from closing the connection and lets the server notice a
+vanished client).
 The stream ends after the `status` record that makes the job terminal, or at once if the job is already
 terminal and the client has everything.
 
@@ -87,8 +88,9 @@ def parse_last_event_id(value: str | None) -> int | None:
     try:
         seq = int(value.strip())
     except ValueError:
-        raise APIError(400, "invalid_request", "Last-Event-ID must be an integer sequence number",
-                       param="Last-Event-ID") from None
+        raise APIError(
+            400, "invalid_request", "Last-Event-ID must be an integer sequence number", param="Last-Event-ID"
+        ) from None
     if seq < 0:
         raise APIError(400, "invalid_request", "Last-Event-ID must be >= 0", param="Last-Event-ID")
     return seq

@@ -78,7 +78,10 @@ def test_hostile_paths_are_refused_without_echoing_server_paths(layout: tuple[Pa
         ("data//train.jsonl", "data/train.jsonl"),
         ("data/link-in.jsonl", "data/link-in.jsonl"),
         ("{root}/data/train.jsonl", "data/train.jsonl"),
-        ("data/missing.jsonl", "data/missing.jsonl"),  # existence is the data check's job (422 file_not_found)
+        (
+            "data/missing.jsonl",
+            "data/missing.jsonl",
+        ),  # existence is the data check's job (422 file_not_found)
     ],
 )
 def test_paths_inside_the_root_resolve(layout: tuple[Path, Path], raw: str, shown: str) -> None:
@@ -100,7 +103,11 @@ def test_non_strings_and_empty_are_invalid_requests(layout: tuple[Path, Path], r
     root, _ = layout
     with pytest.raises(APIError) as info:
         resolve_data_path(raw, root, param="validation_file")
-    assert (info.value.status_code, info.value.code, info.value.param) == (400, "invalid_request", "validation_file")
+    assert (info.value.status_code, info.value.code, info.value.param) == (
+        400,
+        "invalid_request",
+        "validation_file",
+    )
 
 
 def test_overlong_path_is_refused(layout: tuple[Path, Path]) -> None:

@@ -1,1 +1,1 @@
-"""Test infrastructure shared by the service, SDK and end-to-end tests (a real uvicorn server, HTTP helpers)."""
+"""Test infrastructure shared by service, SDK and end-to-end tests (a real uvicorn server, HTTP helpers)."""

@@ -26,7 +26,12 @@ OTHER_KEY = "test-key-002"
 
 # Small, valid chat data for API tests that never train (no model needed).
 TINY_TRAIN_ROWS = [
-    {"messages": [{"role": "user", "content": f"What is {i} + {i}?"}, {"role": "assistant", "content": str(2 * i)}]}
+    {
+        "messages": [
+            {"role": "user", "content": f"What is {i} + {i}?"},
+            {"role": "assistant", "content": str(2 * i)},
+        ]
+    }
     for i in range(8)
 ]
 
@@ -44,7 +49,7 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 
 def make_light_files_root(root: Path) -> Path:
-    """A files root with data/train.jsonl and data/valid.jsonl written by hand (tiny; for non-training tests)."""
+    """A files root with hand-written data/train.jsonl and data/valid.jsonl (for non-training tests)."""
     write_jsonl(root / "data" / "train.jsonl", TINY_TRAIN_ROWS)
     write_jsonl(root / "data" / "valid.jsonl", TINY_TRAIN_ROWS[:2])
     return root
@@ -98,14 +103,25 @@ class ServiceProcess:
     def start(self, timeout: float = 30.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "tuning_service",
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
+            sys.executable,
+            "-m",
+            "tuning_service",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
         ]
         with open(self.output_path, "ab") as out:
             # Own session: stop() signals the server (and its uvicorn workers) as one group. Trainers start
             # their own sessions, so they are not in this group and survive a service stop, as in production.
             self.proc = subprocess.Popen(
-                cmd, cwd=self.files_root, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                cmd,
+                cwd=self.files_root,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
@@ -190,8 +206,10 @@ class ServiceProcess:
         assert r.status == 200, (r.status, r.text)
         return dict(r.json())
 
-    def wait_for(self, job_id: str, statuses: set[str] | str, *, key: str = DEV_KEY, timeout: float = 120) -> dict:
-        """Poll a job until its status is in `statuses`; fail with the server output if it never gets there."""
+    def wait_for(
+        self, job_id: str, statuses: set[str] | str, *, key: str = DEV_KEY, timeout: float = 120
+    ) -> dict:
+        """Poll a job until its status is in `statuses`; fail with the server output if it never does."""
         wanted = {statuses} if isinstance(statuses, str) else set(statuses)
         deadline = time.monotonic() + timeout
         job: dict[str, Any] = {}
@@ -238,15 +256,19 @@ def start_service(
 ) -> ServiceProcess:
     """Start `python -m tuning_service` on a free port and wait until /health answers."""
     models_dir.mkdir(parents=True, exist_ok=True)
-    env = service_env_vars(data_dir=data_dir, files_root=files_root, models_dir=models_dir, extra_env=extra_env)
-    svc = ServiceProcess(data_dir=data_dir, files_root=files_root, models_dir=models_dir, env=env, workers=workers)
+    env = service_env_vars(
+        data_dir=data_dir, files_root=files_root, models_dir=models_dir, extra_env=extra_env
+    )
+    svc = ServiceProcess(
+        data_dir=data_dir, files_root=files_root, models_dir=models_dir, env=env, workers=workers
+    )
     svc.start()
     return svc
 
 
 @dataclass
 class ServiceEnv:
-    """Where a test service finds its files (`files_root`) and models (`models_dir`); `root` is scratch space."""
+    """Where a test service finds its files and models; `root` is scratch space for data dirs."""
 
     files_root: Path
     models_dir: Path
