@@ -65,6 +65,18 @@ class Settings:
     # Test/ops override of the launcher: a JSON list replacing `python -m accelerate.commands.launch [flags]
     # -m tuning_trainer` (e.g. a fake trainer in supervision tests). Empty -> the real trainer.
     trainer_command: str = field(default_factory=lambda: os.environ.get("TUNING_TRAINER_COMMAND", ""))
+    # CPU threads per trainer on a machine without GPUs (accelerate's --num_cpu_threads_per_process);
+    # 0 -> the CPU count divided among the concurrent jobs.
+    cpu_threads: int = field(default_factory=lambda: _int_env("TUNING_CPU_THREADS", 0))
+    # A worker that has not refreshed its supervision heartbeat for this long is presumed dead, and another
+    # worker adopts its jobs (a dead worker on this host is detected at once from its pid).
+    supervisor_stale_seconds: float = field(
+        default_factory=lambda: _float_env("TUNING_SUPERVISOR_STALE_SECONDS", 15.0)
+    )
+    # How often the scheduler looks for queued jobs submitted through another worker.
+    schedule_interval_seconds: float = field(
+        default_factory=lambda: _float_env("TUNING_SCHEDULE_INTERVAL", 0.5)
+    )
 
     @property
     def db_path(self) -> Path:

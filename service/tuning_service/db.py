@@ -1,0 +1,253 @@
+"""SQLite plumbing: open the database (WAL, busy timeout, foreign keys), idempotent DDL,
+one transaction helper.
+
+Every read-then-write goes through `Database.transaction()`, which starts with BEGIN IMMEDIATE: the write lock
+is taken up front, so two workers (or two coroutines) can never both read "queued" and both claim the job.
+Within one process a single aiosqlite connection is shared, guarded by an asyncio lock so that statements of
+concurrent coroutines never interleave inside one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .states import JobStatus, check_transition
+
+BUSY_TIMEOUT_MS = 10_000
+SCHEMA_VERSION = 1
+
+DDL = """
+CREATE TABLE IF NOT EXISTS jobs (
+    ord INTEGER PRIMARY KEY AUTOINCREMENT,   -- creation order: list order and pagination cursor
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,                     -- api_keys.id of the creating key
+    status TEXT NOT NULL,
+    model TEXT NOT NULL,
+    request TEXT NOT NULL,                   -- the normalised create body (JSON)
+    request_hash TEXT NOT NULL,
+    idempotency_key TEXT,
+    hyperparameters TEXT NOT NULL,           -- requested, replaced by the resolved ones once started (JSON)
+    config TEXT,                             -- the trainer JobConfig written to config.json (JSON)
+    metrics TEXT,                            -- public metrics object (JSON)
+    error TEXT,                              -- public error object (JSON)
+    terminal_record TEXT,                    -- the trainer's completed/failed/interrupted record (JSON)
+    fine_tuned_model TEXT,
+    adapter_path TEXT,
+    checkpoint_path TEXT,
+    trained_tokens INTEGER,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    num_gpus INTEGER NOT NULL DEFAULT 0,
+    gpu_lease TEXT,                          -- GPU ids held while running (JSON list)
+    pid INTEGER,                             -- the launcher (process group leader)
+    pgid INTEGER,
+    proc_start_time INTEGER,                 -- leader start time in clock ticks since boot (/proc/<pid>/stat)
+    supervisor_id TEXT,                      -- host:pid:start of the worker following the trainer
+    supervisor_heartbeat REAL,
+    cancel_requested_at REAL,
+    exit_code INTEGER,
+    events_offset INTEGER NOT NULL DEFAULT 0,  -- bytes of events.jsonl already turned into job_events
+    events_lines INTEGER NOT NULL DEFAULT 0,
+    log_offset INTEGER NOT NULL DEFAULT 0,     -- bytes of output.log already turned into job_events
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_idempotency
+    ON jobs(owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_owner_ord ON jobs(owner, ord);
+CREATE INDEX IF NOT EXISTS jobs_status_ord ON jobs(status, ord);
+
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,                    -- 1, 2, 3... per job
+    type TEXT NOT NULL,
+    time REAL NOT NULL,
+    data TEXT NOT NULL,                      -- the record's other fields (JSON object)
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,           -- sha256 hex of the key (the plaintext is never stored)
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+"""
+
+JSON_COLUMNS = frozenset(
+    {"request", "hyperparameters", "config", "metrics", "error", "terminal_record", "gpu_lease"}
+)
+
+
+def _encode(name: str, value: Any) -> Any:
+    if name in JSON_COLUMNS and value is not None:
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, JobStatus):
+        return value.value
+    return value
+
+
+def row_to_dict(row: aiosqlite.Row | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    out = dict(row)
+    for name in JSON_COLUMNS & out.keys():
+        if out[name] is not None:
+            out[name] = json.loads(out[name])
+    return out
+
+
+class Tx:
+    """The statements available inside one BEGIN IMMEDIATE transaction."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
+        return await self.conn.execute(sql, tuple(params))
+
+    async def one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
+        async with self.conn.execute(sql, tuple(params)) as cur:
+            return row_to_dict(await cur.fetchone())
+
+    async def all(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        async with self.conn.execute(sql, tuple(params)) as cur:
+            return [row_to_dict(r) or {} for r in await cur.fetchall()]
+
+    async def job(self, job_id: str) -> dict[str, Any] | None:
+        return await self.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+
+    async def update(self, job_id: str, where: dict[str, Any] | None = None, **fields: Any) -> int:
+        """UPDATE jobs SET fields WHERE id = job_id [AND col = value ...]; returns the rowcount."""
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        params = [_encode(k, v) for k, v in fields.items()]
+        cond = "id = ?"
+        params.append(job_id)
+        for k, v in (where or {}).items():
+            if v is None:
+                cond += f" AND {k} IS NULL"
+            else:
+                cond += f" AND {k} = ?"
+                params.append(_encode(k, v))
+        cur = await self.conn.execute(f"UPDATE jobs SET {sets} WHERE {cond}", params)
+        return cur.rowcount
+
+    async def append(self, job_id: str, records: list[tuple[str, float, dict[str, Any]]]) -> int:
+        """Append (type, time, data) records with the next sequence numbers; returns the new last seq."""
+        row = await self.one("SELECT last_seq FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise KeyError(job_id)
+        seq = int(row["last_seq"])
+        if not records:
+            return seq
+        rows = []
+        for type_, time_, data in records:
+            seq += 1
+            rows.append((job_id, seq, type_, time_, json.dumps(data, default=str)))
+        await self.conn.executemany(
+            "INSERT INTO job_events (job_id, seq, type, time, data) VALUES (?, ?, ?, ?, ?)", rows
+        )
+        await self.conn.execute("UPDATE jobs SET last_seq = ? WHERE id = ?", (seq, job_id))
+        return seq
+
+    async def transition(
+        self,
+        row: dict[str, Any],
+        new: JobStatus,
+        *,
+        now: float,
+        message: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Move a job from row["status"] to `new` (refusing illegal moves), write `fields`, append the
+        `status` record. The UPDATE is conditional on the old status, so a concurrent change fails
+        loudly."""
+        old = JobStatus(row["status"])
+        check_transition(old, new)
+        if new.is_terminal():
+            fields.setdefault("finished_at", now)
+        changed = await self.update(row["id"], where={"status": old.value}, status=new.value, **fields)
+        if changed != 1:
+            raise RuntimeError(f"job {row['id']} changed status concurrently (expected {old.value})")
+        data: dict[str, Any] = {"status": new.value}
+        if message:
+            data["message"] = message
+        await self.append(row["id"], [("status", now, data)])
+        updated = await self.job(row["id"])
+        assert updated is not None
+        return updated
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise RuntimeError("database is not open")
+        return self._conn
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
+        conn = await aiosqlite.connect(str(self.path), isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        self._conn = conn
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        async with conn.execute("PRAGMA journal_mode = WAL") as cur:
+            mode = (await cur.fetchone())[0]  # type: ignore[index]
+        async with conn.execute("PRAGMA busy_timeout") as cur:
+            timeout = (await cur.fetchone())[0]  # type: ignore[index]
+        if str(mode).lower() != "wal" or int(timeout) != BUSY_TIMEOUT_MS:
+            raise RuntimeError(f"SQLite at {self.path} refused WAL/busy_timeout (journal_mode={mode})")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        async with self.transaction() as tx:
+            for statement in DDL.split(";"):
+                if statement.strip():
+                    await tx.execute(statement)
+            await tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            async with self._lock:
+                await self._conn.close()
+                self._conn = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        """The one transaction helper: BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception."""
+        async with self._lock:
+            conn = self.conn
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield Tx(conn)
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            else:
+                await conn.execute("COMMIT")
+
+    async def one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
+        async with self._lock, self.conn.execute(sql, tuple(params)) as cur:
+            return row_to_dict(await cur.fetchone())
+
+    async def all(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        async with self._lock, self.conn.execute(sql, tuple(params)) as cur:
+            return [row_to_dict(r) or {} for r in await cur.fetchall()]
+
+    async def pragma(self, name: str) -> Any:
+        async with self._lock, self.conn.execute(f"PRAGMA {name}") as cur:
+            row = await cur.fetchone()
+            return None if row is None else row[0]

@@ -1,0 +1,188 @@
+"""Pure functions from the trainer's records to the job row: progress while it runs, the
+verdict at the end."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from .states import JobStatus
+from .tailer import Record
+
+TERMINAL_TYPES = frozenset({"completed", "failed", "interrupted"})
+
+_METRIC_KEYS = (
+    "progress",
+    "current_step",
+    "total_steps",
+    "current_epoch",
+    "total_epochs",
+    "train_loss",
+    "eval_loss",
+    "learning_rate",
+    "tokens_per_second",
+    "eta_seconds",
+)
+
+
+def _progress(step: Any, total: Any) -> float | None:
+    if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > 0:
+        return round(min(1.0, max(0.0, step / total)), 4)
+    return None
+
+
+def progress_fields(row: dict[str, Any], records: list[Record]) -> dict[str, Any]:
+    """Job-row columns to update for new trainer records (only the columns that change)."""
+    fields: dict[str, Any] = {}
+    metrics: dict[str, Any] | None = dict(row["metrics"]) if row["metrics"] else None
+    terminal = row["terminal_record"]
+    for type_, time_, data in records:
+        if type_ == "started":
+            total = data.get("total_steps")
+            start = data.get("start_step") or 0
+            metrics = dict.fromkeys(_METRIC_KEYS)
+            metrics.update(
+                progress=_progress(start, total) or 0.0,
+                current_step=start,
+                total_steps=total,
+                current_epoch=0,
+                total_epochs=data.get("total_epochs"),
+            )
+            cfg = data.get("config")
+            hp = dict(row["hyperparameters"] or {})
+            if isinstance(cfg, dict) and isinstance(cfg.get("hyperparameters"), dict):
+                hp.update(cfg["hyperparameters"])
+            if isinstance(data.get("resolved_auto"), dict):
+                hp.update(data["resolved_auto"])
+            fields["hyperparameters"] = hp
+        elif type_ == "metrics":
+            metrics = metrics or dict.fromkeys(_METRIC_KEYS)
+            step, total = data.get("step"), data.get("total_steps", metrics.get("total_steps"))
+            metrics.update(
+                current_step=step,
+                total_steps=total,
+                current_epoch=data.get("epoch", metrics.get("current_epoch")),
+                train_loss=data.get("loss", metrics.get("train_loss")),
+                learning_rate=data.get("learning_rate", metrics.get("learning_rate")),
+                tokens_per_second=data.get("tokens_per_second", metrics.get("tokens_per_second")),
+                eta_seconds=data.get("eta_seconds", metrics.get("eta_seconds")),
+            )
+            p = _progress(step, total)
+            if p is not None:
+                metrics["progress"] = p
+            if isinstance(data.get("tokens_seen"), int):
+                fields["trained_tokens"] = data["tokens_seen"]
+        elif type_ == "eval":
+            metrics = metrics or dict.fromkeys(_METRIC_KEYS)
+            metrics["eval_loss"] = data.get("eval_loss")
+        elif type_ == "checkpoint":
+            if isinstance(data.get("path"), str):
+                fields["checkpoint_path"] = data["path"]
+        elif type_ in TERMINAL_TYPES and terminal is None:
+            terminal = {"type": type_, "time": time_, **data}
+            fields["terminal_record"] = terminal
+            if type_ == "completed":
+                metrics = metrics or dict.fromkeys(_METRIC_KEYS)
+                total = data.get("total_steps", metrics.get("total_steps"))
+                metrics.update(progress=1.0, current_step=total, total_steps=total, eta_seconds=0.0)
+                if data.get("final_loss") is not None:
+                    metrics["train_loss"] = data["final_loss"]
+                if isinstance(data.get("adapter_path"), str):
+                    fields["adapter_path"] = data["adapter_path"]
+                if isinstance(data.get("tokens_seen"), int):
+                    fields["trained_tokens"] = data["tokens_seen"]
+            elif type_ == "interrupted" and isinstance(data.get("checkpoint_path"), str):
+                fields["checkpoint_path"] = data["checkpoint_path"]
+    if metrics is not None and metrics != row["metrics"]:
+        fields["metrics"] = metrics
+    return fields
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def decide_outcome(
+    row: dict[str, Any],
+    *,
+    exit_code: int | None,
+    killed_by_us: bool,
+    log_tail: list[str],
+    lost_reason: str | None = None,
+    grace_seconds: float = 0.0,
+) -> tuple[JobStatus, str, dict[str, Any]]:
+    """The final (status, message, row fields) of a job whose trainer is gone.
+
+    The terminal record wins; without one the exit status speaks (a negative code is a signal); a job whose
+    trainer ended unseen while the service was down fails with `lost_reason`.
+    """
+    term = row["terminal_record"] or {}
+    kind = term.get("type")
+    cancel = row["cancel_requested_at"] is not None
+    sig = -exit_code if exit_code is not None and exit_code < 0 else None
+    code_out = exit_code if exit_code is not None and exit_code >= 0 else None
+
+    def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "code": code,
+            "message": message,
+            "param": extra.pop("param", None),
+            "exit_code": code_out,
+            "signal": None if sig is None else _signal_name(sig),
+            "log_tail": log_tail,
+            **extra,
+        }
+
+    if kind == "completed":
+        req = row["request"]
+        name = f"ft:{row['model']}:{req.get('suffix') or 'lora'}:{row['id']}"
+        return (
+            JobStatus.SUCCEEDED,
+            "training completed",
+            {
+                "fine_tuned_model": name,
+                "adapter_path": term.get("adapter_path") or row["adapter_path"],
+                "error": None,
+            },
+        )
+    if kind == "failed":
+        extra = {k: v for k, v in term.items() if k in ("hint", "data_code", "line", "param")}
+        code = str(term.get("code") or "training_error")
+        message = str(term.get("message") or "the trainer reported a failure")
+        return JobStatus.FAILED, message, {"error": error(code, message, **extra)}
+    if kind == "interrupted":
+        ckpt = term.get("checkpoint_path")
+        if cancel:
+            return JobStatus.CANCELLED, f"cancelled; checkpoint saved at {ckpt}", {}
+        message = "the trainer was interrupted by a signal that did not come from a cancel request" + (
+            f"; its last checkpoint is {ckpt}" if ckpt else ""
+        )
+        return JobStatus.FAILED, message, {"error": error("interrupted", message, checkpoint_path=ckpt)}
+    if cancel:
+        how = (
+            f"killed after the {grace_seconds:g} s grace period"
+            if killed_by_us
+            else "it exited before saving a checkpoint"
+        )
+        return JobStatus.CANCELLED, f"cancelled; the trainer stopped without a checkpoint ({how})", {}
+    if lost_reason is not None:
+        message = "the service restarted and the trainer is no longer running; it left no final record" + (
+            f" (last output: {log_tail[-1]!r})" if log_tail else ""
+        )
+        return JobStatus.FAILED, message, {"error": error(lost_reason, message)}
+    if sig is not None:
+        message = f"the trainer was killed by {_signal_name(sig)} without reporting a result"
+        return JobStatus.FAILED, message, {"error": error("trainer_killed", message)}
+    if exit_code is None:
+        message = (
+            "the trainer exited without reporting a result (exit status unknown: started by an earlier "
+            "service process)"
+        )
+    else:
+        message = f"the trainer exited with code {exit_code} without reporting a result"
+    if log_tail:
+        message += f"; last output: {log_tail[-1]!r}"
+    return JobStatus.FAILED, message, {"error": error("trainer_crashed", message)}

@@ -1,0 +1,80 @@
+"""The scheduler: claim queued jobs (atomically, in SQLite) up to the concurrency limit and launch them.
+
+The limit and the GPU leases are counted in the database, not in memory, so two uvicorn workers share them;
+a claim is a conditional UPDATE inside BEGIN IMMEDIATE, so only one worker can ever launch a given job.
+The same loop adopts jobs whose supervising worker has died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .settings import Settings
+from .store import Store
+from .supervisor import Supervisor
+
+log = logging.getLogger("tuning_service.scheduler")
+
+ADOPT_INTERVAL_SECONDS = 2.0
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, store: Store, supervisor: Supervisor) -> None:
+        self.settings = settings
+        self.store = store
+        self.supervisor = supervisor
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_adopt = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="tuning-scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def wake(self) -> None:
+        """A job was queued (or a slot freed) in this worker: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduler tick failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.schedule_interval_seconds)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def tick(self) -> int:
+        """Claim and launch as many queued jobs as fit; returns how many were launched."""
+        now = time.time()
+        if now - self._last_adopt >= ADOPT_INTERVAL_SECONDS:
+            self._last_adopt = now
+            await self.supervisor.adopt_orphans(reason="service_restart")
+        launched = 0
+        while True:
+            row = await self.store.claim_next(
+                supervisor_id=self.supervisor.id,
+                max_concurrent=self.settings.max_concurrent_jobs,
+                gpus=self.settings.gpus,
+                now=time.time(),
+            )
+            if row is None:
+                return launched
+            log.info("job %s claimed (gpus %s)", row["id"], row["gpu_lease"] or "none")
+            await self.supervisor.launch(row)
+            launched += 1

@@ -1,0 +1,144 @@
+"""A fake trainer for the narrow supervision tests: it speaks the trainer protocol (docs/trainer-protocol.md:
+events.jsonl records, exit codes, SIGTERM -> checkpoint + `interrupted` + exit 4) without any ML.
+
+Run as `python fake_trainer.py --config JOB.json`. The behaviour comes from the job's model name,
+`fake:<mode>[?key=value&...]`, so every test job picks its own:
+
+  complete      started, `steps` metrics records, completed (an adapter folder), exit 0
+  fail          started, failed {code: invalid_data, data_code, line}, exit 2
+  oom           started, failed {code: out_of_memory, hint}, exit 3
+  crash         started, a few metrics, a traceback on stderr, exit 1 with no terminal record
+  killself      started, then SIGKILLs itself (no terminal record)
+  ignore_term   ignores SIGTERM and keeps running (only SIGKILL stops it)
+  grandchildren spawns `children` processes in its group (which ignore SIGTERM when stubborn=1), then
+                runs like `complete` but honours SIGTERM
+  partial       writes records in pieces (a partial last line for a while), plus one malformed line
+Options: steps (default 5), delay (seconds per step, default 0.01).
+Every launch appends its pid to <output_dir>/launches.txt so tests can prove a job ran once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+stop_requested = False
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True)
+    args = ap.parse_args()
+    cfg = json.loads(Path(args.config).read_text())
+    out = Path(cfg["output_dir"])
+    mode, _, query = cfg["model"].removeprefix("fake:").partition("?")
+    opts = dict(parse_qsl(query))
+    steps = int(opts.get("steps", 5))
+    delay = float(opts.get("delay", 0.01))
+    with open(out / "launches.txt", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    events = open(out / "events.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+
+    def emit(type_: str, **fields: object) -> None:
+        events.write(json.dumps({"type": type_, "time": time.time(), **fields}) + "\n")
+        events.flush()
+        os.fsync(events.fileno())
+
+    def on_term(signum: int, frame: object) -> None:
+        global stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "ignore_term" else on_term)
+    print(f"fake trainer {mode} starting, pid {os.getpid()}", flush=True)
+    emit(
+        "started",
+        total_steps=steps,
+        total_epochs=1,
+        num_examples=8,
+        start_step=0,
+        config={"hyperparameters": {**cfg["hyperparameters"], "epochs": 1, "batch_size": 2}},
+        resolved_auto={"epochs": 1, "batch_size": 2},
+    )
+
+    if mode == "grandchildren":
+        code = (
+            "import signal, time\n"
+            + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if opts.get("stubborn") == "1" else "")
+            + "time.sleep(120)\n"
+        )
+        for _ in range(int(opts.get("children", 2))):
+            subprocess.Popen([sys.executable, "-c", code])
+    if mode == "fail":
+        print("ERROR: bad data on line 3", flush=True)
+        emit(
+            "failed", code="invalid_data", message="line 3: not valid JSON", data_code="invalid_json", line=3
+        )
+        return 2
+    if mode == "oom":
+        emit("failed", code="out_of_memory", message="CUDA out of memory", hint="lower batch_size")
+        return 3
+    if mode == "killself":
+        print("about to die", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "partial":
+        emit("metrics", step=1, total_steps=steps, loss=2.0, tokens_seen=10)
+        events.write('{"type": "metrics", "time": 1.0, "step": 2, "total_')
+        events.flush()
+        time.sleep(float(opts.get("hold", 0.5)))
+        events.write(f'steps": {steps}, "loss": 1.5, "tokens_seen": 20}}\nthis is not json\n')
+        events.flush()
+        emit(
+            "completed", adapter_path=str(out / "adapter"), final_loss=1.5, total_steps=steps, tokens_seen=20
+        )
+        return 0
+
+    step = 0
+    while step < steps or mode == "ignore_term":
+        if stop_requested:
+            ckpt = out / "checkpoints" / f"checkpoint-{step}"
+            ckpt.mkdir(parents=True, exist_ok=True)
+            (ckpt / "trainer_state.pt").write_text("{}")
+            emit("checkpoint", step=step, path=str(ckpt))
+            emit("interrupted", step=step, checkpoint_path=str(ckpt))
+            print(f"interrupted at step {step}", flush=True)
+            return 4
+        time.sleep(delay)
+        step += 1
+        if mode == "crash" and step == 2:
+            print("Traceback (most recent call last):\nRuntimeError: boom", file=sys.stderr, flush=True)
+            return 1
+        print(f"step {step}/{steps}", flush=True)
+        emit(
+            "metrics",
+            step=step,
+            total_steps=steps,
+            epoch=step / steps,
+            loss=2.0 / step,
+            learning_rate=1e-4,
+            tokens_per_second=1000.0,
+            tokens_seen=step * 10,
+            eta_seconds=(steps - step) * delay,
+        )
+    adapter = out / "adapter"
+    adapter.mkdir(exist_ok=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    emit(
+        "completed",
+        adapter_path=str(adapter),
+        final_loss=2.0 / steps,
+        total_steps=steps,
+        tokens_seen=steps * 10,
+    )
+    print("done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
