@@ -114,7 +114,8 @@ def light_service_env(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def api_service(light_service_env):
-    """One real service per test module on the light env (fresh data dir, dev keys)."""
-    svc = light_service_env.start("api")
+    """One real service per test module on the light env (fresh data dir, dev keys). It runs no trainers
+    (TUNING_MAX_CONCURRENT_JOBS=0): jobs stay `queued` until cancelled: API tests stay fast and exact."""
+    svc = light_service_env.start("api", extra_env={"TUNING_MAX_CONCURRENT_JOBS": "0"})
     yield svc
     svc.stop()

@@ -163,6 +163,26 @@ class ServiceProcess:
         self.stop()
         self.start()
 
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run `python -m tuning_service ARGS` against this service's data dir (e.g. `keys create`)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "tuning_service", *args],
+            cwd=self.files_root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"tuning_service {' '.join(args)} exited {result.returncode}: {result.stderr}"
+            )
+        return result
+
+    def new_key(self, name: str) -> str:
+        """A fresh API key (a fresh owner with no jobs), created with the CLI; works at once."""
+        return self.cli("keys", "create", "--name", name).stdout.strip()
+
     # ---- HTTP --------------------------------------------------------------------------------------------
 
     def request(
