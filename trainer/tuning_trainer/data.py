@@ -148,7 +148,9 @@ def iter_records(
         for lineno, raw in enumerate(fh, start=1):
             if len(raw) > max_line_bytes:
                 raise DataError(
-                    LINE_TOO_LONG, f"line is {len(raw)} bytes, over the limit of {max_line_bytes}", line=lineno
+                    LINE_TOO_LONG,
+                    f"line is {len(raw)} bytes, over the limit of {max_line_bytes}",
+                    line=lineno,
                 )
             try:
                 text = raw.decode("utf-8")
@@ -161,7 +163,9 @@ def iter_records(
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise DataError(INVALID_JSON, f"invalid JSON: {exc.msg} (column {exc.colno})", line=lineno) from None
+                raise DataError(
+                    INVALID_JSON, f"invalid JSON: {exc.msg} (column {exc.colno})", line=lineno
+                ) from None
             yield lineno, obj
 
 
@@ -172,7 +176,7 @@ def validate_file(
     max_line_bytes: int = MAX_LINE_BYTES,
     max_rows: int = MAX_ROWS,
 ) -> DatasetSummary:
-    """Check a whole JSONL file and summarise it. Raises DataError (with a line number) at the first problem."""
+    """Check a whole JSONL file and summarise it. Raises DataError (with a line number) at the first error."""
     p = Path(path)
     try:
         size = p.stat().st_size

@@ -1,0 +1,138 @@
+"""Entry point: `accelerate launch [accelerate flags] -m tuning_trainer --config JOB.json` (or flags).
+
+Order matters: signals are caught first, then the config and the data are validated and the model is located
+with the standard library alone, and only then is the ML stack imported. A bad job therefore fails in well
+under a second, writes one `failed` record and loads no model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, JobConfig
+from .data import DataError, DatasetSummary, validate_file
+from .errors import EXIT_USER_ERROR, INVALID_CONFIG, INVALID_DATA, TrainerError, classify
+from .events import EventWriter
+from .signals import StopFlag
+
+
+def _quiet_environment() -> None:
+    # The service streams stdout/stderr line by line: no progress bars, no carriage-return redraws.
+    for name, value in (
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        ("TQDM_DISABLE", "1"),
+        ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+        ("TOKENIZERS_PARALLELISM", "false"),
+        ("BITSANDBYTES_NOWELCOME", "1"),
+    ):
+        os.environ.setdefault(name, value)
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def _guess_output_dir(argv: list[str]) -> str | None:
+    """Best effort, for a config that failed validation: where should the `failed` record go?"""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--output-dir="):
+            return arg.split("=", 1)[1]
+        if arg == "--output-dir" and i + 1 < len(argv):
+            return argv[i + 1]
+    for i, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        if path:
+            try:
+                value = json.loads(Path(path).read_text(encoding="utf-8")).get("output_dir")
+            except (OSError, ValueError, AttributeError):
+                return None
+            return value if isinstance(value, str) and value else None
+    return None
+
+
+def _validate_data(cfg: JobConfig) -> tuple[DatasetSummary, DatasetSummary | None]:
+    summaries: list[DatasetSummary | None] = []
+    for field_name, path in (("training_file", cfg.training_file), ("validation_file", cfg.validation_file)):
+        if path is None:
+            summaries.append(None)
+            continue
+        try:
+            summaries.append(validate_file(path))
+        except DataError as exc:
+            raise TrainerError(
+                INVALID_DATA,
+                f"{field_name} {Path(path).name}: {exc.message}",
+                EXIT_USER_ERROR,
+                extra={"data_code": exc.code, "line": exc.line, "file": field_name},
+            ) from None
+    train, valid = summaries
+    assert train is not None
+    return train, valid
+
+
+def run(argv: list[str]) -> int:
+    stop = StopFlag().install()
+    try:
+        from .cli import parse_args
+
+        cfg, _ = parse_args(argv)
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr, flush=True)
+        out = _guess_output_dir(argv)
+        if out and _is_main_process():
+            err = TrainerError(INVALID_CONFIG, exc.message, EXIT_USER_ERROR, extra={"param": exc.param})
+            if exc.code != INVALID_CONFIG:
+                err.extra["config_code"] = exc.code
+            EventWriter(Path(out) / "events.jsonl").write("failed", **err.record())
+        return EXIT_USER_ERROR
+
+    events = EventWriter(Path(cfg.output_dir) / "events.jsonl", enabled=_is_main_process())
+    try:
+        train_summary, eval_summary = _validate_data(cfg)
+        from .modelling import resolve_model
+
+        source = resolve_model(cfg.model)
+        if cfg.resume_from:
+            from .checkpoint import check_resume_dir
+
+            check_resume_dir(cfg.resume_from)
+
+        from .recipe import Recipe  # the first heavy import
+
+        recipe = Recipe(
+            cfg, events, source=source, train_summary=train_summary, eval_summary=eval_summary, stop=stop
+        )
+        return recipe.run()
+    except BaseException as exc:  # every failure becomes one `failed` record and an exit code
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            raise
+        err = classify(exc)
+        record: dict[str, Any] = err.record()
+        events.write("failed", **record)
+        print(f"error [{err.code}]: {err.message}", file=sys.stderr, flush=True)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr, flush=True)
+        if err.code not in ("invalid_config", "invalid_data", "model_not_found", "model_unavailable"):
+            import traceback
+
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        return err.exit_code
+    finally:
+        events.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_environment()
+    code = run(sys.argv[1:] if argv is None else argv)
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

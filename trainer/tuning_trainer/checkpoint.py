@@ -1,0 +1,125 @@
+"""Checkpoints: adapter + optimizer + scheduler + RNG + data position, saved atomically, loaded for resume.
+
+Layout of `checkpoints/checkpoint-N/`: the PEFT adapter files (loadable on their own with
+PeftModel.from_pretrained), the tokenizer files, and `trainer_state.pt` holding everything else.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .errors import EXIT_USER_ERROR, INVALID_CONFIG, TrainerError
+
+STATE_FILE = "trainer_state.pt"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"checkpoint-{step}"
+
+
+def check_resume_dir(path: str | Path) -> Path:
+    """Cheap check (no torch) that `path` is a checkpoint this trainer wrote. Raises TrainerError (exit 2)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise TrainerError(
+            INVALID_CONFIG,
+            f"resume_from {str(path)!r}: directory not found",
+            EXIT_USER_ERROR,
+            extra={"param": "resume_from"},
+        )
+    needed = (STATE_FILE, ADAPTER_WEIGHTS, "adapter_config.json")
+    missing = [name for name in needed if not (p / name).is_file()]
+    if missing:
+        raise TrainerError(
+            INVALID_CONFIG,
+            f"resume_from {str(path)!r} is not a trainer checkpoint (missing {', '.join(missing)})",
+            EXIT_USER_ERROR,
+            extra={"param": "resume_from"},
+        )
+    return p
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+
+
+def save(
+    path: Path,
+    *,
+    model: Any,
+    tokenizer: Any,
+    optimizer: Any,
+    scheduler: Any,
+    state: dict[str, Any],
+) -> Path:
+    """Write a checkpoint into `path` atomically (a half-written checkpoint is never left under its name)."""
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    payload = {
+        **state,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(),
+    }
+    torch.save(payload, tmp / STATE_FILE)
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path
+
+
+def load(path: Path, *, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """Load adapter weights into the already-wrapped model (never wrapping it again) and restore the rest."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / ADAPTER_WEIGHTS))
+    result = set_peft_model_state_dict(model, weights)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise TrainerError(
+            INVALID_CONFIG,
+            f"checkpoint {path} does not match this model/LoRA config (e.g. unexpected {unexpected[0]!r})",
+            EXIT_USER_ERROR,
+            extra={"param": "resume_from"},
+        )
+    state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state.pop("optimizer"))
+    scheduler.load_state_dict(state.pop("scheduler"))
+    _set_rng_state(state.pop("rng"))
+    return state

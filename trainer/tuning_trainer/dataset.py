@@ -1,0 +1,202 @@
+"""Tokenisation of the four JSONL formats with the loss mask (assistant / completion tokens only by default).
+
+Runs after data.validate_file() has accepted the file, so records here are known to be well formed.
+Labels use -100 for positions that carry no loss (prompts, system/user turns, padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import iter_records
+
+IGNORE_INDEX = -100
+
+# Used when a tokenizer has no chat template of its own. It marks assistant turns with {% generation %} so the
+# assistant-only mask comes from the template itself, and it is saved with the adapter's tokenizer so that
+# inference renders conversations exactly as training did.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '### Assistant:\\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{{ '\\n\\n' }}"
+    "{% else %}"
+    "{{ '### ' + (message['role'] | capitalize) + ':\\n' + message['content'] + '\\n\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Assistant:\\n' }}{% endif %}"
+)
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task{with_input}. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
+)
+
+
+@dataclass
+class TokenizedData:
+    examples: list[dict[str, list[int]]] = field(default_factory=list)
+    truncated: int = 0
+    # Examples left with no trainable token after truncation (their answer lay past max_seq_length).
+    dropped: int = 0
+    num_tokens: int = 0
+    num_target_tokens: int = 0
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "num_examples": len(self.examples),
+            "truncated_examples": self.truncated,
+            "dropped_examples": self.dropped,
+            "num_tokens": self.num_tokens,
+            "num_target_tokens": self.num_target_tokens,
+        }
+
+
+def ensure_chat_template(tokenizer: Any) -> bool:
+    """Give a tokenizer without a chat template the fallback one. Returns True if the fallback was set."""
+    if getattr(tokenizer, "chat_template", None):
+        return False
+    tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    return True
+
+
+def _has_generation_tags(tokenizer: Any) -> bool:
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        template = template.get("default") or next(iter(template.values()), "")
+    return "{% generation" in (template or "") or "{%- generation" in (template or "")
+
+
+def _ids(encoded: Any) -> list[int]:
+    ids = encoded["input_ids"] if not isinstance(encoded, list) else encoded
+    return list(ids)
+
+
+def encode_chat(messages: list[dict[str, str]], tokenizer: Any) -> tuple[list[int], list[bool]]:
+    """Token ids and, per token, whether it belongs to an assistant turn."""
+    if _has_generation_tags(tokenizer):
+        enc = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        ids = _ids(enc)
+        return ids, [bool(m) for m in enc["assistant_masks"]]
+    # No {% generation %} markers: find each assistant turn's characters by rendering prefixes of the
+    # conversation, then mark the tokens whose characters fall inside those spans.
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start_text = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        end_text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if i and text.startswith(end_text) and end_text.startswith(start_text):
+            spans.append((len(start_text), len(end_text)))
+            cursor = len(end_text)
+            continue
+        # A template that is not prefix-stable (e.g. rewrites earlier turns): locate the content itself.
+        at = text.find(message["content"], cursor)
+        if at >= 0:
+            spans.append((at, at + len(message["content"]) + 1))
+            cursor = at + len(message["content"])
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [any(s <= a < e for s, e in spans) for a, _ in enc["offset_mapping"]]
+    return _ids(enc), mask
+
+
+def _prompt_completion(prompt: str, completion: str, tokenizer: Any) -> tuple[list[int], list[bool]]:
+    prompt_ids = _ids(tokenizer(prompt, add_special_tokens=True)) if prompt else _bos(tokenizer)
+    completion_ids = _ids(tokenizer(completion, add_special_tokens=False)) + _eos(tokenizer)
+    return prompt_ids + completion_ids, [False] * len(prompt_ids) + [True] * len(completion_ids)
+
+
+def _bos(tokenizer: Any) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
+def _eos(tokenizer: Any) -> list[int]:
+    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
+def alpaca_prompt(instruction: str, input_text: str | None) -> str:
+    has_input = bool(input_text and input_text.strip())
+    return ALPACA_PROMPT.format(
+        with_input=", paired with an input that provides further context" if has_input else "",
+        instruction=instruction,
+        input_block=f"### Input:\n{input_text}\n\n" if has_input else "",
+    )
+
+
+def encode_record(record: dict[str, Any], fmt: str, tokenizer: Any) -> tuple[list[int], list[bool]]:
+    """(input ids, target mask) for one validated record of format `fmt`."""
+    if fmt == "chat":
+        return encode_chat(record["messages"], tokenizer)
+    if fmt == "completion":
+        return _prompt_completion(record["prompt"], record["completion"], tokenizer)
+    if fmt == "alpaca":
+        prompt = alpaca_prompt(record["instruction"], record.get("input"))
+        return _prompt_completion(prompt, record["output"], tokenizer)
+    ids = _ids(tokenizer(record["text"], add_special_tokens=True)) + _eos(tokenizer)
+    return ids, [True] * len(ids)
+
+
+def tokenize_file(
+    path: str | Path,
+    fmt: str,
+    tokenizer: Any,
+    *,
+    max_seq_length: int,
+    train_on_inputs: bool = False,
+) -> TokenizedData:
+    out = TokenizedData()
+    for _, record in iter_records(path):
+        ids, mask = encode_record(record, fmt, tokenizer)
+        if train_on_inputs:
+            labels = list(ids)
+        else:
+            labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)]
+        if len(ids) > max_seq_length:
+            out.truncated += 1
+            ids, labels = ids[:max_seq_length], labels[:max_seq_length]
+        targets = sum(1 for t in labels if t != IGNORE_INDEX)
+        if targets == 0:
+            out.dropped += 1
+            continue
+        out.examples.append({"input_ids": ids, "labels": labels})
+        out.num_tokens += len(ids)
+        out.num_target_tokens += targets
+    return out
+
+
+def pack(examples: list[dict[str, list[int]]], max_seq_length: int) -> list[dict[str, list[int]]]:
+    """Concatenate examples into rows of exactly max_seq_length tokens (the last row may be shorter)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for ex in examples:
+        ids += ex["input_ids"]
+        labels += ex["labels"]
+    rows = []
+    for start in range(0, len(ids), max_seq_length):
+        row_labels = labels[start : start + max_seq_length]
+        if any(t != IGNORE_INDEX for t in row_labels):
+            rows.append({"input_ids": ids[start : start + max_seq_length], "labels": row_labels})
+    return rows
+
+
+def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, Any]:
+    """Right-pad a batch into tensors: input_ids, attention_mask, labels."""
+    import torch
+
+    width = max(len(ex["input_ids"]) for ex in examples)
+    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, ex in enumerate(examples):
+        n = len(ex["input_ids"])
+        ids[row, :n] = torch.tensor(ex["input_ids"], dtype=torch.long)
+        labels[row, :n] = torch.tensor(ex["labels"], dtype=torch.long)
+        attention[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": attention, "labels": labels}

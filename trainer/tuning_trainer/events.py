@@ -1,0 +1,68 @@
+"""The JSON-lines event writer: `events.jsonl` in the output directory (docs/trainer-protocol.md).
+
+Only the main process writes. Each record is one line, written with a single write() and flushed and
+fsynced at once, so a reader tailing the file sees whole records promptly; a crash loses at most the line
+in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+TERMINAL = ("completed", "failed", "interrupted")
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN/Infinity: a diverged loss is written as null rather than an unparseable token.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class EventWriter:
+    def __init__(self, path: str | Path, *, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self.terminal_written: str | None = None
+        self._fh: Any = None
+
+    def write(self, type_: str, **fields: Any) -> dict[str, Any]:
+        record = {"type": type_, "time": time.time(), **_clean(fields)}
+        if type_ in TERMINAL:
+            if self.terminal_written is not None:
+                # Exactly one terminal record per run: a second one would contradict the first.
+                return record
+            self.terminal_written = type_
+        if not self.enabled:
+            return record
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+        self._fh.write(json.dumps(record, default=str, allow_nan=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        return record
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def read_events(path: str | Path) -> list[dict[str, Any]]:
+    """Parse an events file, ignoring a partial last line (a reader's view of the protocol)."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        out.append(json.loads(line))
+    return out
