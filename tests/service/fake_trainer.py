@@ -14,7 +14,7 @@ Run as `python fake_trainer.py --config JOB.json`. The behaviour comes from the 
                 runs like `complete` but honours SIGTERM
   partial       writes records in pieces (a partial last line for a while), plus one malformed line
 Options: steps (default 5), delay (seconds per step, default 0.01).
-Every launch appends its pid to <output_dir>/launches.txt so tests can prove a job ran once.
+Every launch appends "<pid> <CUDA_VISIBLE_DEVICES>" to <output_dir>/launches.txt: tests prove a job ran once.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> int:
     steps = int(opts.get("steps", 5))
     delay = float(opts.get("delay", 0.01))
     with open(out / "launches.txt", "a") as f:
-        f.write(f"{os.getpid()}\n")
+        f.write(f"{os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES', '-')}\n")
     events = open(out / "events.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 
     def emit(type_: str, **fields: object) -> None:

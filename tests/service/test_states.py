@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tuning_service.states import (
+    ACTIVE,
+    NON_TERMINAL,
+    TERMINAL,
+    IllegalTransition,
+    JobStatus,
+    allowed,
+    check_transition,
+)
+
+S = JobStatus
+LEGAL = {
+    (S.VALIDATING, S.QUEUED),
+    (S.VALIDATING, S.FAILED),
+    (S.VALIDATING, S.CANCELLED),
+    (S.QUEUED, S.RUNNING),
+    (S.QUEUED, S.FAILED),
+    (S.QUEUED, S.CANCELLED),
+    (S.RUNNING, S.CANCELLING),
+    (S.RUNNING, S.SUCCEEDED),
+    (S.RUNNING, S.FAILED),
+    (S.CANCELLING, S.CANCELLED),
+    (S.CANCELLING, S.SUCCEEDED),
+    (S.CANCELLING, S.FAILED),
+}
+
+
+def test_values_are_the_public_strings() -> None:
+    assert [s.value for s in S] == [
+        "validating", "queued", "running", "cancelling", "succeeded", "failed", "cancelled",
+    ]  # fmt: skip
+    assert S("running") is S.RUNNING
+    assert S.RUNNING == "running"  # a str Enum compares with plain strings (JSON, SQLite)
+    assert str(S.QUEUED) == "queued"
+
+
+def test_terminal_states() -> None:
+    assert {s for s in S if s.is_terminal()} == {S.SUCCEEDED, S.FAILED, S.CANCELLED}
+    assert {S.SUCCEEDED, S.FAILED, S.CANCELLED} == TERMINAL
+    assert set(S) - TERMINAL == NON_TERMINAL
+    assert {S.RUNNING, S.CANCELLING} == ACTIVE
+
+
+@pytest.mark.parametrize(("old", "new"), list(itertools.product(S, S)))
+def test_every_pair(old: JobStatus, new: JobStatus) -> None:
+    if (old, new) in LEGAL:
+        assert allowed(old, new)
+        assert check_transition(old, new) is new
+        assert check_transition(old.value, new.value) is new  # plain strings from the database work too
+    else:
+        assert not allowed(old, new)
+        with pytest.raises(IllegalTransition) as info:
+            check_transition(old, new)
+        assert info.value.old is old and info.value.new is new
+        assert f"{old.value} -> {new.value}" in str(info.value)
+
+
+def test_unknown_status_is_refused() -> None:
+    with pytest.raises(ValueError):
+        check_transition("running", "paused")
+
+
+@given(st.lists(st.sampled_from(list(S)), max_size=12))
+def test_random_walks_follow_the_table(moves: list[JobStatus]) -> None:
+    """Applying random moves from `queued`: only legal moves change the state, and nothing leaves a terminal
+    state; the walk always stays in a state reachable from queued."""
+    state = S.QUEUED
+    for new in moves:
+        try:
+            moved = check_transition(state, new)
+        except IllegalTransition:
+            assert (state, new) not in LEGAL
+            continue
+        assert (state, moved) in LEGAL
+        state = moved
+    if state.is_terminal():
+        assert all(not allowed(state, s) for s in S)
+    assert state is not S.VALIDATING
