@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -268,7 +269,7 @@ class Tunings:
         )
         ctype = resp.headers.get("Content-Type", "")
         if "text/event-stream" not in ctype:
-            resp.release_conn()
+            _dispose(resp)
             raise _StreamUnavailable(f"expected an event stream, got {ctype or 'no content type'}")
         return resp
 
@@ -277,7 +278,7 @@ class Tunings:
         job_id: str,
         after: int,
         read_timeout: Callable[[], float] | None = None,
-    ) -> Iterator[LogRecord | None]:
+    ) -> Generator[LogRecord | None, None, None]:
         """Records from the live stream, resumed after drops; None marks a tick (heartbeat or reconnect),
         so that a caller such as `wait` regains control while nothing happens."""
         last_seq = after
@@ -311,7 +312,7 @@ class Tunings:
                 except APIConnectionError as exc:
                     failure = exc
                 finally:
-                    resp.release_conn()
+                    _dispose(resp)
             # The stream ended without the job's terminal status: the connection dropped, or the server
             # closed it (restart, or the job had already ended before we connected).
             yield None
@@ -396,20 +397,21 @@ class Tunings:
                 return STREAM_READ_TIMEOUT
             return max(0.1, min(STREAM_READ_TIMEOUT, deadline - time.monotonic()))
 
-        last_refresh = time.monotonic()
+        last_refresh = float("-inf")  # the first record always refreshes
         dirty = False
-        for rec in self._follow(job.id, 0, read_timeout):
-            if rec is not None and rec.type in _JOB_CHANGING:
-                dirty = True
-            now = time.monotonic()
-            terminal_record = rec is not None and rec.is_terminal_status
-            if dirty and (terminal_record or now - last_refresh >= MIN_REFRESH_INTERVAL or rec is None):
-                job = self.get(job.id)
-                last_refresh, dirty = time.monotonic(), False
-                notifier.update(job)
-                if job.is_terminal:
-                    return job
-            _check_deadline(job, deadline)
+        with contextlib.closing(self._follow(job.id, 0, read_timeout)) as records:
+            for rec in records:
+                if rec is not None and rec.type in _JOB_CHANGING:
+                    dirty = True
+                now = time.monotonic()
+                terminal_record = rec is not None and rec.is_terminal_status
+                if dirty and (terminal_record or now - last_refresh >= MIN_REFRESH_INTERVAL or rec is None):
+                    job = self.get(job.id)
+                    last_refresh, dirty = time.monotonic(), False
+                    notifier.update(job)
+                    if job.is_terminal:
+                        return job
+                _check_deadline(job, deadline)
         job = self.get(job.id)
         notifier.update(job)
         return job
@@ -437,6 +439,16 @@ class Tunings:
             failures = 0
             notifier.update(job)
         return job
+
+
+def _dispose(resp: Any) -> None:
+    """Give a streamed response's connection back. One not read to its end is closed first: returned to
+    the pool with unread bytes, it would corrupt the next request sent over it."""
+    try:
+        if not resp.closed and resp.length_remaining != 0:
+            resp.close()
+    finally:
+        resp.release_conn()
 
 
 def _check_deadline(job: TuningJob, deadline: float | None) -> None:

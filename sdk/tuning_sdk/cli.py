@@ -1,0 +1,456 @@
+"""`tuning`: the command line of the SDK (installed with it; no extra dependencies).
+
+    tuning health
+    tuning jobs create --model M --training-file F [--hp key=value ...] [--wait]
+    tuning jobs list [--status S] [--limit N] | get ID | cancel ID | delete ID
+    tuning jobs logs ID [-f]
+    tuning jobs wait ID [--timeout S]
+
+Global options go before the command: ``tuning --json jobs get ID``. ``--base-url``/``--api-key`` default to
+``TUNING_BASE_URL``/``TUNING_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from ._client import TuningClient
+from ._errors import (
+    APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    TuningError,
+    WaitTimeoutError,
+)
+from ._models import TuningJob
+from ._version import __version__
+
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REJECTED = 3
+EXIT_AUTH = 4
+EXIT_NOT_FOUND = 5
+EXIT_CONNECTION = 6
+EXIT_SERVER = 7
+EXIT_WAIT_TIMEOUT = 8
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = f"""exit codes:
+  {EXIT_OK}    success (for wait / create --wait: the job succeeded)
+  {EXIT_JOB_FAILED}    the job ended failed or cancelled (wait / create --wait)
+  {EXIT_USAGE}    bad command line or configuration (e.g. no API key)
+  {EXIT_REJECTED}    the service rejected the request (400, 409, 413, 422, ...)
+  {EXIT_AUTH}    authentication or permission error (401, 403)
+  {EXIT_NOT_FOUND}    no such job (404)
+  {EXIT_CONNECTION}    the service could not be reached (connection error or timeout)
+  {EXIT_SERVER}    the service failed (5xx)
+  {EXIT_WAIT_TIMEOUT}    wait --timeout expired (the job keeps running)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C; the job keeps running)
+"""
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code for an error (see EXIT_CODES_HELP)."""
+    if isinstance(exc, WaitTimeoutError):
+        return EXIT_WAIT_TIMEOUT
+    if isinstance(exc, (AuthenticationError, PermissionDeniedError)):
+        return EXIT_AUTH
+    if isinstance(exc, NotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, InternalServerError):
+        return EXIT_SERVER
+    if isinstance(exc, APIStatusError):
+        return EXIT_REJECTED
+    if isinstance(exc, APIConnectionError):
+        return EXIT_CONNECTION
+    return EXIT_USAGE
+
+
+# ---- progress display ------------------------------------------------------------------------------------
+
+
+class _PlainBar:
+    """A dependency-free progress bar: redrawn in place on a terminal, one line per 10 % otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last_decile = -1
+
+    def update(self, job: TuningJob) -> None:
+        m = job.metrics
+        if m is None:
+            return
+        width = 30
+        filled = round(m.progress * width)
+        bar = "#" * filled + "-" * (width - filled)
+        line = f"[{bar}] {m.progress * 100:5.1f}% {_describe(job)}"
+        if self.tty:
+            self.stream.write("\r" + line[:150].ljust(100))
+            self.stream.flush()
+        else:
+            decile = int(m.progress * 10)
+            if decile != self._last_decile:
+                self._last_decile = decile
+                self.stream.write(line + "\n")
+                self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class _TqdmBar:
+    def __init__(self, tqdm: Any, stream: TextIO) -> None:
+        self._tqdm = tqdm
+        self._stream = stream
+        self._bar: Any = None
+
+    def update(self, job: TuningJob) -> None:
+        m = job.metrics
+        if m is None:
+            return
+        if self._bar is None:
+            self._bar = self._tqdm(
+                total=m.total_steps or 100, unit="step", file=self._stream, dynamic_ncols=True
+            )
+        if m.total_steps:
+            self._bar.total = m.total_steps
+            self._bar.n = m.current_step
+        else:
+            self._bar.n = int(m.progress * 100)
+        self._bar.set_postfix_str(_describe(job, steps=False), refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _progress_bar(stream: TextIO) -> _PlainBar | _TqdmBar:
+    try:
+        from tqdm import tqdm  # optional: used when installed
+    except ImportError:
+        return _PlainBar(stream)
+    return _TqdmBar(tqdm, stream)
+
+
+def _describe(job: TuningJob, *, steps: bool = True) -> str:
+    m = job.metrics
+    if m is None:
+        return job.status
+    parts = []
+    if steps and m.total_steps:
+        parts.append(f"step {m.current_step}/{m.total_steps}")
+    if m.total_epochs:
+        parts.append(f"epoch {m.current_epoch}/{m.total_epochs}")
+    if m.train_loss is not None:
+        parts.append(f"loss {m.train_loss:.4f}")
+    if m.eta_seconds is not None and not job.is_terminal:
+        parts.append(f"eta {m.eta_seconds:.0f}s")
+    return " | ".join(parts)
+
+
+# ---- output ----------------------------------------------------------------------------------------------
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def _fmt_time(ts: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _print_job(job: TuningJob) -> None:
+    rows: list[tuple[str, Any]] = [
+        ("id", job.id),
+        ("status", job.status),
+        ("model", job.model),
+        ("training_file", job.training_file),
+        ("validation_file", job.validation_file),
+        ("method", job.method),
+        ("hyperparameters", json.dumps(job.hyperparameters.to_dict())),
+        ("created_at", _fmt_time(job.created_at)),
+        ("started_at", _fmt_time(job.started_at)),
+        ("finished_at", _fmt_time(job.finished_at)),
+        ("duration", f"{job.duration:.1f}s" if job.duration is not None else None),
+        ("queue_position", job.queue_position),
+        ("progress", f"{job.metrics.progress * 100:.1f}% ({_describe(job)})" if job.metrics else None),
+        ("fine_tuned_model", job.fine_tuned_model),
+        ("adapter_path", job.adapter_path),
+    ]
+    if job.error is not None:
+        rows.append(("error", str(job.error)))
+    for key, value in rows:
+        if value is not None:
+            print(f"{key:<17}{value}")
+    if job.error is not None and job.error.log_tail:
+        print("log tail:")
+        for line in job.error.log_tail.splitlines():
+            print(f"  {line}")
+
+
+def _print_table(jobs: list[TuningJob]) -> None:
+    header = ("ID", "STATUS", "MODEL", "CREATED", "PROGRESS", "FINE-TUNED MODEL")
+    rows = [
+        (
+            j.id,
+            j.status,
+            j.model,
+            _fmt_time(j.created_at),
+            f"{j.metrics.progress * 100:.0f}%" if j.metrics else "-",
+            j.fine_tuned_model or "-",
+        )
+        for j in jobs
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+# ---- commands --------------------------------------------------------------------------------------------
+
+
+def _parse_kv(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"{flag} expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(raw)  # numbers, booleans, lists; anything else stays a string
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+def _wait(client: TuningClient, job_id: str, args: argparse.Namespace) -> int:
+    bar = None if args.no_progress else _progress_bar(sys.stderr)
+    try:
+        job = client.tunings.wait(
+            job_id,
+            on_progress=bar.update if bar else None,
+            poll_interval=args.poll_interval,
+            timeout=args.wait_timeout,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        _print_json(job.to_dict())
+    else:
+        _print_job(job)
+    return EXIT_OK if job.is_successful else EXIT_JOB_FAILED
+
+
+def _run(args: argparse.Namespace, client: TuningClient) -> int:
+    cmd = args.command
+    if cmd == "health":
+        health = client.health_check()
+        if args.json:
+            _print_json(health)
+        else:
+            for key, value in health.items():
+                print(f"{key}: {value}")
+        return EXIT_OK
+
+    action = args.action
+    if action == "create":
+        job = client.tunings.create(
+            model=args.model,
+            training_file=args.training_file,
+            hyperparameters=args.hp or None,
+            validation_file=args.validation_file,
+            method=args.method,
+            suffix=args.suffix,
+            seed=args.seed,
+            metadata=args.metadata or None,
+            idempotency_key=args.idempotency_key,
+        )
+        if args.wait:
+            if not args.json:
+                print(f"created {job.id}; waiting for it to finish (Ctrl-C stops waiting, not the job)")
+            return _wait(client, job.id, args)
+        if args.json:
+            _print_json(job.to_dict())
+        else:
+            _print_job(job)
+        return EXIT_OK
+    if action == "list":
+        jobs: list[TuningJob] = []
+        for job in client.tunings.list(
+            status=args.status, limit=min(args.limit, 100) if args.limit else None
+        ):
+            jobs.append(job)
+            if args.limit and len(jobs) >= args.limit:
+                break
+        if args.json:
+            _print_json([j.to_dict() for j in jobs])
+        elif jobs:
+            _print_table(jobs)
+        else:
+            print("no jobs")
+        return EXIT_OK
+    if action in ("get", "cancel"):
+        job = client.tunings.get(args.id) if action == "get" else client.tunings.cancel(args.id)
+        if args.json:
+            _print_json(job.to_dict())
+        else:
+            _print_job(job)
+        return EXIT_OK
+    if action == "delete":
+        deleted = client.tunings.delete(args.id)
+        if args.json:
+            _print_json({"id": deleted.id, "object": deleted.object, "deleted": deleted.deleted})
+        else:
+            print(f"deleted {deleted.id}")
+        return EXIT_OK
+    if action == "logs":
+        for rec in client.tunings.stream_logs(args.id, follow=args.follow, after=args.after):
+            if args.json:
+                print(json.dumps(rec.to_dict()), flush=True)
+            else:
+                stamp = time.strftime("%H:%M:%S", time.localtime(rec.time)) if rec.time else "--:--:--"
+                print(f"{stamp} {rec.seq:>5} {rec.format()}", flush=True)
+        return EXIT_OK
+    if action == "wait":
+        return _wait(client, args.id, args)
+    raise AssertionError(f"unhandled command {cmd} {action}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuning",
+        description="Submit, watch and manage fine-tuning jobs on a tuning service.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tuning {__version__}")
+    parser.add_argument(
+        "--base-url", help="service address (default: $TUNING_BASE_URL or http://localhost:8000)"
+    )
+    parser.add_argument("--api-key", help="API key (default: $TUNING_API_KEY)")
+    parser.add_argument(
+        "--request-timeout",
+        dest="http_timeout",
+        type=float,
+        default=60.0,
+        help="HTTP timeout in seconds (default 60)",
+    )
+    parser.add_argument("--max-retries", type=int, default=2, help="retries of failed requests (default 2)")
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output on stdout")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("health", help="check that the service is up")
+
+    jobs = sub.add_parser(
+        "jobs",
+        help="manage fine-tuning jobs",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    acts = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def waiting(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--timeout",
+            dest="wait_timeout",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="stop waiting after this many seconds (exit 8)",
+        )
+        p.add_argument(
+            "--poll-interval",
+            type=float,
+            default=2.0,
+            metavar="SECONDS",
+            help="seconds between polls if polling",
+        )
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    create = acts.add_parser("create", help="create a job")
+    create.add_argument("--model", required=True, help="base model (e.g. tiny-llama)")
+    create.add_argument("--training-file", required=True, help="JSONL file under the service's files root")
+    create.add_argument("--validation-file")
+    create.add_argument("--method", choices=["qlora", "lora"])
+    create.add_argument("--suffix")
+    create.add_argument("--seed", type=int)
+    create.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a hyperparameter (repeatable)")
+    create.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="metadata (repeatable)")
+    create.add_argument("--idempotency-key", help="makes the create safe to repeat")
+    create.add_argument("--wait", action="store_true", help="wait for the job to end, with a progress bar")
+    waiting(create)
+
+    lst = acts.add_parser("list", help="list jobs, newest first")
+    lst.add_argument("--status", help="only jobs in this status")
+    lst.add_argument("--limit", type=int, default=20, help="show at most N jobs (0: all; default 20)")
+
+    for name, text in (("get", "show a job"), ("cancel", "cancel a job"), ("delete", "delete an ended job")):
+        acts.add_parser(name, help=text).add_argument("id")
+
+    logs = acts.add_parser("logs", help="print a job's log records")
+    logs.add_argument("id")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep streaming until the job ends")
+    logs.add_argument("--after", type=int, default=None, help="start after this sequence number")
+
+    wait = acts.add_parser("wait", help="wait for a job to end, with a progress bar")
+    wait.add_argument("id")
+    waiting(wait)
+
+    # `--json` is accepted after the command too (`tuning jobs list --json`).
+    leaves = [sub.choices["health"], *acts.choices.values()]
+    for leaf in leaves:
+        leaf.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "action", None) == "create":
+            args.hp = _parse_kv(args.hp, "--hp")
+            args.metadata = _parse_kv(args.metadata, "--metadata")
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    try:
+        with TuningClient(
+            api_key=args.api_key,
+            base_url=args.base_url,
+            timeout=args.http_timeout,
+            max_retries=args.max_retries,
+        ) as client:
+            return _run(args, client)
+    except KeyboardInterrupt:
+        print("\ninterrupted; a job that was running keeps running", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except TuningError as exc:
+        if args.json:
+            err: dict[str, Any] = {
+                "type": type(exc).__name__,
+                "message": exc.message,
+                "status_code": exc.status_code,
+                "code": exc.code,
+                "param": exc.param,
+                "request_id": exc.request_id,
+            }
+            if isinstance(exc, WaitTimeoutError):
+                err["job"] = exc.job.to_dict()
+            _print_json({"error": err})
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

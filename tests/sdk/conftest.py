@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.sdk.stub import StubServer
+from tuning_sdk import TuningClient, _http
+
+
+@pytest.fixture
+def stub() -> Iterator[StubServer]:
+    server = StubServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record the SDK's retry delays instead of sleeping them."""
+    recorded: list[float] = []
+    monkeypatch.setattr(_http, "_sleep", recorded.append)
+    return recorded
+
+
+@pytest.fixture
+def client(stub: StubServer) -> Iterator[TuningClient]:
+    c = TuningClient(api_key="sk-test", base_url=stub.base_url, timeout=5, max_retries=2)
+    yield c
+    c.close()

@@ -1,0 +1,160 @@
+"""The `tuning` command against the stub server: output, --json, exit codes."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from tests.sdk.stub import Handler, Recorded, StubServer, error, job_body, reply
+from tuning_sdk import cli
+
+
+@pytest.fixture
+def run(stub: StubServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sleeps):
+    monkeypatch.setenv("TUNING_API_KEY", "k")
+    monkeypatch.setenv("TUNING_BASE_URL", stub.base_url)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def test_health(stub: StubServer, run) -> None:
+    stub.route("GET", "/health", reply(200, {"status": "healthy", "version": "1"}))
+    assert run("health") == (0, "status: healthy\nversion: 1\n", "")
+    code, out, _ = run("health", "--json")
+    assert code == 0 and json.loads(out) == {"status": "healthy", "version": "1"}
+
+
+def test_create_parses_hyperparameters(stub: StubServer, run) -> None:
+    stub.route("POST", "/v1/tunings.create", reply(200, job_body()))
+    code, out, _ = run(
+        "--json",
+        "jobs",
+        "create",
+        "--model",
+        "tiny-llama",
+        "--training-file",
+        "data/train.jsonl",
+        "--hp",
+        "epochs=2",
+        "--hp",
+        "learning_rate=0.001",
+        "--hp",
+        "batch_size=auto",
+        "--hp",
+        'lora_target_modules=["q_proj"]',
+        "--metadata",
+        "team=nlp",
+        "--seed",
+        "3",
+    )
+    assert code == 0 and json.loads(out)["id"] == "ftjob-1"
+    body = stub.calls("POST", "/v1/tunings.create")[0].json()
+    assert body["hyperparameters"] == {
+        "epochs": 2,
+        "learning_rate": 0.001,
+        "batch_size": "auto",
+        "lora_target_modules": ["q_proj"],
+    }
+    assert body["metadata"] == {"team": "nlp"} and body["seed"] == 3
+
+
+def test_create_rejected_gives_exit_3_and_the_field(stub: StubServer, run) -> None:
+    stub.route(
+        "POST", "/v1/tunings.create", error(422, "invalid_hyperparameter", "bad lr", "hyperparameters.lr")
+    )
+    code, out, err = run("jobs", "create", "--model", "m", "--training-file", "f", "--hp", "lr=-1")
+    assert code == cli.EXIT_REJECTED and "bad lr" in err and "hyperparameters.lr" in err
+    code, out, _ = run("jobs", "create", "--model", "m", "--training-file", "f", "--json")
+    assert code == 3 and json.loads(out)["error"]["code"] == "invalid_hyperparameter"
+
+
+def test_usage_errors_exit_2(run) -> None:
+    with pytest.raises(SystemExit) as info:
+        run("jobs", "create", "--model", "m", "--training-file", "f", "--hp", "novalue")
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        run("jobs", "frobnicate")
+    assert info.value.code == 2
+
+
+def test_missing_key_exit_2(run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TUNING_API_KEY")
+    code, _, err = run("health")
+    assert code == cli.EXIT_USAGE and "TUNING_API_KEY" in err
+
+
+def test_list_get_cancel_delete(stub: StubServer, run) -> None:
+    jobs = [job_body(f"ftjob-{i}", status="succeeded", fine_tuned_model=f"ft:m:lora:{i}") for i in range(5)]
+    stub.route(
+        "GET",
+        "/v1/tunings.list",
+        reply(200, {"data": jobs[:2], "has_more": True, "last_id": "ftjob-1"}),
+        reply(200, {"data": jobs[2:], "has_more": False, "last_id": "ftjob-4"}),
+    )
+    code, out, _ = run("jobs", "list", "--limit", "0")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:2] == ["ID", "STATUS"] and len(lines) == 6
+    stub.route("GET", "/v1/tunings.get/", reply(200, job_body("ftjob-7", status="running")))
+    code, out, _ = run("jobs", "get", "ftjob-7")
+    assert code == 0 and "status           running" in out
+    stub.route("POST", "/v1/tunings.cancel/", error(409, "job_terminal", "already ended"))
+    assert run("jobs", "cancel", "ftjob-7")[0] == cli.EXIT_REJECTED
+    stub.route("DELETE", "/v1/tunings.delete/", reply(200, {"id": "ftjob-7", "deleted": True}))
+    assert run("jobs", "delete", "ftjob-7") == (0, "deleted ftjob-7\n", "")
+
+
+def test_not_found_auth_server_connection_codes(stub: StubServer, run, monkeypatch) -> None:
+    stub.route("GET", "/v1/tunings.get/", error(404, "job_not_found"))
+    assert run("jobs", "get", "nope")[0] == cli.EXIT_NOT_FOUND
+    stub.route("GET", "/v1/tunings.get/", error(401, "invalid_api_key"))
+    assert run("jobs", "get", "x")[0] == cli.EXIT_AUTH
+    stub.route("GET", "/v1/tunings.get/", error(500, "internal_error"))
+    assert run("jobs", "get", "x")[0] == cli.EXIT_SERVER
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert run("--base-url", f"http://127.0.0.1:{port}", "health")[0] == cli.EXIT_CONNECTION
+
+
+def test_wait_exit_codes_and_plain_progress(stub: StubServer, run, monkeypatch) -> None:
+    monkeypatch.setattr(cli, "_progress_bar", lambda stream: cli._PlainBar(stream))
+    metrics = {
+        "progress": 1.0,
+        "current_step": 4,
+        "total_steps": 4,
+        "current_epoch": 1,
+        "total_epochs": 1,
+        "train_loss": 0.5,
+    }
+    stub.route("GET", "/v1/tunings.get/", reply(200, job_body(status="succeeded", metrics=metrics)))
+    code, out, err = run("jobs", "wait", "ftjob-1")
+    assert code == 0 and "[##############################] 100.0% step 4/4 | epoch 1/1 | loss 0.5000" in err
+    stub.route("GET", "/v1/tunings.get/", reply(200, job_body(status="failed", error={"message": "oom"})))
+    code, out, _ = run("jobs", "wait", "ftjob-1", "--no-progress")
+    assert code == cli.EXIT_JOB_FAILED and "error            oom" in out
+    stub.route("GET", "/v1/tunings.get/", reply(200, job_body(status="running")))
+    stub.route("GET", "/v1/tunings.logs/", reply(200, {"data": []}))
+    code, out, _ = run("--json", "jobs", "wait", "ftjob-1", "--timeout", "0.1", "--poll-interval", "0.05")
+    assert code == cli.EXIT_WAIT_TIMEOUT and json.loads(out)["error"]["job"]["status"] == "running"
+
+
+def test_logs(stub: StubServer, run) -> None:
+    def logs(h: Handler, req: Recorded) -> None:
+        data = [
+            {"seq": 1, "type": "log", "time": 0, "line": "hello"},
+            {"seq": 2, "type": "metrics", "time": 0, "step": 1, "total_steps": 2, "loss": 1.0},
+        ]
+        h.send_json(200, {"data": data, "has_more": False})
+
+    stub.route("GET", "/v1/tunings.logs/", logs)
+    code, out, _ = run("jobs", "logs", "ftjob-1")
+    assert code == 0 and "hello" in out and "step 1/2" in out
+    code, out, _ = run("--json", "jobs", "logs", "ftjob-1")
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == [1, 2]

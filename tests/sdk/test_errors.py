@@ -1,0 +1,84 @@
+"""Status codes map to the right classes, in one place, with every field filled."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuning_sdk import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    TuningError,
+    UnprocessableEntityError,
+)
+from tuning_sdk._errors import make_status_error
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, BadRequestError),
+        (401, AuthenticationError),
+        (403, PermissionDeniedError),
+        (404, NotFoundError),
+        (409, ConflictError),
+        (422, UnprocessableEntityError),
+        (429, RateLimitError),
+        (500, InternalServerError),
+        (502, InternalServerError),
+        (503, InternalServerError),
+        (413, APIStatusError),
+        (418, APIStatusError),
+    ],
+)
+def test_status_maps_to_class(status: int, cls: type[APIStatusError]) -> None:
+    body = {"error": {"code": "c", "message": "m", "param": "p", "type": "t"}}
+    err = make_status_error(status, body, {"X-Request-ID": "req-1"})
+    assert type(err) is cls
+    assert isinstance(err, TuningError)
+    assert (err.status_code, err.code, err.message, err.param, err.request_id) == (
+        status,
+        "c",
+        "m",
+        "p",
+        "req-1",
+    )
+    assert "m" in str(err) and "req-1" in str(err) and str(status) in str(err)
+
+
+def test_data_file_error_keeps_line_and_extra_fields() -> None:
+    body = {
+        "error": {
+            "code": "invalid_json",
+            "message": "line 3 is not valid JSON",
+            "param": "training_file",
+            "line": 3,
+            "type": "invalid_request_error",
+        }
+    }
+    err = make_status_error(422, body, {})
+    assert isinstance(err, UnprocessableEntityError)
+    assert err.line == 3 and err.param == "training_file" and err.body["type"] == "invalid_request_error"
+    assert err.request_id is None
+
+
+def test_non_json_and_empty_bodies_still_give_a_message() -> None:
+    err = make_status_error(502, "<html>Bad Gateway</html>", {})
+    assert isinstance(err, InternalServerError) and "Bad Gateway" in err.message and err.code is None
+    err = make_status_error(500, None, {})
+    assert err.message == "HTTP 500 with no error message"
+
+
+def test_hierarchy() -> None:
+    assert issubclass(APITimeoutError, APIConnectionError)
+    assert issubclass(APIConnectionError, TuningError)
+    assert not issubclass(APIConnectionError, APIStatusError)
+    err = APIConnectionError("down")
+    assert err.status_code is None and err.code is None and err.request_id is None and err.param is None

@@ -1,0 +1,117 @@
+"""Models: frozen, tolerant of unknown fields, faithful to the API's job object."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tuning_sdk import Hyperparameters, JobStatus, LogRecord, TrainingMetrics, TuningJob
+
+FULL_JOB = {
+    "id": "ftjob-3f2c",
+    "object": "tuning.job",
+    "status": "failed",
+    "model": "tiny-llama",
+    "fine_tuned_model": None,
+    "adapter_path": None,
+    "training_file": "data/train.jsonl",
+    "validation_file": "data/valid.jsonl",
+    "method": "lora",
+    "hyperparameters": {"epochs": 3, "learning_rate": 0.0002, "batch_size": 4, "brand_new_knob": 7},
+    "suffix": "s",
+    "seed": 42,
+    "metadata": {"team": "nlp"},
+    "created_at": 1764150000,
+    "started_at": 1764150001,
+    "finished_at": 1764150011,
+    "duration": 10.5,
+    "queue_position": None,
+    "trained_tokens": 12345,
+    "error": {
+        "code": "model_not_found",
+        "message": "no such model",
+        "param": "model",
+        "exit_code": 2,
+        "signal": None,
+        "log_tail": "Traceback...",
+    },
+    "metrics": {
+        "progress": 0.42,
+        "current_step": 21,
+        "total_steps": 50,
+        "current_epoch": 1,
+        "total_epochs": 3,
+        "train_loss": 1.23,
+        "eval_loss": None,
+        "learning_rate": 0.00018,
+        "tokens_per_second": 9000.0,
+        "eta_seconds": 3.1,
+        "future_metric": 1,
+    },
+    "a_field_from_the_future": {"x": 1},
+}
+
+
+def test_full_job_round_trip() -> None:
+    job = TuningJob.from_dict(FULL_JOB)
+    assert job.id == "ftjob-3f2c" and job.status == JobStatus.FAILED and job.is_terminal
+    assert not job.is_successful and not job.is_running
+    assert job.duration == 10.5 and job.trained_tokens == 12345 and job.metadata == {"team": "nlp"}
+    assert job.hyperparameters.epochs == 3 and job.hyperparameters.extra == {"brand_new_knob": 7}
+    assert job.error is not None and job.error.code == "model_not_found" and job.error.exit_code == 2
+    assert str(job.error) == "no such model (model_not_found)"
+    m = job.metrics
+    assert m is not None
+    assert (m.progress, m.current_epoch, m.total_epochs, m.train_loss) == (0.42, 1, 3, 1.23)
+    assert m.raw["future_metric"] == 1
+    assert job.to_dict()["a_field_from_the_future"] == {"x": 1}  # nothing the service sent is lost
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.status = "running"  # type: ignore[misc]
+
+
+def test_minimal_and_odd_jobs_parse() -> None:
+    job = TuningJob.from_dict({"id": "j", "status": "a_status_from_the_future", "model": "m"})
+    assert job.metrics is None and job.error is None and not job.is_terminal and job.duration is None
+    job = TuningJob.from_dict({**FULL_JOB, "error": "plain text", "metrics": None, "hyperparameters": None})
+    assert job.error is not None and job.error.message == "plain text"
+    assert job.metrics is None and job.hyperparameters == Hyperparameters()
+
+
+def test_success_and_status_helpers() -> None:
+    job = TuningJob.from_dict({**FULL_JOB, "status": "succeeded", "error": None})
+    assert job.is_successful and job.is_terminal
+    assert JobStatus("cancelled").is_terminal() and not JobStatus.CANCELLING.is_terminal()
+    assert TuningJob.from_dict({**FULL_JOB, "status": "cancelling"}).is_running
+
+
+def test_metrics_tolerate_missing_and_bad_values() -> None:
+    m = TrainingMetrics.from_dict({"progress": "x", "current_step": True, "train_loss": "1.5"})
+    assert m.progress == 0.0 and m.current_step == 0 and m.train_loss == 1.5
+    assert TrainingMetrics.from_dict({"progress": 1.7}).progress == 1.0
+
+
+def test_hyperparameters_to_dict_sends_only_what_was_set() -> None:
+    hp = Hyperparameters(epochs=2, learning_rate=1e-3, batch_size="auto", extra={"lora_r": 4})
+    assert hp.to_dict() == {"epochs": 2, "learning_rate": 1e-3, "batch_size": "auto", "lora_r": 4}
+    assert Hyperparameters().to_dict() == {}
+
+
+def test_log_record() -> None:
+    rec = LogRecord.from_dict(
+        {"seq": 3, "type": "metrics", "time": 1.5, "step": 2, "total_steps": 5, "loss": 0.5}
+    )
+    assert rec.seq == 3 and rec["step"] == 2 and rec.get("nope", 9) == 9
+    assert "step 2/5" in rec.format() and "loss 0.5000" in rec.format()
+    assert rec.to_dict() == {
+        "seq": 3,
+        "type": "metrics",
+        "time": 1.5,
+        "step": 2,
+        "total_steps": 5,
+        "loss": 0.5,
+    }
+    status = LogRecord.from_dict({"seq": 9, "type": "status", "status": "succeeded"})
+    assert status.is_terminal_status and status.format() == "status: succeeded"
+    assert LogRecord.from_dict({"seq": 4, "type": "log", "line": "hello"}).format() == "hello"
+    assert not LogRecord.from_dict({"seq": 5, "type": "status", "status": "running"}).is_terminal_status
