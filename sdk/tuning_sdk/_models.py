@@ -7,6 +7,7 @@ may send more) and keeps the original object in `raw`, so nothing the service se
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -61,6 +62,19 @@ def _opt_int(value: Any) -> int | None:
     return None
 
 
+def _epoch(value: Any, total: int | None) -> int:
+    """The 1-based epoch in progress. A fractional epoch (the trainer's ``1.26``: a quarter into the second
+    epoch) becomes the epoch it is in, capped at the total (``3.0`` of 3 is the end of the third)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    if isinstance(value, int):
+        return value
+    if value <= 0:
+        return 0
+    epoch = math.floor(value) + 1
+    return min(epoch, total) if total else epoch
+
+
 def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -72,7 +86,7 @@ class TrainingMetrics:
     Attributes:
         progress: fraction of the run done, 0..1.
         current_step / total_steps: optimizer steps done / planned.
-        current_epoch / total_epochs: 1-based epoch in progress / planned epochs.
+        current_epoch / total_epochs: 1-based epoch in progress (0 before the first step) / planned epochs.
         train_loss: latest training loss (None before the first step is reported).
         eval_loss: latest validation loss (None without a validation file).
         learning_rate, tokens_per_second, eta_seconds: as last reported.
@@ -93,12 +107,13 @@ class TrainingMetrics:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainingMetrics:
         progress = _opt_float(data.get("progress")) or 0.0
+        total_epochs = _opt_int(data.get("total_epochs"))
         return cls(
             progress=min(1.0, max(0.0, progress)),
             current_step=_opt_int(data.get("current_step")) or 0,
             total_steps=_opt_int(data.get("total_steps")),
-            current_epoch=_opt_int(data.get("current_epoch")) or 0,
-            total_epochs=_opt_int(data.get("total_epochs")),
+            current_epoch=_epoch(data.get("current_epoch"), total_epochs),
+            total_epochs=total_epochs,
             train_loss=_opt_float(data.get("train_loss")),
             eval_loss=_opt_float(data.get("eval_loss")),
             learning_rate=_opt_float(data.get("learning_rate")),

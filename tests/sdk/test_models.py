@@ -115,3 +115,26 @@ def test_log_record() -> None:
     assert status.is_terminal_status and status.format() == "status: succeeded"
     assert LogRecord.from_dict({"seq": 4, "type": "log", "line": "hello"}).format() == "hello"
     assert not LogRecord.from_dict({"seq": 5, "type": "status", "status": "running"}).is_terminal_status
+
+
+@pytest.mark.parametrize(
+    ("epoch", "total", "expected"),
+    [
+        (0, 3, 0),
+        (0.0, 3, 0),
+        (0.01, 3, 1),
+        (1.0, 3, 2),
+        (1.26, 3, 2),
+        (2.99, 3, 3),
+        (3.0, 3, 3),
+        (2, 3, 2),
+        (1.5, None, 2),
+        ("x", 3, 0),
+    ],
+)
+def test_fractional_epochs_become_the_epoch_in_progress(
+    epoch: object, total: int | None, expected: int
+) -> None:
+    assert (
+        TrainingMetrics.from_dict({"current_epoch": epoch, "total_epochs": total}).current_epoch == expected
+    )

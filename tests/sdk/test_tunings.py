@@ -189,12 +189,15 @@ def test_wait_returns_failed_jobs_and_times_out(stub: StubServer, client: Tuning
 
 
 def test_wait_on_progress_only_on_change(stub: StubServer, client: TuningClient, sleeps: list[float]) -> None:
-    monkeypatch_jobs = [job_body(status="running")] * 2 + [
-        job_body(status="running", metrics={"progress": 0.5}),
-        job_body(status="running", metrics={"progress": 0.5}),
-        job_body(status="succeeded", metrics={"progress": 1.0}),
+    jobs = [
+        job_body(status="running"),
+        # Started, no step yet: no loss to show, no call.
+        job_body(status="running", metrics={"progress": 0.0, "total_steps": 4, "train_loss": None}),
+        job_body(status="running", metrics={"progress": 0.5, "train_loss": 1.0}),
+        job_body(status="running", metrics={"progress": 0.5, "train_loss": 1.0}),
+        job_body(status="succeeded", metrics={"progress": 1.0, "train_loss": 0.5}),
     ]
-    stub.route("GET", "/v1/tunings.get/", *[reply(200, j) for j in monkeypatch_jobs])
+    stub.route("GET", "/v1/tunings.get/", *[reply(200, j) for j in jobs])
     stub.route("GET", "/v1/tunings.logs/", reply(200, {"data": []}))
     calls: list[float] = []
     client.tunings.wait("ftjob-1", on_progress=lambda j: calls.append(j.metrics.progress))

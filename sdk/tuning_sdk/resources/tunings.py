@@ -51,7 +51,10 @@ class _ProgressNotifier:
         self._last: object = None
 
     def update(self, job: TuningJob) -> None:
-        if self._callback is None or job.metrics is None or job.metrics == self._last:
+        # From the first reported training step on: a callback may then rely on `train_loss` being set
+        # (the original spec's example formats it with `:.4f`).
+        m = job.metrics
+        if self._callback is None or m is None or m.train_loss is None or m == self._last:
             return
         self._last = job.metrics
         self._callback(job)
@@ -360,7 +363,8 @@ class Tunings:
 
         Args:
             job_id: the job's id.
-            on_progress: called with the job each time its metrics change.
+            on_progress: called with the job each time its metrics change, from the first reported training
+                step on (``job.metrics`` and ``job.metrics.train_loss`` are then always set).
             poll_interval: seconds between polls when polling.
             timeout: give up after this many seconds (None: wait as long as it takes).
 
