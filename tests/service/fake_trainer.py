@@ -56,6 +56,20 @@ def main() -> int:
         stop_requested = True
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "ignore_term" else on_term)
+    if mode == "grandchildren":
+        # Each child reports once its SIGTERM disposition is set: a test never signals a half-started child.
+        code = (
+            "import signal, sys, time, pathlib\n"
+            + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if opts.get("stubborn") == "1" else "")
+            + "pathlib.Path(sys.argv[1]).touch()\n"
+            + "time.sleep(120)\n"
+        )
+        n = int(opts.get("children", 2))
+        for i in range(n):
+            subprocess.Popen([sys.executable, "-c", code, str(out / f"child-{i}.ready")])
+        deadline = time.monotonic() + 10
+        while len(list(out.glob("child-*.ready"))) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
     print(f"fake trainer {mode} starting, pid {os.getpid()}", flush=True)
     emit(
         "started",
@@ -67,14 +81,6 @@ def main() -> int:
         resolved_auto={"epochs": 1, "batch_size": 2},
     )
 
-    if mode == "grandchildren":
-        code = (
-            "import signal, time\n"
-            + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if opts.get("stubborn") == "1" else "")
-            + "time.sleep(120)\n"
-        )
-        for _ in range(int(opts.get("children", 2))):
-            subprocess.Popen([sys.executable, "-c", code])
     if mode == "fail":
         print("ERROR: bad data on line 3", flush=True)
         emit(
