@@ -74,6 +74,56 @@ class Response:
         return dict(self.json()["error"])
 
 
+class SSEStream:
+    """A minimal Server-Sent Events reader over http.client. `next()` returns the next event as
+    {"id", "event", "data"} (data parsed as JSON), {"comment": text} for a comment line, {"retry": ms},
+    or None at the end of the stream."""
+
+    def __init__(self, base_url: str, path: str, headers: dict[str, str], timeout: float = 30) -> None:
+        import http.client
+        from urllib.parse import urlsplit
+
+        u = urlsplit(base_url)
+        self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+        self.conn.request("GET", path, headers=headers)
+        self.response = self.conn.getresponse()
+        self.status = self.response.status
+        self.headers = {k.lower(): v for k, v in self.response.getheaders()}
+
+    def next(self) -> dict[str, Any] | None:
+        event: dict[str, Any] = {}
+        while True:
+            raw = self.response.readline()
+            if not raw:
+                return event or None
+            line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
+            if line == "":
+                if event:
+                    return event
+                continue
+            if line.startswith(":"):
+                return {"comment": line[1:].strip()}
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                event["data"] = json.loads(value)
+            elif name == "id":
+                event["id"] = int(value)
+            else:
+                event[name] = value
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every remaining event (not comments) until the server ends the stream."""
+        out = []
+        while (ev := self.next()) is not None:
+            if "comment" not in ev and "retry" not in ev:
+                out.append(ev)
+        return out
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 @dataclass
 class ServiceProcess:
     data_dir: Path
@@ -209,6 +259,20 @@ class ServiceProcess:
                 return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read())
         except urllib.error.HTTPError as exc:
             return Response(exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read())
+
+    def stream(
+        self,
+        path: str,
+        *,
+        key: str | None = DEV_KEY,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> SSEStream:
+        hdrs = dict(headers or {})
+        if key is not None:
+            hdrs.setdefault("Authorization", f"Bearer {key}")
+        hdrs.setdefault("Accept", "text/event-stream")
+        return SSEStream(self.base_url, path, hdrs, timeout=timeout)
 
     def get(self, path: str, **kw: Any) -> Response:
         return self.request("GET", path, **kw)
