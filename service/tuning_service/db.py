@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -230,14 +231,24 @@ class Database:
         """The one transaction helper: BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception."""
         async with self._lock:
             conn = self.conn
-            await conn.execute("BEGIN IMMEDIATE")
+            committed = False
             try:
+                await conn.execute("BEGIN IMMEDIATE")
                 yield Tx(conn)
-            except BaseException:
-                await conn.execute("ROLLBACK")
-                raise
-            else:
                 await conn.execute("COMMIT")
+                committed = True
+            finally:
+                if not committed:
+                    # Also on cancellation (e.g. at shutdown), even while BEGIN or COMMIT was in flight:
+                    # aiosqlite runs statements in order, so this ROLLBACK comes after them, and the
+                    # connection is never left inside a transaction. Shielded so that it always runs.
+                    await asyncio.shield(self._rollback())
+
+    async def _rollback(self) -> None:
+        try:
+            await self.conn.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            pass  # no transaction was open (BEGIN failed, or COMMIT went through)
 
     async def one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
         async with self._lock, self.conn.execute(sql, tuple(params)) as cur:
