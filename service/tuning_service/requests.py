@@ -43,8 +43,9 @@ MAX_METADATA_VALUE_CHARS = 512
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 MAX_SEED = 2**32 - 1
 
-# A hub id ("org/name") or a folder name under TUNING_MODELS_DIR; never a path that climbs out of it.
-_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)*$")
+# A hub id ("org/name") or a folder name under TUNING_MODELS_DIR: no whitespace or backslashes, not absolute,
+# no empty or ".." segments -- never a path that climbs out of the models dir.
+_MODEL_RE = re.compile(r"^[^\s/\\]+(/[^\s/\\]+)*$")
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 
@@ -86,11 +87,11 @@ def validate_model(value: Any) -> str:
         raise _bad(
             "model", f"model is longer than {MAX_MODEL_CHARS} characters", status=422, code="invalid_value"
         )
-    if not _MODEL_RE.match(value) or ".." in value.split("/"):
+    if not _MODEL_RE.match(value) or {".", ".."} & set(value.split("/")) or not value.isprintable():
         raise _bad(
             "model",
-            "model must be a model name (letters, digits, '.', '_', '-', and '/' between parts), "
-            "e.g. 'tiny-llama' or 'meta-llama/Llama-2-7b-hf'",
+            "model must be a model folder name or a hub id without spaces, backslashes, '.'/'..' parts or a "
+            "leading '/', e.g. 'tiny-llama' or 'meta-llama/Llama-2-7b-hf'",
             status=422,
             code="invalid_value",
         )
