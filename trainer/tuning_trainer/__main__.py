@@ -115,7 +115,8 @@ def run(argv: list[str]) -> int:
         err = classify(exc)
         record: dict[str, Any] = err.record()
         events.write("failed", **record)
-        print(f"error [{err.code}]: {err.message}", file=sys.stderr, flush=True)
+        detail = f"/{err.extra['data_code']}" if err.extra.get("data_code") else ""
+        print(f"error [{err.code}{detail}]: {err.message}", file=sys.stderr, flush=True)
         if err.hint:
             print(f"hint: {err.hint}", file=sys.stderr, flush=True)
         if err.code not in ("invalid_config", "invalid_data", "model_not_found", "model_unavailable"):

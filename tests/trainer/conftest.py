@@ -1,0 +1,66 @@
+"""Helpers for the trainer tests: launch the trainer for real and read what it wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO_ROOT, accelerate_cmd
+
+
+def trainer_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    return env
+
+
+def launch(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """`accelerate launch [CPU flags] -m tuning_trainer ARGS` in its own process group, waited for."""
+    return subprocess.run(
+        accelerate_cmd(*args),
+        cwd=REPO_ROOT,
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+    )
+
+
+def run_module(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`python -m tuning_trainer ARGS` without the launcher: the child's own exit code is visible."""
+    return subprocess.run(
+        [sys.executable, "-m", "tuning_trainer", *args],
+        cwd=REPO_ROOT,
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def events(out: Path) -> list[dict[str, Any]]:
+    path = out / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def of_type(records: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["type"] == type_]
+
+
+@pytest.fixture(scope="session")
+def train_file() -> Path:
+    return REPO_ROOT / "data" / "train.jsonl"
+
+
+@pytest.fixture(scope="session")
+def valid_file() -> Path:
+    return REPO_ROOT / "data" / "valid.jsonl"
