@@ -5,7 +5,7 @@ Run as `python fake_trainer.py --config JOB.json`. The behaviour comes from the 
 `fake:<mode>[?key=value&...]`, so every test job picks its own:
 
   complete      started, `steps` metrics records, completed (an adapter folder), exit 0
-  fail          started, failed {code: invalid_data, data_code, line}, exit 2
+  fail          started, (after `wait` s) failed {code: invalid_data, data_code, line}, exit 2
   oom           started, failed {code: out_of_memory, hint}, exit 3
   crash         started, a few metrics, a traceback on stderr, exit 1 with no terminal record
   killself      started, then SIGKILLs itself (no terminal record)
@@ -82,6 +82,7 @@ def main() -> int:
     )
 
     if mode == "fail":
+        time.sleep(float(opts.get("wait", 0)))
         print("ERROR: bad data on line 3", flush=True)
         emit(
             "failed", code="invalid_data", message="line 3: not valid JSON", data_code="invalid_json", line=3
