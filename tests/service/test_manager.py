@@ -1,0 +1,231 @@
+"""The JobManager facade: the public job shape, ownership, idempotency, cancel/delete rules, event waiting,
+API keys. Jobs stay queued here (max_concurrent_jobs=0) unless a test runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.service.core_fixtures import all_events, make_settings, request, run
+from tuning_service.errors import APIError
+from tuning_service.manager import JobManager
+
+PUBLIC_FIELDS = [
+    "id", "object", "status", "model", "fine_tuned_model", "adapter_path", "training_file", "validation_file",
+    "method", "hyperparameters", "suffix", "seed", "metadata", "created_at", "started_at", "finished_at",
+    "duration", "queue_position", "trained_tokens", "error", "metrics",
+]  # fmt: skip
+
+
+async def idle_manager(tmp_path: Path, **kw: Any) -> tuple[JobManager, str, str]:
+    m = await JobManager.start(make_settings(tmp_path, max_concurrent_jobs=0, **kw))
+    a, _ = await m.create_key("a")
+    b, _ = await m.create_key("b")
+    return m, a, b
+
+
+def test_submit_get_list_public_shape(tmp_path: Path) -> None:
+    async def body() -> None:
+        m, a, b = await idle_manager(tmp_path)
+        try:
+            body_ = request(suffix="mine", metadata={"team": "x"}, hyperparameters={"learning_rate": 0.001})
+            job, created = await m.submit(owner=a, request=body_, idempotency_key=None)
+            assert created and list(job) == PUBLIC_FIELDS
+            assert job["object"] == "tuning.job" and job["status"] == "queued" and job["queue_position"] == 1
+            assert job["model"] == "fake:complete" and job["training_file"] == "train.jsonl"
+            assert job["suffix"] == "mine" and job["metadata"] == {"team": "x"} and job["seed"] == 7
+            assert job["method"] == "lora" and isinstance(job["created_at"], int)
+            # Requested hyperparameters, defaults filled in; "auto" stays until the trainer resolves it.
+            hp = job["hyperparameters"]
+            assert hp["learning_rate"] == 0.001 and hp["epochs"] == "auto" and hp["lora_r"] == 16
+            assert job["metrics"] is None and job["error"] is None and job["started_at"] is None
+            second, _ = await m.submit(owner=a, request=request(), idempotency_key=None)
+            assert second["queue_position"] == 2
+            assert await m.get(job["id"], owner=a) == job
+            listed, more = await m.list(owner=a, status=None, after=None, limit=10)
+            assert [j["id"] for j in listed] == [second["id"], job["id"]] and not more
+            assert [j["queue_position"] for j in listed] == [2, 1]
+            # Another key sees nothing of it: 404, the same error as an unknown id.
+            for call in (m.get, m.cancel, m.delete):
+                with pytest.raises(APIError) as info:
+                    await call(job["id"], owner=b)
+                assert info.value.status_code == 404 and info.value.code == "job_not_found"
+            with pytest.raises(APIError) as info:
+                await m.events(job["id"], owner=b, after=0, limit=10)
+            assert info.value.status_code == 404
+            with pytest.raises(APIError) as unknown:
+                await m.get("ftjob-000000000000000000000000", owner=a)
+            assert (unknown.value.status_code, unknown.value.code) == (404, "job_not_found")
+            assert (await m.list(owner=b, status=None, after=None, limit=10)) == ([], False)
+            assert await m.health() == {"active_jobs": 2, "total_jobs": 2}
+        finally:
+            await m.stop()
+
+    run(body())
+
+
+def test_idempotency(tmp_path: Path) -> None:
+    async def body() -> None:
+        m, a, b = await idle_manager(tmp_path)
+        try:
+            results = await asyncio.gather(
+                *(m.submit(owner=a, request=request(), idempotency_key="k-1") for _ in range(20))
+            )
+            assert len({job["id"] for job, _ in results}) == 1
+            assert sum(created for _, created in results) == 1
+            with pytest.raises(APIError) as info:
+                await m.submit(owner=a, request=request(suffix="other"), idempotency_key="k-1")
+            err = info.value
+            assert err.status_code == 422 and err.code == "idempotency_key_reused"
+            assert results[0][0]["id"] in err.message
+            # Keys are scoped per API key.
+            theirs, created = await m.submit(owner=b, request=request(), idempotency_key="k-1")
+            assert created and theirs["id"] != results[0][0]["id"]
+            assert (await m.health())["total_jobs"] == 2
+        finally:
+            await m.stop()
+
+    run(body())
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "param"),
+    [
+        (
+            {"hyperparameters": {"learning_rate": -1.0}},
+            "invalid_hyperparameter",
+            "hyperparameters.learning_rate",
+        ),
+        ({"hyperparameters": {"bogus": 1}}, "invalid_hyperparameter", "hyperparameters.bogus"),
+        ({"method": "full"}, "invalid_config", "method"),
+        ({"num_gpus": 1}, "invalid_request", "num_gpus"),  # no GPUs configured
+        ({"num_gpus": True}, "invalid_request", "num_gpus"),
+    ],
+)
+def test_invalid_requests(tmp_path: Path, change: dict[str, Any], code: str, param: str) -> None:
+    async def body() -> None:
+        m, a, _ = await idle_manager(tmp_path)
+        try:
+            with pytest.raises(APIError) as info:
+                await m.submit(owner=a, request=request(**change), idempotency_key=None)
+            assert info.value.status_code == 422 and info.value.code == code and info.value.param == param
+            assert (await m.health())["total_jobs"] == 0  # nothing stored
+        finally:
+            await m.stop()
+
+    run(body())
+
+
+def test_num_gpus_beyond_the_configured_gpus(tmp_path: Path) -> None:
+    async def body() -> None:
+        m, a, _ = await idle_manager(tmp_path, gpus=["0"])
+        try:
+            with pytest.raises(APIError) as info:
+                await m.submit(owner=a, request=request(num_gpus=2), idempotency_key=None)
+            assert info.value.param == "num_gpus" and "1 GPU(s)" in info.value.message
+            job, _ = await m.submit(owner=a, request=request(), idempotency_key=None)
+            assert (await m.store.get_job(job["id"]))["num_gpus"] == 1
+        finally:
+            await m.stop()
+
+    run(body())
+
+
+def test_cancel_and_delete_rules(tmp_path: Path) -> None:
+    async def body() -> None:
+        m, a, _ = await idle_manager(tmp_path)
+        try:
+            job, _ = await m.submit(owner=a, request=request(), idempotency_key=None)
+            (m.settings.jobs_dir / job["id"]).mkdir(parents=True)
+            with pytest.raises(APIError) as info:
+                await m.delete(job["id"], owner=a)
+            assert info.value.status_code == 409 and info.value.code == "job_not_terminal"
+            cancelled = await m.cancel(job["id"], owner=a)  # queued -> cancelled at once
+            assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
+            assert cancelled["queue_position"] is None
+            with pytest.raises(APIError) as info:
+                await m.cancel(job["id"], owner=a)
+            assert info.value.status_code == 409 and info.value.code == "job_terminal"
+            records = await all_events(m, job["id"], a)
+            assert [(r["seq"], r["status"]) for r in records] == [(1, "queued"), (2, "cancelled")]
+            assert await m.is_terminal(job["id"])
+            assert await m.delete(job["id"], owner=a) == {
+                "id": job["id"],
+                "object": "tuning.job",
+                "deleted": True,
+            }
+            assert not (m.settings.jobs_dir / job["id"]).exists()
+            with pytest.raises(APIError) as info:
+                await m.get(job["id"], owner=a)
+            assert info.value.status_code == 404
+            assert await m.is_terminal(job["id"])  # an unknown job never streams forever
+        finally:
+            await m.stop()
+
+    run(body())
+
+
+def test_wait_for_events(tmp_path: Path) -> None:
+    async def body() -> None:
+        m, a, _ = await idle_manager(tmp_path)
+        other = await JobManager.start(make_settings(tmp_path, max_concurrent_jobs=0))
+        try:
+            job, _ = await m.submit(owner=a, request=request(), idempotency_key=None)
+            t0 = time.monotonic()
+            await m.wait_for_events(job["id"], after=0, timeout=5)  # seq 1 exists: at once
+            await m.wait_for_events(job["id"], after=1, timeout=0.3)  # nothing new: the timeout
+            assert 0.25 <= time.monotonic() - t0 < 1.0
+
+            async def cancel_later(mgr: JobManager, job_id: str) -> float:
+                await asyncio.sleep(0.3)
+                await mgr.cancel(job_id, owner=a)
+                return time.monotonic()
+
+            # A record written by this worker wakes the waiter at once...
+            task = asyncio.create_task(cancel_later(m, job["id"]))
+            await m.wait_for_events(job["id"], after=1, timeout=5)
+            assert time.monotonic() - await task < 0.05
+            # ...and one written through another worker (another connection) within the 0.1 s poll.
+            job2, _ = await m.submit(owner=a, request=request(), idempotency_key=None)
+            task = asyncio.create_task(cancel_later(other, job2["id"]))
+            await m.wait_for_events(job2["id"], after=1, timeout=5)
+            assert time.monotonic() - await task < 0.15
+            assert (await m.events(job2["id"], owner=a, after=1, limit=10))[0][0]["status"] == "cancelled"
+        finally:
+            await other.stop()
+            await m.stop()
+
+    run(body())
+
+
+def test_api_keys(tmp_path: Path) -> None:
+    async def body() -> None:
+        m = await JobManager.start(make_settings(tmp_path, max_concurrent_jobs=0))
+        try:
+            key_id, plaintext = await m.create_key("ci")
+            assert key_id.startswith("key_") and len(plaintext) > 30
+            assert await m.verify_key(plaintext) == key_id
+            assert await m.verify_key(plaintext + "x") is None and await m.verify_key("") is None
+            ids = await m.ensure_env_keys(["test-key-001", "test-key-002"])
+            assert ids == await m.ensure_env_keys(["test-key-001", "test-key-002"])  # stable: same owner
+            assert await m.verify_key("test-key-001") == ids[0]
+            keys = await m.list_keys()
+            assert [k["name"] for k in keys] == ["ci", "env-1", "env-2"]
+            assert all(set(k) == {"id", "name", "created_at", "revoked_at"} for k in keys)
+            assert await m.revoke_key("ci") and not await m.revoke_key("ci")
+            assert await m.verify_key(plaintext) is None
+            assert await m.revoke_key(ids[1]) and await m.verify_key("test-key-002") is None
+            assert not await m.revoke_key("no-such-key")
+        finally:
+            await m.stop()
+        # Only hashes are stored.
+        raw = (tmp_path / "data" / "tuning.db").read_bytes() + b"".join(
+            p.read_bytes() for p in (tmp_path / "data").glob("tuning.db-*")
+        )
+        assert plaintext.encode() not in raw and b"test-key-001" not in raw
+
+    run(body())
