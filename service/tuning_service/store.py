@@ -121,6 +121,9 @@ class Store(Database):
     ) -> dict[str, Any] | None:
         """Atomically move the oldest queued job to `running`, owned by `supervisor_id`, if a slot (and its
         GPUs) are free. Jobs are claimed strictly in order: a job waiting for GPUs is not overtaken."""
+        # A plain read first: an idle scheduler polling every half second never takes the write lock.
+        if await self.one("SELECT 1 AS x FROM jobs WHERE status = 'queued' LIMIT 1") is None:
+            return None
         async with self.transaction() as tx:
             active = await tx.all(f"SELECT gpu_lease FROM jobs WHERE status IN ({_ACTIVE_SQL})")
             if len(active) >= max_concurrent:

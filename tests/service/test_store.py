@@ -328,3 +328,45 @@ def test_api_keys(tmp_path: Path) -> None:
         await store.close()
 
     run(body())
+
+
+def test_cancelled_transaction_leaves_the_connection_usable(tmp_path: Path) -> None:
+    """A task cancelled inside a transaction (e.g. the supervisor loop at shutdown) must not leave the shared
+    connection inside BEGIN: the next transaction works and the cancelled writes are gone."""
+
+    async def body() -> None:
+        store = await open_store(tmp_path / "t.db")
+        job = await add_job(store)
+        entered = asyncio.Event()
+
+        async def slow_writer() -> None:
+            async with store.transaction() as tx:
+                await tx.update(job["id"], metrics={"progress": 0.9})
+                entered.set()
+                await asyncio.sleep(10)
+
+        task = asyncio.create_task(slow_writer())
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with store.transaction() as tx:
+            row = await tx.job(job["id"])
+            assert row is not None and row["metrics"] is None
+            await tx.update(job["id"], metrics={"progress": 0.1})
+        assert (await store.get_job(job["id"]))["metrics"] == {"progress": 0.1}
+        # Cancelled right as it starts (BEGIN in flight): still clean.
+        for _ in range(20):
+            t = asyncio.create_task(store.heartbeat("w", time.time()))
+            await asyncio.sleep(0)
+            t.cancel()
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        async with store.transaction() as tx:
+            await tx.update(job["id"], trained_tokens=5)
+        assert (await store.get_job(job["id"]))["trained_tokens"] == 5
+        await store.close()
+
+    run(body())

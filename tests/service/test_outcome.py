@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from typing import Any
+
+from tuning_service.outcome import decide_outcome, progress_fields
+from tuning_service.states import JobStatus
+
+
+def row(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": "ftjob-1",
+        "model": "tiny",
+        "request": {"suffix": None},
+        "metrics": None,
+        "hyperparameters": {"epochs": "auto", "batch_size": "auto", "learning_rate": 0.0002},
+        "terminal_record": None,
+        "cancel_requested_at": None,
+        "adapter_path": None,
+    }
+    base.update(kw)
+    return base
+
+
+def test_progress_from_records() -> None:
+    r = row()
+    started = ("started", 1.0, {"total_steps": 10, "total_epochs": 2, "start_step": 4,
+                                "config": {"hyperparameters": {"epochs": 2, "batch_size": 8}},
+                                "resolved_auto": {"epochs": 2}})  # fmt: skip
+    f = progress_fields(r, [started])
+    assert f["hyperparameters"] == {"epochs": 2, "batch_size": 8, "learning_rate": 0.0002}
+    assert f["metrics"]["progress"] == 0.4 and f["metrics"]["current_step"] == 4  # a resumed run
+    r.update(f)
+    f = progress_fields(
+        r,
+        [
+            ("metrics", 2.0, {"step": 5, "total_steps": 10, "epoch": 1.0, "loss": 1.5, "learning_rate": 1e-4,
+                              "tokens_per_second": 99.0, "eta_seconds": 3.0, "tokens_seen": 640}),
+            ("eval", 2.5, {"step": 5, "eval_loss": 1.7}),
+            ("checkpoint", 2.6, {"step": 5, "path": "/j/checkpoints/checkpoint-5"}),
+            ("some_future_type", 2.7, {"x": 1}),  # unknown types are ignored
+        ],
+    )  # fmt: skip
+    m = f["metrics"]
+    assert (m["progress"], m["current_step"], m["current_epoch"], m["train_loss"]) == (0.5, 5, 1.0, 1.5)
+    assert (m["eval_loss"], m["tokens_per_second"], m["eta_seconds"]) == (1.7, 99.0, 3.0)
+    assert f["trained_tokens"] == 640 and f["checkpoint_path"] == "/j/checkpoints/checkpoint-5"
+    r.update(f)
+    done = {"adapter_path": "/j/adapter", "final_loss": 1.2, "tokens_seen": 900}
+    f = progress_fields(r, [("completed", 3.0, done), ("failed", 3.1, {"code": "x"})])
+    assert f["terminal_record"]["type"] == "completed"  # the first terminal record wins
+    assert f["metrics"]["progress"] == 1.0 and f["metrics"]["train_loss"] == 1.2
+    assert f["adapter_path"] == "/j/adapter" and f["trained_tokens"] == 900
+    assert progress_fields(r, []) == {}
+
+
+def test_terminal_record_decides() -> None:
+    st, msg, f = decide_outcome(
+        row(request={"suffix": "s"}, terminal_record={"type": "completed", "adapter_path": "/a"}),
+        exit_code=1, killed_by_us=False, log_tail=[],
+    )  # fmt: skip
+    assert (
+        st is JobStatus.SUCCEEDED
+        and f["fine_tuned_model"] == "ft:tiny:s:ftjob-1"
+        and f["adapter_path"] == "/a"
+    )
+    # Completed although a cancel was requested: the work is done, it succeeded.
+    st, _, _ = decide_outcome(
+        row(cancel_requested_at=1.0, terminal_record={"type": "completed"}),
+        exit_code=0,
+        killed_by_us=False,
+        log_tail=[],
+    )
+    assert st is JobStatus.SUCCEEDED
+    st, msg, f = decide_outcome(
+        row(terminal_record={"type": "failed", "code": "model_unavailable", "message": "offline",
+                             "hint": "h"}),
+        exit_code=1, killed_by_us=False, log_tail=["a"],
+    )  # fmt: skip
+    assert st is JobStatus.FAILED and msg == "offline"
+    assert f["error"] == {"code": "model_unavailable", "message": "offline", "param": None, "exit_code": 1,
+                          "signal": None, "log_tail": ["a"], "hint": "h"}  # fmt: skip
+
+
+def test_interrupted() -> None:
+    term = {"type": "interrupted", "checkpoint_path": "/c/checkpoint-3"}
+    st, msg, _ = decide_outcome(row(cancel_requested_at=1.0, terminal_record=term), exit_code=1,
+                                killed_by_us=False, log_tail=[])  # fmt: skip
+    assert st is JobStatus.CANCELLED and "/c/checkpoint-3" in msg
+    # Interrupted by someone else's signal (no cancel request): a failure that names the checkpoint.
+    st, msg, f = decide_outcome(row(terminal_record=term), exit_code=4, killed_by_us=False, log_tail=[])
+    assert st is JobStatus.FAILED and f["error"]["code"] == "interrupted" and "/c/checkpoint-3" in msg
+
+
+def test_no_terminal_record() -> None:
+    st, msg, _ = decide_outcome(row(cancel_requested_at=1.0), exit_code=-9, killed_by_us=True, log_tail=[],
+                                grace_seconds=30)  # fmt: skip
+    assert st is JobStatus.CANCELLED and "30 s grace period" in msg
+    st, msg, f = decide_outcome(row(), exit_code=-9, killed_by_us=False, log_tail=["x"])
+    assert f["error"]["code"] == "trainer_killed" and f["error"]["signal"] == "SIGKILL"
+    assert f["error"]["exit_code"] is None
+    st, msg, f = decide_outcome(row(), exit_code=None, killed_by_us=False, log_tail=[])
+    assert f["error"]["code"] == "trainer_crashed" and "exit status unknown" in msg
+    st, msg, f = decide_outcome(row(), exit_code=None, killed_by_us=False, log_tail=["boom"],
+                                lost_reason="service_restart")  # fmt: skip
+    assert st is JobStatus.FAILED and f["error"]["code"] == "service_restart" and "boom" in msg
