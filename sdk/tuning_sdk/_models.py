@@ -377,5 +377,18 @@ class LogRecord:
             if isinstance(d.get("tokens_per_second"), (int, float)):
                 parts.append(f"{d['tokens_per_second']:.0f} tok/s")
             return "metrics: " + " | ".join(parts)
+        if self.type == "started":
+            return (
+                f"started: {d.get('total_steps')} steps, {d.get('total_epochs')} epoch(s), "
+                f"{d.get('num_examples')} examples, {d.get('method') or 'training'} on {d.get('device')}"
+            )
+        if self.type == "completed":
+            loss = d.get("final_loss")
+            loss_text = f", final loss {loss:.4f}" if isinstance(loss, (int, float)) else ""
+            return f"completed: adapter at {d.get('adapter_path')}{loss_text}"
+        if self.type == "failed":
+            return f"failed: {d.get('message')} ({d.get('code')})"
+        if self.type == "eval" and isinstance(d.get("eval_loss"), (int, float)):
+            return f"eval: step {d.get('step')} | eval_loss {d['eval_loss']:.4f}"
         fields = " ".join(f"{k}={v}" for k, v in d.items() if not isinstance(v, (dict, list)))
         return f"{self.type}: {fields}".rstrip(": ")

@@ -155,7 +155,7 @@ def test_wait_with_progress_on_a_real_job(sdk: TuningClient) -> None:
     assert {"status", "started", "metrics", "completed"} <= types
     assert records[-1].is_terminal_status
     assert [r.seq for r in sdk.tunings.stream_logs(job.id)] == [r.seq for r in records]
-    assert [r.seq for r in sdk.tunings.stream_logs(job.id, after=5, follow=False)][0] == 6
+    assert next(r.seq for r in sdk.tunings.stream_logs(job.id, after=5, follow=False)) == 6
 
 
 def test_list_pagination_cancel_delete(live_service: ServiceProcess, fresh_client: TuningClient) -> None:
@@ -207,9 +207,9 @@ def test_errors_map_to_classes(live_service: ServiceProcess, sdk: TuningClient) 
     with pytest.raises(BadRequestError) as bad_path:
         sdk.tunings.create(model="tiny-llama", training_file="../../etc/passwd")
     assert bad_path.value.code == "invalid_path" and "/etc" not in bad_path.value.message
-    with TuningClient(api_key="wrong-key", base_url=live_service.base_url) as bad:
-        with pytest.raises(AuthenticationError) as auth:
-            bad.tunings.list()
+    bad = TuningClient(api_key="wrong-key", base_url=live_service.base_url)
+    with pytest.raises(AuthenticationError) as auth:
+        bad.tunings.list()
     assert auth.value.code == "invalid_api_key"
     # Another key's job is invisible: the same 404.
     other = TuningClient(api_key=live_service.new_key("other"), base_url=live_service.base_url)
@@ -250,7 +250,7 @@ def test_stream_logs_resumes_across_a_server_restart(service_env) -> None:
     try:
         with TuningClient(api_key=DEV_KEY, base_url=svc.base_url) as c:
             job = c.tunings.create(
-                model="tiny-llama", training_file="data/train.jsonl", hyperparameters={"epochs": 5}
+                model="tiny-llama", training_file="data/train.jsonl", hyperparameters={"max_steps": 20}
             )
             seqs: list[int] = []
             restarted = threading.Event()
@@ -287,7 +287,7 @@ def test_cli_create_wait_logs(live_service: ServiceProcess) -> None:
             "--training-file",
             "data/train.jsonl",
             "--hp",
-            "epochs=1",
+            "max_steps=10",
             "--hp",
             "batch_size=8",
             "--wait",
