@@ -158,3 +158,25 @@ def test_logs(stub: StubServer, run) -> None:
     assert code == 0 and "hello" in out and "step 1/2" in out
     code, out, _ = run("--json", "jobs", "logs", "ftjob-1")
     assert [json.loads(line)["seq"] for line in out.splitlines()] == [1, 2]
+
+
+def test_closed_pipe_is_not_an_error(stub: StubServer) -> None:
+    import os
+    import subprocess
+    import sys
+
+    lines = [{"seq": i, "type": "log", "time": 0, "line": "x" * 200} for i in range(1, 2001)]
+    stub.route("GET", "/v1/tunings.logs/", reply(200, {"data": lines, "has_more": False}))
+    env = {**os.environ, "TUNING_API_KEY": "k", "TUNING_BASE_URL": stub.base_url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuning_sdk.cli", "jobs", "logs", "ftjob-1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # like `| head -1`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=30) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err
