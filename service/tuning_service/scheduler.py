@@ -28,6 +28,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_adopt = 0.0
+        supervisor.on_finished = self.wake
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="tuning-scheduler")

@@ -145,6 +145,8 @@ class Supervisor:
         self.tracked: dict[str, Tracked] = {}
         self._task: asyncio.Task[None] | None = None
         self._last_heartbeat = 0.0
+        # Called when a job of ours ends: its slot (and GPUs) are free now (the scheduler sets this).
+        self.on_finished: Callable[[], None] | None = None
 
     def job_dir(self, job_id: str) -> Path:
         return self.settings.jobs_dir / job_id
@@ -384,3 +386,5 @@ class Supervisor:
         self.tracked.pop(job_id, None)
         log.info("job %s: %s (%s)", job_id, status.value, message)
         self.notify()
+        if self.on_finished is not None:
+            self.on_finished()
