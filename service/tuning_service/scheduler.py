@@ -29,6 +29,7 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._last_adopt = 0.0
         supervisor.on_finished = self.wake
+        self._launching: asyncio.Future[bool] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="tuning-scheduler")
@@ -41,6 +42,10 @@ class Scheduler:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        # A launch is never abandoned half-way (trainer started, pid not yet recorded): that would leave a
+        # trainer nobody can find. Stopping waits for it.
+        if self._launching is not None and not self._launching.done():
+            await asyncio.wait([self._launching])
 
     def wake(self) -> None:
         """A job was queued (or a slot freed) in this worker: look now rather than at the next poll."""
@@ -68,14 +73,22 @@ class Scheduler:
             await self.supervisor.adopt_orphans(reason="service_restart")
         launched = 0
         while True:
-            row = await self.store.claim_next(
-                supervisor_id=self.supervisor.id,
-                max_concurrent=self.settings.max_concurrent_jobs,
-                gpus=self.settings.gpus,
-                now=time.time(),
-            )
-            if row is None:
+            # Claim and launch run to completion even if this task is cancelled (shutdown): a job claimed
+            # but never launched, or a trainer started but not recorded, must not happen.
+            self._launching = asyncio.ensure_future(self._claim_and_launch())
+            if not await asyncio.shield(self._launching):
                 return launched
-            log.info("job %s claimed (gpus %s)", row["id"], row["gpu_lease"] or "none")
-            await self.supervisor.launch(row)
             launched += 1
+
+    async def _claim_and_launch(self) -> bool:
+        row = await self.store.claim_next(
+            supervisor_id=self.supervisor.id,
+            max_concurrent=self.settings.max_concurrent_jobs,
+            gpus=self.settings.gpus,
+            now=time.time(),
+        )
+        if row is None:
+            return False
+        log.info("job %s claimed (gpus %s)", row["id"], row["gpu_lease"] or "none")
+        await self.supervisor.launch(row)
+        return True

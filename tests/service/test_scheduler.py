@@ -224,3 +224,29 @@ def test_jobs_of_a_dead_worker_are_adopted(tmp_path: Path) -> None:
 async def _adopted(m: JobManager, job_id: str) -> bool:
     row = await m.store.get_job(job_id)
     return row is not None and row["supervisor_id"] == m.supervisor.id
+
+
+def test_stopping_never_leaves_a_claimed_job_without_its_trainer(tmp_path: Path) -> None:
+    """Stop right after a submit, many times: each job is either still queued or running with its trainer's
+    pid recorded (the claim and the launch are never cut in half)."""
+
+    async def body() -> None:
+        pgids = []
+        try:
+            for i in range(6):
+                m = await JobManager.start(make_settings(tmp_path))
+                owner, _ = await m.create_key("t")
+                job, _ = await m.submit(owner=owner, request=request("complete"), idempotency_key=None)
+                await asyncio.sleep(0.005 * i)
+                await m.stop()
+                await m.store.open()
+                row = await m.store.get_job(job["id"])
+                await m.store.close()
+                assert row is not None
+                assert row["status"] == "queued" or row["pid"] is not None, row["status"]
+                pgids.append(row["pgid"])
+        finally:
+            for pgid in pgids:
+                kill_group(pgid)
+
+    run(body())
