@@ -95,7 +95,7 @@ def live_service(service_env):
     """A real service (uvicorn subprocess) able to train on the tiny model, with the dev keys."""
     svc = service_env.start("live")
     yield svc
-    svc.stop()
+    svc.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -118,4 +118,4 @@ def api_service(light_service_env):
     (TUNING_MAX_CONCURRENT_JOBS=0): jobs stay `queued` until cancelled: API tests stay fast and exact."""
     svc = light_service_env.start("api", extra_env={"TUNING_MAX_CONCURRENT_JOBS": "0"})
     yield svc
-    svc.stop()
+    svc.shutdown()

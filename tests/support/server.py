@@ -209,6 +209,30 @@ class ServiceProcess:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def trainer_pids(self) -> list[int]:
+        """Live trainer processes of this service's jobs (found by their job folder on the command line)."""
+        import psutil
+
+        marker = str(self.data_dir / "jobs")
+        pids = []
+        for p in psutil.process_iter(["cmdline", "status"]):
+            try:
+                if p.info["status"] != psutil.STATUS_ZOMBIE and any(
+                    marker in a for a in p.info["cmdline"] or []
+                ):
+                    pids.append(p.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return pids
+
+    def shutdown(self) -> None:
+        """Stop the service and kill any trainer it left running. Trainers outlive `stop()` by design (a
+        restarted service re-attaches to them); at the end of a test nothing may keep burning CPU."""
+        self.stop()
+        for pid in self.trainer_pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+
     def restart(self) -> None:
         self.stop()
         self.start()
