@@ -37,7 +37,9 @@ def _gpus_env() -> list[str]:
 
 @dataclass
 class Settings:
-    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("TUNING_DATA_DIR", ".tuning")).resolve())
+    data_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("TUNING_DATA_DIR", ".tuning")).resolve()
+    )
     files_root: Path = field(
         default_factory=lambda: Path(os.environ.get("TUNING_FILES_ROOT", os.getcwd())).resolve()
     )
@@ -53,7 +55,9 @@ class Settings:
     )
     max_concurrent_jobs: int = field(default_factory=lambda: _int_env("TUNING_MAX_CONCURRENT_JOBS", 1))
     gpus: list[str] = field(default_factory=_gpus_env)
-    cancel_grace_seconds: float = field(default_factory=lambda: _float_env("TUNING_CANCEL_GRACE_SECONDS", 30.0))
+    cancel_grace_seconds: float = field(
+        default_factory=lambda: _float_env("TUNING_CANCEL_GRACE_SECONDS", 30.0)
+    )
     log_level: str = field(default_factory=lambda: os.environ.get("TUNING_LOG_LEVEL", "INFO").upper())
     # Limits on what a request may carry.
     max_request_bytes: int = field(default_factory=lambda: _int_env("TUNING_MAX_REQUEST_BYTES", 1024 * 1024))
