@@ -189,10 +189,15 @@ def scenario_progress_bar() -> bool:
     """Draw your own progress bar from on_progress (redrawn in place on a terminal)."""
     tty = sys.stdout.isatty()
     width = max(10, min(40, shutil.get_terminal_size().columns - 60))
+    printed = {-1}
 
     def bar(job: TuningJob) -> None:
         m = job.metrics
         assert m is not None and m.train_loss is not None  # guaranteed by wait()
+        decile = int(m.progress * 10)
+        if not tty and decile in printed:
+            return  # in a log file, one line per 10 %
+        printed.add(decile)
         filled = round(m.progress * width)
         text = (
             f"   |{'█' * filled}{'░' * (width - filled)}| {m.progress * 100:5.1f}% "
