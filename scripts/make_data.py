@@ -15,14 +15,40 @@ import random
 from pathlib import Path
 
 ANIMALS = {
-    "cat": "meow", "dog": "woof", "cow": "moo", "duck": "quack", "sheep": "baa", "pig": "oink",
-    "horse": "neigh", "frog": "ribbit", "owl": "hoot", "lion": "roar", "bee": "buzz", "mouse": "squeak",
-    "goat": "bleat", "snake": "hiss", "crow": "caw", "wolf": "howl",
+    "cat": "meow",
+    "dog": "woof",
+    "cow": "moo",
+    "duck": "quack",
+    "sheep": "baa",
+    "pig": "oink",
+    "horse": "neigh",
+    "frog": "ribbit",
+    "owl": "hoot",
+    "lion": "roar",
+    "bee": "buzz",
+    "mouse": "squeak",
+    "goat": "bleat",
+    "snake": "hiss",
+    "crow": "caw",
+    "wolf": "howl",
 }
 COLOURS = {
-    "sky": "blue", "grass": "green", "sun": "yellow", "snow": "white", "coal": "black", "banana": "yellow",
-    "tomato": "red", "orange": "orange", "plum": "purple", "leaf": "green", "cherry": "red", "sea": "blue",
-    "night": "black", "cloud": "white", "carrot": "orange", "grape": "purple",
+    "sky": "blue",
+    "grass": "green",
+    "sun": "yellow",
+    "snow": "white",
+    "coal": "black",
+    "banana": "yellow",
+    "tomato": "red",
+    "orange": "orange",
+    "plum": "purple",
+    "leaf": "green",
+    "cherry": "red",
+    "sea": "blue",
+    "night": "black",
+    "cloud": "white",
+    "carrot": "orange",
+    "grape": "purple",
 }
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SYSTEM = "You are a short and exact assistant."

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,21 +18,41 @@ from tests.conftest import REPO_ROOT, accelerate_cmd
 
 def trainer_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env.update(
+        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1"
+    )
     return env
 
 
-def launch(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """`accelerate launch [CPU flags] -m tuning_trainer ARGS` in its own process group, waited for."""
-    return subprocess.run(
+def start(*args: str) -> subprocess.Popen[str]:
+    """Start `accelerate launch [CPU flags] -m tuning_trainer ARGS` in its own process group."""
+    return subprocess.Popen(
         accelerate_cmd(*args),
         cwd=REPO_ROOT,
         env=trainer_env(),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         start_new_session=True,
     )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Wait for a launched trainer; on timeout kill its whole process group (the launcher does not forward
+    signals, so killing the launcher alone would orphan the training child)."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"trainer timed out after {timeout}s; stdout tail:\n{stdout[-2000:]}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def launch(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """`accelerate launch [CPU flags] -m tuning_trainer ARGS`, waited for."""
+    return finish(start(*args), timeout)
 
 
 def run_module(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -79,6 +101,10 @@ def tiny_model_dir(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny-llama"
-    subprocess.run([sys.executable, "-m", "tuning_trainer.tiny", "--out", str(out), "--quiet"], check=True,
-                   cwd=REPO_ROOT, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "tuning_trainer.tiny", "--out", str(out), "--quiet"],
+        check=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
     return out

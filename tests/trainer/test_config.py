@@ -20,24 +20,54 @@ def test_flags_and_json_config_build_the_same_job(tmp_path: Path) -> None:
         "training_file": "t.jsonl",
         "output_dir": "o",
         "method": "lora",
-        "hyperparameters": {"epochs": 3, "learning_rate": 0.001, "batch_size": "auto", "lora_r": 8,
-                            "lora_target_modules": ["q_proj", "v_proj"], "train_on_inputs": True},
+        "hyperparameters": {
+            "epochs": 3,
+            "learning_rate": 0.001,
+            "batch_size": "auto",
+            "lora_r": 8,
+            "lora_target_modules": ["q_proj", "v_proj"],
+            "train_on_inputs": True,
+        },
     }
     path = tmp_path / "job.json"
     path.write_text(json.dumps(job))
     from_file, _ = parse_args(["--config", str(path)])
     from_flags, _ = parse_args(
-        [*BASE, "--method", "lora", "--epochs", "3", "--learning-rate", "1e-3", "--batch-size", "auto",
-         "--lora-r", "8", "--lora-target-modules", "q_proj,v_proj", "--train-on-inputs"]
+        [
+            *BASE,
+            "--method",
+            "lora",
+            "--epochs",
+            "3",
+            "--learning-rate",
+            "1e-3",
+            "--batch-size",
+            "auto",
+            "--lora-r",
+            "8",
+            "--lora-target-modules",
+            "q_proj,v_proj",
+            "--train-on-inputs",
+        ]
     )
     assert from_file == from_flags == JobConfig.from_dict(job)
 
 
 def test_flags_override_the_config_file_and_hp_sets_any_hyperparameter(tmp_path: Path) -> None:
     path = tmp_path / "job.json"
-    path.write_text(json.dumps({"model": "m", "training_file": "t", "output_dir": "o",
-                                "hyperparameters": {"epochs": 2, "lora_r": 4}}))
-    cfg, _ = parse_args(["--config", str(path), "--epochs", "5", "--hp", "max_steps=7", "--hp", "packing=true"])
+    path.write_text(
+        json.dumps(
+            {
+                "model": "m",
+                "training_file": "t",
+                "output_dir": "o",
+                "hyperparameters": {"epochs": 2, "lora_r": 4},
+            }
+        )
+    )
+    cfg, _ = parse_args(
+        ["--config", str(path), "--epochs", "5", "--hp", "max_steps=7", "--hp", "packing=true"]
+    )
     hp = cfg.hyperparameters
     assert (hp.epochs, hp.lora_r, hp.max_steps, hp.packing) == (5, 4, 7, True)
 
@@ -104,7 +134,8 @@ def test_schema_modules_import_without_the_ml_stack() -> None:
     code = (
         "import sys, tuning_trainer.config, tuning_trainer.cli, tuning_trainer.data, tuning_trainer.errors, "
         "tuning_trainer.events, tuning_trainer.modelling, tuning_trainer.checkpoint, tuning_trainer.signals;"
-        "heavy = [m for m in ('torch', 'transformers', 'peft', 'accelerate', 'bitsandbytes') if m in sys.modules];"
+        "names = ('torch', 'transformers', 'peft', 'accelerate', 'bitsandbytes');"
+        "heavy = [m for m in names if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -11,8 +11,13 @@ from tuning_trainer import data
 from tuning_trainer.data import DataError, validate_file
 
 GOOD = {
-    "chat": {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
-                          {"role": "assistant", "content": "a"}]},
+    "chat": {
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a"},
+        ]
+    },
     "completion": {"prompt": "2+2=", "completion": "4"},
     "text": {"text": "plain text"},
     "alpaca": {"instruction": "add", "input": "2 and 2", "output": "4"},
@@ -50,16 +55,35 @@ CHAT = json.dumps(GOOD["chat"])
         ([CHAT, CHAT, json.dumps({"question": "q", "answer": "a"})], data.UNKNOWN_FORMAT, 3),
         ([json.dumps([1, 2])], data.UNKNOWN_FORMAT, 1),
         ([CHAT, json.dumps({"messages": [{"role": "user", "content": "q"}]})], data.NO_ASSISTANT_TURN, 2),
-        ([json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]})],
-         data.NO_ASSISTANT_TURN, 1),
+        (
+            [
+                json.dumps(
+                    {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]}
+                )
+            ],
+            data.NO_ASSISTANT_TURN,
+            1,
+        ),
         ([CHAT, b'{"text": "caf\xe9"}'], data.INVALID_ENCODING, 2),
         ([CHAT, json.dumps(GOOD["text"])], data.MIXED_FORMATS, 2),
         ([json.dumps({"messages": [{"role": "wizard", "content": "q"}]})], data.INVALID_FIELD, 1),
         ([json.dumps({"prompt": "p", "completion": 3})], data.INVALID_FIELD, 1),
         ([json.dumps({"messages": []})], data.INVALID_FIELD, 1),
     ],
-    ids=["empty", "blank", "invalid-json", "unknown-shape", "not-an-object", "no-assistant",
-         "empty-assistant", "non-utf8", "mixed", "bad-role", "bad-type", "no-messages"],
+    ids=[
+        "empty",
+        "blank",
+        "invalid-json",
+        "unknown-shape",
+        "not-an-object",
+        "no-assistant",
+        "empty-assistant",
+        "non-utf8",
+        "mixed",
+        "bad-role",
+        "bad-type",
+        "no-messages",
+    ],
 )
 def test_bad_files(tmp_path: Path, lines: list[str | bytes], code: str, line: int | None) -> None:
     path = write_lines(tmp_path / "d.jsonl", lines) if lines else tmp_path / "d.jsonl"

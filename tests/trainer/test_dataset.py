@@ -52,7 +52,9 @@ def test_template_without_generation_tags_gives_the_same_mask(tokenizer: Any) ->
     import copy
 
     plain = copy.copy(tokenizer)
-    plain.chat_template = tokenizer.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    plain.chat_template = tokenizer.chat_template.replace("{% generation %}", "").replace(
+        "{% endgeneration %}", ""
+    )
     with_tags = encode_chat(MESSAGES, tokenizer)
     without = encode_chat(MESSAGES, plain)
     assert without[0] == with_tags[0]
@@ -84,8 +86,9 @@ def test_fallback_template_for_a_tokenizer_without_one(tokenizer: Any) -> None:
     ],
     ids=["completion", "alpaca", "alpaca-no-input", "text"],
 )
-def test_every_format_tokenises_with_its_mask(tokenizer: Any, tmp_path: Path, row: dict[str, str],
-                                             target: str) -> None:
+def test_every_format_tokenises_with_its_mask(
+    tokenizer: Any, tmp_path: Path, row: dict[str, str], target: str
+) -> None:
     from tuning_trainer.data import validate_file
 
     path = write(tmp_path / "d.jsonl", [row])
@@ -105,10 +108,18 @@ def test_train_on_inputs_trains_every_token(tokenizer: Any, tmp_path: Path) -> N
 
 
 def test_truncation_is_counted_and_answerless_examples_are_dropped(tokenizer: Any, tmp_path: Path) -> None:
-    long_answer = {"messages": [{"role": "user", "content": "hi"},
-                                {"role": "assistant", "content": "one two three four " * 20}]}
-    long_prompt = {"messages": [{"role": "user", "content": "one two three four " * 20},
-                                {"role": "assistant", "content": "ok"}]}
+    long_answer = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "one two three four " * 20},
+        ]
+    }
+    long_prompt = {
+        "messages": [
+            {"role": "user", "content": "one two three four " * 20},
+            {"role": "assistant", "content": "ok"},
+        ]
+    }
     path = write(tmp_path / "d.jsonl", [long_answer, long_prompt, {"messages": MESSAGES[1:3]}])
     data = tokenize_file(path, "chat", tokenizer, max_seq_length=32)
     assert (data.truncated, data.dropped, len(data.examples)) == (2, 1, 2)

@@ -17,8 +17,10 @@ from tuning_trainer.errors import TrainerError, classify, is_out_of_memory
         torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
         torch.OutOfMemoryError("out of memory"),
         MemoryError(),
-        RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
-                     "you tried to allocate 137438953472 bytes. Error code 12 (Cannot allocate memory)"),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 137438953472 bytes. Error code 12 (Cannot allocate memory)"
+        ),
         RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
     ],
     ids=["cuda-oom", "torch-oom", "memory-error", "cpu-allocator", "cuda-error-oom"],
@@ -50,7 +52,9 @@ def test_trainer_errors_pass_through() -> None:
     assert err.record() == {"code": "model_not_found", "message": "nope", "param": "model", "exit_code": 2}
 
 
-def test_oom_during_training_exits_3_with_a_failed_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oom_during_training_exits_3_with_a_failed_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The entry point maps an OOM raised inside the recipe to exit 3 and a `failed` record with the hint."""
     import signal
 

@@ -32,7 +32,11 @@ PROBE = (
 
 def probe(*args: str) -> tuple[int, str, str]:
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, *args], cwd=REPO_ROOT, env=trainer_env(), capture_output=True, text=True,
+        [sys.executable, "-c", PROBE, *args],
+        cwd=REPO_ROOT,
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     return proc.returncode, proc.stdout, proc.stderr
@@ -54,8 +58,15 @@ BAD_DATA = {
     "line_too_long": [CHAT, json.dumps({"text": "x" * (1024 * 1024 + 10)})],
     "mixed_formats": [CHAT, json.dumps({"text": "t"})],
 }
-LINES = {"empty_file": None, "invalid_json": 3, "unknown_format": 2, "no_assistant_turn": 1,
-         "invalid_encoding": 2, "line_too_long": 2, "mixed_formats": 2}
+LINES = {
+    "empty_file": None,
+    "invalid_json": 3,
+    "unknown_format": 2,
+    "no_assistant_turn": 1,
+    "invalid_encoding": 2,
+    "line_too_long": 2,
+    "mixed_formats": 2,
+}
 
 
 @pytest.mark.parametrize("code", sorted(BAD_DATA))
@@ -63,7 +74,9 @@ def test_bad_training_data(tmp_path: Path, code: str) -> None:
     data = write(tmp_path / "train.jsonl", BAD_DATA[code])
     out = tmp_path / "out"
     started = time.monotonic()
-    rc, stdout, stderr = probe("--model", "no/such-model", "--training-file", str(data), "--output-dir", str(out))
+    rc, stdout, stderr = probe(
+        "--model", "no/such-model", "--training-file", str(data), "--output-dir", str(out)
+    )
     assert time.monotonic() - started < 20
     assert rc == 2, stderr
     assert "HEAVY=\n" in stdout
@@ -80,14 +93,28 @@ def test_bad_validation_file_is_named(tmp_path: Path) -> None:
     train = write(tmp_path / "train.jsonl", [CHAT])
     valid = write(tmp_path / "valid.jsonl", [CHAT, "nope"])
     out = tmp_path / "out"
-    rc, _, _ = probe("--model", "m", "--training-file", str(train), "--validation-file", str(valid),
-                     "--output-dir", str(out))
+    rc, _, _ = probe(
+        "--model",
+        "m",
+        "--training-file",
+        str(train),
+        "--validation-file",
+        str(valid),
+        "--output-dir",
+        str(out),
+    )
     (failed,) = events(out)
-    assert rc == 2 and (failed["file"], failed["data_code"], failed["line"]) == ("validation_file", "invalid_json", 2)
+    assert rc == 2 and (failed["file"], failed["data_code"], failed["line"]) == (
+        "validation_file",
+        "invalid_json",
+        2,
+    )
 
 
 def test_missing_training_file(tmp_path: Path) -> None:
-    rc, _, _ = probe("--model", "m", "--training-file", str(tmp_path / "nope.jsonl"), "--output-dir", str(tmp_path))
+    rc, _, _ = probe(
+        "--model", "m", "--training-file", str(tmp_path / "nope.jsonl"), "--output-dir", str(tmp_path)
+    )
     (failed,) = events(tmp_path)
     assert rc == 2 and failed["data_code"] == "file_not_found"
 
@@ -106,8 +133,9 @@ def test_missing_local_model_says_not_found(tmp_path: Path) -> None:
 def test_unreachable_hub_id_fails_fast(tmp_path: Path) -> None:
     train = write(tmp_path / "train.jsonl", [CHAT])
     started = time.monotonic()
-    rc, stdout, _ = probe("--model", "some-org/not-cached-model", "--training-file", str(train),
-                          "--output-dir", str(tmp_path))
+    rc, stdout, _ = probe(
+        "--model", "some-org/not-cached-model", "--training-file", str(train), "--output-dir", str(tmp_path)
+    )
     assert time.monotonic() - started < 15
     (failed,) = events(tmp_path)
     assert rc == 2 and failed["code"] == "model_unavailable"
@@ -116,18 +144,29 @@ def test_unreachable_hub_id_fails_fast(tmp_path: Path) -> None:
 
 def test_bad_resume_dir(tmp_path: Path) -> None:
     train = write(tmp_path / "train.jsonl", [CHAT])
-    rc, stdout, _ = probe("--model", str(tmp_path), "--training-file", str(train), "--output-dir",
-                          str(tmp_path), "--resume-from", str(tmp_path))
+    rc, stdout, _ = probe(
+        "--model",
+        str(tmp_path),
+        "--training-file",
+        str(train),
+        "--output-dir",
+        str(tmp_path),
+        "--resume-from",
+        str(tmp_path),
+    )
     (failed,) = events(tmp_path)
     assert rc == 2 and failed["code"] == "invalid_config" and failed["param"] == "resume_from"
     assert "HEAVY=\n" in stdout
 
 
 def test_bad_config_value_writes_failed_when_output_dir_is_known(tmp_path: Path) -> None:
-    rc, _, stderr = probe("--model", "m", "--training-file", "t", "--output-dir", str(tmp_path),
-                          "--learning-rate", "-1")
+    rc, _, stderr = probe(
+        "--model", "m", "--training-file", "t", "--output-dir", str(tmp_path), "--learning-rate", "-1"
+    )
     (failed,) = events(tmp_path)
-    assert rc == 2 and failed["code"] == "invalid_config" and failed["param"] == "hyperparameters.learning_rate"
+    assert (
+        rc == 2 and failed["code"] == "invalid_config" and failed["param"] == "hyperparameters.learning_rate"
+    )
     assert "learning_rate" in stderr
 
 

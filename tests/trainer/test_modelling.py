@@ -62,11 +62,14 @@ def _lora_grads(tiny_model_dir: Path, *, eval_first: bool) -> dict[str, object]:
     from tuning_trainer.modelling import ModelSource, load_model
 
     cfg = JobConfig(
-        model=str(tiny_model_dir), training_file="-", output_dir="-", method="qlora",
+        model=str(tiny_model_dir),
+        training_file="-",
+        output_dir="-",
+        method="qlora",
         hyperparameters=Hyperparameters(lora_dropout=0.0, gradient_checkpointing=False),
     )
     torch.manual_seed(0)
-    model, info = load_model(cfg, ModelSource("local", str(tiny_model_dir)), torch.device("cpu"))
+    model, _ = load_model(cfg, ModelSource("local", str(tiny_model_dir)), torch.device("cpu"))
     ids = torch.arange(5, 37).view(2, 16)
     if eval_first:
         model.eval()

@@ -27,7 +27,7 @@ def test_tiny_model_loads_and_masks_assistant_turns(tiny_model_dir: Path) -> Non
     )
     answer = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m]
     assert tok.decode(answer) == first["messages"][-1]["content"] + "<|im_end|>"
-    # Every word of the data is in the vocabulary as whole tokens, not bytes: the tokenizer was trained for it.
+    # The words of the data are whole tokens, not bytes: the tokenizer was trained for them.
     assert len(tok("The cat says meow.")["input_ids"]) <= 8
     out = model.generate(**tok("Hello", return_tensors="pt"), max_new_tokens=5, do_sample=False)
     assert out.shape[1] > 1
@@ -42,5 +42,7 @@ def test_data_files_are_chat_and_deterministic(tmp_path: Path) -> None:
     for name, n in (("train.jsonl", 300), ("valid.jsonl", 50)):
         summary = validate_file(REPO_ROOT / "data" / name)
         assert (summary.format, summary.num_examples) == ("chat", n)
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "make_data.py"), "--out", str(tmp_path)], check=True)
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "make_data.py"), "--out", str(tmp_path)], check=True
+    )
     assert (tmp_path / "train.jsonl").read_bytes() == (REPO_ROOT / "data" / "train.jsonl").read_bytes()
