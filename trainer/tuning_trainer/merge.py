@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import EXIT_OK, EXIT_USER_ERROR, TrainerError, classify
 
@@ -40,7 +41,7 @@ def merge(adapter: Path, out: Path, *, base: str | None = None, dtype: str = "bf
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(source.location, dtype=getattr(torch, dtype))
+    model: Any = AutoModelForCausalLM.from_pretrained(source.location, dtype=getattr(torch, dtype))
     model = PeftModel.from_pretrained(model, str(adapter))
     merged = model.merge_and_unload()
     merged.config.use_cache = True

@@ -7,6 +7,7 @@ each batch and follows the main one's decisions (stop on a signal, stop at total
 from __future__ import annotations
 
 import math
+import os
 import platform
 import resource
 import time
@@ -36,6 +37,20 @@ def library_versions() -> dict[str, str | None]:
 
     out["tuning_trainer"] = __version__
     return out
+
+
+def _default_mixed_precision(torch: Any) -> str | None:
+    """On a GPU, autocast to bf16 (fp16 with loss scaling where bf16 is missing) unless the launcher chose.
+
+    `accelerate launch` exports ACCELERATE_MIXED_PRECISION; "no" (its default) on a GPU would run the LoRA
+    matmuls in fp32 next to a bf16 base, which is slower and no more useful, so a GPU run autocasts anyway.
+    On CPU nothing changes: fp32 is both the fast and the exact choice there.
+    """
+    on_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    chosen = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if on_cpu or chosen != "no" or not torch.cuda.is_available():
+        return None
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 class Recipe:
@@ -68,7 +83,7 @@ class Recipe:
         from transformers import get_scheduler
 
         self.torch = torch
-        self.accelerator = acc = Accelerator()
+        self.accelerator = acc = Accelerator(mixed_precision=_default_mixed_precision(torch))
         self.is_main = acc.is_main_process
         set_seed(self.cfg.seed)
         hp = self.hp
