@@ -87,9 +87,15 @@ class JobManager:
         Returns only once recovery is done, so no new work is accepted before it."""
         settings.ensure_dirs()
         store = Store(settings.db_path)
-        await store.open()
-        self = cls(settings, store)
-        await recover(store, self.supervisor)
+        try:
+            await store.open()
+            self = cls(settings, store)
+            await recover(store, self.supervisor)
+        except BaseException:
+            # An open aiosqlite connection keeps its thread alive: without this a failed start-up hangs
+            # the process instead of exiting with the error.
+            await store.close()
+            raise
         self.supervisor.start()
         self.scheduler.start()
         return self

@@ -124,6 +124,10 @@ def decide_outcome(
     cancel = row["cancel_requested_at"] is not None
     sig = -exit_code if exit_code is not None and exit_code < 0 else None
     code_out = exit_code if exit_code is not None and exit_code >= 0 else None
+    # `accelerate launch` turns every non-zero child status into 1; the trainer's own protocol code (2 user
+    # error, 3 out of memory, 4 interrupted) travels in its terminal record, so prefer that one.
+    if isinstance(term.get("exit_code"), int):
+        code_out = term["exit_code"]
 
     def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
         return {

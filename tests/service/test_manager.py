@@ -229,3 +229,27 @@ def test_api_keys(tmp_path: Path) -> None:
         assert plaintext.encode() not in raw and b"test-key-001" not in raw
 
     run(body())
+
+
+def test_failed_start_up_exits_instead_of_hanging(tmp_path: Path) -> None:
+    # A database that cannot be opened must surface as an error and let the process exit: an aiosqlite
+    # connection left open keeps a non-daemon thread alive and the process would hang.
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "tuning.db").write_bytes(b"this is not a sqlite database" * 100)
+    script = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from tests.service.core_fixtures import make_settings\n"
+        "from tuning_service.manager import JobManager\n"
+        f"asyncio.run(JobManager.start(make_settings(Path({str(tmp_path)!r}))))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "DatabaseError" in proc.stderr or "not a database" in proc.stderr

@@ -103,3 +103,15 @@ def test_no_terminal_record() -> None:
     st, msg, f = decide_outcome(row(), exit_code=None, killed_by_us=False, log_tail=["boom"],
                                 lost_reason="service_restart")  # fmt: skip
     assert st is JobStatus.FAILED and f["error"]["code"] == "service_restart" and "boom" in msg
+
+
+def test_trainer_exit_code_from_its_record_beats_the_launchers() -> None:
+    # accelerate launch reports 1 for any failing child; the trainer's record carries its own code (2).
+    rec = {"type": "failed", "code": "invalid_data", "message": "line 3: bad", "exit_code": 2}
+    st, _, f = decide_outcome(row(terminal_record=rec), exit_code=1, killed_by_us=False, log_tail=["x"])
+    assert st is JobStatus.FAILED and f["error"]["exit_code"] == 2 and f["error"]["code"] == "invalid_data"
+    st, _, f = decide_outcome(
+        row(terminal_record={"type": "failed", "code": "training_error", "message": "boom"}),
+        exit_code=1, killed_by_us=False, log_tail=[],
+    )  # fmt: skip
+    assert f["error"]["exit_code"] == 1
