@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ def _quiet_environment() -> None:
         ("BITSANDBYTES_NOWELCOME", "1"),
     ):
         os.environ.setdefault(name, value)
+    # transformers 5 deprecation notices triggered inside peft (gradient checkpointing renames): noise in
+    # every job's log that the user can do nothing about.
+    warnings.filterwarnings("ignore", r".* is deprecated and will be removed in v6", FutureWarning)
 
 
 def _is_main_process() -> bool:

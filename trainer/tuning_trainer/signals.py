@@ -6,6 +6,8 @@ signal that arrives while the model loads is honoured as soon as the loop starts
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 from types import FrameType
@@ -26,11 +28,12 @@ class StopFlag:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:
             self.signum = signum
-            print(
-                f"[tuning_trainer] {signal.Signals(signum).name} received: stopping after the current step",
-                file=sys.stderr,
-                flush=True,
-            )
+            # os.write, not print: a handler that writes to a buffered stream the interrupted code was
+            # writing to raises "reentrant call".
+            name = signal.Signals(signum).name
+            message = f"[tuning_trainer] {name} received: stopping after the current step\n"
+            with contextlib.suppress(OSError):
+                os.write(sys.stderr.fileno(), message.encode())
 
     def install(self) -> StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):
