@@ -27,6 +27,7 @@ from .auth import setup_keys
 from .errors import APIError
 from .manager import JobManager
 from .middleware import RequestMiddleware
+from .ratelimit import RateLimiter
 from .settings import Settings
 
 log = logging.getLogger("tuning_service")
@@ -69,6 +70,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await manager.stop()
         raise
     app.state.settings = settings
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     app.state.manager = manager
     app.state.started_monotonic = started
     log.info(

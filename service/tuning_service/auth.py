@@ -68,6 +68,10 @@ async def authenticate(request: Request) -> str:
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
     request.state.key_id = key_id
+    # Per-key token bucket (ratelimit.py): 429 with Retry-After; other keys have their own buckets.
+    limiter = getattr(request.app.state, "rate_limiter", None)
+    if limiter is not None:
+        limiter.check(str(key_id))
     return str(key_id)
 
 

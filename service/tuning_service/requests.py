@@ -209,7 +209,12 @@ def validate_create_shape(body: Any, settings: Settings) -> tuple[dict[str, Any]
 
 def _check_file(path: Path, param: str, shown: str, settings: Settings) -> dict[str, Any]:
     try:
-        summary = validate_file(path, max_bytes=settings.max_file_bytes)
+        summary = validate_file(
+            path,
+            max_bytes=settings.max_file_bytes,
+            max_line_bytes=settings.max_line_bytes,
+            max_rows=settings.max_rows,
+        )
     except DataError as exc:
         message = exc.message
         if exc.code == "file_not_found":

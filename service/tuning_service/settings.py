@@ -62,6 +62,12 @@ class Settings:
     # Limits on what a request may carry.
     max_request_bytes: int = field(default_factory=lambda: _int_env("TUNING_MAX_REQUEST_BYTES", 1024 * 1024))
     max_file_bytes: int = field(default_factory=lambda: _int_env("TUNING_MAX_FILE_BYTES", 512 * 1024 * 1024))
+    # Per data file: longest line (bytes) and most examples; over them -> 422 naming the line.
+    max_line_bytes: int = field(default_factory=lambda: _int_env("TUNING_MAX_LINE_BYTES", 1024 * 1024))
+    max_rows: int = field(default_factory=lambda: _int_env("TUNING_MAX_ROWS", 1_000_000))
+    # Per API key token bucket (ratelimit.py): requests/s on average, bursts of BURST; RPS 0 turns it off.
+    rate_limit_rps: float = field(default_factory=lambda: _float_env("TUNING_RATE_LIMIT_RPS", 50.0))
+    rate_limit_burst: int = field(default_factory=lambda: _int_env("TUNING_RATE_LIMIT_BURST", 200))
     # Seconds of silence on a log stream before a heartbeat comment.
     heartbeat_seconds: float = field(default_factory=lambda: _float_env("TUNING_HEARTBEAT_SECONDS", 15.0))
     # How often the supervisor tails a running job's files.
