@@ -208,7 +208,7 @@ def scenario_progress_bar() -> bool:
         print("\r" + text if tty else text, end="" if tty else "\n", flush=True)
 
     with client() as c:
-        job = create(c)
+        job = create(c, max_steps=40)
         job = c.tunings.wait(job.id, on_progress=bar)
         if tty:
             print()

@@ -27,6 +27,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="The tuning SDK in seven steps.")
     parser.add_argument("--model", default="tiny-llama", help="base model (default: the tiny local one)")
     parser.add_argument("--training-file", default="data/train.jsonl", help="JSONL file on the service")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     parser.add_argument("--base-url", default=os.environ.get("TUNING_BASE_URL", "http://localhost:8000"))
     # test-key-001 is the service's development key: fine for an example, never for a deployment.
     parser.add_argument("--api-key", default=os.environ.get("TUNING_API_KEY", "test-key-001"))
@@ -63,7 +64,7 @@ def main() -> int:
         job = client.tunings.create(
             model=args.model,
             training_file=args.training_file,
-            hyperparameters={"epochs": 3, "learning_rate": 0.0002, "batch_size": 4},
+            hyperparameters={"epochs": args.epochs, "learning_rate": 0.0002, "batch_size": 4},
             suffix="basic-example",
         )
         print(f"   created {job.id} ({job.status})")
