@@ -353,3 +353,29 @@ def test_advanced_usage_example_all(live_service: ServiceProcess) -> None:
     assert "6/6 scenarios behaved as expected" in out.stdout
     assert "NOT AS EXPECTED" not in out.stdout
     print(f"advanced_usage --all took {time.monotonic() - t0:.0f}s")
+
+
+def test_rate_limit_is_retried_after_retry_after(light_service_env) -> None:
+    # A real 429 from the service's token bucket: the SDK waits Retry-After and succeeds; without retries
+    # the error surfaces as RateLimitError.
+    from tuning_sdk import RateLimitError
+    from tuning_sdk._http import parse_retry_after
+
+    svc = light_service_env.start(
+        "sdk-ratelimit", extra_env={"TUNING_RATE_LIMIT_RPS": "1", "TUNING_RATE_LIMIT_BURST": "1"}
+    )
+    try:
+        with TuningClient(api_key=DEV_KEY, base_url=svc.base_url, max_retries=0) as impatient:
+            impatient.tunings.list()
+            with pytest.raises(RateLimitError) as info:
+                impatient.tunings.list()
+            assert info.value.code == "rate_limited" and info.value.status_code == 429
+            assert (parse_retry_after(info.value.headers) or 0) >= 1
+        time.sleep(1.1)
+        with TuningClient(api_key=DEV_KEY, base_url=svc.base_url, max_retries=3) as patient:
+            t0 = time.monotonic()
+            for _ in range(3):
+                assert patient.tunings.list().data == []
+            assert time.monotonic() - t0 >= 1.0  # it did wait for tokens rather than fail
+    finally:
+        svc.stop()
