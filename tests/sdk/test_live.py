@@ -251,7 +251,8 @@ def test_errors_map_to_classes(live_service: ServiceProcess, sdk: TuningClient) 
             pass
 
 
-def test_stream_logs_resumes_across_a_server_restart(service_env) -> None:
+def test_stream_logs_resumes_across_a_server_restart(service_env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="tuning_sdk")
     svc = service_env.start("sdk-restart")
     try:
         with TuningClient(api_key=DEV_KEY, base_url=svc.base_url) as c:
@@ -266,6 +267,8 @@ def test_stream_logs_resumes_across_a_server_restart(service_env) -> None:
                     restarted.set()
                     svc.restart()  # the live connection drops; the SDK reconnects with Last-Event-ID
             assert restarted.is_set()
+            # The old connection really died and the SDK resumed it (it logs each resumption).
+            assert any("resuming after seq" in r.getMessage() for r in caplog.records)
             assert seqs == list(range(1, len(seqs) + 1)), seqs  # nothing repeated, nothing lost
             full = [r.seq for r in c.tunings.stream_logs(job.id, follow=False)]
             assert seqs == full
