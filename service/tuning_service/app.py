@@ -22,9 +22,10 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from . import routes_docs, routes_jobs, routes_logs
+from . import routes_docs, routes_files, routes_job_actions, routes_jobs, routes_logs, routes_openai
 from .auth import setup_keys
 from .errors import APIError
+from .files import BodyLimits
 from .manager import JobManager
 from .middleware import RequestMiddleware
 from .ratelimit import RateLimiter
@@ -116,8 +117,24 @@ def create_app() -> Starlette:
     # Read once here for the body limit; the lifespan reads the rest (data dir etc.) at start-up.
     limit = Settings().max_request_bytes
     return Starlette(
-        routes=[*routes_docs.routes, *routes_jobs.routes, *routes_logs.routes],
-        middleware=[Middleware(RequestMiddleware, max_body_bytes=limit)],
+        routes=[
+            *routes_docs.routes,
+            *routes_jobs.routes,
+            *routes_logs.routes,
+            *routes_job_actions.routes,
+            *routes_files.routes,
+            *routes_openai.routes,
+        ],
+        # File uploads are bounded by TUNING_MAX_FILE_BYTES (while streaming), everything else by the
+        # request limit.
+        middleware=[
+            Middleware(
+                BodyLimits,
+                middleware=RequestMiddleware,
+                max_body_bytes=limit,
+                upload_paths=routes_files.UPLOAD_PATHS,
+            )
+        ],
         exception_handlers={APIError: api_error, HTTPException: http_error},
         lifespan=lifespan,
     )

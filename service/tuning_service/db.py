@@ -22,7 +22,14 @@ import aiosqlite
 from .states import JobStatus, check_transition
 
 BUSY_TIMEOUT_MS = 10_000
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Columns added after the first schema: (table, column, declaration). Added at start-up when missing, so an
+# existing database upgrades in place (CREATE TABLE IF NOT EXISTS does not add columns).
+ADDED_COLUMNS = (
+    ("jobs", "pause_requested_at", "REAL"),
+    ("jobs", "resume_from", "TEXT"),  # the checkpoint the next run of this job starts from
+)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -73,6 +80,21 @@ CREATE TABLE IF NOT EXISTS job_events (
     data TEXT NOT NULL,                      -- the record's other fields (JSON object)
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS files (
+    ord INTEGER PRIMARY KEY AUTOINCREMENT,   -- upload order: list order and pagination cursor
+    id TEXT NOT NULL UNIQUE,                 -- file-<24 hex>, its bytes in <data_dir>/files/<id>
+    owner TEXT NOT NULL,                     -- api_keys.id of the uploading key
+    filename TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    status TEXT NOT NULL,                    -- processed | error
+    format TEXT,
+    num_examples INTEGER,
+    error TEXT,                              -- {"code", "message", "line"} when status = error (JSON)
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_owner_ord ON files(owner, ord);
 
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
@@ -218,6 +240,10 @@ class Database:
             for statement in DDL.split(";"):
                 if statement.strip():
                     await tx.execute(statement)
+            for table, column, decl in ADDED_COLUMNS:
+                have = {r["name"] for r in await tx.all(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    await tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             await tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     async def close(self) -> None:

@@ -11,19 +11,22 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from tuning_trainer.config import ConfigError, JobConfig, parse_hyperparameters
 
 from . import procs
 from .errors import APIError, job_not_found
+from .files import Files, is_file_id
 from .recovery import recover
 from .scheduler import Scheduler
 from .settings import Settings
-from .states import JobStatus
+from .states import RESUMABLE, JobStatus
 from .store import Store
 from .supervisor import Supervisor
 
@@ -31,6 +34,25 @@ log = logging.getLogger("tuning_service.manager")
 
 # The public fields of a job, in the order docs/api.md shows them.
 _REQUEST_FIELDS = ("training_file", "validation_file", "method", "suffix", "seed", "metadata")
+
+
+_CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
+# What makes a checkpoint directory complete enough to resume from (the trainer renames it into place last).
+_CHECKPOINT_FILES = ("trainer_state.pt", "adapter_model.safetensors", "adapter_config.json")
+
+
+def checkpoint_dirs(job_dir: Path) -> dict[int, Path]:
+    """step -> complete `checkpoints/checkpoint-N` directory of a job (half-written ones skipped)."""
+    out: dict[int, Path] = {}
+    try:
+        entries = list((job_dir / "checkpoints").iterdir())
+    except OSError:
+        return out
+    for entry in entries:
+        m = _CHECKPOINT_DIR_RE.match(entry.name)
+        if m and entry.is_dir() and all((entry / f).is_file() for f in _CHECKPOINT_FILES):
+            out[int(m.group(1))] = entry
+    return out
 
 
 def request_hash(request: dict[str, Any]) -> str:
@@ -76,6 +98,7 @@ class JobManager:
         self.store = store
         self.supervisor = Supervisor(settings, store, notify=self._notify)
         self.scheduler = Scheduler(settings, store, self.supervisor)
+        self.files = Files(settings, store)
         self._changed = asyncio.Event()
         self._started_at = time.time()
 
@@ -119,6 +142,9 @@ class JobManager:
     ) -> tuple[dict[str, Any], bool]:
         rhash = request_hash(request)
         hyper = self._check_request(request)
+        for param in ("training_file", "validation_file"):
+            if is_file_id(request.get(param)):
+                await self.files.for_job(request[param], owner, param)
         num_gpus = self._num_gpus(request)
         row, created = await self.store.create_job(
             owner=owner,
@@ -205,9 +231,17 @@ class JobManager:
         return await self._public(await self._owned(job_id, owner))
 
     async def list(
-        self, *, owner: str, status: str | None, after: str | None, limit: int
+        self,
+        *,
+        owner: str,
+        status: str | None,
+        after: str | None,
+        limit: int,
+        metadata: dict[str, str] | None = None,
     ) -> tuple[builtins.list[dict[str, Any]], bool]:
-        rows, has_more = await self.store.list_jobs(owner=owner, status=status, after=after, limit=limit)
+        rows, has_more = await self.store.list_jobs(
+            owner=owner, status=status, after=after, limit=limit, metadata=metadata
+        )
         positions = await self.store.queue_positions() if any(r["status"] == "queued" for r in rows) else {}
         return [public_job(r, positions.get(r["id"])) for r in rows], has_more
 
@@ -225,9 +259,23 @@ class JobManager:
                     f"Job {job_id} is already {old.value}; it cannot be cancelled",
                     param="id",
                 )
-            if old in (JobStatus.QUEUED, JobStatus.VALIDATING):
+            if old in (JobStatus.QUEUED, JobStatus.VALIDATING, JobStatus.PAUSED):
                 row = await tx.transition(
-                    row, JobStatus.CANCELLED, now=now, message="cancelled before it started"
+                    row,
+                    JobStatus.CANCELLED,
+                    now=now,
+                    message="cancelled while paused"
+                    if old == JobStatus.PAUSED
+                    else "cancelled before it started",
+                )
+            elif old == JobStatus.PAUSING:
+                # The trainer was already signalled for the pause: the same stop now ends in cancelled.
+                row = await tx.transition(
+                    row,
+                    JobStatus.CANCELLING,
+                    now=now,
+                    message="cancel requested while pausing",
+                    cancel_requested_at=now,
                 )
             elif old == JobStatus.RUNNING:
                 row = await tx.transition(
@@ -245,6 +293,159 @@ class JobManager:
             log.info("job %s cancelling (SIGTERM sent to group %s)", job_id, row["pgid"])
         self._notify()
         return await self._public(row)
+
+    async def pause(self, job_id: str, *, owner: str) -> dict[str, Any]:
+        """queued -> paused at once; running -> pausing (SIGTERM: the trainer checkpoints) -> paused."""
+        now = time.time()
+        async with self.store.transaction() as tx:
+            row = await tx.job(job_id)
+            if row is None or row["owner"] != owner:
+                raise job_not_found(job_id)
+            old = JobStatus(row["status"])
+            if old == JobStatus.QUEUED:
+                row = await tx.transition(row, JobStatus.PAUSED, now=now, message="paused before it started")
+            elif old == JobStatus.RUNNING:
+                row = await tx.transition(
+                    row,
+                    JobStatus.PAUSING,
+                    now=now,
+                    message="pause requested: the trainer saves a checkpoint, then stops",
+                    pause_requested_at=now,
+                )
+            else:
+                raise APIError(
+                    409,
+                    "job_not_pausable",
+                    f"Job {job_id} is {old.value}; only a queued or running job can be paused",
+                    param="id",
+                )
+        if old == JobStatus.RUNNING:
+            # As for cancel: any worker signals (pid + start time checked); the supervisor finalises.
+            procs.signal_job(row, procs.SIGTERM)
+            log.info("job %s pausing (SIGTERM sent to group %s)", job_id, row["pgid"])
+        self._notify()
+        return await self._public(row)
+
+    async def resume(self, job_id: str, *, owner: str) -> dict[str, Any]:
+        """paused | failed | cancelled -> queued; the next run starts from the newest checkpoint (failed and
+        cancelled jobs need one; a paused job without one starts from the beginning)."""
+        row = await self._owned(job_id, owner)
+        status = JobStatus(row["status"])
+        if status not in RESUMABLE:
+            raise APIError(
+                409,
+                "job_not_resumable",
+                f"Job {job_id} is {status.value}; only a paused, failed or cancelled job can be resumed",
+                param="id",
+            )
+        found = await asyncio.to_thread(checkpoint_dirs, self.settings.jobs_dir / job_id)
+        step = max(found) if found else None
+        if step is None and status != JobStatus.PAUSED:
+            raise APIError(
+                409,
+                "no_checkpoint",
+                f"Job {job_id} is {status.value} and left no checkpoint to resume from; create a new job",
+                param="id",
+            )
+        now = time.time()
+        async with self.store.transaction() as tx:
+            current = await tx.job(job_id)
+            if current is None or current["status"] != row["status"]:
+                raise APIError(
+                    409, "job_not_resumable", f"Job {job_id} changed status; try again", param="id"
+                )
+            message = (
+                f"resumed from the checkpoint of step {step}"
+                if step is not None
+                else "resumed (no checkpoint yet: it starts from the beginning)"
+            )
+            row = await tx.transition(
+                current,
+                JobStatus.QUEUED,
+                now=now,
+                message=message,
+                resume_from=None if step is None else str(found[step]),
+                finished_at=None,
+                error=None,
+                terminal_record=None,
+                fine_tuned_model=None,
+                adapter_path=None,
+                cancel_requested_at=None,
+                pause_requested_at=None,
+                exit_code=None,
+                pid=None,
+                pgid=None,
+                proc_start_time=None,
+                supervisor_id=None,
+                supervisor_heartbeat=None,
+                gpu_lease=None,
+            )
+        log.info("job %s resumed (%s)", job_id, message)
+        self.scheduler.wake()
+        self._notify()
+        return await self._public(row)
+
+    async def checkpoints(self, job_id: str, *, owner: str) -> builtins.list[dict[str, Any]]:
+        """The job's checkpoints still on disk, oldest first, each with the metrics at its step."""
+        await self._owned(job_id, owner)
+        on_disk = await asyncio.to_thread(checkpoint_dirs, self.settings.jobs_dir / job_id)
+        records, _ = await self.store.records(job_id, limit=100_000, only_types=("checkpoint",))
+        created: dict[int, float] = {}
+        for rec in records:
+            if isinstance(rec.get("step"), int):
+                created[rec["step"]] = rec["time"]  # a step saved twice (pause, then save_steps): the last
+        out = []
+        for step in sorted(on_disk):
+            metrics = await self.store.metrics_at(job_id, step)
+            out.append(
+                {
+                    "object": "tuning.checkpoint",
+                    "id": f"ftckpt-{job_id.removeprefix('ftjob-')}-{step}",
+                    "job_id": job_id,
+                    "step": step,
+                    "created_at": int(created.get(step) or on_disk[step].stat().st_mtime),
+                    "path": f"checkpoints/{on_disk[step].name}",
+                    "metrics": metrics,
+                }
+            )
+        return out
+
+    async def adapter_dir(self, job_id: str, *, owner: str, checkpoint: int | None) -> tuple[Path, str]:
+        """The folder to download and the archive's name: the final adapter, or checkpoint-N."""
+        row = await self._owned(job_id, owner)
+        job_dir = (self.settings.jobs_dir / job_id).resolve()
+        if checkpoint is not None:
+            found = await asyncio.to_thread(checkpoint_dirs, job_dir)
+            if checkpoint not in found:
+                have = ", ".join(str(s) for s in sorted(found)) or "none"
+                raise APIError(
+                    404,
+                    "checkpoint_not_found",
+                    f"Job {job_id} has no checkpoint at step {checkpoint} (checkpoints: {have})",
+                    param="checkpoint",
+                )
+            return found[checkpoint], f"{job_id}-checkpoint-{checkpoint}.tar.gz"
+        adapter = Path(row["adapter_path"]).resolve() if row["adapter_path"] else None
+        if (
+            row["status"] != JobStatus.SUCCEEDED.value
+            or adapter is None
+            or not adapter.is_relative_to(job_dir)
+            or not (adapter / "adapter_config.json").is_file()
+        ):
+            raise APIError(
+                409,
+                "adapter_not_ready",
+                f"Job {job_id} is {row['status']} and has no final adapter yet; download a checkpoint with "
+                "?checkpoint=STEP (see its checkpoints) or wait until it succeeds",
+                param="id",
+            )
+        return adapter, f"{job_id}-adapter.tar.gz"
+
+    async def records(
+        self, job_id: str, *, owner: str, **query: Any
+    ) -> tuple[builtins.list[dict[str, Any]], bool]:
+        await self._owned(job_id, owner)
+        return await self.store.records(job_id, **query)
 
     async def delete(self, job_id: str, *, owner: str) -> dict[str, Any]:
         async with self.store.transaction() as tx:

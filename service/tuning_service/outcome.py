@@ -122,6 +122,9 @@ def decide_outcome(
     term = row["terminal_record"] or {}
     kind = term.get("type")
     cancel = row["cancel_requested_at"] is not None
+    # A pause is a stop with a checkpoint, like a cancel that leaves the job resumable (a cancel during the
+    # pause turned the job into `cancelling`: cancel wins).
+    pause = row["status"] == JobStatus.PAUSING.value and not cancel
     sig = -exit_code if exit_code is not None and exit_code < 0 else None
     code_out = exit_code if exit_code is not None and exit_code >= 0 else None
     # `accelerate launch` turns every non-zero child status into 1; the trainer's own protocol code (2 user
@@ -159,12 +162,22 @@ def decide_outcome(
         return JobStatus.FAILED, message, {"error": error(code, message, **extra)}
     if kind == "interrupted":
         ckpt = term.get("checkpoint_path")
+        if pause:
+            step = term.get("step")
+            return JobStatus.PAUSED, f"paused at step {step}; checkpoint saved at {ckpt}", {"error": None}
         if cancel:
             return JobStatus.CANCELLED, f"cancelled; checkpoint saved at {ckpt}", {}
         message = "the trainer was interrupted by a signal that did not come from a cancel request" + (
             f"; its last checkpoint is {ckpt}" if ckpt else ""
         )
         return JobStatus.FAILED, message, {"error": error("interrupted", message, checkpoint_path=ckpt)}
+    if pause:
+        return (
+            JobStatus.PAUSED,
+            "paused; the trainer stopped without saving a new checkpoint (resume starts from the newest one "
+            "on disk, if any)",
+            {"error": None},
+        )
     if cancel:
         how = (
             f"killed after the {grace_seconds:g} s grace period"

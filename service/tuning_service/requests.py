@@ -33,7 +33,19 @@ CREATE_FIELDS = (
     "seed",
     "metadata",
 )
-STATUSES = ("validating", "queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+STATUSES = (
+    "validating",
+    "queued",
+    "running",
+    "cancelling",
+    "pausing",
+    "paused",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+# `file-<24 hex>`: a file uploaded through /v1/files.upload (or /v1/files), checked by the manager.
+_FILE_ID_RE = re.compile(r"^file-[0-9a-f]{24}$")
 
 MAX_MODEL_CHARS = 256
 MAX_SUFFIX_CHARS = 64
@@ -158,15 +170,20 @@ def validate_create_shape(body: Any, settings: Settings) -> tuple[dict[str, Any]
     model = validate_model(body.get("model"))
     if body.get("training_file") in (None, ""):
         raise _bad("training_file", "training_file is required: a JSONL path relative to the files root")
-    training_file, training_path = resolve_data_path(
-        body["training_file"], settings.files_root, param="training_file"
-    )
-    paths = {"training_file": training_path}
+    # A file id is kept as given (the manager checks it is the caller's and valid); a path is resolved here.
+    paths: dict[str, Path] = {}
+    training_file = body["training_file"]
+    if not (isinstance(training_file, str) and _FILE_ID_RE.match(training_file)):
+        training_file, paths["training_file"] = resolve_data_path(
+            training_file, settings.files_root, param="training_file"
+        )
     validation_file: str | None = None
     if body.get("validation_file") not in (None, ""):
-        validation_file, paths["validation_file"] = resolve_data_path(
-            body["validation_file"], settings.files_root, param="validation_file"
-        )
+        validation_file = body["validation_file"]
+        if not (isinstance(validation_file, str) and _FILE_ID_RE.match(validation_file)):
+            validation_file, paths["validation_file"] = resolve_data_path(
+                validation_file, settings.files_root, param="validation_file"
+            )
 
     method = _opt_str(body, "method") or "qlora"
     if method not in METHODS:

@@ -1,10 +1,14 @@
 """The job state machine: one enum, one transition table, one function that refuses illegal moves.
 
-    validating -> queued -> running -> succeeded | failed | cancelled
-                                 \\-> cancelling -> cancelled | succeeded | failed
+    validating -> queued -> running -> succeeded | failed
+                     ^  \\          \\-> cancelling -> cancelled | succeeded | failed
+                     |   \\         \\-> pausing -> paused | cancelling | succeeded | failed
+                     |    +-> paused -> queued (resume) | cancelled
+                     +-- failed | cancelled (resume from a checkpoint)
 
-A job may also fail or be cancelled before it runs. Adding a state (e.g. `paused`) means one enum member and
-its row in `_TRANSITIONS`; nothing else hard-codes the graph.
+A job may also fail or be cancelled before it runs. Terminal states (succeeded, failed, cancelled) end a run;
+the one way out of failed/cancelled is an explicit resume from a checkpoint (the manager checks that one
+exists). Nothing else hard-codes the graph.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ class JobStatus(str, Enum):
     QUEUED = "queued"
     RUNNING = "running"
     CANCELLING = "cancelling"
+    PAUSING = "pausing"
+    PAUSED = "paused"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
     def is_terminal(self) -> bool:
-        return not _TRANSITIONS[self]
+        return self in _TERMINAL_SET
 
     def __str__(self) -> str:
         return self.value
@@ -31,20 +37,34 @@ class JobStatus(str, Enum):
 _TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.VALIDATING: frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}),
     # queued -> failed: the trainer could not even be launched (e.g. the job folder cannot be written).
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PAUSED}),
     # running -> cancelled is not allowed: a running trainer is cancelled only through `cancelling`, so that
     # the group is signalled and waited for.
-    JobStatus.RUNNING: frozenset({JobStatus.CANCELLING, JobStatus.SUCCEEDED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.CANCELLING, JobStatus.PAUSING, JobStatus.SUCCEEDED, JobStatus.FAILED}
+    ),
     # A trainer may finish (or fail) before it sees the signal: its own terminal record wins.
     JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED, JobStatus.SUCCEEDED, JobStatus.FAILED}),
+    # A pause is a stop with a checkpoint; the trainer's own terminal record still wins, and a cancel while
+    # pausing turns it into a cancel (the group was already signalled).
+    JobStatus.PAUSING: frozenset(
+        {JobStatus.PAUSED, JobStatus.CANCELLING, JobStatus.SUCCEEDED, JobStatus.FAILED}
+    ),
+    # paused is not terminal: resume queues it again (from its checkpoint); cancel ends it.
+    JobStatus.PAUSED: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset(),
-    JobStatus.FAILED: frozenset(),
-    JobStatus.CANCELLED: frozenset(),
+    # Resume: a failed or cancelled run that left a checkpoint continues from it (same job id).
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
+    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
 }
+
+_TERMINAL_SET = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 TERMINAL: frozenset[JobStatus] = frozenset(s for s in JobStatus if s.is_terminal())
 # States in which a trainer process exists (or is being started) and holds a concurrency slot.
-ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.RUNNING, JobStatus.CANCELLING})
+ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.RUNNING, JobStatus.CANCELLING, JobStatus.PAUSING})
+# States a resume may start from (failed/cancelled only with a checkpoint).
+RESUMABLE: frozenset[JobStatus] = frozenset({JobStatus.PAUSED, JobStatus.FAILED, JobStatus.CANCELLED})
 # What /health counts as active work.
 NON_TERMINAL: frozenset[JobStatus] = frozenset(s for s in JobStatus if not s.is_terminal())
 

@@ -74,14 +74,27 @@ class Store(Database):
         return await self.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
 
     async def list_jobs(
-        self, *, owner: str, status: str | None, after: str | None, limit: int
+        self,
+        *,
+        owner: str,
+        status: str | None,
+        after: str | None,
+        limit: int,
+        metadata: dict[str, str] | None = None,
     ) -> tuple[list[dict[str, Any]], bool]:
-        """Newest first. `after` is a job id of this owner: the page starts just below it."""
+        """Newest first. `after` is a job id of this owner: the page starts just below it. `metadata`: every
+        pair must be in the job's metadata."""
         sql = "SELECT * FROM jobs WHERE owner = ?"
         params: list[Any] = [owner]
         if status is not None:
             sql += " AND status = ?"
             params.append(status)
+        for k, v in (metadata or {}).items():
+            sql += (
+                " AND EXISTS (SELECT 1 FROM json_each(jobs.request, '$.metadata') m"
+                " WHERE m.key = ? AND m.value = ?)"
+            )
+            params += [k, v]
         if after is not None:
             sql += " AND ord < COALESCE((SELECT ord FROM jobs WHERE id = ? AND owner = ?), -1)"
             params += [after, owner]
@@ -189,9 +202,118 @@ class Store(Database):
             out.append(rec)
         return out, len(rows) > limit
 
+    async def records(
+        self,
+        job_id: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int,
+        exclude_types: tuple[str, ...] = (),
+        only_types: tuple[str, ...] = (),
+        newest_first: bool = False,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of records, filtered by type, oldest first (seq > after) or newest first (seq < before)."""
+        sql = "SELECT seq, type, time, data FROM job_events WHERE job_id = ?"
+        params: list[Any] = [job_id]
+        if after is not None:
+            sql += " AND seq > ?"
+            params.append(after)
+        if before is not None:
+            sql += " AND seq < ?"
+            params.append(before)
+        if exclude_types:
+            sql += f" AND type NOT IN ({', '.join('?' * len(exclude_types))})"
+            params += list(exclude_types)
+        if only_types:
+            sql += f" AND type IN ({', '.join('?' * len(only_types))})"
+            params += list(only_types)
+        sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
+        params.append(limit + 1)
+        rows = await self.all(sql, params)
+        out = []
+        for r in rows[:limit]:
+            rec = {"seq": r["seq"], "type": r["type"], "time": r["time"]}
+            for k, v in json.loads(r["data"]).items():
+                rec.setdefault(k, v)
+            out.append(rec)
+        return out, len(rows) > limit
+
+    async def metrics_at(self, job_id: str, step: int) -> dict[str, Any]:
+        """The last metrics (and eval) values reported at or before `step`."""
+        out: dict[str, Any] = {"step": step, "train_loss": None, "learning_rate": None, "epoch": None,
+                               "eval_loss": None}  # fmt: skip
+        for type_ in ("metrics", "eval"):
+            row = await self.one(
+                "SELECT data FROM job_events WHERE job_id = ? AND type = ?"
+                " AND CAST(json_extract(data, '$.step') AS INTEGER) <= ? ORDER BY seq DESC LIMIT 1",
+                (job_id, type_, step),
+            )
+            if row is None:
+                continue
+            data = json.loads(row["data"])
+            if type_ == "metrics":
+                out.update(
+                    train_loss=data.get("loss"),
+                    learning_rate=data.get("learning_rate"),
+                    epoch=data.get("epoch"),
+                )
+            elif data.get("step") == step:
+                out["eval_loss"] = data.get("eval_loss")
+        return out
+
     async def last_seq(self, job_id: str) -> int | None:
         row = await self.one("SELECT last_seq FROM jobs WHERE id = ?", (job_id,))
         return None if row is None else int(row["last_seq"])
+
+    # ---- files ------------------------------------------------------------------------------------------
+
+    async def insert_file(self, row: dict[str, Any]) -> dict[str, Any]:
+        cols = ("id", "owner", "filename", "purpose", "bytes", "status", "format", "num_examples", "error",
+                "created_at")  # fmt: skip
+        async with self.transaction() as tx:
+            await tx.execute(
+                f"INSERT INTO files ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                [json.dumps(row[c]) if c == "error" and row[c] is not None else row[c] for c in cols],
+            )
+            out = await tx.one("SELECT * FROM files WHERE id = ?", (row["id"],))
+        assert out is not None
+        return out
+
+    async def get_file(self, file_id: str) -> dict[str, Any] | None:
+        return await self.one("SELECT * FROM files WHERE id = ?", (file_id,))
+
+    async def list_files(
+        self, *, owner: str, purpose: str | None, after: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Newest first; `after` is a file id of this owner."""
+        sql = "SELECT * FROM files WHERE owner = ?"
+        params: list[Any] = [owner]
+        if purpose is not None:
+            sql += " AND purpose = ?"
+            params.append(purpose)
+        if after is not None:
+            sql += " AND ord < COALESCE((SELECT ord FROM files WHERE id = ? AND owner = ?), -1)"
+            params += [after, owner]
+        sql += " ORDER BY ord DESC LIMIT ?"
+        params.append(limit + 1)
+        rows = await self.all(sql, params)
+        return rows[:limit], len(rows) > limit
+
+    async def delete_file(self, file_id: str, owner: str) -> str | None:
+        """Delete the row unless a job that is not finished names the file; returns that job's id if so.
+        The check and the delete share one transaction, so a job cannot start using it in between."""
+        async with self.transaction() as tx:
+            user = await tx.one(
+                f"SELECT id FROM jobs WHERE owner = ? AND status IN ({_NON_TERMINAL_SQL})"
+                " AND (json_extract(request, '$.training_file') = ?"
+                " OR json_extract(request, '$.validation_file') = ?) ORDER BY ord LIMIT 1",
+                (owner, file_id, file_id),
+            )
+            if user is not None:
+                return str(user["id"])
+            await tx.execute("DELETE FROM files WHERE id = ? AND owner = ?", (file_id, owner))
+        return None
 
     # ---- API keys ----------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from typing import Any
 from tuning_trainer.config import JobConfig, parse_hyperparameters
 
 from . import procs, tailer
+from .files import FILE_ID_RE
 from .outcome import decide_outcome, progress_fields
 from .settings import Settings
 from .states import JobStatus
@@ -113,7 +114,11 @@ def trainer_config(settings: Settings, row: dict[str, Any], job_dir: Path) -> di
     req = row["request"]
 
     def resolve(p: str | None) -> str | None:
-        return None if p is None else str((settings.files_root / p).resolve())
+        if p is None:
+            return None
+        if FILE_ID_RE.match(p):  # an uploaded file: the stored copy
+            return str(settings.data_dir / "files" / p)
+        return str((settings.files_root / p).resolve())
 
     cfg = JobConfig(
         model=req["model"],
@@ -122,6 +127,8 @@ def trainer_config(settings: Settings, row: dict[str, Any], job_dir: Path) -> di
         output_dir=str(job_dir),
         method=req.get("method") or "qlora",
         seed=42 if req.get("seed") is None else int(req["seed"]),
+        # A resumed job continues from its newest checkpoint (set by JobManager.resume).
+        resume_from=row.get("resume_from"),
         hyperparameters=parse_hyperparameters(req.get("hyperparameters") or {}),
     )
     return cfg.to_dict()
@@ -229,8 +236,8 @@ class Supervisor:
         assert current is not None
         self.tracked[job_id] = Tracked(job_id, popen=popen)
         log.info("job %s: trainer started (pid %s): %s", job_id, popen.pid, " ".join(cmd))
-        if current["status"] == JobStatus.CANCELLING.value:
-            # A cancel arrived between the claim and now, before anyone knew the pid.
+        if current["status"] in (JobStatus.CANCELLING.value, JobStatus.PAUSING.value):
+            # A cancel (or pause) arrived between the claim and now, before anyone knew the pid.
             procs.signal_job(current, signal.SIGTERM)
         self.notify()
 
@@ -248,9 +255,12 @@ class Supervisor:
                 "signal": None,
                 "log_tail": [],
             }
-            new = JobStatus.CANCELLED if row["status"] == JobStatus.CANCELLING.value else JobStatus.FAILED
+            new = {
+                JobStatus.CANCELLING.value: JobStatus.CANCELLED,
+                JobStatus.PAUSING.value: JobStatus.PAUSED,
+            }.get(row["status"], JobStatus.FAILED)
             await tx.transition(
-                row, new, now=now, message=message, error=None if new == JobStatus.CANCELLED else error
+                row, new, now=now, message=message, error=error if new == JobStatus.FAILED else None
             )
         self.notify()
 
@@ -346,6 +356,8 @@ class Supervisor:
         overdue = False
         if row["status"] == JobStatus.CANCELLING.value and row["cancel_requested_at"] is not None:
             overdue = now - row["cancel_requested_at"] >= grace
+        elif row["status"] == JobStatus.PAUSING.value and row.get("pause_requested_at") is not None:
+            overdue = now - row["pause_requested_at"] >= grace
         if t.leader_gone_at is not None and now - t.leader_gone_at >= grace:
             overdue = True  # the launcher is gone; leftovers of its group get the same grace, then SIGKILL
         alive = t.leader_gone_at is None or bool(row["pgid"] and procs.group_members(row["pgid"]))

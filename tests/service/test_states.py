@@ -30,12 +30,24 @@ LEGAL = {
     (S.CANCELLING, S.CANCELLED),
     (S.CANCELLING, S.SUCCEEDED),
     (S.CANCELLING, S.FAILED),
+    # pause / resume (issue 7)
+    (S.QUEUED, S.PAUSED),
+    (S.RUNNING, S.PAUSING),
+    (S.PAUSING, S.PAUSED),
+    (S.PAUSING, S.CANCELLING),
+    (S.PAUSING, S.SUCCEEDED),
+    (S.PAUSING, S.FAILED),
+    (S.PAUSED, S.QUEUED),
+    (S.PAUSED, S.CANCELLED),
+    (S.FAILED, S.QUEUED),
+    (S.CANCELLED, S.QUEUED),
 }
 
 
 def test_values_are_the_public_strings() -> None:
     assert [s.value for s in S] == [
-        "validating", "queued", "running", "cancelling", "succeeded", "failed", "cancelled",
+        "validating", "queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed",
+        "cancelled",
     ]  # fmt: skip
     assert S("running") is S.RUNNING
     assert S.RUNNING == "running"  # a str Enum compares with plain strings (JSON, SQLite)
@@ -46,7 +58,14 @@ def test_terminal_states() -> None:
     assert {s for s in S if s.is_terminal()} == {S.SUCCEEDED, S.FAILED, S.CANCELLED}
     assert {S.SUCCEEDED, S.FAILED, S.CANCELLED} == TERMINAL
     assert set(S) - TERMINAL == NON_TERMINAL
-    assert {S.RUNNING, S.CANCELLING} == ACTIVE
+    assert {S.RUNNING, S.CANCELLING, S.PAUSING} == ACTIVE
+    assert not S.PAUSED.is_terminal()
+
+
+def test_the_only_way_out_of_a_terminal_state_is_resume() -> None:
+    assert all(not allowed(S.SUCCEEDED, s) for s in S)
+    for s in (S.FAILED, S.CANCELLED):
+        assert {n for n in S if allowed(s, n)} == {S.QUEUED}
 
 
 @pytest.mark.parametrize(("old", "new"), list(itertools.product(S, S)))
@@ -65,7 +84,7 @@ def test_every_pair(old: JobStatus, new: JobStatus) -> None:
 
 def test_unknown_status_is_refused() -> None:
     with pytest.raises(ValueError):
-        check_transition("running", "paused")
+        check_transition("running", "frozen")
 
 
 @given(st.lists(st.sampled_from(list(S)), max_size=12))
@@ -82,5 +101,5 @@ def test_random_walks_follow_the_table(moves: list[JobStatus]) -> None:
         assert (state, moved) in LEGAL
         state = moved
     if state.is_terminal():
-        assert all(not allowed(state, s) for s in S)
+        assert all(not allowed(state, s) for s in S if s is not S.QUEUED)
     assert state is not S.VALIDATING
