@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 from tests.trainer.conftest import events, finish, launch, of_type, start, trainer_env
 
-TOTAL = 120
+TOTAL = 60
 
 
 def common(tiny_model_dir: Path, train_file: Path, out: Path) -> list[str]:
