@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-STATUSES = ["validating", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+STATUSES = [
+    "validating",
+    "queued",
+    "running",
+    "cancelling",
+    "pausing",
+    "paused",
+    "succeeded",
+    "failed",
+    "cancelled",
+]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -384,6 +394,9 @@ PATHS: dict[str, Any] = {
 
 
 def openapi_document(version: str) -> dict[str, Any]:
+    # Files, job capabilities and the OpenAI-compatible routes (imported here: that module uses our helpers).
+    from . import openapi_extra
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -395,8 +408,13 @@ def openapi_document(version: str) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
-        "tags": [{"name": "tunings", "description": "Fine-tuning jobs"}, {"name": "service"}],
-        "paths": PATHS,
+        "tags": [
+            {"name": "tunings", "description": "Fine-tuning jobs"},
+            {"name": "files", "description": "Uploaded training files"},
+            {"name": "openai", "description": "OpenAI-compatible fine-tuning API (docs/openai-compat.md)"},
+            {"name": "service"},
+        ],
+        "paths": {**PATHS, **openapi_extra.PATHS},
         "components": {
             "securitySchemes": {
                 "bearerAuth": {
@@ -405,6 +423,6 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "description": "An API key, e.g. test-key-001 in development",
                 }
             },
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **openapi_extra.SCHEMAS},
         },
     }
