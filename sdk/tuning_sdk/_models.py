@@ -32,6 +32,8 @@ class JobStatus(str, Enum):
     QUEUED = "queued"
     RUNNING = "running"
     CANCELLING = "cancelling"
+    PAUSING = "pausing"
+    PAUSED = "paused"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -255,8 +257,8 @@ class TuningJob:
 
     @property
     def is_running(self) -> bool:
-        """True while the trainer works on the job (running or cancelling)."""
-        return self.status in ("running", "cancelling")
+        """True while the trainer works on the job (running, or stopping for a cancel or a pause)."""
+        return self.status in ("running", "cancelling", "pausing")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TuningJob:

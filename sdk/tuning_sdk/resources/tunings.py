@@ -357,6 +357,7 @@ class Tunings:
         timeout: float | None = None,
     ) -> TuningJob:
         """Block until the job ends, and return it. A failed or cancelled job is returned, not raised.
+        (A paused job has not ended: wait keeps waiting until it is resumed and ends, or `timeout`.)
 
         Follows the job's live event stream (so progress arrives as it happens) and falls back to polling
         every `poll_interval` seconds when the stream is unavailable.
