@@ -38,7 +38,7 @@ _REQUEST_FIELDS = ("training_file", "validation_file", "method", "suffix", "seed
 
 _CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
 # What makes a checkpoint directory complete enough to resume from (the trainer renames it into place last).
-_CHECKPOINT_FILES = ("trainer_state.pt", "adapter_model.safetensors", "adapter_config.json")
+_CHECKPOINT_FILES = ("trainer_state.pt",)
 
 
 def checkpoint_dirs(job_dir: Path) -> dict[int, Path]:
