@@ -83,11 +83,14 @@ def qlora_run(
 
 
 @pytest.fixture(scope="module")
-def lora_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, train_file: Path) -> Run:
+def lora_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, train_file: Path, valid_file: Path
+) -> Run:
     out = tmp_path_factory.mktemp("lora") / "out"
     job = {
         "model": str(tiny_model_dir),
         "training_file": str(train_file),
+        "validation_file": str(valid_file),
         "output_dir": str(out),
         "method": "lora",
         "hyperparameters": {
@@ -170,6 +173,8 @@ def test_auto_resolution_and_accumulation_are_recorded(lora_run: Run) -> None:
     # 300 examples / batch 4 = 75 batches, 2 per step -> 38 steps an epoch; max_steps=60 -> 2 epochs.
     assert (started["steps_per_epoch"], started["total_steps"], started["total_epochs"]) == (38, 60, 2)
     assert json.loads((lora_run.out / "config.json").read_text())["hyperparameters"]["batch_size"] == 4
+    # Evaluated at the end of epoch 1 and, since max_steps ends the run mid-epoch, once more at the end.
+    assert [e["step"] for e in of_type(lora_run.events, "eval")] == [38, 60]
 
 
 def test_adapter_reloads_and_generates(run: Run, tiny_model_dir: Path) -> None:

@@ -255,6 +255,7 @@ class Recipe:
         window_start, window_tokens = loop_start, 0
         last_loss = float("nan")
         self.last_eval_loss: float | None = None
+        self.last_eval_step = -1
         first_epoch = self.step // self.steps_per_epoch
         if self._stop_requested():
             return self._interrupt()
@@ -318,6 +319,9 @@ class Recipe:
                     break
             if self.step >= self.total_steps:
                 break
+        if self.eval_examples and self.last_eval_step != self.step:
+            # max_steps ended the run between evaluations: the final adapter still gets its eval_loss.
+            self._evaluate(self.step / self.steps_per_epoch)
         return self._complete(last_loss)
 
     def _metrics(self, *, epoch: float, loss: float, grad_norm: float, tokens_per_second: float,
@@ -364,6 +368,7 @@ class Recipe:
         self.model.train()
         eval_loss = float((loss_sum / count.clamp(min=1)).item())
         self.last_eval_loss = eval_loss
+        self.last_eval_step = self.step
         self.events.write("eval", step=self.step, epoch=round(epoch, 4), eval_loss=eval_loss)
         self._log(f"eval at step {self.step}: eval_loss {eval_loss:.4f}")
         return eval_loss
