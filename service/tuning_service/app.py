@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 
 from . import routes_docs, routes_files, routes_job_actions, routes_jobs, routes_logs, routes_openai
 from .auth import setup_keys
@@ -110,7 +111,21 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
         err = APIError(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
     else:
         err = APIError(exc.status_code, "http_error", str(exc.detail))
-    return JSONResponse(err.body(), status_code=exc.status_code, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names only the first matching route's methods; a path served by several routes
+        # (GET and POST /v1/files) must list them all.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return JSONResponse(err.body(), status_code=exc.status_code, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def create_app() -> Starlette:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+# Printable ASCII without leading/trailing spaces (HTTP strips those): shared with requests.py.
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
 STATUSES = [
     "validating",
     "queued",
@@ -104,23 +106,33 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "model": {
                 "type": "string",
+                "minLength": 1,
                 "maxLength": 256,
                 "description": "A folder under TUNING_MODELS_DIR or a hub id",
                 "examples": ["tiny-llama", "meta-llama/Llama-2-7b-hf"],
             },
             "training_file": {
                 "type": "string",
+                "minLength": 1,
                 "description": "JSONL path relative to TUNING_FILES_ROOT",
                 "examples": ["data/train.jsonl"],
             },
             "validation_file": _nullable({"type": "string"}),
-            "hyperparameters": _ref("Hyperparameters"),
-            "method": {"enum": ["qlora", "lora"], "default": "qlora"},
+            # Optional fields may also be sent as null, meaning "the default".
+            "hyperparameters": _nullable(_ref("Hyperparameters")),
+            "method": _nullable({"enum": ["qlora", "lora"], "default": "qlora"}),
             "suffix": _nullable(
                 {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"}
             ),
-            "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1, "default": 42},
-            "metadata": {"type": "object", "maxProperties": 16, "additionalProperties": {"type": "string"}},
+            "seed": _nullable({"type": "integer", "minimum": 0, "maximum": 2**32 - 1, "default": 42}),
+            "metadata": _nullable(
+                {
+                    "type": "object",
+                    "maxProperties": 16,
+                    "propertyNames": {"maxLength": 64},
+                    "additionalProperties": {"type": "string", "maxLength": 512},
+                }
+            ),
         },
         "examples": [
             {
@@ -254,8 +266,28 @@ def _errors(*codes: int) -> dict[str, Any]:
         409: "The job is in the wrong state for this action",
         413: "Request body over the limit",
         422: "Invalid values: hyperparameters, data file contents (with `line`), idempotency key reuse",
+        429: "Too many requests for this API key (per-key rate limit); wait `Retry-After` seconds",
     }
-    return {str(c): _json(_ref("Error"), what[c]) for c in codes}
+    if 401 in codes:  # every authenticated route is rate limited per key
+        codes = (*codes, 429)
+    out = {str(c): _json(_ref("Error"), what[c]) for c in codes}
+    if "429" in out:
+        out["429"]["headers"] = {
+            "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer", "minimum": 1}}
+        }
+    return out
+
+
+# What a created job leads to (OpenAPI links: clients and schemathesis's stateful tests follow them).
+_JOB_LINKS = {
+    name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
+    for name, op in (
+        ("GetJob", "getTuning"),
+        ("CancelJob", "cancelTuning"),
+        ("DeleteJob", "deleteTuning"),
+        ("GetJobLogs", "getTuningLogs"),
+    )
+}
 
 
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -287,13 +319,21 @@ PATHS: dict[str, Any] = {
             "description": "Validates the data files and hyperparameters, then queues the job. Send an "
             "`Idempotency-Key` header to make retries safe: the same key and body return the same job.",
             "parameters": [
-                {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255}}
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "description": "Printable ASCII, no leading/trailing spaces",
+                    "schema": {"type": "string", "maxLength": 255, "pattern": IDEMPOTENCY_KEY_PATTERN},
+                }
             ],
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("CreateTuningRequest")}},
             },
-            "responses": {"200": _json(_ref("TuningJob"), "The queued job"), **_errors(400, 401, 413, 422)},
+            "responses": {
+                "200": {**_json(_ref("TuningJob"), "The queued job"), "links": _JOB_LINKS},
+                **_errors(400, 401, 413, 422),
+            },
         }
     },
     "/v1/tunings.get/{job_id}": {
@@ -355,10 +395,18 @@ PATHS: dict[str, Any] = {
             "record.",
             "parameters": [
                 _JOB_ID,
-                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                {
+                    "name": "after",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 2**62, "default": 0},
+                },
                 _limit(100, 1000),
                 {"name": "follow", "in": "query", "schema": {"type": "boolean", "default": False}},
-                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "integer"}},
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 2**62},
+                },
             ],
             "responses": {
                 "200": {

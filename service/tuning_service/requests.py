@@ -20,6 +20,7 @@ from tuning_trainer.config import METHODS, ConfigError, parse_hyperparameters
 from tuning_trainer.data import DataError, validate_file
 
 from .errors import APIError, job_not_found
+from .openapi import IDEMPOTENCY_KEY_PATTERN
 from .paths import resolve_data_path
 from .settings import Settings
 
@@ -59,6 +60,7 @@ MAX_SEED = 2**32 - 1
 # no empty or ".." segments -- never a path that climbs out of the models dir.
 _MODEL_RE = re.compile(r"^[^\s/\\]+(/[^\s/\\]+)*$")
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+_IDEMPOTENCY_KEY_RE = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 
 
@@ -206,6 +208,8 @@ def validate_create_shape(body: Any, settings: Settings) -> tuple[dict[str, Any]
     seed = body.get("seed")
     if seed is None:
         seed = 42
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)  # 7.0 is the integer 7 in JSON (and in JSON Schema)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise _bad("seed", f"seed must be an integer, got {type(seed).__name__}")
     if not 0 <= seed <= MAX_SEED:
@@ -260,11 +264,11 @@ async def validate_create(body: Any, settings: Settings) -> dict[str, Any]:
 def validate_idempotency_key(value: str | None) -> str | None:
     if value is None:
         return None
-    if not value or len(value) > MAX_IDEMPOTENCY_KEY_CHARS or not value.isprintable():
+    if len(value) > MAX_IDEMPOTENCY_KEY_CHARS or not _IDEMPOTENCY_KEY_RE.match(value):
         raise APIError(
             400,
             "invalid_request",
-            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} printable characters",
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters",
             param="Idempotency-Key",
         )
     return value
@@ -277,9 +281,18 @@ def validate_job_id(job_id: str) -> str:
     return job_id
 
 
+def check_query(params: Any, allowed: tuple[str, ...] = ()) -> None:
+    """Unknown query parameters are refused, like unknown body fields: a typo (`?stauts=failed`) must not
+    silently return something else."""
+    for name in params:
+        if name not in allowed:
+            hint = f"; allowed: {', '.join(allowed)}" if allowed else "; this route takes none"
+            raise _bad(name[:64], f"Unknown query parameter {name[:64]!r}{hint}")
+
+
 def query_int(params: Any, name: str, *, default: int, minimum: int, maximum: int) -> int:
     raw = params.get(name)
-    if raw is None or raw == "":
+    if raw is None:  # absent; an empty value is not an integer (400 below)
         return default
     try:
         value = int(raw)
@@ -292,7 +305,7 @@ def query_int(params: Any, name: str, *, default: int, minimum: int, maximum: in
 
 def query_status(params: Any) -> str | None:
     raw = params.get("status")
-    if raw in (None, ""):
+    if raw is None:
         return None
     if raw not in STATUSES:
         raise _bad("status", f"status must be one of {', '.join(STATUSES)}, got {raw[:32]!r}")
@@ -300,8 +313,11 @@ def query_status(params: Any) -> str | None:
 
 
 def query_bool(params: Any, name: str) -> bool:
-    raw = (params.get(name) or "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
+    value = params.get(name)
+    if value is None:
+        return False
+    raw = value.strip().lower()
+    if raw in ("0", "false", "no", "off"):
         return False
     if raw in ("1", "true", "yes", "on"):
         return True

@@ -12,6 +12,7 @@ from starlette.routing import Route
 from .auth import authenticate
 from .errors import APIError
 from .requests import (
+    check_query,
     parse_json_body,
     query_int,
     query_status,
@@ -29,6 +30,7 @@ def _manager(request: Request) -> Any:
 
 async def create(request: Request) -> JSONResponse:
     owner = await authenticate(request)
+    check_query(request.query_params)
     settings = request.app.state.settings
     idempotency_key = validate_idempotency_key(request.headers.get("idempotency-key"))
     body = parse_json_body(await request.body())
@@ -44,6 +46,7 @@ async def create(request: Request) -> JSONResponse:
 
 async def get(request: Request) -> JSONResponse:
     owner = await authenticate(request)
+    check_query(request.query_params)
     job_id = validate_job_id(request.path_params["job_id"])
     return JSONResponse(await _manager(request).get(job_id, owner=owner))
 
@@ -51,6 +54,7 @@ async def get(request: Request) -> JSONResponse:
 async def list_jobs(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     params = request.query_params
+    check_query(params, ("limit", "after", "status"))
     limit = query_int(params, "limit", default=20, minimum=1, maximum=100)
     status = query_status(params)
     after = params.get("after") or None
@@ -70,6 +74,7 @@ async def list_jobs(request: Request) -> JSONResponse:
 
 async def cancel(request: Request) -> JSONResponse:
     owner = await authenticate(request)
+    check_query(request.query_params)
     job_id = validate_job_id(request.path_params["job_id"])
     job = await _manager(request).cancel(job_id, owner=owner)
     log.info("job %s cancel requested: now %s", job_id, job.get("status"))
@@ -78,6 +83,7 @@ async def cancel(request: Request) -> JSONResponse:
 
 async def delete(request: Request) -> JSONResponse:
     owner = await authenticate(request)
+    check_query(request.query_params)
     job_id = validate_job_id(request.path_params["job_id"])
     result = await _manager(request).delete(job_id, owner=owner)
     log.info("job %s deleted", job_id)

@@ -7,7 +7,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .auth import authenticate
-from .requests import query_bool, query_int, validate_job_id
+from .requests import check_query, query_bool, query_int, validate_job_id
 from .sse import event_stream, parse_last_event_id
 
 MAX_SEQ = 2**62
@@ -18,6 +18,7 @@ async def logs(request: Request) -> Response:
     job_id = validate_job_id(request.path_params["job_id"])
     manager = request.app.state.manager
     params = request.query_params
+    check_query(params, ("after", "limit", "follow"))
     after = query_int(params, "after", default=0, minimum=0, maximum=MAX_SEQ)
     limit = query_int(params, "limit", default=100, minimum=1, maximum=1000)
     if not query_bool(params, "follow"):

@@ -25,6 +25,8 @@ log = logging.getLogger("tuning_service.sse")
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 PAGE = 500
+# Largest sequence number a client may resume from (SQLite integers are 64-bit).
+MAX_SEQ = 2**62
 # Tell EventSource clients how long to wait before reconnecting (ms).
 RETRY_MS = 2000
 
@@ -91,6 +93,8 @@ def parse_last_event_id(value: str | None) -> int | None:
         raise APIError(
             400, "invalid_request", "Last-Event-ID must be an integer sequence number", param="Last-Event-ID"
         ) from None
-    if seq < 0:
-        raise APIError(400, "invalid_request", "Last-Event-ID must be >= 0", param="Last-Event-ID")
+    if not 0 <= seq <= MAX_SEQ:  # beyond SQLite's integers it would be a 500, not a client error
+        raise APIError(
+            400, "invalid_request", f"Last-Event-ID must be between 0 and {MAX_SEQ}", param="Last-Event-ID"
+        )
     return seq
