@@ -86,25 +86,3 @@ def train_file() -> Path:
 @pytest.fixture(scope="session")
 def valid_file() -> Path:
     return REPO_ROOT / "data" / "valid.jsonl"
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(request: pytest.FixtureRequest) -> Path:
-    """The session's tiny model; TUNING_TEST_TINY_MODEL=DIR reuses one built before (quicker local loops)."""
-    prebuilt = os.environ.get("TUNING_TEST_TINY_MODEL")
-    if prebuilt and (Path(prebuilt) / "config.json").is_file():
-        return Path(prebuilt)
-    path: Path = request.getfixturevalue("tiny_model_dir_built")
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("models") / "tiny-llama"
-    subprocess.run(
-        [sys.executable, "-m", "tuning_trainer.tiny", "--out", str(out), "--quiet"],
-        check=True,
-        cwd=REPO_ROOT,
-        timeout=300,
-    )
-    return out
