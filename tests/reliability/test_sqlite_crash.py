@@ -32,7 +32,7 @@ def test_kill_9_while_committing_loses_no_acknowledged_job(tmp_path: Path) -> No
     rng = random.Random(1234)
     acknowledged: set[str] = set()
     for round_ in range(ROUNDS):
-        # Two writers at once: they also contend for the write lock (busy timeout, never "database is locked").
+        # Two writers at once: they contend for the write lock (busy timeout, never "database is locked").
         writers = [_start(db, f"{round_}{w}") for w in "ab"]
         time.sleep(0.6 + rng.uniform(0.0, 0.6))  # start-up (~0.4 s) plus a random stretch of commits
         for w in writers:
