@@ -1,9 +1,9 @@
 """The OpenAI-compatible surface, driven by the official `openai` package against a real server.
 
-API behaviour (files, jobs, pagination, filters, errors) runs on `api_service` (no trainers: jobs stay queued);
-real training through the same surface (a job to `succeeded` with events and checkpoints, pause/resume from the
-checkpoint step) runs on the session's `live_service` with the tiny model. Pure mapping rules are unit tested
-at the end.
+API behaviour (files, jobs, pagination, filters, errors) runs on `api_service` (no trainers: jobs stay
+queued); real training through the same surface (a job to `succeeded` with events and checkpoints,
+pause/resume from the checkpoint step) runs on the session's `live_service` with the tiny model. Pure mapping
+rules are unit tested at the end.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.service.files_support import BAD_JSONL, GOOD_JSONL, upload
+from tests.service.files_support import BAD_JSONL, GOOD_JSONL
 from tests.support.server import DEV_KEY, OTHER_KEY, ServiceProcess
 from tuning_service import openai_compat as oc
 from tuning_service.errors import APIError
@@ -248,7 +248,7 @@ def test_events_are_newest_first_and_paginate(api: openai.OpenAI, train_file: An
     assert info.value.param == "after"
 
 
-# ---- real training through the OpenAI surface ---------------------------------------------------------------
+# ---- real training through the OpenAI surface -------------------------------------------------------------
 
 
 def _wait(c: openai.OpenAI, job_id: str, statuses: set[str], timeout: float = 240) -> Any:
@@ -295,11 +295,11 @@ def test_a_job_trains_to_succeeded_with_events_and_checkpoints(live: openai.Open
     assert events[0].data["status"] == "succeeded"  # type: ignore[index]
     assert any(e.message.startswith("Training started") for e in events)
     ckpts = list(live.fine_tuning.jobs.checkpoints.list(job.id, limit=2))
-    assert [c.step_number for c in ckpts] == [12, 8, 4]
+    assert [c.step_number for c in ckpts] == [8, 4]  # the last step is the final adapter, not a checkpoint
     first = ckpts[0]
     assert first.object == "fine_tuning.job.checkpoint" and first.fine_tuning_job_id == job.id
-    assert first.fine_tuned_model_checkpoint.endswith(f"{job.id}:ckpt-step-12")
-    assert isinstance(first.metrics.train_loss, float) and first.metrics.step == 12
+    assert first.fine_tuned_model_checkpoint.endswith(f"{job.id}:ckpt-step-8")
+    assert isinstance(first.metrics.train_loss, float) and first.metrics.step == 8
 
 
 @pytest.mark.slow

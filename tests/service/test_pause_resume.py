@@ -69,12 +69,11 @@ def test_pause_checkpoints_and_resume_passes_the_checkpoint_to_the_trainer(tmp_p
         owner, _ = await m.create_key("a")
         try:
             job, _ = await m.submit(
-                owner=owner, request=request("complete?steps=2000&delay=0.01"), idempotency_key=None
+                owner=owner, request=request("complete?steps=300&delay=0.01"), idempotency_key=None
             )
             job_id = job["id"]
             await wait_status(m, job_id, owner, "running")
-            while not ((await m.get(job_id, owner=owner))["metrics"] or {}).get("current_step"):
-                await _sleep()
+            await _wait_for_a_step(m, job_id, owner)
             paused = await m.pause(job_id, owner=owner)
             assert paused["status"] in ("pausing", "paused")
             paused = await wait_status(m, job_id, owner, "paused")
@@ -109,11 +108,12 @@ def test_a_trainer_that_ignores_the_pause_is_killed_after_the_grace_period(tmp_p
         try:
             job, _ = await m.submit(owner=owner, request=request("ignore_term"), idempotency_key=None)
             running = await wait_status(m, job["id"], owner, "running")
-            while (await m.store.get_job(job["id"]))["pid"] is None:  # type: ignore[index]
-                await _sleep()
+            started = time.monotonic()
+            await _wait_for_a_step(m, job["id"], owner)  # its SIGTERM disposition is set by then
             await m.pause(job["id"], owner=owner)
             paused = await wait_status(m, job["id"], owner, "paused", timeout=20)
             assert paused["error"] is None and running["id"] == paused["id"]
+            assert time.monotonic() - started >= 0.5  # it was SIGKILLed after the grace period
             records = await all_events(m, job["id"], owner)
             assert (
                 "without saving a new checkpoint"
@@ -134,8 +134,7 @@ def test_cancel_while_pausing_ends_cancelled(tmp_path: Path) -> None:
         try:
             job, _ = await m.submit(owner=owner, request=request("ignore_term"), idempotency_key=None)
             await wait_status(m, job["id"], owner, "running")
-            while (await m.store.get_job(job["id"]))["pid"] is None:  # type: ignore[index]
-                await _sleep()
+            await _wait_for_a_step(m, job["id"], owner)  # its SIGTERM disposition is set by then
             assert (await m.pause(job["id"], owner=owner))["status"] == "pausing"
             assert (await m.cancel(job["id"], owner=owner))["status"] == "cancelling"
             await wait_status(m, job["id"], owner, "cancelled", timeout=20)
@@ -145,10 +144,13 @@ def test_cancel_while_pausing_ends_cancelled(tmp_path: Path) -> None:
     run(body())
 
 
-async def _sleep() -> None:
+async def _wait_for_a_step(m: JobManager, job_id: str, owner: str) -> None:
     import asyncio
 
-    await asyncio.sleep(0.02)
+    deadline = time.monotonic() + 15
+    while not ((await m.get(job_id, owner=owner))["metrics"] or {}).get("current_step"):
+        assert time.monotonic() < deadline, "the fake trainer never reported a step"
+        await asyncio.sleep(0.02)
 
 
 # ---- HTTP error paths (no trainer) -------------------------------------------------------------------------
