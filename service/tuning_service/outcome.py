@@ -124,7 +124,7 @@ def decide_outcome(
     cancel = row["cancel_requested_at"] is not None
     # A pause is a stop with a checkpoint, like a cancel that leaves the job resumable (a cancel during the
     # pause turned the job into `cancelling`: cancel wins).
-    pause = row["status"] == JobStatus.PAUSING.value and not cancel
+    pause = row.get("status") == JobStatus.PAUSING.value and not cancel
     sig = -exit_code if exit_code is not None and exit_code < 0 else None
     code_out = exit_code if exit_code is not None and exit_code >= 0 else None
     # `accelerate launch` turns every non-zero child status into 1; the trainer's own protocol code (2 user
