@@ -113,12 +113,15 @@ def fast_retries(sleeps: list[float]) -> list[float]:
 
 
 def test_stream_resumes_after_drops_without_repeats_or_gaps(
-    stub: StubServer, client: TuningClient, fast_retries: list[float]
+    stub: StubServer, client: TuningClient, fast_retries: list[float], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("INFO", logger="tuning_sdk")
     server = LogServer(stub, total=12, cuts=[4, 0, 3])
     seqs = [r.seq for r in client.tunings.stream_logs("ftjob-1")]
     assert seqs == list(range(1, 13))
     assert server.last_event_ids == [None, "4", "4", "7"]
+    resumed = [r.getMessage() for r in caplog.records if "resuming after seq" in r.getMessage()]
+    assert len(resumed) == 3 and "resuming after seq 7" in resumed[-1]
 
 
 def test_stream_drops_records_the_server_sends_twice(
