@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.service.core_fixtures import run
-from tuning_service.db import BUSY_TIMEOUT_MS
+from tuning_service.db import BUSY_TIMEOUT_MS, SCHEMA_VERSION
 from tuning_service.states import IllegalTransition, JobStatus
 from tuning_service.store import Store, new_job_id
 
@@ -59,7 +59,7 @@ def test_ddl_is_idempotent_and_pragmas_hold(tmp_path: Path) -> None:
         assert await store.pragma("journal_mode") == "wal"
         assert await store.pragma("busy_timeout") == BUSY_TIMEOUT_MS
         assert await store.pragma("foreign_keys") == 1
-        assert await store.pragma("user_version") == 1
+        assert await store.pragma("user_version") == SCHEMA_VERSION
         await store.close()
         # Re-opening runs the DDL again: nothing is lost, nothing fails.
         store = await open_store(db)
