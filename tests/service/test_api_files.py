@@ -91,6 +91,16 @@ def test_upload_without_a_file_part_or_not_multipart_is_400(api_service: Service
     assert "multipart/form-data" in r.error["message"]
 
 
+def test_a_malformed_multipart_body_is_400(api_service: ServiceProcess) -> None:
+    r = api_service.request(
+        "POST",
+        "/v1/files.upload",
+        body=b"--nope\r\nnot a part at all",
+        headers={"Content-Type": "multipart/form-data; boundary=other"},
+    )
+    assert r.status == 400 and r.error["param"] in ("file", "purpose")
+
+
 def test_upload_needs_a_key(api_service: ServiceProcess) -> None:
     r = upload_raw(api_service, GOOD_JSONL, key="nope-not-a-key")
     assert r.status == 401
@@ -211,6 +221,9 @@ def test_uploads_may_exceed_the_request_limit_but_not_the_file_limit(light_servi
         assert r.status == 413
         assert r.error["code"] == "file_too_large"
         assert not [p for p in (svc.data_dir / "files").iterdir() if p.name != f["id"]]
+        # An announced length far over the limit is refused before the body is read.
+        r = upload_raw(svc, GOOD_JSONL * 150)
+        assert r.status == 413 and r.error["code"] == "file_too_large"
         # Other routes keep the request limit.
         r = svc.post("/v1/tunings.create", {"model": "x" * 4000, "training_file": "data/train.jsonl"})
         assert r.status == 413 and r.error["code"] == "request_too_large"
