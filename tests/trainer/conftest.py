@@ -37,7 +37,7 @@ def start(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def finish(proc: subprocess.Popen[str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def finish(proc: subprocess.Popen[str], timeout: float = 480) -> subprocess.CompletedProcess[str]:
     """Wait for a launched trainer; on timeout kill its whole process group (the launcher does not forward
     signals, so killing the launcher alone would orphan the training child)."""
     try:
@@ -50,7 +50,7 @@ def finish(proc: subprocess.Popen[str], timeout: float = 240) -> subprocess.Comp
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-def launch(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def launch(*args: str, timeout: float = 480) -> subprocess.CompletedProcess[str]:
     """`accelerate launch [CPU flags] -m tuning_trainer ARGS`, waited for."""
     return finish(start(*args), timeout)
 

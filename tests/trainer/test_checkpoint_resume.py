@@ -19,6 +19,9 @@ from tests.conftest import REPO_ROOT
 from tests.trainer.conftest import events, finish, launch, of_type, start, trainer_env
 
 TOTAL = 60
+# The module fixture runs the trainer three times (~1 min on an idle 2-core machine); pytest-timeout counts
+# fixture set-up against the first test, so allow for a busy machine.
+pytestmark = pytest.mark.timeout(900)
 
 
 def common(tiny_model_dir: Path, train_file: Path, out: Path) -> list[str]:

@@ -13,6 +13,9 @@ import pytest
 
 from tests.trainer.conftest import events, launch, of_type
 
+# Each module fixture is one real training run (~15 s idle); leave room for a busy machine.
+pytestmark = pytest.mark.timeout(600)
+
 METRIC_FIELDS = {
     "step",
     "total_steps",
