@@ -12,7 +12,7 @@ from starlette.routing import Route
 from .auth import authenticate
 from .errors import APIError
 from .files import PURPOSES, file_not_found, is_file_id
-from .requests import query_int
+from .requests import check_query, query_int
 
 log = logging.getLogger("tuning_service.api")
 
@@ -46,6 +46,7 @@ def content_response(path: Any, filename: str) -> Response:
 
 async def upload(request: Request) -> JSONResponse:
     owner = await authenticate(request)
+    check_query(request.query_params)
     f = await _files(request).upload(request, owner)
     log.info("file %s uploaded (%d bytes, %s)", f["id"], f["bytes"], f["status"])
     return JSONResponse(f)
@@ -53,6 +54,7 @@ async def upload(request: Request) -> JSONResponse:
 
 async def list_files(request: Request) -> JSONResponse:
     owner = await authenticate(request)
+    check_query(request.query_params, ("limit", "after", "purpose"))
     limit, after, purpose = list_query(request)
     files, has_more = await _files(request).list(owner=owner, purpose=purpose, after=after, limit=limit)
     return JSONResponse(
@@ -68,17 +70,20 @@ async def list_files(request: Request) -> JSONResponse:
 
 async def get(request: Request) -> JSONResponse:
     owner = await authenticate(request)
+    check_query(request.query_params)
     return JSONResponse(await _files(request).get(file_id_param(request), owner))
 
 
 async def content(request: Request) -> Response:
     owner = await authenticate(request)
+    check_query(request.query_params)
     path, filename = await _files(request).content_path(file_id_param(request), owner)
     return content_response(path, filename)
 
 
 async def delete(request: Request) -> JSONResponse:
     owner = await authenticate(request)
+    check_query(request.query_params)
     file_id = file_id_param(request)
     result = await _files(request).delete(file_id, owner)
     log.info("file %s deleted", file_id)

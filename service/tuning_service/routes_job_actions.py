@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from .auth import authenticate
 from .download import tar_gz_stream
-from .requests import query_int, validate_job_id
+from .requests import check_query, query_int, validate_job_id
 
 log = logging.getLogger("tuning_service.api")
 
@@ -28,6 +28,7 @@ async def events(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     job_id = validate_job_id(request.path_params["job_id"])
     params = request.query_params
+    check_query(params, ("after", "limit"))
     after = query_int(params, "after", default=0, minimum=0, maximum=MAX_SEQ)
     limit = query_int(params, "limit", default=100, minimum=1, maximum=1000)
     # The stream's records without the trainer's raw output lines (`log`): those are what tunings.logs is for.
@@ -41,6 +42,7 @@ async def events(request: Request) -> JSONResponse:
 async def checkpoints(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     job_id = validate_job_id(request.path_params["job_id"])
+    check_query(request.query_params)
     data = await _manager(request).checkpoints(job_id, owner=owner)
     return JSONResponse({"object": "list", "data": data, "has_more": False})
 
@@ -49,6 +51,7 @@ async def download(request: Request) -> Response:
     owner = await authenticate(request)
     job_id = validate_job_id(request.path_params["job_id"])
     params = request.query_params
+    check_query(params, ("checkpoint",))
     step = None
     if params.get("checkpoint") not in (None, ""):
         step = query_int(params, "checkpoint", default=0, minimum=0, maximum=MAX_STEP)
@@ -64,6 +67,7 @@ async def download(request: Request) -> Response:
 async def pause(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     job_id = validate_job_id(request.path_params["job_id"])
+    check_query(request.query_params)
     job = await _manager(request).pause(job_id, owner=owner)
     log.info("job %s pause requested: now %s", job_id, job.get("status"))
     return JSONResponse(job)
@@ -72,6 +76,7 @@ async def pause(request: Request) -> JSONResponse:
 async def resume(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     job_id = validate_job_id(request.path_params["job_id"])
+    check_query(request.query_params)
     job = await _manager(request).resume(job_id, owner=owner)
     return JSONResponse(job)
 

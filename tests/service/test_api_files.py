@@ -123,7 +123,7 @@ def test_get_list_and_content(api_service: ServiceProcess) -> None:
     assert 'filename="f2.jsonl"' in r.headers["content-disposition"]
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "purpose=batch"])
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "purpose=batch", "stauts=x"])
 def test_list_rejects_bad_query_parameters(api_service: ServiceProcess, query: str) -> None:
     r = api_service.get(f"/v1/files.list?{query}")
     assert r.status == 400

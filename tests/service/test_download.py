@@ -70,6 +70,8 @@ def test_download_errors(api_service: ServiceProcess) -> None:
     for bad in ("abc", "-1"):
         r = api_service.get(f"/v1/tunings.download/{job['id']}?checkpoint={bad}")
         assert r.status == 400 and r.error["param"] == "checkpoint"
+    r = api_service.get(f"/v1/tunings.download/{job['id']}?step=4")  # unknown parameters are refused
+    assert r.status == 400 and r.error["param"] == "step"
     r = api_service.get("/v1/tunings.download/ftjob-" + "0" * 24)
     assert r.status == 404 and r.error["code"] == "job_not_found"
     assert api_service.get(f"/v1/tunings.checkpoints/{job['id']}").json() == {

@@ -202,7 +202,7 @@ def test_another_keys_job_is_404_on_every_new_route(
     api_service.post(f"/v1/tunings.cancel/{job['id']}")
 
 
-@pytest.mark.parametrize("query", ["after=-1", "after=x", "limit=0", "limit=1001"])
+@pytest.mark.parametrize("query", ["after=-1", "after=x", "limit=0", "limit=1001", "follow=true"])
 def test_events_rejects_bad_query_parameters(api_service: ServiceProcess, query: str) -> None:
     job = api_service.create_job()
     r = api_service.get(f"/v1/tunings.events/{job['id']}?{query}")
