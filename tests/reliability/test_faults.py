@@ -78,7 +78,8 @@ def test_kill_9_of_the_service_mid_training(service_env: ServiceEnv) -> None:
         # (the supervisor polls every 50 ms; the final transaction follows the group's exit at once).
         assert seen[0][1] == "running" and seen[0][2]
         assert [s for _, s, _ in seen] == ["running"] * (len(seen) - 1) + ["succeeded"]
-        assert gone_at is not None and seen[-1][0] - gone_at < 1.5, seen[-1][0] - gone_at
+        assert gone_at is not None
+        assert seen[-1][0] - gone_at < 1.5, seen[-1][0] - gone_at
         records = svc.get(f"/v1/tunings.logs/{job_id}?limit=1000").json()["data"]
         assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
         assert [r["step"] for r in records if r["type"] == "metrics"] == list(
