@@ -47,7 +47,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [sys.executable, "-m", "tuning_trainer.tiny", "--out", str(out)],
         check=True,
         cwd=REPO_ROOT,
-        timeout=300,
+        timeout=900,  # ~10 s on a quiet machine; generous for a loaded one
     )
     return out
 

@@ -3,6 +3,7 @@ verdict at the end."""
 
 from __future__ import annotations
 
+import math
 import signal
 from typing import Any
 
@@ -45,7 +46,10 @@ def progress_fields(row: dict[str, Any], records: list[Record]) -> dict[str, Any
                 progress=_progress(start, total) or 0.0,
                 current_step=start,
                 total_steps=total,
-                current_epoch=0,
+                current_epoch=_epoch_in_progress(
+                    start / data["steps_per_epoch"] if data.get("steps_per_epoch") else 0.0,
+                    data.get("total_epochs"),
+                ),
                 total_epochs=data.get("total_epochs"),
             )
             cfg = data.get("config")
@@ -61,7 +65,8 @@ def progress_fields(row: dict[str, Any], records: list[Record]) -> dict[str, Any
             metrics.update(
                 current_step=step,
                 total_steps=total,
-                current_epoch=data.get("epoch", metrics.get("current_epoch")),
+                current_epoch=_epoch_in_progress(data.get("epoch"), metrics.get("total_epochs"))
+                or metrics.get("current_epoch"),
                 train_loss=data.get("loss", metrics.get("train_loss")),
                 learning_rate=data.get("learning_rate", metrics.get("learning_rate")),
                 tokens_per_second=data.get("tokens_per_second", metrics.get("tokens_per_second")),
@@ -96,6 +101,15 @@ def progress_fields(row: dict[str, Any], records: list[Record]) -> dict[str, Any
     if metrics is not None and metrics != row["metrics"]:
         fields["metrics"] = metrics
     return fields
+
+
+def _epoch_in_progress(epoch: Any, total_epochs: Any) -> int | None:
+    """The 1-based epoch in progress, an integer as the API documents ("Epoch 2/3"), from the trainer's
+    fractional epoch (1.33 -> 2; exactly 1.0, the end of the first epoch -> 1)."""
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or not math.isfinite(epoch):
+        return None
+    n = max(1, math.ceil(epoch - 1e-9))
+    return min(n, total_epochs) if isinstance(total_epochs, int) and total_epochs > 0 else n
 
 
 def _signal_name(num: int) -> str:

@@ -115,3 +115,17 @@ def test_trainer_exit_code_from_its_record_beats_the_launchers() -> None:
         exit_code=1, killed_by_us=False, log_tail=[],
     )  # fmt: skip
     assert f["error"]["exit_code"] == 1
+
+
+def test_current_epoch_is_the_epoch_in_progress_as_an_integer() -> None:
+    r = row()
+    started = {"total_steps": 30, "total_epochs": 3, "steps_per_epoch": 10, "start_step": 0}
+    f = progress_fields(r, [("started", 1.0, started)])
+    assert f["metrics"]["current_epoch"] == 1  # "Epoch 1/3" before the first step, never 0
+    r.update(f)
+    for epoch, expected in [(0.1, 1), (1.0, 1), (1.33, 2), (2.999, 3), (3.0, 3)]:
+        rec = {"step": 1, "total_steps": 30, "epoch": epoch, "loss": 1.0}
+        f = progress_fields(r, [("metrics", 2.0, rec)])
+        assert f["metrics"]["current_epoch"] == expected and isinstance(f["metrics"]["current_epoch"], int)
+    resumed = dict(started, start_step=15)
+    assert progress_fields(row(), [("started", 1.0, resumed)])["metrics"]["current_epoch"] == 2
