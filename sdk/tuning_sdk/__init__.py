@@ -28,7 +28,9 @@ from ._errors import (
     WaitTimeoutError,
 )
 from ._models import Hyperparameters, JobDeleted, JobError, JobStatus, LogRecord, TrainingMetrics, TuningJob
+from ._objects import Checkpoint, FileDeleted, FileError, FileObject
 from ._pagination import CursorPage
+from ._transfer import ArchiveError
 from ._version import __version__
 
 __all__ = [
@@ -36,10 +38,15 @@ __all__ = [
     "APIConnectionError",
     "APIStatusError",
     "APITimeoutError",
+    "ArchiveError",
     "AuthenticationError",
     "BadRequestError",
+    "Checkpoint",
     "ConflictError",
     "CursorPage",
+    "FileDeleted",
+    "FileError",
+    "FileObject",
     "Hyperparameters",
     "InternalServerError",
     "JobDeleted",

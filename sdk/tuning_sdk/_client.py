@@ -9,6 +9,7 @@ from typing import Any
 
 from ._errors import TuningError
 from ._http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, Transport
+from .resources.files import Files
 from .resources.tunings import Tunings
 
 DEFAULT_BASE_URL = "http://localhost:8000"
@@ -36,6 +37,7 @@ class TuningClient:
     """
 
     tunings: Tunings
+    files: Files
 
     def __init__(
         self,
@@ -70,6 +72,7 @@ class TuningClient:
             default_headers=default_headers,
         )
         self.tunings = Tunings(self._transport)
+        self.files = Files(self._transport)
 
     def health_check(self) -> dict[str, Any]:
         """The service's health (no key needed).

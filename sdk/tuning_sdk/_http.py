@@ -129,6 +129,8 @@ class Transport:
         *,
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
+        content: Any = None,
+        content_type: str | None = None,
         headers: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
         stream: bool = False,
@@ -138,7 +140,8 @@ class Transport:
         """Send one API request, retrying what is safe to retry.
 
         Returns the decoded JSON body, or (``stream=True``) the open urllib3 response of a 2xx answer, which
-        the caller must read and release.
+        the caller must read and release. `content` is a raw body instead of `json_body`: bytes, or a seekable
+        file object with a ``__len__`` (rewound before each try, so a retry sends it whole again).
 
         Raises:
             APIStatusError: (a subclass of) for an error status, after any retries.
@@ -147,10 +150,15 @@ class Transport:
         method = method.upper()
         url = self.url(path, params)
         hdrs = dict(self._headers)
-        body: bytes | None = None
+        body: Any = None
         if json_body is not None:
             body = json.dumps(json_body).encode("utf-8")
             hdrs["Content-Type"] = "application/json"
+        elif content is not None:
+            body = content
+            if content_type:
+                hdrs["Content-Type"] = content_type
+            hdrs["Content-Length"] = str(len(content))
         if method == "POST":
             # Made once, before the first try: every retry of this call carries the same key.
             hdrs["Idempotency-Key"] = idempotency_key or f"tuning-sdk-{uuid.uuid4().hex}"
@@ -166,6 +174,8 @@ class Transport:
 
         attempt = 0
         while True:
+            if hasattr(body, "seek"):
+                body.seek(0)
             try:
                 resp = self._pool.request(
                     method,
