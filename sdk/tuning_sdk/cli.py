@@ -4,7 +4,10 @@
     tuning jobs create --model M --training-file F [--hp key=value ...] [--wait]
     tuning jobs list [--status S] [--limit N] | get ID | cancel ID | delete ID
     tuning jobs logs ID [-f]
-    tuning jobs wait ID [--timeout S]
+    tuning jobs wait ID [--timeout S] [--stop-on-pause]
+    tuning jobs events ID | checkpoints ID | pause ID | resume ID
+    tuning jobs download ID DIR [--checkpoint STEP] [--overwrite]
+    tuning files upload PATH | list | get ID | delete ID | content ID [-o FILE]
 
 Global options go before the command: ``tuning --json jobs get ID``. ``--base-url``/``--api-key`` default to
 ``TUNING_BASE_URL``/``TUNING_API_KEY``.
@@ -20,6 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from . import _cli_artifacts
 from ._client import TuningClient
 from ._errors import (
     APIConnectionError,
@@ -32,6 +36,7 @@ from ._errors import (
     WaitTimeoutError,
 )
 from ._models import TuningJob
+from ._transfer import ArchiveError
 from ._version import __version__
 
 EXIT_OK = 0
@@ -43,18 +48,21 @@ EXIT_NOT_FOUND = 5
 EXIT_CONNECTION = 6
 EXIT_SERVER = 7
 EXIT_WAIT_TIMEOUT = 8
+EXIT_PAUSED = 9
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = f"""exit codes:
   {EXIT_OK}    success (for wait / create --wait: the job succeeded)
   {EXIT_JOB_FAILED}    the job ended failed or cancelled (wait / create --wait)
   {EXIT_USAGE}    bad command line or configuration (e.g. no API key)
-  {EXIT_REJECTED}    the service rejected the request (400, 409, 413, 422, ...)
+  {EXIT_REJECTED}    the service rejected the request (400, 409, 413, 422, ...), or an uploaded file
+       failed validation (files upload)
   {EXIT_AUTH}    authentication or permission error (401, 403)
-  {EXIT_NOT_FOUND}    no such job (404)
+  {EXIT_NOT_FOUND}    no such job, file or checkpoint (404)
   {EXIT_CONNECTION}    the service could not be reached (connection error or timeout)
-  {EXIT_SERVER}    the service failed (5xx)
+  {EXIT_SERVER}    the service failed (5xx), or a download was corrupt, cut short or unsafe
   {EXIT_WAIT_TIMEOUT}    wait --timeout expired (the job keeps running)
+  {EXIT_PAUSED}    the job is paused (wait / create --wait with --stop-on-pause)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C; the job keeps running)
 """
 
@@ -67,7 +75,7 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_AUTH
     if isinstance(exc, NotFoundError):
         return EXIT_NOT_FOUND
-    if isinstance(exc, InternalServerError):
+    if isinstance(exc, (InternalServerError, ArchiveError)):
         return EXIT_SERVER
     if isinstance(exc, APIStatusError):
         return EXIT_REJECTED
@@ -244,6 +252,7 @@ def _wait(client: TuningClient, job_id: str, args: argparse.Namespace) -> int:
             on_progress=bar.update if bar else None,
             poll_interval=args.poll_interval,
             timeout=args.wait_timeout,
+            stop_on_pause=args.stop_on_pause,
         )
     finally:
         if bar is not None:
@@ -252,6 +261,8 @@ def _wait(client: TuningClient, job_id: str, args: argparse.Namespace) -> int:
         _print_json(job.to_dict())
     else:
         _print_job(job)
+    if job.status == "paused":
+        return EXIT_PAUSED
     return EXIT_OK if job.is_successful else EXIT_JOB_FAILED
 
 
@@ -265,8 +276,12 @@ def _run(args: argparse.Namespace, client: TuningClient) -> int:
             for key, value in health.items():
                 print(f"{key}: {value}")
         return EXIT_OK
+    if cmd == "files":
+        return _cli_artifacts.run_files(args, client)
 
     action = args.action
+    if action in _cli_artifacts.JOB_ACTIONS:
+        return _cli_artifacts.run_job_action(args, client, _print_job)
     if action == "create":
         job = client.tunings.create(
             model=args.model,
@@ -379,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="seconds between polls if polling",
         )
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument(
+            "--stop-on-pause", action="store_true", help="stop waiting when the job is paused (exit 9)"
+        )
 
     create = acts.add_parser("create", help="create a job")
     create.add_argument("--model", required=True, help="base model (e.g. tiny-llama)")
@@ -409,8 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("id")
     waiting(wait)
 
+    _cli_artifacts.add_job_commands(acts)
+    file_leaves = _cli_artifacts.add_file_commands(sub)
+
     # `--json` is accepted after the command too (`tuning jobs list --json`).
-    leaves = [sub.choices["health"], *acts.choices.values()]
+    leaves = [sub.choices["health"], *acts.choices.values(), *file_leaves]
     for leaf in leaves:
         leaf.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
     return parser
@@ -442,6 +463,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:
+        # Local files: an upload path that does not exist, a download folder that is not empty, ...
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except TuningError as exc:
         if args.json:
             err: dict[str, Any] = {
