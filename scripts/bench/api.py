@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""B1 and B2: API throughput and list latency through uvicorn, against a bare Starlette app.
+
+    python scripts/bench/api.py [--jobs 10000] [--concurrency 32] [--duration 5] [--rounds 3]
+        [--engine auto|wrk|python] [--json PATH] [--quick]
+
+B1: `GET /v1/tunings.get/{id}` requests/s at concurrency 32, vs a bare Starlette route returning the same
+    JSON dict on the same uvicorn settings (bare_app.py), both started by this invocation. Target >= 0.7.
+B2: `GET /v1/tunings.list?limit=100` p50 latency with `--jobs` jobs in the database, vs B1's p50 on the same
+    database and concurrency. Target <= 2x.
+The database is seeded with copies of one real job (created through the API, run to `succeeded` by the fake
+trainer), so every listed job has real metrics, hyperparameters and timestamps. The load generator
+(loadgen.py: wrk when installed, else asyncio) is a separate process; runs are interleaved (bare, get, list)
+over --rounds rounds and the median of each is used. The per-key rate limit is off for the benchmark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+from _common import DEV_KEY, Row, bench_service, finish, median, parser
+from tests.support.server import free_port
+
+BENCH = Path(__file__).resolve().parent
+
+
+def seed_jobs(db: Path, template_id: str, n: int) -> None:
+    """Clone the template job (a real, finished one) n-1 times straight into SQLite, newest last."""
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        con.row_factory = sqlite3.Row
+        row = dict(con.execute("SELECT * FROM jobs WHERE id = ?", (template_id,)).fetchone())
+        cols = [c for c in row if c != "ord"]
+        placeholders = ", ".join("?" for _ in cols)
+        sql = f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({placeholders})"
+        base = float(row["created_at"]) - n
+        batch = []
+        for i in range(n - 1):
+            r = dict(row)
+            r["id"] = "ftjob-" + hashlib.sha256(f"bench-{i}".encode()).hexdigest()[:24]
+            r["idempotency_key"] = None
+            r["created_at"] = base + i
+            batch.append(tuple(r[c] for c in cols))
+        with con:
+            con.executemany(sql, batch)
+    finally:
+        con.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def loadgen(url: str, args: Any, server_pid: int) -> dict[str, Any]:
+    """One loadgen run against `url`; also the server's CPU time per request (less noisy than req/s on a
+    shared machine: it counts the work done, not the time waited for a core)."""
+    cmd = [
+        sys.executable,
+        str(BENCH / "loadgen.py"),
+        url,
+        "--concurrency",
+        str(args.concurrency),
+        "--duration",
+        str(args.duration),
+        "--engine",
+        args.engine,
+        "--header",
+        f"Authorization: Bearer {DEV_KEY}",
+    ]
+    cpu0 = cpu_seconds(server_pid)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 120)
+    cpu = cpu_seconds(server_pid) - cpu0
+    if out.returncode != 0:
+        raise SystemExit(f"loadgen failed: {out.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(out.stdout)
+    if result["errors"] or result["non_2xx"]:
+        raise SystemExit(f"loadgen saw errors against {url}: {result}")
+    result["server_cpu_ms_per_request"] = round(1000 * cpu / max(1, result["requests"]), 4)
+    return result
+
+
+def start_bare(body_file: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**__import__("os").environ, "BENCH_BARE_BODY": str(body_file)}
+    # The same uvicorn settings as `python -m tuning_service` (see tuning_service/__main__.py: serve).
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bare_app:app",
+        "--app-dir",
+        str(BENCH),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--log-level",
+        "info",
+        "--no-access-log",
+        "--timeout-graceful-shutdown",
+        "5",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/v1/tunings.get/x", timeout=2):
+                return proc, base
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("bare app did not start")
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--jobs", type=int, default=10_000)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--engine", choices=("auto", "wrk", "python"), default="auto")
+    args = p.parse_args()
+    if args.quick:
+        args.jobs, args.duration, args.rounds, args.concurrency = 200, 1.0, 1, 8
+
+    svc = bench_service("api", fake_trainer=True)
+    bare = None
+    try:
+        job = svc.create_job(model="fake:complete?steps=5&delay=0.01")
+        svc.wait_for(job["id"], "succeeded", timeout=60)
+        seed_jobs(svc.data_dir / "tuning.db", job["id"], args.jobs)
+        body = svc.get(f"/v1/tunings.get/{job['id']}")
+        assert body.status == 200, body.text
+        body_file = Path(tempfile.mkdtemp(prefix="bench-bare-")) / "job.json"
+        body_file.write_bytes(body.body)
+        listed = svc.get("/v1/tunings.list?limit=100").json()
+        assert len(listed["data"]) == min(100, args.jobs) and listed["has_more"] == (args.jobs > 100)
+        bare, bare_url = start_bare(body_file)
+        assert svc.proc is not None
+        svc_pid = svc.proc.pid
+
+        get_url = f"{svc.base_url}/v1/tunings.get/{job['id']}"
+        list_url = f"{svc.base_url}/v1/tunings.list?limit=100"
+        runs: dict[str, list[dict[str, Any]]] = {"bare": [], "get": [], "list": []}
+        # Warm every path once (imports, caches), unmeasured.
+        for url in (f"{bare_url}/v1/tunings.get/{job['id']}", get_url, list_url):
+            urllib.request.urlopen(
+                urllib.request.Request(url, headers={"Authorization": f"Bearer {DEV_KEY}"}), timeout=30
+            ).read()
+        for _ in range(args.rounds):
+            runs["bare"].append(loadgen(f"{bare_url}/v1/tunings.get/{job['id']}", args, bare.pid))
+            runs["get"].append(loadgen(get_url, args, svc_pid))
+            runs["list"].append(loadgen(list_url, args, svc_pid))
+        rss_mb = round(psutil.Process(svc_pid).memory_info().rss / 2**20, 1)
+    finally:
+        if bare is not None:
+            bare.terminate()
+            bare.wait(10)
+        svc.shutdown()
+
+    bare_rps = median([r["rps"] for r in runs["bare"]])
+    get_rps = median([r["rps"] for r in runs["get"]])
+    get_p50 = median([r["latency_ms"]["p50"] for r in runs["get"]])
+    list_p50 = median([r["latency_ms"]["p50"] for r in runs["list"]])
+    cpu = {k: median([r["server_cpu_ms_per_request"] for r in v]) for k, v in runs.items()}
+    rows = [
+        Row(
+            "B1",
+            f"GET tunings.get req/s, concurrency {args.concurrency}",
+            get_rps,
+            "req/s",
+            bare_rps,
+            "bare Starlette route, same uvicorn settings",
+            ">=",
+            0.7,
+        ),
+        Row(
+            "B2",
+            f"GET tunings.list?limit=100 p50, {args.jobs} jobs",
+            list_p50,
+            "ms",
+            get_p50,
+            "B1 (tunings.get) p50, same database and concurrency",
+            "<=",
+            2.0,
+        ),
+    ]
+    details = {
+        "jobs": args.jobs,
+        "concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "engine": runs["get"][0]["engine"],
+        "runs": runs,
+        "list_rps": median([r["rps"] for r in runs["list"]]),
+        "service_rss_mb_after": rss_mb,
+        "server_cpu_ms_per_request": cpu,
+        "cpu_ratio_get_vs_bare": round(cpu["get"] / cpu["bare"], 3) if cpu["bare"] else None,
+    }
+    finish("api", rows, args, details)
+    print(
+        "# server CPU ms/request (median): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items())
+        + f"; get/bare {details['cpu_ratio_get_vs_bare']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
