@@ -3,8 +3,9 @@ one transaction helper.
 
 Every read-then-write goes through `Database.transaction()`, which starts with BEGIN IMMEDIATE: the write lock
 is taken up front, so two workers (or two coroutines) can never both read "queued" and both claim the job.
-Within one process a single aiosqlite connection is shared, guarded by an asyncio lock so that statements of
-concurrent coroutines never interleave inside one transaction.
+Within one process a single aiosqlite connection carries every write, guarded by an asyncio lock so that
+statements of concurrent coroutines never interleave inside one transaction; plain reads go through a second,
+read-only connection on the event loop's thread (see `Database.one`).
 """
 
 from __future__ import annotations
@@ -128,6 +129,12 @@ def row_to_dict(row: aiosqlite.Row | None) -> dict[str, Any] | None:
     return out
 
 
+def _first(rows: Iterable[sqlite3.Row]) -> dict[str, Any] | None:
+    for row in rows:
+        return row_to_dict(row)
+    return None
+
+
 class Tx:
     """The statements available inside one BEGIN IMMEDIATE transaction."""
 
@@ -138,12 +145,10 @@ class Tx:
         return await self.conn.execute(sql, tuple(params))
 
     async def one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
-        async with self.conn.execute(sql, tuple(params)) as cur:
-            return row_to_dict(await cur.fetchone())
+        return _first(await self.conn.execute_fetchall(sql, tuple(params)))
 
     async def all(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        async with self.conn.execute(sql, tuple(params)) as cur:
-            return [row_to_dict(r) or {} for r in await cur.fetchall()]
+        return [row_to_dict(r) or {} for r in await self.conn.execute_fetchall(sql, tuple(params))]
 
     async def job(self, job_id: str) -> dict[str, Any] | None:
         return await self.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -213,6 +218,7 @@ class Database:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn: aiosqlite.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -245,8 +251,22 @@ class Database:
                 if column not in have:
                     await tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             await tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        reader = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        reader.row_factory = sqlite3.Row
+        reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        reader.execute("PRAGMA query_only = ON")  # a write sent here by mistake fails loudly
+        self._reader = reader
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise RuntimeError("database is not open")
+        return self._reader
 
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._conn is not None:
             async with self._lock:
                 await self._conn.close()
@@ -276,13 +296,23 @@ class Database:
         except sqlite3.OperationalError:
             pass  # no transaction was open (BEGIN failed, or COMMIT went through)
 
+    # Reads outside a transaction use a second, read-only connection on the event loop's own thread. They are
+    # indexed and bounded (a page is at most 1,000 rows), take tens of microseconds, and in WAL mode never
+    # wait for a writer; they see every committed transaction. Sending them through aiosqlite's thread cost
+    # three thread hand-offs per query, each waiting for the GIL and, on a busy machine, for a core: that
+    # was most of a request's time (docs/benchmarks.md, B1/B2). Big scans pass `in_thread=True`.
     async def one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
-        async with self._lock, self.conn.execute(sql, tuple(params)) as cur:
-            return row_to_dict(await cur.fetchone())
+        return _first(self.reader.execute(sql, tuple(params)).fetchall())
 
-    async def all(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        async with self._lock, self.conn.execute(sql, tuple(params)) as cur:
-            return [row_to_dict(r) or {} for r in await cur.fetchall()]
+    async def all(
+        self, sql: str, params: Iterable[Any] = (), *, in_thread: bool = False
+    ) -> list[dict[str, Any]]:
+        if in_thread:
+            async with self._lock:
+                rows = await self.conn.execute_fetchall(sql, tuple(params))
+        else:
+            rows = self.reader.execute(sql, tuple(params)).fetchall()
+        return [row_to_dict(r) or {} for r in rows]
 
     async def pragma(self, name: str) -> Any:
         async with self._lock, self.conn.execute(f"PRAGMA {name}") as cur:

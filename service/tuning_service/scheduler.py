@@ -30,11 +30,17 @@ class Scheduler:
         self._last_adopt = 0.0
         supervisor.on_finished = self.wake
         self._launching: asyncio.Future[bool] | None = None
+        self._stopping = False
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._loop(), name="tuning-scheduler")
 
     async def stop(self) -> None:
+        # The flag, not only the cancel: Python 3.11's asyncio.wait_for swallows a cancellation that arrives
+        # just as the event it waits for is set (e.g. a job submitted right before shutdown), and the loop
+        # would go on forever.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -52,7 +58,7 @@ class Scheduler:
         self._wake.set()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.tick()
             except asyncio.CancelledError:

@@ -16,6 +16,12 @@ from .states import ACTIVE, NON_TERMINAL, JobStatus
 
 _ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in ACTIVE)
 _NON_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in NON_TERMINAL)
+# What a listed job needs (manager.public_job). Not `SELECT *`: decoding the trainer config and terminal
+# record of 100 rows, only to drop them, was ~40% of a page's CPU time (docs/benchmarks.md, B2).
+_LIST_COLUMNS = (
+    "id, status, model, fine_tuned_model, adapter_path, request, hyperparameters, metrics, error,"
+    " trained_tokens, created_at, started_at, finished_at"
+)
 
 
 def new_job_id() -> str:
@@ -82,9 +88,9 @@ class Store(Database):
         limit: int,
         metadata: dict[str, str] | None = None,
     ) -> tuple[list[dict[str, Any]], bool]:
-        """Newest first. `after` is a job id of this owner: the page starts just below it. `metadata`: every
-        pair must be in the job's metadata."""
-        sql = "SELECT * FROM jobs WHERE owner = ?"
+        """Newest first, the columns of a public job (`_LIST_COLUMNS`). `after` is a job id of this owner: the
+        page starts just below it. `metadata`: every pair must be in the job's metadata."""
+        sql = f"SELECT {_LIST_COLUMNS} FROM jobs WHERE owner = ?"
         params: list[Any] = [owner]
         if status is not None:
             sql += " AND status = ?"
@@ -230,7 +236,7 @@ class Store(Database):
             params += list(only_types)
         sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?"
         params.append(limit + 1)
-        rows = await self.all(sql, params)
+        rows = await self.all(sql, params, in_thread=limit > 1000)  # big scans off the event loop
         out = []
         for r in rows[:limit]:
             rec = {"seq": r["seq"], "type": r["type"], "time": r["time"]}
