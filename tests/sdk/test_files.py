@@ -46,7 +46,9 @@ def parts(req: Recorded) -> dict[str, tuple[str | None, bytes]]:
     out: dict[str, tuple[str | None, bytes]] = {}
     for part in msg.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        out[str(name)] = (part.get_filename(), part.get_payload(decode=True))
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        out[str(name)] = (part.get_filename(), payload)
     return out
 
 
@@ -90,7 +92,9 @@ def test_multipart_reader_reads_in_any_block_size() -> None:
     assert len(whole) == len(body)
     for size in (1, 7, 64, 10_000):
         body.seek(0)
-        chunks = iter(lambda size=size: body.read(size), b"")
+        chunks = []
+        while chunk := body.read(size):
+            chunks.append(chunk)
         assert b"".join(chunks) == whole
     with pytest.raises(OSError):
         body.seek(5)
