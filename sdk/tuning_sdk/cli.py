@@ -463,10 +463,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
-    except OSError as exc:
-        # Local files: an upload path that does not exist, a download folder that is not empty, ...
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except TuningError as exc:
         if args.json:
             err: dict[str, Any] = {
@@ -482,6 +478,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_json({"error": err})
         print(f"error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
+    except OSError as exc:
+        # Local files (after TuningError: WaitTimeoutError is a TimeoutError, an OSError): an upload path
+        # that does not exist, a download folder that is not empty, ...
+        if args.json:
+            _print_json({"error": {"type": type(exc).__name__, "message": str(exc)}})
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from .files import Files
 from .tunings import Tunings
 
-__all__ = ["Tunings"]
+__all__ = ["Files", "Tunings"]
