@@ -306,45 +306,64 @@ def test_a_job_trains_to_succeeded_with_events_and_checkpoints(live: openai.Open
 def test_pause_and_resume_continue_from_the_checkpoint_step(
     live: openai.OpenAI, live_file: Any, live_service: ServiceProcess
 ) -> None:
+    # Never finishes by itself: the resumed run is checked, then cancelled (keeps the suite fast).
     job = live.fine_tuning.jobs.create(
         model="tiny-llama",
         training_file=live_file.id,
-        hyperparameters={**SHORT, "max_steps": 150},
+        hyperparameters={**SHORT, "n_epochs": 1000, "max_steps": 100000},
         extra_body={"tuning_method": "lora"},
     )
-    deadline = time.monotonic() + 180
+    try:
+        _wait_for_step(live, job.id, 2)
+        live.fine_tuning.jobs.pause(job.id)
+        paused = _wait(live, job.id, {"paused"}, timeout=90)
+        assert paused.finished_at is None and paused.error is None
+        ckpts = list(live.fine_tuning.jobs.checkpoints.list(job.id))
+        assert ckpts, "a paused job has a checkpoint"
+        step = ckpts[0].step_number
+        assert step >= 2
+        assert live.fine_tuning.jobs.resume(job.id).status == "queued"
+        records = _wait_for_resumed_steps(live_service, live.api_key, job.id)
+        started = [r for r in records if r["type"] == "started"]
+        assert len(started) == 2
+        assert started[1]["start_step"] == step > 0
+        assert started[0]["total_steps"] == started[1]["total_steps"]
+        # The resumed run's first step follows the checkpoint: nothing is re-trained from 0.
+        second_run = [r["step"] for r in records if r["type"] == "metrics" and r["seq"] > started[1]["seq"]]
+        assert second_run[0] == step + 1
+        statuses = [r["status"] for r in records if r["type"] == "status"]
+        assert statuses == ["queued", "running", "pausing", "paused", "queued", "running"]
+        assert any(
+            e.message.startswith(f"Training resumed at step {step}")
+            for e in live.fine_tuning.jobs.list_events(job.id)
+        )
+    finally:
+        if live.fine_tuning.jobs.retrieve(job.id).status not in ("succeeded", "failed", "cancelled"):
+            live.fine_tuning.jobs.cancel(job.id)
+            _wait(live, job.id, {"cancelled"}, timeout=90)
+
+
+def _wait_for_step(c: openai.OpenAI, job_id: str, step: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        j = live.fine_tuning.jobs.retrieve(job.id)
-        if ((j.tuning or {}).get("metrics") or {}).get("current_step", 0) >= 2:  # type: ignore[attr-defined]
-            break
+        j = c.fine_tuning.jobs.retrieve(job_id)
+        if ((j.tuning or {}).get("metrics") or {}).get("current_step", 0) >= step:  # type: ignore[attr-defined]
+            return
         assert j.status in ("queued", "running"), j
         time.sleep(0.05)
-    live.fine_tuning.jobs.pause(job.id)
-    paused = _wait(live, job.id, {"paused"}, timeout=60)
-    assert paused.finished_at is None
-    ckpts = list(live.fine_tuning.jobs.checkpoints.list(job.id))
-    assert ckpts, "a paused job has a checkpoint"
-    step = ckpts[0].step_number
-    assert 0 < step < 150
-    assert live.fine_tuning.jobs.resume(job.id).status == "queued"
-    done = _wait(live, job.id, {"succeeded"})
-    assert done.error is None
-    records = live_service.get(f"/v1/tunings.events/{job.id}?limit=1000", key=live.api_key).json()["data"]
-    started = [r for r in records if r["type"] == "started"]
-    assert len(started) == 2
-    assert started[1]["start_step"] == step > 0
-    assert started[0]["total_steps"] == started[1]["total_steps"] == 150
-    metric_steps = [r["step"] for r in records if r["type"] == "metrics"]
-    assert metric_steps[-1] == 150
-    # The resumed run's first step follows the checkpoint: nothing re-trained from 0.
-    second_run = [r["step"] for r in records if r["type"] == "metrics" and r["seq"] > started[1]["seq"]]
-    assert second_run[0] == step + 1
-    statuses = [r["status"] for r in records if r["type"] == "status"]
-    assert statuses == ["queued", "running", "pausing", "paused", "queued", "running", "succeeded"]
-    assert any(
-        e.message.startswith(f"Training resumed at step {step}")
-        for e in live.fine_tuning.jobs.list_events(job.id)
-    )
+    raise AssertionError(f"job {job_id} never reached step {step}")
+
+
+def _wait_for_resumed_steps(svc: ServiceProcess, key: str, job_id: str, timeout: float = 240) -> list[Any]:
+    """The job's records once the resumed run (the second `started`) has reported two steps."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = svc.get(f"/v1/tunings.events/{job_id}?limit=1000", key=key).json()["data"]
+        started = [r["seq"] for r in records if r["type"] == "started"]
+        if len(started) == 2 and sum(r["type"] == "metrics" and r["seq"] > started[1] for r in records) >= 2:
+            return list(records)
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id}: the resumed run never reported steps")
 
 
 # ---- mapping rules -----------------------------------------------------------------------------------------

@@ -232,39 +232,71 @@ def _runs(svc: ServiceProcess, job_id: str) -> list[dict[str, Any]]:
     return records
 
 
+# Long enough never to finish by itself: each test checks the resumed run, then cancels it.
+ENDLESS = {**SMALL, "epochs": 1000, "max_steps": 100000}
+
+
+def _check_resumed(svc: ServiceProcess, job_id: str, step: int | None) -> list[dict[str, Any]]:
+    """Wait until the resumed run has reported two steps; check it started at the checkpoint, same total."""
+    deadline = time.monotonic() + 240
+    while True:
+        records = _runs(svc, job_id)
+        started = [r for r in records if r["type"] == "started"]
+        resumed = [
+            r
+            for r in records
+            if r["type"] == "metrics" and len(started) == 2 and r["seq"] > started[1]["seq"]
+        ]
+        if len(resumed) >= 2:
+            break
+        assert time.monotonic() < deadline, "the resumed run never reported steps"
+        time.sleep(0.1)
+    assert started[0]["start_step"] == 0 and started[1]["start_step"] > 0
+    if step is not None:
+        assert started[1]["start_step"] == step
+    assert started[0]["total_steps"] == started[1]["total_steps"]
+    assert resumed[0]["step"] == started[1]["start_step"] + 1  # continues, nothing re-trained from 0
+    job = svc.get(f"/v1/tunings.get/{job_id}").json()
+    assert job["status"] == "running" and job["error"] is None and job["finished_at"] is None
+    return records
+
+
 @pytest.mark.slow
 def test_a_cancelled_job_resumes_from_its_checkpoint_to_the_same_total(live_service: ServiceProcess) -> None:
-    job = live_service.create_job(method="lora", hyperparameters={**SMALL, "max_steps": 120})
-    _wait_for_step(live_service, job["id"], 2)
-    assert live_service.post(f"/v1/tunings.cancel/{job['id']}").status == 200
-    live_service.wait_for(job["id"], "cancelled", timeout=60)
-    ckpts = live_service.get(f"/v1/tunings.checkpoints/{job['id']}").json()["data"]
-    step = ckpts[-1]["step"]
-    assert 0 < step < 120 and isinstance(ckpts[-1]["metrics"]["train_loss"], float)
-    r = live_service.post(f"/v1/tunings.resume/{job['id']}")
-    assert r.status == 200 and r.json()["status"] == "queued" and r.json()["finished_at"] is None
-    done = live_service.wait_for(job["id"], "succeeded", timeout=240)
-    assert done["metrics"]["current_step"] == done["metrics"]["total_steps"] == 120
-    assert done["error"] is None and done["fine_tuned_model"]
-    started = [r for r in _runs(live_service, job["id"]) if r["type"] == "started"]
-    assert [s["start_step"] for s in started] == [0, step]
-    assert started[0]["total_steps"] == started[1]["total_steps"] == 120
+    job = live_service.create_job(method="lora", hyperparameters=ENDLESS)
+    try:
+        _wait_for_step(live_service, job["id"], 2)
+        assert live_service.post(f"/v1/tunings.cancel/{job['id']}").status == 200
+        live_service.wait_for(job["id"], "cancelled", timeout=90)
+        ckpts = live_service.get(f"/v1/tunings.checkpoints/{job['id']}").json()["data"]
+        step = ckpts[-1]["step"]
+        assert step >= 2 and isinstance(ckpts[-1]["metrics"]["train_loss"], float)
+        r = live_service.post(f"/v1/tunings.resume/{job['id']}")
+        assert r.status == 200 and r.json()["status"] == "queued" and r.json()["finished_at"] is None
+        records = _check_resumed(live_service, job["id"], step)
+        statuses = [r["status"] for r in records if r["type"] == "status"]
+        assert statuses == ["queued", "running", "cancelling", "cancelled", "queued", "running"]
+    finally:
+        if live_service.post(f"/v1/tunings.cancel/{job['id']}").status == 200:
+            live_service.wait_for(job["id"], "cancelled", timeout=90)
 
 
 @pytest.mark.slow
 def test_a_job_failed_by_an_outside_signal_resumes_from_its_checkpoint(live_service: ServiceProcess) -> None:
-    job = live_service.create_job(method="lora", hyperparameters={**SMALL, "max_steps": 120})
-    _wait_for_step(live_service, job["id"], 2)
-    row_pgid = _pgid_of(live_service, job["id"])
-    os.killpg(row_pgid, signal.SIGTERM)  # someone else stops the trainer: it checkpoints, the job fails
-    failed = live_service.wait_for(job["id"], "failed", timeout=60)
-    assert failed["error"]["code"] == "interrupted"
-    r = live_service.post(f"/v1/tunings.resume/{job['id']}")
-    assert r.status == 200 and r.json()["error"] is None
-    done = live_service.wait_for(job["id"], "succeeded", timeout=240)
-    assert done["metrics"]["current_step"] == 120
-    started = [r for r in _runs(live_service, job["id"]) if r["type"] == "started"]
-    assert len(started) == 2 and started[1]["start_step"] > 0
+    job = live_service.create_job(method="lora", hyperparameters=ENDLESS)
+    try:
+        _wait_for_step(live_service, job["id"], 2)
+        os.killpg(
+            _pgid_of(live_service, job["id"]), signal.SIGTERM
+        )  # not a cancel: the job fails, checkpointed
+        failed = live_service.wait_for(job["id"], "failed", timeout=90)
+        assert failed["error"]["code"] == "interrupted"
+        r = live_service.post(f"/v1/tunings.resume/{job['id']}")
+        assert r.status == 200 and r.json()["error"] is None and r.json()["status"] == "queued"
+        _check_resumed(live_service, job["id"], None)
+    finally:
+        if live_service.post(f"/v1/tunings.cancel/{job['id']}").status == 200:
+            live_service.wait_for(job["id"], "cancelled", timeout=90)
 
 
 def _pgid_of(svc: ServiceProcess, job_id: str) -> int:
