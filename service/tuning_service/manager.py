@@ -228,7 +228,10 @@ class JobManager:
         return public_job(row, pos)
 
     async def get(self, job_id: str, *, owner: str) -> dict[str, Any]:
-        return await self._public(await self._owned(job_id, owner))
+        row = await self.store.get_public_job(job_id)  # not SELECT *: the hot path of clients that poll
+        if row is None or row["owner"] != owner:
+            raise job_not_found(job_id)
+        return await self._public(row)
 
     async def list(
         self,

@@ -16,11 +16,12 @@ from .states import ACTIVE, NON_TERMINAL, JobStatus
 
 _ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in ACTIVE)
 _NON_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in NON_TERMINAL)
-# What a listed job needs (manager.public_job). Not `SELECT *`: decoding the trainer config and terminal
-# record of 100 rows, only to drop them, was ~40% of a page's CPU time (docs/benchmarks.md, B2).
+# What a listed job needs (manager.public_job). Not `SELECT *`: decoding the trainer config, the terminal
+# record and the request's copy of the hyperparameters of 100 rows (in Python), only to drop them, was about
+# half of a page's CPU time (docs/benchmarks.md, B2); SQLite drops them in C.
 _LIST_COLUMNS = (
-    "id, status, model, fine_tuned_model, adapter_path, request, hyperparameters, metrics, error,"
-    " trained_tokens, created_at, started_at, finished_at"
+    "id, status, model, fine_tuned_model, adapter_path, json_remove(request, '$.hyperparameters') AS request,"
+    " hyperparameters, metrics, error, trained_tokens, created_at, started_at, finished_at"
 )
 
 
@@ -78,6 +79,10 @@ class Store(Database):
 
     async def get_job(self, job_id: str) -> dict[str, Any] | None:
         return await self.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+
+    async def get_public_job(self, job_id: str) -> dict[str, Any] | None:
+        """The owner and the columns of a public job (`_LIST_COLUMNS`): what GET tunings.get needs."""
+        return await self.one(f"SELECT owner, {_LIST_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
 
     async def list_jobs(
         self,

@@ -94,7 +94,8 @@ def test_real_training_cancelled_with_checkpoint(
 
             async def training() -> bool:
                 row = await m.store.get_job(job["id"])
-                assert row is not None and row["status"] == "running", row and row["error"]
+                # Queued until the scheduler's claim commits (reads never wait for a transaction in flight).
+                assert row is not None and row["status"] in ("queued", "running"), row and row["error"]
                 return ((row["metrics"] or {}).get("current_step") or 0) >= 3
 
             await wait_until(training, 240, "training to reach step 3")
