@@ -8,8 +8,9 @@ B3: wall time of a tiny-model LoRA job through the API, from `client.tunings.cre
     returning `succeeded` (the SDK follows the job's event stream), vs the very same trainer command run
     directly: the `accelerate launch ... -m tuning_trainer --config` command line the service builds
     (tuning_service.supervisor.launcher_prefix), the same config.json (only output_dir differs), the same
-    environment and working directory. API and direct runs alternate (--rounds each); medians are compared.
-    Target <= 1.05x. Without --model the tiny model is built first (tuning_trainer.tiny).
+    environment and working directory. API and direct runs alternate (--rounds each, the order flipped every
+    round); medians are compared. Target <= 1.05x. Without --model the tiny model is built first
+    (tuning_trainer.tiny).
 B6: create -> `running` with an idle scheduler, --starts times, each after the previous job finished, with the
     fake trainer (tests/service/fake_trainer.py) so that a start is only the service's work plus a process
     spawn. Measured: (a) create -> `running` as a client sees it (polling tunings.get every 5 ms), target
@@ -127,10 +128,15 @@ def bench_b3(args: Any, work: Path) -> tuple[list[Row], dict[str, Any]]:
         _, first_id, _ = api_run(client, hp)
         config_file = svc.data_dir / "jobs" / first_id / "config.json"
         for i in range(args.rounds):
-            direct_s.append(direct_run(svc, config_file, work / f"direct-{i}"))
-            wall, _, marks = api_run(client, hp)
-            api_s.append(wall)
-            milestones.append(marks)
+            # Alternate the order (direct, API, API, direct, ...) so that a drift in the machine's load
+            # does not always favour the same side.
+            for side in ("direct", "api") if i % 2 == 0 else ("api", "direct"):
+                if side == "direct":
+                    direct_s.append(direct_run(svc, config_file, work / f"direct-{i}"))
+                else:
+                    wall, _, marks = api_run(client, hp)
+                    api_s.append(wall)
+                    milestones.append(marks)
     finally:
         svc.shutdown()
     api_med, direct_med = median(api_s), median(direct_s)
