@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import tarfile
 import tempfile
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ._errors import TuningError
+
+if TYPE_CHECKING:
+    import tarfile
 
 __all__ = ["ArchiveError", "MultipartFile", "safe_extract"]
 
@@ -118,6 +120,8 @@ def safe_extract(archive: Path, dest: Path, *, overwrite: bool = False) -> Path:
     if dest.is_dir() and any(dest.iterdir()) and not overwrite:
         raise FileExistsError(f"{dest} is not empty (pass overwrite=True to replace it)")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    import tarfile  # here, not at module level: `import tuning_sdk` stays light (B5)
+
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         root = staging.resolve()
