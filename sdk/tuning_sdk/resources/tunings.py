@@ -338,6 +338,14 @@ class Tunings(JobActions):
                 else:
                     if job.is_terminal:
                         # Whatever landed after our last record, then stop.
+                        if failure is not None or last_seq:
+                            log.info(
+                                "log stream of %s interrupted (%s); the job has ended: reading the records "
+                                "after seq %d",
+                                job_id,
+                                failure or "closed",
+                                last_seq,
+                            )
                         yield from self._page_logs(job_id, last_seq)
                         return
             now = time.monotonic()
