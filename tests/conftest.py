@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tuning_trainer.launch import cpu_launch_flags
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Tests never reach a hub: a hub id fails fast instead of retrying for ~25 s.
@@ -19,19 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-CPU_ACCELERATE_FLAGS = [
-    "--cpu",
-    "--num_processes",
-    "1",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-    "--num_cpu_threads_per_process",
-    "2",
-]
+CPU_ACCELERATE_FLAGS = cpu_launch_flags(2)
 
 
 @pytest.fixture(scope="session")

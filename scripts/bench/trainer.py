@@ -26,20 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tuning_trainer.launch import cpu_launch_flags
+
 ROOT = Path(__file__).resolve().parents[2]
-CPU_FLAGS = [
-    "--cpu",
-    "--num_processes",
-    "1",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-    "--num_cpu_threads_per_process",
-    str(min(os.cpu_count() or 1, 8)),
-]
+CPU_FLAGS = cpu_launch_flags(min(os.cpu_count() or 1, 8))
 
 
 def env() -> dict[str, str]:

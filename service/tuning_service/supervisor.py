@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning_trainer.config import JobConfig, parse_hyperparameters
+from tuning_trainer.launch import cpu_launch_flags
 
 from . import procs, tailer
 from .files import FILE_ID_RE
@@ -85,19 +86,7 @@ def launcher_prefix(settings: Settings, num_gpus: int) -> list[str]:
         threads = settings.cpu_threads or max(
             1, (os.cpu_count() or 1) // max(1, settings.max_concurrent_jobs)
         )
-        flags = [
-            "--cpu",
-            "--num_processes",
-            "1",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--num_cpu_threads_per_process",
-            str(threads),
-        ]
+        flags = cpu_launch_flags(threads)
     return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", "tuning_trainer"]
 
 
