@@ -23,11 +23,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Match
 
-from . import routes_docs, routes_files, routes_job_actions, routes_jobs, routes_logs, routes_openai
+from . import (
+    routes_docs,
+    routes_files,
+    routes_job_actions,
+    routes_jobs,
+    routes_logs,
+    routes_metrics,
+    routes_openai,
+)
 from .auth import setup_keys
 from .errors import APIError
 from .files import BodyLimits
 from .manager import JobManager
+from .metrics import Snapshots
 from .middleware import RequestMiddleware
 from .ratelimit import RateLimiter
 from .settings import Settings
@@ -75,6 +84,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.rate_limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     app.state.manager = manager
     app.state.started_monotonic = started
+    # Per-worker HTTP counters shared with sibling workers through <data_dir>/metrics (metrics.py).
+    app.state.metrics_snapshots = Snapshots(settings.metrics_dir)
+    app.state.metrics_snapshots.start()
     log.info(
         "tuning service ready in %.0f ms: data=%s files_root=%s models=%s max_concurrent_jobs=%d gpus=%s",
         (time.monotonic() - started) * 1000,
@@ -87,6 +99,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await app.state.metrics_snapshots.stop()
         await manager.stop()
         log.info(
             "tuning service stopped (running trainers keep running and are re-attached on the next start)"
@@ -139,6 +152,7 @@ def create_app() -> Starlette:
             *routes_job_actions.routes,
             *routes_files.routes,
             *routes_openai.routes,
+            *routes_metrics.routes,
         ],
         # File uploads are bounded by TUNING_MAX_FILE_BYTES (while streaming), everything else by the
         # request limit.

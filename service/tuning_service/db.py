@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ SCHEMA_VERSION = 2
 ADDED_COLUMNS = (
     ("jobs", "pause_requested_at", "REAL"),
     ("jobs", "resume_from", "TEXT"),  # the checkpoint the next run of this job starts from
+    ("api_keys", "webhook_url", "TEXT"),  # the key's default webhook for its jobs (webhooks.py)
+    ("api_keys", "webhook_secret", "TEXT"),  # whsec_...: signs deliveries, so it is kept (not a hash)
 )
 
 DDL = """
@@ -104,6 +106,32 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at REAL NOT NULL,
     revoked_at REAL
 );
+
+CREATE TABLE IF NOT EXISTS job_durations (   -- the job duration histogram of /metrics (metrics.py)
+    status TEXT PRIMARY KEY,                 -- succeeded | failed | cancelled
+    buckets TEXT NOT NULL,                   -- JSON list: jobs per metrics.JOB_DURATION_BUCKETS bucket, +Inf
+    count INTEGER NOT NULL,
+    sum REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS webhook_deliveries (  -- the webhook outbox (webhooks.py), no FK: a job may be
+    id TEXT PRIMARY KEY,                         -- deleted while its deliveries are still due
+    job_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    event TEXT NOT NULL,                     -- job.succeeded | job.failed | job.cancelled | job.checkpoint
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,                      -- the exact JSON posted (signed with a fresh timestamp each try)
+    status TEXT NOT NULL,                    -- pending | delivered | failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    claimed_by TEXT,                         -- the worker sending it now, until claimed_until
+    claimed_until REAL,
+    last_status_code INTEGER,
+    last_error TEXT,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries(status, next_attempt_at);
 """
 
 JSON_COLUMNS = frozenset(
@@ -135,11 +163,17 @@ def _first(rows: Iterable[sqlite3.Row]) -> dict[str, Any] | None:
     return None
 
 
+# Called inside the transaction after records are appended to a job (webhooks.py uses it to put terminal and
+# checkpoint events in its outbox, metrics.py to count job durations: atomically with the change itself).
+AppendHook = Callable[["Tx", str, list[tuple[str, float, dict[str, Any]]]], Awaitable[None]]
+
+
 class Tx:
     """The statements available inside one BEGIN IMMEDIATE transaction."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, on_append: AppendHook | None = None) -> None:
         self.conn = conn
+        self.on_append = on_append
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
         return await self.conn.execute(sql, tuple(params))
@@ -184,6 +218,8 @@ class Tx:
             "INSERT INTO job_events (job_id, seq, type, time, data) VALUES (?, ?, ?, ?, ?)", rows
         )
         await self.conn.execute("UPDATE jobs SET last_seq = ? WHERE id = ?", (seq, job_id))
+        if self.on_append is not None:
+            await self.on_append(self, job_id, records)
         return seq
 
     async def transition(
@@ -220,6 +256,7 @@ class Database:
         self._conn: aiosqlite.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
+        self.on_append: AppendHook | None = None
 
     @property
     def conn(self) -> aiosqlite.Connection:
@@ -280,7 +317,7 @@ class Database:
             committed = False
             try:
                 await conn.execute("BEGIN IMMEDIATE")
-                yield Tx(conn)
+                yield Tx(conn, self.on_append)
                 await conn.execute("COMMIT")
                 committed = True
             finally:

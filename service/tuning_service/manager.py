@@ -20,7 +20,7 @@ from typing import Any
 
 from tuning_trainer.config import ConfigError, JobConfig, parse_hyperparameters
 
-from . import procs
+from . import procs, webhooks
 from .errors import APIError, job_not_found
 from .files import Files, is_file_id
 from .recovery import recover
@@ -99,6 +99,9 @@ class JobManager:
         self.supervisor = Supervisor(settings, store, notify=self._notify)
         self.scheduler = Scheduler(settings, store, self.supervisor)
         self.files = Files(settings, store)
+        # Webhook outbox + delivery loop; the append hook also feeds the job duration histogram (metrics.py).
+        self.webhooks = webhooks.Deliverer(settings, store, self.supervisor.id)
+        store.on_append = webhooks.make_append_hook(public_job, self.webhooks.enqueued)
         self._changed = asyncio.Event()
         self._started_at = time.time()
 
@@ -121,11 +124,13 @@ class JobManager:
             raise
         self.supervisor.start()
         self.scheduler.start()
+        self.webhooks.start()
         return self
 
     async def stop(self) -> None:
         """Stop the loops and close the database. Trainers are never killed: they run in their own sessions
         and a restarted service re-attaches to them."""
+        await self.webhooks.stop()
         await self.scheduler.stop()
         await self.supervisor.stop()
         await self.store.close()
@@ -134,6 +139,7 @@ class JobManager:
         # Wake every waiter; they re-read the database. A fresh Event per generation avoids lost wake-ups.
         event, self._changed = self._changed, asyncio.Event()
         event.set()
+        self.webhooks.committed()
 
     # ---- jobs --------------------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import metrics
 from .errors import APIError
 
 log = logging.getLogger("tuning_service.http")
@@ -68,6 +69,7 @@ class RequestMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
+                state["stream"] = metrics.stream_started(message)  # open SSE streams gauge
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             await send(message)
 
@@ -114,12 +116,15 @@ class RequestMiddleware:
                 )
             )
         finally:
+            elapsed = time.monotonic() - started_at
+            # Prometheus counters by route template (~1 us: plain dicts, see metrics.py).
+            metrics.record_request(scope, state["status"], elapsed, state.get("stream", False))
             if scope.get("path") != "/health":
                 access_log.info(
                     "%s %s %s %.1fms rid=%s",
                     scope.get("method"),
                     scope.get("path"),
                     state["status"],
-                    (time.monotonic() - started_at) * 1000,
+                    elapsed * 1000,
                     request_id,
                 )

@@ -88,6 +88,24 @@ class Settings:
         default_factory=lambda: _float_env("TUNING_SCHEDULE_INTERVAL", 0.5)
     )
 
+    # /metrics: empty -> open to anyone who can reach the port; set -> `Authorization: Bearer <this>` needed.
+    metrics_key: str = field(default_factory=lambda: os.environ.get("TUNING_METRICS_KEY", "").strip())
+    # Webhooks (webhooks.py): time per attempt, retry backoff (first delay, cap), how long a delivery is
+    # retried, and networks a webhook may reach besides public addresses (CIDRs, e.g. 127.0.0.0/8 in tests).
+    webhook_timeout_seconds: float = field(default_factory=lambda: _float_env("TUNING_WEBHOOK_TIMEOUT", 10.0))
+    webhook_backoff_seconds: float = field(default_factory=lambda: _float_env("TUNING_WEBHOOK_BACKOFF", 5.0))
+    webhook_backoff_max_seconds: float = field(
+        default_factory=lambda: _float_env("TUNING_WEBHOOK_BACKOFF_MAX", 3600.0)
+    )
+    webhook_retry_seconds: float = field(
+        default_factory=lambda: _float_env("TUNING_WEBHOOK_RETRY_SECONDS", 86400.0)
+    )
+    webhook_allow_networks: list[str] = field(
+        default_factory=lambda: [
+            n.strip() for n in os.environ.get("TUNING_WEBHOOK_ALLOW_NETWORKS", "").split(",") if n.strip()
+        ]
+    )
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / "tuning.db"
@@ -95,6 +113,10 @@ class Settings:
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.data_dir / "metrics"
 
     @property
     def log_path(self) -> Path:
