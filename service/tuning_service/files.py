@@ -32,6 +32,7 @@ from .store import Store
 
 FILE_ID_RE = re.compile(r"^file-[0-9a-f]{24}$")
 PURPOSES = ("fine-tune",)
+UPLOAD_FIELDS = frozenset({"file", "purpose"})
 MAX_FILENAME_CHARS = 255
 # Room for the multipart envelope (boundaries, part headers, the `purpose` field) on top of the file itself.
 MULTIPART_SLACK_BYTES = 64 * 1024
@@ -132,6 +133,15 @@ class Files:
                 400, "invalid_request", f"Malformed multipart body: {detail}", param="file"
             ) from None
         try:
+            # Only `file` and `purpose`, like unknown JSON body fields: a typo must not be silently ignored.
+            unknown = sorted(set(form.keys()) - UPLOAD_FIELDS)
+            if unknown:
+                raise APIError(
+                    400,
+                    "invalid_request",
+                    f"Unknown multipart field {unknown[0][:64]!r}; an upload has `file` and `purpose` only",
+                    param=unknown[0][:64],
+                )
             purpose = form.get("purpose")
             if not isinstance(purpose, str) or not purpose:
                 raise APIError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from typing import Any
 
@@ -16,8 +17,15 @@ from tuning_trainer.config import Hyperparameters
 
 from .errors import APIError
 
-# Our default learning rate: learning_rate_multiplier scales it.
+# Our default learning rate: learning_rate_multiplier scales it (the result is at most 1, like ours).
 BASE_LEARNING_RATE = Hyperparameters().learning_rate
+MAX_LEARNING_RATE_MULTIPLIER = 1 / BASE_LEARNING_RATE
+# Cursor ids (OpenAPI patterns, openapi_extra.py): `ftevent-<job>-<seq>` and `ftckpt-<job>-<step>`. The number
+# is bounded so that it always fits SQLite's 64-bit integers.
+EVENT_ID_PATTERN = r"^ftevent-[A-Za-z0-9_-]+-[0-9]{1,18}$"
+CHECKPOINT_ID_PATTERN = r"^ftckpt-[A-Za-z0-9_-]+-[0-9]{1,18}$"
+_EVENT_ID_RE = re.compile(EVENT_ID_PATTERN)
+CHECKPOINT_ID_RE = re.compile(CHECKPOINT_ID_PATTERN)
 NATIVE_HYPERPARAMETERS = frozenset(f.name for f in dataclasses.fields(Hyperparameters))
 
 CREATE_FIELDS = (
@@ -71,6 +79,8 @@ def openai_error(exc: APIError) -> APIError:
 def _auto_or_int(value: Any, param: str) -> Any:
     if value == "auto":
         return "auto"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 2.0 is the integer 2 in JSON (and in JSON Schema), as for the native seed
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad(param, f"{param} must be an integer or 'auto', got {value!r}")
     return value
@@ -91,15 +101,20 @@ def map_hyperparameters(raw: Any, param: str) -> dict[str, Any]:
         elif key == "batch_size":
             out["batch_size"] = _auto_or_int(value, name)
         elif key == "learning_rate_multiplier":
+            if "learning_rate" in raw:
+                raise bad(name, f"give either {name} or {param}.learning_rate, not both")
             if value == "auto":
                 continue  # our default learning rate
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise bad(name, f"{name} must be a positive number or 'auto', got {value!r}")
-            if value <= 0:
-                raise bad(name, f"{name} must be positive, got {value!r}")
-            if "learning_rate" in raw:
-                raise bad(name, f"give either {name} or {param}.learning_rate, not both")
-            out["learning_rate"] = value * BASE_LEARNING_RATE
+            if not 0 < value <= MAX_LEARNING_RATE_MULTIPLIER:
+                raise bad(
+                    name,
+                    f"{name} must be in (0, {MAX_LEARNING_RATE_MULTIPLIER:g}] (a learning rate of at most 1 "
+                    f"with the base rate {BASE_LEARNING_RATE:g}), got {value!r}",
+                    code="invalid_hyperparameter",
+                )
+            out["learning_rate"] = min(1.0, value * BASE_LEARNING_RATE)
         elif key in ("epochs",):
             raise bad(name, f"unknown hyperparameter {key!r}: OpenAI's name is n_epochs")
         elif key in NATIVE_HYPERPARAMETERS:
@@ -117,7 +132,10 @@ def native_create_body(body: Any) -> dict[str, Any]:
     unknown = sorted(set(body) - set(CREATE_FIELDS))
     if unknown:
         raise bad(unknown[0], f"Unknown field {unknown[0]!r}; supported: {', '.join(CREATE_FIELDS)}")
-    if body.get("integrations"):
+    integrations = body.get("integrations")
+    if integrations is not None and not isinstance(integrations, list):
+        raise bad("integrations", f"integrations must be a list, got {type(integrations).__name__}")
+    if integrations:
         raise bad(
             "integrations",
             "integrations (e.g. wandb) are not supported by this service; follow training with the job's "
@@ -142,7 +160,9 @@ def native_create_body(body: Any) -> dict[str, Any]:
             raise bad(
                 f"method.{extra[0]}", f"method.{extra[0]} is not supported with method type 'supervised'"
             )
-        supervised = method.get("supervised") or {}
+        supervised = method.get("supervised")
+        if supervised is None:
+            supervised = {}
         if not isinstance(supervised, dict):
             raise bad("method.supervised", "method.supervised must be an object")
         hyper.update(
@@ -216,12 +236,14 @@ def event_id(job_id: str, seq: int) -> str:
     return f"ftevent-{job_id.removeprefix('ftjob-')}-{seq}"
 
 
-def parse_event_id(job_id: str, value: str) -> int:
+def parse_event_id(job_id: str, value: str) -> int | None:
+    """The seq of an event id of this job; None for a well-formed id of another job (a cursor that matches
+    nothing here: an empty page, as for the list routes); 400 for anything that is not an event id."""
+    if not _EVENT_ID_RE.match(value):
+        raise bad("after", f"after must be an event id (ftevent-<job>-<N>), got {value[:80]!r}")
     prefix = f"ftevent-{job_id.removeprefix('ftjob-')}-"
     tail = value[len(prefix) :] if value.startswith(prefix) else ""
-    if not tail.isdigit():
-        raise bad("after", f"after must be an event id of this job ({prefix}N), got {value[:80]!r}")
-    return int(tail)
+    return int(tail) if tail.isdigit() else None
 
 
 def _num(value: Any, digits: int = 4) -> str:

@@ -286,6 +286,11 @@ _JOB_LINKS = {
         ("CancelJob", "cancelTuning"),
         ("DeleteJob", "deleteTuning"),
         ("GetJobLogs", "getTuningLogs"),
+        ("GetJobEvents", "getTuningEvents"),
+        ("GetJobCheckpoints", "getTuningCheckpoints"),
+        ("PauseJob", "pauseTuning"),
+        ("ResumeJob", "resumeTuning"),
+        ("DownloadJob", "downloadTuning"),
     )
 }
 

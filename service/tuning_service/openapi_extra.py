@@ -5,7 +5,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from .openapi import _JOB_ID, _errors, _json, _limit, _nullable, _ref
+from .openai_compat import (
+    CHECKPOINT_ID_PATTERN,
+    EVENT_ID_PATTERN,
+    MAX_LEARNING_RATE_MULTIPLIER,
+)
+from .openapi import (
+    _HYPERPARAMETERS,
+    _JOB_ID,
+    IDEMPOTENCY_KEY_PATTERN,
+    _errors,
+    _json,
+    _limit,
+    _nullable,
+    _ref,
+)
+from .openapi import (
+    SCHEMAS as NATIVE_SCHEMAS,
+)
 
 _FILE_ID = {
     "name": "file_id",
@@ -16,10 +33,23 @@ _FILE_ID = {
 _AFTER = {
     "name": "after",
     "in": "query",
-    "schema": {"type": "string"},
-    "description": "Cursor: last id of the previous page",
+    "schema": {"type": "string", "maxLength": 128},
+    "description": "Cursor: last id of the previous page (an unknown id gives an empty page)",
 }
+
+
+def _cursor(pattern: str, what: str) -> dict[str, Any]:
+    return {
+        "name": "after",
+        "in": "query",
+        "schema": {"type": "string", "maxLength": 128, "pattern": pattern},
+        "description": f"Cursor: the last {what} id of the previous page (another job's gives an empty page)",
+    }
+
+
 _N_OR_AUTO = {"anyOf": [{"type": "number"}, {"const": "auto"}]}
+_NATIVE_CREATE = NATIVE_SCHEMAS["CreateTuningRequest"]["properties"]
+_OPENAI_INT = {"type": "integer", "minimum": 1}
 
 SCHEMAS: dict[str, Any] = {
     "File": {
@@ -55,6 +85,7 @@ SCHEMAS: dict[str, Any] = {
             "file": {"type": "string", "format": "binary", "description": "The JSONL file"},
             "purpose": {"const": "fine-tune"},
         },
+        "additionalProperties": False,
     },
     "FileList": {
         "type": "object",
@@ -95,7 +126,28 @@ SCHEMAS: dict[str, Any] = {
     },
     "OpenAIHyperparameters": {
         "type": "object",
-        "description": "OpenAI's names; this service's own hyperparameter names are accepted as well",
+        "description": "OpenAI's names (n_epochs, batch_size, learning_rate_multiplier: a multiple of the "
+        "default learning rate); this service's own hyperparameter names are accepted as well, except "
+        "`epochs` (send n_epochs). Give learning_rate or learning_rate_multiplier, not both.",
+        "additionalProperties": False,
+        "properties": {
+            "n_epochs": {
+                "anyOf": [{**_OPENAI_INT, "maximum": 1000}, {"const": "auto"}],
+                "default": "auto",
+            },
+            **{k: v for k, v in _HYPERPARAMETERS["properties"].items() if k != "epochs"},
+            "learning_rate_multiplier": {
+                "anyOf": [
+                    {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_LEARNING_RATE_MULTIPLIER},
+                    {"const": "auto"},
+                ],
+                "default": "auto",
+            },
+        },
+        "not": {"required": ["learning_rate", "learning_rate_multiplier"]},
+    },
+    "OpenAIJobHyperparameters": {
+        "type": "object",
         "properties": {
             "n_epochs": _N_OR_AUTO,
             "batch_size": _N_OR_AUTO,
@@ -105,26 +157,40 @@ SCHEMAS: dict[str, Any] = {
     "OpenAICreateJob": {
         "type": "object",
         "required": ["model", "training_file"],
+        "additionalProperties": False,
         "properties": {
-            "model": {"type": "string"},
-            "training_file": {"type": "string", "description": "A file id (file-...) or a path"},
-            "validation_file": _nullable({"type": "string"}),
-            "hyperparameters": _ref("OpenAIHyperparameters"),
-            "method": {
-                "type": "object",
-                "properties": {
-                    "type": {"const": "supervised"},
-                    "supervised": {
-                        "type": "object",
-                        "properties": {"hyperparameters": _ref("OpenAIHyperparameters")},
-                    },
-                },
+            "model": _NATIVE_CREATE["model"],
+            "training_file": {
+                "type": "string",
+                "minLength": 1,
+                "description": "A file id (file-...) or a path",
             },
-            "suffix": _nullable({"type": "string", "maxLength": 64}),
-            "seed": _nullable({"type": "integer"}),
-            "metadata": _nullable({"type": "object", "additionalProperties": {"type": "string"}}),
-            "integrations": {"type": "array", "maxItems": 0},
-            "tuning_method": {"enum": ["qlora", "lora"], "description": "Extension: the adapter method"},
+            "validation_file": _nullable({"type": "string"}),
+            # As on the native route, optional fields may be sent as null, meaning "the default".
+            "hyperparameters": _nullable(_ref("OpenAIHyperparameters")),
+            "method": _nullable(
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "type": {"const": "supervised", "default": "supervised"},
+                        "supervised": _nullable(
+                            {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {"hyperparameters": _nullable(_ref("OpenAIHyperparameters"))},
+                            }
+                        ),
+                    },
+                }
+            ),
+            "suffix": _NATIVE_CREATE["suffix"],
+            "seed": _NATIVE_CREATE["seed"],
+            "metadata": _NATIVE_CREATE["metadata"],
+            "integrations": _nullable({"type": "array", "maxItems": 0}),
+            "tuning_method": _nullable(
+                {"enum": ["qlora", "lora"], "description": "Extension: the adapter method"}
+            ),
         },
     },
     "OpenAIJob": {
@@ -154,7 +220,7 @@ SCHEMAS: dict[str, Any] = {
             "result_files": {"type": "array", "items": {"type": "string"}},
             "training_file": {"type": "string"},
             "validation_file": _nullable({"type": "string"}),
-            "hyperparameters": _ref("OpenAIHyperparameters"),
+            "hyperparameters": _ref("OpenAIJobHyperparameters"),
             "trained_tokens": _nullable({"type": "integer"}),
             "error": _nullable({"type": "object"}),
             "seed": {"type": "integer"},
@@ -206,6 +272,31 @@ def _list_of(item: str) -> dict[str, Any]:
     }
 
 
+def _links(param: str, **ops: str) -> dict[str, Any]:
+    """OpenAPI links from a created object's id to the operations that take it (clients and schemathesis's
+    stateful tests follow them)."""
+    return {
+        name: {"operationId": op, "parameters": {param: "$response.body#/id"}} for name, op in ops.items()
+    }
+
+
+_NATIVE_FILE_LINKS = _links(
+    "file_id", GetFile="getFile", GetFileContent="getFileContent", DeleteFile="deleteFile"
+)
+_OPENAI_FILE_LINKS = _links(
+    "file_id", GetFile="openaiGetFile", GetFileContent="openaiFileContent", DeleteFile="openaiDeleteFile"
+)
+_OPENAI_JOB_LINKS = _links(
+    "job_id",
+    GetJob="openaiGetJob",
+    CancelJob="openaiCancelJob",
+    PauseJob="openaiPauseJob",
+    ResumeJob="openaiResumeJob",
+    ListEvents="openaiListEvents",
+    ListCheckpoints="openaiListCheckpoints",
+)
+
+
 def _op(op_id: str, summary: str, tag: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"operationId": op_id, "summary": summary, "tags": [tag], "responses": responses, **extra}
 
@@ -223,6 +314,12 @@ _TAR = {
     "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
 }
 _OPENAI_CREATE = {"required": True, "content": {"application/json": {"schema": _ref("OpenAICreateJob")}}}
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "description": "Printable ASCII, no leading/trailing spaces: the same key and body return the same job",
+    "schema": {"type": "string", "maxLength": 255, "pattern": IDEMPOTENCY_KEY_PATTERN},
+}
 
 
 def _ft(op_id: str, summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -237,7 +334,10 @@ PATHS: dict[str, Any] = {
             "Upload a JSONL file (validated on upload)",
             "files",
             {
-                "200": _json(_ref("File"), "The stored file (`processed` or `error`)"),
+                "200": {
+                    **_json(_ref("File"), "The stored file (`processed` or `error`)"),
+                    "links": _NATIVE_FILE_LINKS,
+                },
                 **_errors(400, 401, 413),
             },
             requestBody=_UPLOAD_BODY,
@@ -292,7 +392,11 @@ PATHS: dict[str, Any] = {
             {"200": _json(_ref("LogPage"), "A page of records"), **_errors(400, 401, 404)},
             parameters=[
                 _JOB_ID,
-                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "after",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 2**62, "default": 0},
+                },
                 _limit(100, 1000),
             ],
         ),
@@ -312,7 +416,15 @@ PATHS: dict[str, Any] = {
             "Download the final adapter (or a checkpoint) as tar.gz",
             "tunings",
             {"200": _TAR, **_errors(400, 401, 404, 409)},
-            parameters=[_JOB_ID, {"name": "checkpoint", "in": "query", "schema": {"type": "integer"}}],
+            parameters=[
+                _JOB_ID,
+                {
+                    "name": "checkpoint",
+                    "in": "query",
+                    "description": "A checkpoint step (see the checkpoints); without it, the final adapter",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 2**31},
+                },
+            ],
         ),
     },
     "/v1/tunings.pause/{job_id}": {
@@ -341,27 +453,40 @@ PATHS: dict[str, Any] = {
         "post": _ft(
             "openaiCreateFile",
             "OpenAI: upload a file",
-            {"200": _json(_ref("File"), "The file"), **_errors(400, 401, 413)},
+            {
+                "200": {**_json(_ref("File"), "The file"), "links": _OPENAI_FILE_LINKS},
+                **_errors(400, 401, 413),
+            },
             requestBody=_UPLOAD_BODY,
         ),
         "get": _ft(
             "openaiListFiles",
             "OpenAI: list files",
             {"200": _json(_ref("FileList"), "A page of files"), **_errors(400, 401)},
-            parameters=[_limit(10000, 10000), _AFTER],
+            parameters=[
+                _limit(10000, 10000),
+                _AFTER,
+                {
+                    "name": "order",
+                    "in": "query",
+                    "description": "Newest first is the only order",
+                    "schema": {"const": "desc"},
+                },
+                {"name": "purpose", "in": "query", "schema": {"const": "fine-tune"}},
+            ],
         ),
     },
     "/v1/files/{file_id}": {
         "get": _ft(
             "openaiGetFile",
             "OpenAI: get a file",
-            {"200": _json(_ref("File"), "The file"), **_errors(401, 404)},
+            {"200": _json(_ref("File"), "The file"), **_errors(400, 401, 404)},
             parameters=[_FILE_ID],
         ),
         "delete": _ft(
             "openaiDeleteFile",
             "OpenAI: delete a file",
-            {"200": _json(_ref("DeletedFile"), "Deleted"), **_errors(401, 404, 409)},
+            {"200": _json(_ref("DeletedFile"), "Deleted"), **_errors(400, 401, 404, 409)},
             parameters=[_FILE_ID],
         ),
     },
@@ -369,7 +494,7 @@ PATHS: dict[str, Any] = {
         "get": _ft(
             "openaiFileContent",
             "OpenAI: a file's bytes",
-            {"200": _CONTENT, **_errors(401, 404)},
+            {"200": _CONTENT, **_errors(400, 401, 404)},
             parameters=[_FILE_ID],
         ),
     },
@@ -377,21 +502,40 @@ PATHS: dict[str, Any] = {
         "post": _ft(
             "openaiCreateJob",
             "OpenAI: create a fine-tuning job",
-            {"200": _json(_ref("OpenAIJob"), "The job"), **_errors(400, 401, 404)},
+            {
+                "200": {**_json(_ref("OpenAIJob"), "The job"), "links": _OPENAI_JOB_LINKS},
+                **_errors(400, 401, 404, 413),
+            },
+            parameters=[_IDEMPOTENCY_KEY],
             requestBody=_OPENAI_CREATE,
         ),
         "get": _ft(
             "openaiListJobs",
             "OpenAI: list jobs (metadata[k]=v filters)",
             {"200": _json(_list_of("OpenAIJob"), "A page of jobs"), **_errors(400, 401)},
-            parameters=[_limit(20, 100), _AFTER],
+            parameters=[
+                _limit(20, 100),
+                _AFTER,
+                {
+                    "name": "metadata",
+                    "in": "query",
+                    "style": "deepObject",
+                    "explode": True,
+                    "description": "metadata[KEY]=VALUE: only jobs with every given pair",
+                    "schema": {
+                        "type": "object",
+                        "propertyNames": {"minLength": 1, "maxLength": 64},
+                        "additionalProperties": {"type": "string"},
+                    },
+                },
+            ],
         ),
     },
     "/v1/fine_tuning/jobs/{job_id}": {
         "get": _ft(
             "openaiGetJob",
             "OpenAI: get a job",
-            {"200": _json(_ref("OpenAIJob"), "The job"), **_errors(401, 404)},
+            {"200": _json(_ref("OpenAIJob"), "The job"), **_errors(400, 401, 404)},
             parameters=[_JOB_ID],
         ),
     },
@@ -399,7 +543,7 @@ PATHS: dict[str, Any] = {
         "post": _ft(
             "openaiCancelJob",
             "OpenAI: cancel a job",
-            {"200": _json(_ref("OpenAIJob"), "The job"), **_errors(401, 404, 409)},
+            {"200": _json(_ref("OpenAIJob"), "The job"), **_errors(400, 401, 404, 409)},
             parameters=[_JOB_ID],
         ),
     },
@@ -407,7 +551,7 @@ PATHS: dict[str, Any] = {
         "post": _ft(
             "openaiPauseJob",
             "OpenAI: pause a job",
-            {"200": _json(_ref("OpenAIJob"), "The job"), **_errors(401, 404, 409)},
+            {"200": _json(_ref("OpenAIJob"), "The job"), **_errors(400, 401, 404, 409)},
             parameters=[_JOB_ID],
         ),
     },
@@ -415,7 +559,7 @@ PATHS: dict[str, Any] = {
         "post": _ft(
             "openaiResumeJob",
             "OpenAI: resume a job",
-            {"200": _json(_ref("OpenAIJob"), "The job"), **_errors(401, 404, 409)},
+            {"200": _json(_ref("OpenAIJob"), "The job"), **_errors(400, 401, 404, 409)},
             parameters=[_JOB_ID],
         ),
     },
@@ -424,7 +568,7 @@ PATHS: dict[str, Any] = {
             "openaiListEvents",
             "OpenAI: a job's events, newest first",
             {"200": _json(_list_of("OpenAIEvent"), "A page of events"), **_errors(400, 401, 404)},
-            parameters=[_JOB_ID, _limit(20, 1000), _AFTER],
+            parameters=[_JOB_ID, _limit(20, 1000), _cursor(EVENT_ID_PATTERN, "event")],
         ),
     },
     "/v1/fine_tuning/jobs/{job_id}/checkpoints": {
@@ -432,7 +576,7 @@ PATHS: dict[str, Any] = {
             "openaiListCheckpoints",
             "OpenAI: a job's checkpoints, newest first",
             {"200": _json(_list_of("OpenAICheckpoint"), "A page of checkpoints"), **_errors(400, 401, 404)},
-            parameters=[_JOB_ID, _limit(10, 1000), _AFTER],
+            parameters=[_JOB_ID, _limit(10, 1000), _cursor(CHECKPOINT_ID_PATTERN, "checkpoint")],
         ),
     },
 }

@@ -53,7 +53,7 @@ async def download(request: Request) -> Response:
     params = request.query_params
     check_query(params, ("checkpoint",))
     step = None
-    if params.get("checkpoint") not in (None, ""):
+    if "checkpoint" in params:  # an empty value is not a step: 400, like every other integer parameter
         step = query_int(params, "checkpoint", default=0, minimum=0, maximum=MAX_STEP)
     folder, name = await _manager(request).adapter_dir(job_id, owner=owner, checkpoint=step)
     log.info("job %s: download of %s", job_id, name)

@@ -20,7 +20,9 @@ from starlette.routing import Route
 from . import openai_compat as oc
 from .auth import authenticate
 from .errors import APIError
+from .files import PURPOSES
 from .requests import (
+    check_query,
     parse_json_body,
     query_int,
     validate_create,
@@ -32,7 +34,7 @@ from .routes_files import content_response, file_id_param
 log = logging.getLogger("tuning_service.openai")
 
 Handler = Callable[[Request], Awaitable[Response]]
-_METADATA_QUERY = re.compile(r"^metadata\[(.{1,64})\]$")
+_METADATA_QUERY = re.compile(r"^metadata\[(.{1,64})\]$", re.DOTALL)  # any key (newlines too)
 
 
 def openai_errors(handler: Handler) -> Handler:
@@ -48,6 +50,10 @@ def openai_errors(handler: Handler) -> Handler:
 
 def _manager(request: Request) -> Any:
     return request.app.state.manager
+
+
+def _no_query(request: Request) -> None:
+    check_query(request.query_params)
 
 
 def _after(request: Request) -> str | None:
@@ -75,6 +81,7 @@ def _page(data: list[dict[str, Any]], has_more: bool) -> JSONResponse:
 @openai_errors
 async def create_file(request: Request) -> Response:
     owner = await authenticate(request)
+    _no_query(request)
     return JSONResponse(await _manager(request).files.upload(request, owner))
 
 
@@ -82,6 +89,7 @@ async def create_file(request: Request) -> Response:
 async def list_files(request: Request) -> Response:
     owner = await authenticate(request)
     params = request.query_params
+    check_query(params, ("limit", "after", "order", "purpose"))
     # OpenAI's default page is large (10000); the cursor makes any size work.
     limit = query_int(params, "limit", default=10000, minimum=1, maximum=10000)
     order = params.get("order") or "desc"
@@ -89,7 +97,9 @@ async def list_files(request: Request) -> Response:
         raise oc.bad(
             "order", "order must be 'desc' (newest first): the only order this service lists files in"
         )
-    purpose = params.get("purpose") or None
+    purpose = params.get("purpose")
+    if purpose is not None and purpose not in PURPOSES:
+        raise oc.bad("purpose", f"purpose must be one of {', '.join(PURPOSES)}, got {purpose[:32]!r}")
     files, has_more = await _manager(request).files.list(
         owner=owner, purpose=purpose, after=_after(request), limit=limit
     )
@@ -99,18 +109,21 @@ async def list_files(request: Request) -> Response:
 @openai_errors
 async def get_file(request: Request) -> Response:
     owner = await authenticate(request)
+    _no_query(request)
     return JSONResponse(await _manager(request).files.get(file_id_param(request), owner))
 
 
 @openai_errors
 async def delete_file(request: Request) -> Response:
     owner = await authenticate(request)
+    _no_query(request)
     return JSONResponse(await _manager(request).files.delete(file_id_param(request), owner))
 
 
 @openai_errors
 async def file_content(request: Request) -> Response:
     owner = await authenticate(request)
+    _no_query(request)
     path, filename = await _manager(request).files.content_path(file_id_param(request), owner)
     return content_response(path, filename)
 
@@ -121,6 +134,7 @@ async def file_content(request: Request) -> Response:
 @openai_errors
 async def create_job(request: Request) -> Response:
     owner = await authenticate(request)
+    _no_query(request)
     idempotency_key = validate_idempotency_key(request.headers.get("idempotency-key"))
     native = oc.native_create_body(parse_json_body(await request.body()))
     job_request = await validate_create(native, request.app.state.settings)
@@ -144,6 +158,7 @@ async def list_jobs(request: Request) -> Response:
             metadata[m.group(1)] = value
         elif name.startswith("metadata"):
             raise oc.bad(name[:80], "filter by metadata as metadata[KEY]=VALUE")
+    check_query([n for n in params if not _METADATA_QUERY.match(n)], ("limit", "after"))
     jobs, has_more = await _manager(request).list(
         owner=owner, status=None, after=_after(request), limit=limit, metadata=metadata or None
     )
@@ -157,24 +172,28 @@ def _job_id(request: Request) -> str:
 @openai_errors
 async def get_job(request: Request) -> Response:
     owner = await authenticate(request)
+    _no_query(request)
     return JSONResponse(oc.openai_job(await _manager(request).get(_job_id(request), owner=owner), owner))
 
 
 @openai_errors
 async def cancel_job(request: Request) -> Response:
     owner = await authenticate(request)
+    _no_query(request)
     return JSONResponse(oc.openai_job(await _manager(request).cancel(_job_id(request), owner=owner), owner))
 
 
 @openai_errors
 async def pause_job(request: Request) -> Response:
     owner = await authenticate(request)
+    _no_query(request)
     return JSONResponse(oc.openai_job(await _manager(request).pause(_job_id(request), owner=owner), owner))
 
 
 @openai_errors
 async def resume_job(request: Request) -> Response:
     owner = await authenticate(request)
+    _no_query(request)
     return JSONResponse(oc.openai_job(await _manager(request).resume(_job_id(request), owner=owner), owner))
 
 
@@ -182,9 +201,13 @@ async def resume_job(request: Request) -> Response:
 async def list_events(request: Request) -> Response:
     owner = await authenticate(request)
     job_id = _job_id(request)
+    check_query(request.query_params, ("limit", "after"))
     limit = query_int(request.query_params, "limit", default=20, minimum=1, maximum=1000)
     after = _after(request)
     before = None if after is None else oc.parse_event_id(job_id, after)
+    if after is not None and before is None:  # another job's event id: nothing comes after it here
+        await _manager(request).get(job_id, owner=owner)  # still 404 for an unknown job
+        return _page([], False)
     # Newest first, like OpenAI; `after` is the last event id of the previous page.
     records, has_more = await _manager(request).records(
         job_id, owner=owner, before=before, limit=limit, exclude_types=("log",), newest_first=True
@@ -196,6 +219,7 @@ async def list_events(request: Request) -> Response:
 async def list_checkpoints(request: Request) -> Response:
     owner = await authenticate(request)
     job_id = _job_id(request)
+    check_query(request.query_params, ("limit", "after"))
     limit = query_int(request.query_params, "limit", default=10, minimum=1, maximum=1000)
     manager = _manager(request)
     job = await manager.get(job_id, owner=owner)
@@ -204,10 +228,12 @@ async def list_checkpoints(request: Request) -> Response:
     ]
     after = _after(request)
     if after is not None:
+        if not oc.CHECKPOINT_ID_RE.match(after):
+            raise oc.bad("after", f"after must be a checkpoint id (ftckpt-<job>-<step>), got {after[:80]!r}")
         ids = [c["id"] for c in items]
-        if after not in ids:
-            raise oc.bad("after", f"after must be a checkpoint id of job {job_id}, got {after[:80]!r}")
-        items = items[ids.index(after) + 1 :]
+        # A checkpoint id that is not (or no longer) one of this job's: nothing comes after it (empty page,
+        # as for the list routes' cursors).
+        items = items[ids.index(after) + 1 :] if after in ids else []
     return _page(items[:limit], len(items) > limit)
 
 
