@@ -32,6 +32,7 @@ from ._objects import Checkpoint, FileDeleted, FileError, FileObject
 from ._pagination import CursorPage
 from ._transfer import ArchiveError
 from ._version import __version__
+from .webhooks import WebhookSignatureError
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -62,5 +63,6 @@ __all__ = [
     "TuningJob",
     "UnprocessableEntityError",
     "WaitTimeoutError",
+    "WebhookSignatureError",
     "__version__",
 ]

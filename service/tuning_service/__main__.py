@@ -4,6 +4,7 @@
     python -m tuning_service keys create --name NAME                   # prints a new key, once
     python -m tuning_service keys list
     python -m tuning_service keys revoke KEY_ID_OR_NAME
+    python -m tuning_service keys set-webhook KEY_ID_OR_NAME [--url URL | --clear] [--rotate-secret]
 
 `tuning-service` (the console script) is the same as `python -m tuning_service`.
 """
@@ -55,6 +56,16 @@ def _keys_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="create a key and print it (shown once; only its hash is stored)")
     create.add_argument("--name", required=True, help="a label for the key (e.g. the team or user)")
+    create.add_argument("--webhook-url", default=None, help="default webhook for this key's jobs")
+    hook = sub.add_parser(
+        "set-webhook",
+        help="set a key's default webhook URL and/or make its signing secret (printed once)",
+    )
+    hook.add_argument("key", help="key id (key_...) or name")
+    target = hook.add_mutually_exclusive_group()
+    target.add_argument("--url", default=None, help="default webhook for the key's jobs (http/https)")
+    target.add_argument("--clear", action="store_true", help="remove the key's default webhook URL")
+    hook.add_argument("--rotate-secret", action="store_true", help="replace the signing secret")
     lst = sub.add_parser("list", help="list keys (never their values)")
     lst.add_argument("--json", action="store_true", help="print JSON")
     revoke = sub.add_parser("revoke", help="revoke a key by id or name; it stops working at once")
@@ -107,7 +118,31 @@ def _fmt_time(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+def _check_webhook_url(url: str | None) -> str | None:
+    from .errors import APIError
+    from .webhooks import UrlPolicy
+
+    if url is None:
+        return None
+    try:
+        return UrlPolicy(load_settings().webhook_allow_networks).check_shape(url, "--url")
+    except APIError as exc:
+        raise SystemExit(f"tuning-service: {exc.message}") from None
+
+
+def _print_secret(secret: str | None) -> None:
+    if secret:
+        print(
+            f"Webhook signing secret: {secret}\n(verify deliveries with "
+            "tuning_sdk.webhooks.verify_signature; shown once: 'keys set-webhook KEY --rotate-secret' "
+            "makes a new one)",
+            file=sys.stderr,
+        )
+
+
 def keys(argv: Sequence[str]) -> int:
+    from .webhooks import set_key_webhook
+
     args = _keys_parser().parse_args(argv)
     if args.action == "create":
         name = args.name.strip()
@@ -115,12 +150,38 @@ def keys(argv: Sequence[str]) -> int:
             # "env-<n>" is how keys from TUNING_API_KEYS are named in the key store.
             print("--name must be non-empty and must not start with 'env-'", file=sys.stderr)
             return 2
-        key_id, plaintext = asyncio.run(_with_manager(lambda m: m.create_key(name)))
+        url = _check_webhook_url(args.webhook_url)
+
+        async def create(m: Any) -> tuple[str, str, str | None]:
+            key_id, plaintext = await m.create_key(name)
+            # Every new key gets its webhook signing secret now, so it is shown with the key.
+            found = await set_key_webhook(m.store, key_id, url=url, clear=False, rotate=False)
+            return key_id, plaintext, found[1] if found else None
+
+        key_id, plaintext, secret = asyncio.run(_with_manager(create))
         print(
             f"Created API key {key_id} ({name}). Copy it now: it is not stored and cannot be shown again.",
             file=sys.stderr,
         )
+        _print_secret(secret)
         print(plaintext)
+        return 0
+    if args.action == "set-webhook":
+        url = _check_webhook_url(args.url)
+        found = asyncio.run(
+            _with_manager(
+                lambda m: set_key_webhook(
+                    m.store, args.key, url=url, clear=args.clear, rotate=args.rotate_secret
+                )
+            )
+        )
+        if found is None:
+            print(f"No single active key with id or name {args.key!r}", file=sys.stderr)
+            return 1
+        key_id, secret = found
+        what = f"webhook URL {url}" if url else "no webhook URL" if args.clear else "webhook settings"
+        print(f"Updated {key_id}: {what}", file=sys.stderr)
+        _print_secret(secret)
         return 0
     if args.action == "list":
         rows = asyncio.run(_with_manager(lambda m: m.list_keys()))

@@ -89,6 +89,9 @@ def public_job(row: dict[str, Any], queue_position: int | None = None) -> dict[s
         "error": row["error"],
         "metrics": row["metrics"],
     }
+    if req.get("webhook_url"):  # only on jobs that have one: the documented shape stays as it was
+        job["webhook_url"] = req["webhook_url"]
+        job["webhook_events"] = req.get("webhook_events") or list(webhooks.TERMINAL_EVENTS)
     return job
 
 
@@ -148,6 +151,15 @@ class JobManager:
     ) -> tuple[dict[str, Any], bool]:
         rhash = request_hash(request)
         hyper = self._check_request(request)
+        if request.get("webhook_url") and not await webhooks.key_has_secret(self.store, owner):
+            raise APIError(
+                422,
+                "webhook_secret_missing",
+                f"This API key ({owner}) has no webhook signing secret yet: run 'python -m "
+                f"tuning_service keys set-webhook {owner}' on the server (it prints the secret once), "
+                "then retry",
+                param="webhook_url",
+            )
         for param in ("training_file", "validation_file"):
             if is_file_id(request.get(param)):
                 await self.files.for_job(request[param], owner, param)

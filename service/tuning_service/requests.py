@@ -23,6 +23,7 @@ from .errors import APIError, job_not_found
 from .openapi import IDEMPOTENCY_KEY_PATTERN
 from .paths import resolve_data_path
 from .settings import Settings
+from .webhooks import UrlPolicy, check_events
 
 CREATE_FIELDS = (
     "model",
@@ -33,6 +34,8 @@ CREATE_FIELDS = (
     "suffix",
     "seed",
     "metadata",
+    "webhook_url",
+    "webhook_events",
 )
 STATUSES = (
     "validating",
@@ -215,7 +218,7 @@ def validate_create_shape(body: Any, settings: Settings) -> tuple[dict[str, Any]
     if not 0 <= seed <= MAX_SEED:
         raise _bad("seed", f"seed must be in [0, {MAX_SEED}], got {seed}", status=422, code="invalid_value")
 
-    request = {
+    request: dict[str, Any] = {
         "model": model,
         "training_file": training_file,
         "validation_file": validation_file,
@@ -225,6 +228,15 @@ def validate_create_shape(body: Any, settings: Settings) -> tuple[dict[str, Any]
         "seed": seed,
         "metadata": validate_metadata(body.get("metadata")),
     }
+    # Webhooks (webhooks.py): kept out of the normalised body when absent, so older bodies hash the same.
+    if body.get("webhook_url") is not None:
+        policy = UrlPolicy(settings.webhook_allow_networks)
+        request["webhook_url"] = policy.check_shape(body["webhook_url"])
+        events = check_events(body.get("webhook_events"))
+        if events is not None:
+            request["webhook_events"] = events
+    elif body.get("webhook_events") is not None:
+        raise _bad("webhook_events", "webhook_events needs a webhook_url", status=422, code="invalid_value")
     return request, paths
 
 
@@ -256,6 +268,8 @@ def _check_file(path: Path, param: str, shown: str, settings: Settings) -> dict[
 async def validate_create(body: Any, settings: Settings) -> dict[str, Any]:
     """The whole create check: field shapes, then the data files' contents (in a thread: files can be big)."""
     request, paths = validate_create_shape(body, settings)
+    if "webhook_url" in request:  # every address the host resolves to must be allowed too
+        await UrlPolicy(settings.webhook_allow_networks).check(request["webhook_url"])
     for param, path in paths.items():
         await asyncio.to_thread(_check_file, path, param, request[param], settings)
     return request

@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 from .. import _http
@@ -88,6 +88,8 @@ class Tunings(JobActions):
         suffix: str | None = None,
         seed: int | None = None,
         metadata: Mapping[str, Any] | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Sequence[str] | None = None,
         idempotency_key: str | None = None,
     ) -> TuningJob:
         """Create a fine-tuning job. The service validates it (data file included) and queues it.
@@ -102,6 +104,10 @@ class Tunings(JobActions):
             suffix: goes into the fine-tuned model's name.
             seed: random seed.
             metadata: free-form key/values stored with the job.
+            webhook_url: an http(s) URL the service POSTs a signed event to when the job ends (verify it with
+                `tuning_sdk.webhooks.verify_signature` and the key's ``whsec_...`` secret).
+            webhook_events: which events to send there: ``"job.succeeded"``, ``"job.failed"``,
+                ``"job.cancelled"`` (the default: all three) and ``"job.checkpoint"``.
             idempotency_key: makes the create safe to repeat (the SDK generates one per call when omitted,
                 reused across its automatic retries).
 
@@ -132,6 +138,8 @@ class Tunings(JobActions):
             "suffix": suffix,
             "seed": seed,
             "metadata": dict(metadata) if metadata is not None else None,
+            "webhook_url": webhook_url,
+            "webhook_events": list(webhook_events) if webhook_events is not None else None,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         data = self._t.request("POST", "/v1/tunings.create", json_body=body, idempotency_key=idempotency_key)
