@@ -26,7 +26,7 @@ from .files import Files, is_file_id
 from .recovery import recover
 from .scheduler import Scheduler
 from .settings import Settings
-from .states import RESUMABLE, JobStatus
+from .states import ACTIVE, NON_TERMINAL, RESUMABLE, JobStatus
 from .store import Store
 from .supervisor import Supervisor
 
@@ -513,8 +513,20 @@ class JobManager:
         return row is None or JobStatus(row["status"]).is_terminal()
 
     async def health(self) -> dict[str, Any]:
-        active, total = await self.store.counts()
-        return {"active_jobs": active, "total_jobs": total}
+        """Job counts for /health. `active_jobs`: unfinished work that is not paused (queued, or holding a
+        trainer: `running_jobs`); a paused job holds no trainer and no slot, so it is counted apart."""
+        by_status = await self.store.status_counts()
+
+        def count(states: builtins.set[JobStatus] | frozenset[JobStatus]) -> int:
+            return sum(by_status.get(s.value, 0) for s in states)
+
+        return {
+            "active_jobs": count(NON_TERMINAL - {JobStatus.PAUSED}),
+            "running_jobs": count(ACTIVE),
+            "queued_jobs": count({JobStatus.QUEUED, JobStatus.VALIDATING}),
+            "paused_jobs": count({JobStatus.PAUSED}),
+            "total_jobs": sum(by_status.values()),
+        }
 
     # ---- API keys ----------------------------------------------------------------------------------------
 

@@ -242,12 +242,33 @@ SCHEMAS: dict[str, Any] = {
     },
     "Health": {
         "type": "object",
-        "required": ["status", "version", "uptime", "active_jobs", "total_jobs"],
+        "required": [
+            "status",
+            "version",
+            "uptime",
+            "active_jobs",
+            "running_jobs",
+            "queued_jobs",
+            "paused_jobs",
+            "total_jobs",
+        ],
         "properties": {
             "status": {"const": "healthy"},
             "version": {"type": "string"},
             "uptime": {"type": "number", "description": "seconds since start"},
-            "active_jobs": {"type": "integer"},
+            "active_jobs": {
+                "type": "integer",
+                "description": "Unfinished jobs that are not paused: queued or holding a trainer",
+            },
+            "running_jobs": {
+                "type": "integer",
+                "description": "Jobs holding a trainer (running, cancelling, pausing)",
+            },
+            "queued_jobs": {"type": "integer", "description": "Jobs waiting for a slot"},
+            "paused_jobs": {
+                "type": "integer",
+                "description": "Paused jobs: no trainer, no slot; resume queues them again",
+            },
             "total_jobs": {"type": "integer"},
         },
     },

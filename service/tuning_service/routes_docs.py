@@ -37,8 +37,10 @@ async def health(request: Request) -> JSONResponse:
             "status": "healthy",
             "version": service_version(),
             "uptime": round(time.monotonic() - request.app.state.started_monotonic, 3),
-            "active_jobs": int(counts.get("active_jobs", 0)),
-            "total_jobs": int(counts.get("total_jobs", 0)),
+            **{
+                name: int(counts.get(name, 0))
+                for name in ("active_jobs", "running_jobs", "queued_jobs", "paused_jobs", "total_jobs")
+            },
         }
     )
 

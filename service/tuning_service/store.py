@@ -119,6 +119,11 @@ class Store(Database):
         rows = await self.all("SELECT id FROM jobs WHERE status = 'queued' ORDER BY ord")
         return {r["id"]: i for i, r in enumerate(rows, start=1)}
 
+    async def status_counts(self) -> dict[str, int]:
+        """How many jobs are in each status (statuses without jobs are absent)."""
+        rows = await self.all("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        return {str(r["status"]): int(r["n"]) for r in rows}
+
     async def counts(self) -> tuple[int, int]:
         row = await self.one(
             f"SELECT COUNT(*) AS total, SUM(status IN ({_NON_TERMINAL_SQL})) AS active FROM jobs"
@@ -167,7 +172,8 @@ class Store(Database):
                 head["id"],
                 where={"status": JobStatus.QUEUED.value},
                 status=JobStatus.RUNNING.value,
-                started_at=now,
+                # The first start: a resumed job keeps it (its `status` records say when each run began).
+                **({"started_at": now} if head["started_at"] is None else {}),
                 supervisor_id=supervisor_id,
                 supervisor_heartbeat=now,
                 gpu_lease=lease,

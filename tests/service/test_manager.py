@@ -61,7 +61,24 @@ def test_submit_get_list_public_shape(tmp_path: Path) -> None:
                 await m.get("ftjob-000000000000000000000000", owner=a)
             assert (unknown.value.status_code, unknown.value.code) == (404, "job_not_found")
             assert (await m.list(owner=b, status=None, after=None, limit=10)) == ([], False)
-            assert await m.health() == {"active_jobs": 2, "total_jobs": 2}
+            counts = {
+                "active_jobs": 2,
+                "running_jobs": 0,
+                "queued_jobs": 2,
+                "paused_jobs": 0,
+                "total_jobs": 2,
+            }
+            assert await m.health() == counts
+            # A paused job holds no trainer and no slot: reported apart, not as active work.
+            await m.pause(second["id"], owner=a)
+            counts = {
+                "active_jobs": 1,
+                "running_jobs": 0,
+                "queued_jobs": 1,
+                "paused_jobs": 1,
+                "total_jobs": 2,
+            }
+            assert await m.health() == counts
         finally:
             await m.stop()
 

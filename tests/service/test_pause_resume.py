@@ -73,11 +73,15 @@ def test_pause_checkpoints_and_resume_passes_the_checkpoint_to_the_trainer(tmp_p
             )
             job_id = job["id"]
             await wait_status(m, job_id, owner, "running")
+            first_start = (await m.store.get_job(job_id) or {})["started_at"]
             await _wait_for_a_step(m, job_id, owner)
+            assert (await m.health())["running_jobs"] == 1
             paused = await m.pause(job_id, owner=owner)
             assert paused["status"] in ("pausing", "paused")
             paused = await wait_status(m, job_id, owner, "paused")
             assert paused["finished_at"] is None and paused["error"] is None
+            health = await m.health()
+            assert (health["paused_jobs"], health["active_jobs"], health["running_jobs"]) == (1, 0, 0)
             ckpts = await m.checkpoints(job_id, owner=owner)
             assert len(ckpts) == 1 and ckpts[0]["step"] > 0
             assert ckpts[0]["path"] == f"checkpoints/checkpoint-{ckpts[0]['step']}"
@@ -86,7 +90,10 @@ def test_pause_checkpoints_and_resume_passes_the_checkpoint_to_the_trainer(tmp_p
             assert (info.value.status_code, info.value.code) == (409, "job_not_pausable")
             resumed = await m.resume(job_id, owner=owner)
             assert resumed["status"] == "queued"
-            await wait_status(m, job_id, owner, "succeeded", timeout=60)
+            done = await wait_status(m, job_id, owner, "succeeded", timeout=60)
+            # started_at is the first start, not the resumed run's (the status records show both runs).
+            assert (await m.store.get_job(job_id) or {})["started_at"] == first_start
+            assert done["started_at"] == int(first_start)
             cfg = json.loads((m.settings.jobs_dir / job_id / "config.json").read_text())
             assert cfg["resume_from"].endswith(f"checkpoints/checkpoint-{ckpts[0]['step']}")
             statuses = [r["status"] for r in await all_events(m, job_id, owner) if r["type"] == "status"]
