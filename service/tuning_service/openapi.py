@@ -10,6 +10,8 @@ from typing import Any
 
 # Printable ASCII without leading/trailing spaces (HTTP strips those): shared with requests.py.
 IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
+# = webhooks.EVENTS (kept literal here: this module imports nothing of the service; a test compares them)
+WEBHOOK_EVENTS = ("job.succeeded", "job.failed", "job.cancelled", "job.checkpoint")
 STATUSES = [
     "validating",
     "queued",
@@ -133,6 +135,25 @@ SCHEMAS: dict[str, Any] = {
                     "additionalProperties": {"type": "string", "maxLength": 512},
                 }
             ),
+            "webhook_url": _nullable(
+                {
+                    "type": "string",
+                    "format": "uri",
+                    "maxLength": 2048,
+                    "pattern": "^https?://",
+                    "description": "POSTed a signed event when the job ends (see docs/api.md, Webhooks); "
+                    "private and loopback addresses are refused unless TUNING_WEBHOOK_ALLOW_NETWORKS allows "
+                    "them",
+                }
+            ),
+            "webhook_events": _nullable(
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"enum": list(WEBHOOK_EVENTS)},
+                    "description": "Events sent to webhook_url (default: the three terminal ones)",
+                }
+            ),
         },
         "examples": [
             {
@@ -195,6 +216,8 @@ SCHEMAS: dict[str, Any] = {
             "trained_tokens": _nullable({"type": "integer"}),
             "error": _nullable(_ref("JobError")),
             "metrics": _nullable(_ref("TrainingMetrics")),
+            "webhook_url": {"type": "string", "description": "Only on jobs created with a webhook_url"},
+            "webhook_events": {"type": "array", "items": {"enum": list(WEBHOOK_EVENTS)}},
         },
     },
     "TuningJobList": {
@@ -335,6 +358,23 @@ PATHS: dict[str, Any] = {
             "tags": ["service"],
             "security": [],
             "responses": {"200": _json(_ref("Health"), "The service is up")},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics (no auth unless TUNING_METRICS_KEY is set)",
+            "tags": ["service"],
+            "description": "Prometheus text format; every series, its type and labels are listed in "
+            "docs/service.md (Metrics). With TUNING_METRICS_KEY set: `Authorization: Bearer <that key>`.",
+            "security": [{}, {"bearerAuth": []}],
+            "responses": {
+                "200": {
+                    "description": "The metrics",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "401": _json(_ref("Error"), "TUNING_METRICS_KEY is set and was not sent"),
+            },
         }
     },
     "/v1/tunings.create": {

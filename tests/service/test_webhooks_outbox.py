@@ -182,3 +182,9 @@ def test_backoff_is_exponential_with_jitter_and_capped(tmp_path: Path) -> None:
 def test_bad_allow_networks_setting_is_named() -> None:
     with pytest.raises(ValueError, match="TUNING_WEBHOOK_ALLOW_NETWORKS"):
         webhooks.UrlPolicy(["not-a-network"])
+
+
+def test_openapi_names_the_same_events() -> None:
+    from tuning_service.openapi import WEBHOOK_EVENTS
+
+    assert WEBHOOK_EVENTS == webhooks.EVENTS
