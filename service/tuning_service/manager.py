@@ -29,6 +29,7 @@ from .settings import Settings
 from .states import ACTIVE, NON_TERMINAL, RESUMABLE, JobStatus
 from .store import Store
 from .supervisor import Supervisor
+from .webhook_delivery import Deliverer
 
 log = logging.getLogger("tuning_service.manager")
 
@@ -103,7 +104,7 @@ class JobManager:
         self.scheduler = Scheduler(settings, store, self.supervisor)
         self.files = Files(settings, store)
         # Webhook outbox + delivery loop; the append hook also feeds the job duration histogram (metrics.py).
-        self.webhooks = webhooks.Deliverer(settings, store, self.supervisor.id)
+        self.webhooks = Deliverer(settings, store, self.supervisor.id)
         store.on_append = webhooks.make_append_hook(public_job, self.webhooks.enqueued)
         self._changed = asyncio.Event()
         self._started_at = time.time()

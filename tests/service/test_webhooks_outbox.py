@@ -17,6 +17,7 @@ from tuning_service import webhooks
 from tuning_service.manager import JobManager, public_job
 from tuning_service.states import JobStatus
 from tuning_service.store import Store
+from tuning_service.webhook_delivery import Attempt, Deliverer, backoff
 
 
 async def open_store(settings: Any) -> Store:
@@ -59,7 +60,7 @@ def test_pending_delivery_survives_a_restart(tmp_path: Path) -> None:
 
         store = await open_store(settings)  # the next start
         try:
-            sent = await webhooks.Deliverer(settings, store, "worker-b").tick()
+            sent = await Deliverer(settings, store, "worker-b").tick()
             assert sent == 1
             [done] = deliveries(store)
             assert done["status"] == "delivered" and done["attempts"] == 1 and done["claimed_by"] is None
@@ -68,7 +69,7 @@ def test_pending_delivery_survives_a_restart(tmp_path: Path) -> None:
             assert event["type"] == "job.cancelled" and event["data"]["status"] == "cancelled"
             records, _ = await store.records(job_id, limit=100, only_types=("webhook",))
             assert [r["outcome"] for r in records] == ["delivered"]
-            assert await webhooks.Deliverer(settings, store, "worker-b").tick() == 0  # nothing twice
+            assert await Deliverer(settings, store, "worker-b").tick() == 0  # nothing twice
         finally:
             await store.close()
 
@@ -86,12 +87,12 @@ def test_a_leased_delivery_is_left_to_its_worker_until_the_lease_ends(tmp_path: 
         store = await open_store(settings)
         try:
             await cancelled_job_with_webhook(store, settings, receiver.url)
-            a = webhooks.Deliverer(settings, store, "worker-a")
+            a = Deliverer(settings, store, "worker-a")
             [row] = deliveries(store)
             claimed = await a._claim(row["id"], time.time())
             assert claimed is not None and claimed["claimed_by"] == "worker-a"
             assert await a._claim(row["id"], time.time()) is None  # the rowcount says: taken
-            b = webhooks.Deliverer(settings, store, "worker-b")
+            b = Deliverer(settings, store, "worker-b")
             assert await b.tick() == 0 and receiver.received == []
             # Worker A died mid-attempt: once its lease has run out, B takes the delivery over.
             async with store.transaction() as tx:
@@ -99,7 +100,7 @@ def test_a_leased_delivery_is_left_to_its_worker_until_the_lease_ends(tmp_path: 
             assert await b.tick() == 1
             assert len(receiver.received) == 1
             # A's late result is discarded: the delivery is no longer claimed by it.
-            await a._record(claimed, 1, webhooks.Attempt(status_code=500, error="HTTP 500"), 0.1)
+            await a._record(claimed, 1, Attempt(status_code=500, error="HTTP 500"), 0.1)
             [row] = deliveries(store)
             assert row["status"] == "delivered" and row["attempts"] == 1
         finally:
@@ -121,7 +122,7 @@ def test_addresses_are_checked_again_at_delivery_time(tmp_path: Path) -> None:
         store = await open_store(allowed)
         try:
             _, job_id, _ = await cancelled_job_with_webhook(store, allowed, receiver.url)
-            assert await webhooks.Deliverer(strict, store, "w").tick() == 1
+            assert await Deliverer(strict, store, "w").tick() == 1
             [row] = deliveries(store)
             assert row["status"] == "failed" and "non-public" in row["last_error"]
             records, _ = await store.records(job_id, limit=100, only_types=("webhook",))
@@ -149,7 +150,7 @@ def test_retries_stop_after_the_retry_window(tmp_path: Path) -> None:
         store = await open_store(settings)
         try:
             _, job_id, _ = await cancelled_job_with_webhook(store, settings, receiver.url)
-            d = webhooks.Deliverer(settings, store, "w")
+            d = Deliverer(settings, store, "w")
             deadline = time.monotonic() + 10
             while deliveries(store)[0]["status"] == "pending":
                 assert time.monotonic() < deadline
@@ -172,11 +173,11 @@ def test_retries_stop_after_the_retry_window(tmp_path: Path) -> None:
 def test_backoff_is_exponential_with_jitter_and_capped(tmp_path: Path) -> None:
     s = make_settings(tmp_path, webhook_backoff_seconds=2.0, webhook_backoff_max_seconds=30.0)
     for attempt, base in [(1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (5, 30.0), (9, 30.0)]:
-        delays = [webhooks.backoff(s, attempt) for _ in range(50)]
+        delays = [backoff(s, attempt) for _ in range(50)]
         assert all(base / 2 <= d <= base for d in delays), (attempt, min(delays), max(delays))
         assert len(set(delays)) > 1  # jitter
-    assert webhooks.backoff(s, 1, retry_after=20) == 20  # the receiver's Retry-After wins
-    assert webhooks.backoff(s, 1, retry_after=999) == 30  # but never beyond the cap
+    assert backoff(s, 1, retry_after=20) == 20  # the receiver's Retry-After wins
+    assert backoff(s, 1, retry_after=999) == 30  # but never beyond the cap
 
 
 def test_bad_allow_networks_setting_is_named() -> None:
