@@ -189,3 +189,53 @@ def test_openapi_names_the_same_events() -> None:
     from tuning_service.openapi import WEBHOOK_EVENTS
 
     assert WEBHOOK_EVENTS == webhooks.EVENTS
+
+
+def test_https_is_verified_against_the_urls_host_while_connecting_to_the_checked_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The POST goes to the resolved (and checked) IP, but TLS still sends SNI and verifies the certificate
+    for the URL's host name."""
+    import http.server
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust the test certificate (as an operator's CA would)
+    policy = webhooks.UrlPolicy(["127.0.0.0/8", "::1/128"])
+    try:
+        from tuning_service.webhook_delivery import post
+
+        ok = post(policy, f"https://localhost:{port}/hook", b"{}", {}, 5)
+        assert ok.delivered and ok.status_code == 204
+        mismatch = post(policy, f"https://127.0.0.1:{port}/hook", b"{}", {}, 5)
+        assert not mismatch.delivered and "doesn't match" in (mismatch.error or "")
+        assert not mismatch.permanent  # a TLS failure is retried
+    finally:
+        server.shutdown()
+        server.server_close()
