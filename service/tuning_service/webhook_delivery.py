@@ -26,6 +26,10 @@ log = logging.getLogger("tuning_service.webhooks")
 
 POLL_SECONDS = 0.5  # how often a worker looks for deliveries due (its own events wake it at once)
 BATCH = 8  # deliveries attempted at once per worker
+# Finished deliveries (delivered or failed) stay in the outbox this long, then go: each attempt is also a job
+# record, which lives as long as the job.
+KEEP_FINISHED_SECONDS = 7 * 86400
+PRUNE_EVERY_SECONDS = 3600
 
 
 @dataclass
@@ -116,6 +120,7 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._pending = False
         self._task: asyncio.Task[None] | None = None
+        self._last_prune = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="tuning-webhooks")
@@ -154,6 +159,8 @@ class Deliverer:
 
     async def tick(self) -> int:
         """Attempt every delivery due now (BATCH at a time); returns how many were attempted."""
+        if time.time() - self._last_prune >= PRUNE_EVERY_SECONDS:
+            await self.prune(time.time() - KEEP_FINISHED_SECONDS)
         done = 0
         while True:
             now = time.time()
@@ -167,6 +174,16 @@ class Deliverer:
                 return done
             await asyncio.gather(*(self._attempt(d) for d in claimed))
             done += len(claimed)
+
+    async def prune(self, before: float) -> int:
+        """Remove deliveries that finished before `before`; returns how many."""
+        self._last_prune = time.time()
+        async with self.store.transaction() as tx:
+            cur = await tx.execute(
+                "DELETE FROM webhook_deliveries WHERE status IN ('delivered', 'failed') AND finished_at < ?",
+                (before,),
+            )
+            return int(cur.rowcount)
 
     async def _claim(self, delivery_id: str, now: float) -> dict[str, Any] | None:
         lease = now + self.settings.webhook_timeout_seconds * 2 + 5

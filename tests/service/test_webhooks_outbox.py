@@ -70,6 +70,12 @@ def test_pending_delivery_survives_a_restart(tmp_path: Path) -> None:
             records, _ = await store.records(job_id, limit=100, only_types=("webhook",))
             assert [r["outcome"] for r in records] == ["delivered"]
             assert await Deliverer(settings, store, "worker-b").tick() == 0  # nothing twice
+            # Finished deliveries are pruned after a while (the job keeps its `webhook` records).
+            assert await Deliverer(settings, store, "w").prune(time.time() - 3600) == 0
+            assert await Deliverer(settings, store, "w").prune(time.time() + 1) == 1
+            assert deliveries(store) == []
+            records, _ = await store.records(job_id, limit=100, only_types=("webhook",))
+            assert len(records) == 1
         finally:
             await store.close()
 
