@@ -31,6 +31,7 @@ from . import (
     routes_logs,
     routes_metrics,
     routes_openai,
+    routes_ui,
 )
 from .auth import setup_keys
 from .errors import APIError
@@ -153,6 +154,9 @@ def create_app() -> Starlette:
             *routes_files.routes,
             *routes_openai.routes,
             *routes_metrics.routes,
+            # The dashboard (/ui, and / leading to it): static files, no API.
+            *routes_ui.root_routes,
+            *routes_ui.routes,
         ],
         # File uploads are bounded by TUNING_MAX_FILE_BYTES (while streaming), everything else by the
         # request limit.

@@ -1,0 +1,110 @@
+"""The dashboard's files as HTTP serves them (no browser needed): content types, cache policy, the strict
+Content-Security-Policy, 404s, nothing inline, and every file shipped as package data."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import sys
+from pathlib import Path
+
+from tests.support.server import ServiceProcess
+from tuning_service import routes_ui
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+UI_DIR = Path(routes_ui.__file__).parent / "ui"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _assets_of(html: str) -> list[str]:
+    return re.findall(r"""(?:src|href)="([^"#]+)\"""", html)
+
+
+def test_root_and_bare_ui_lead_to_the_dashboard(api_service: ServiceProcess) -> None:
+    import http.client
+
+    for path in ("/", "/ui"):
+        conn = http.client.HTTPConnection("127.0.0.1", api_service.port, timeout=10)
+        conn.request("GET", path)
+        r = conn.getresponse()
+        assert r.status in (301, 307), (path, r.status)
+        assert r.getheader("location").endswith("/ui/"), r.getheader("location")
+        conn.close()
+
+
+def test_index_and_assets_have_types_cache_policy_and_a_strict_csp(api_service: ServiceProcess) -> None:
+    r = api_service.get("/ui/", key=None)
+    assert r.status == 200
+    assert r.headers["content-type"] == "text/html; charset=utf-8"
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "script-src 'self'" in csp and "style-src 'self'" in csp
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["cache-control"] == "no-cache"
+    # Nothing inline, nothing from another origin.
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", r.text)
+    assert "<style" not in r.text and " style=" not in r.text
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", r.text)
+    assets = _assets_of(r.text)
+    assert {"app.css", "js/main.js", "favicon.svg"} <= set(assets)
+    types = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+    for asset in assets:
+        a = api_service.get("/ui/" + asset, key=None)
+        assert a.status == 200, asset
+        assert a.headers["content-type"].startswith(types[Path(asset).suffix]), (asset, a.headers)
+        assert a.headers["cache-control"] == "no-cache" and a.headers["etag"]
+        assert a.headers["content-security-policy"] == csp
+
+
+def test_every_imported_module_is_served(api_service: ServiceProcess) -> None:
+    for js in sorted((UI_DIR / "js").glob("*.js")):
+        for target in re.findall(r"""from\s+"\./([\w-]+\.js)\"""", js.read_text(encoding="utf-8")):
+            assert (UI_DIR / "js" / target).is_file(), (js.name, target)
+        r = api_service.get(f"/ui/js/{js.name}", key=None)
+        assert r.status == 200 and r.headers["content-type"].startswith("text/javascript"), js.name
+
+
+def test_etag_revalidation_is_a_304(api_service: ServiceProcess) -> None:
+    first = api_service.get("/ui/js/main.js", key=None)
+    again = api_service.get("/ui/js/main.js", key=None, headers={"If-None-Match": first.headers["etag"]})
+    assert again.status == 304 and again.body == b""
+    stale = api_service.get("/ui/js/main.js", key=None, headers={"If-None-Match": '"other"'})
+    assert stale.status == 200 and stale.body == first.body
+
+
+def test_unknown_files_and_traversal_are_404(api_service: ServiceProcess) -> None:
+    for path in (
+        "/ui/nope.js",
+        "/ui/js/nope.js",
+        "/ui/../routes_ui.py",
+        "/ui/%2e%2e/routes_ui.py",
+        "/ui/js/..%2f..%2froutes_ui.py",
+        "/ui/index.html/",
+    ):
+        r = api_service.get(path, key=None)
+        assert r.status == 404, (path, r.status)
+        assert b"import" not in r.body
+
+
+def test_no_html_injection_sinks_in_the_scripts() -> None:
+    # Server data goes into the page as text only (textContent / createTextNode via dom.js).
+    sinks = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function\(")
+    for js in (UI_DIR / "js").glob("*.js"):
+        text = js.read_text(encoding="utf-8")
+        assert not sinks.search(text), js.name
+        # One idea per file: modules stay small.
+        assert len(text.splitlines()) <= 200, (js.name, len(text.splitlines()))
+
+
+def test_every_ui_file_is_package_data() -> None:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    globs = config["tool"]["setuptools"]["package-data"]["tuning_service"]
+    for path in UI_DIR.rglob("*"):
+        if path.is_file():
+            rel = path.relative_to(UI_DIR.parent).as_posix()
+            assert any(fnmatch.fnmatch(rel, g) for g in globs), rel
