@@ -141,7 +141,7 @@ def _print_secret(secret: str | None) -> None:
 
 
 def keys(argv: Sequence[str]) -> int:
-    from .webhooks import set_key_webhook
+    from .webhooks import key_webhooks, set_key_webhook
 
     args = _keys_parser().parse_args(argv)
     if args.action == "create":
@@ -184,17 +184,26 @@ def keys(argv: Sequence[str]) -> int:
         _print_secret(secret)
         return 0
     if args.action == "list":
-        rows = asyncio.run(_with_manager(lambda m: m.list_keys()))
+
+        async def listing(m: Any) -> list[dict[str, Any]]:
+            hooks = await key_webhooks(m.store)  # never the secrets: only whether there is one
+            return [{**r, **hooks.get(r["id"], {})} for r in await m.list_keys()]
+
+        rows = asyncio.run(_with_manager(listing))
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
         if not rows:
             print("No API keys. Create one with: python -m tuning_service keys create --name NAME")
             return 0
-        print(f"{'ID':<22} {'NAME':<24} {'CREATED':<20} STATUS")
+        print(f"{'ID':<22} {'NAME':<24} {'CREATED':<20} {'STATUS':<28} WEBHOOK")
         for r in rows:
             status = f"revoked {_fmt_time(r.get('revoked_at'))}" if r.get("revoked_at") else "active"
-            print(f"{r['id']:<22} {str(r['name'])[:24]:<24} {_fmt_time(r.get('created_at')):<20} {status}")
+            hook = r.get("webhook_url") or ("-" if r.get("has_webhook_secret") else "- (no secret)")
+            print(
+                f"{r['id']:<22} {str(r['name'])[:24]:<24} {_fmt_time(r.get('created_at')):<20} {status:<28} "
+                f"{hook}"
+            )
         return 0
     revoked = asyncio.run(_with_manager(lambda m: m.revoke_key(args.key)))
     if not revoked:

@@ -249,6 +249,16 @@ async def set_key_webhook(
         return str(key["id"]), secret
 
 
+async def key_webhooks(store: Any) -> dict[str, dict[str, Any]]:
+    """key id -> {"webhook_url", "has_webhook_secret"} (for `keys list`; the secrets themselves never)."""
+    rows = await store.all(
+        "SELECT id, webhook_url, webhook_secret IS NOT NULL AS has_secret FROM api_keys ORDER BY id"
+    )
+    return {
+        r["id"]: {"webhook_url": r["webhook_url"], "has_webhook_secret": bool(r["has_secret"])} for r in rows
+    }
+
+
 async def key_has_secret(store: Any, key_id: str) -> bool:
     row = await store.one("SELECT webhook_secret FROM api_keys WHERE id = ?", (key_id,))
     return bool(row and row["webhook_secret"])

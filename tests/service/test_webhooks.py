@@ -155,7 +155,11 @@ def test_key_default_webhook(svc: ServiceProcess, receiver: Receiver) -> None:
     assert key and "\n" not in key  # stdout is still the key alone
     key_secret = SECRET_RE.search(created.stderr)
     assert key_secret, created.stderr
-    assert key_secret.group(1) not in svc.cli("keys", "list", "--json").stdout
+    listing = svc.cli("keys", "list", "--json").stdout
+    assert key_secret.group(1) not in listing
+    [hooked] = [k for k in json.loads(listing) if k["name"] == "hooked"]
+    assert hooked["webhook_url"] == receiver.url and hooked["has_webhook_secret"] is True
+    assert receiver.url in svc.cli("keys", "list").stdout
     job = svc.create_job(key=key, model="fake:complete?steps=1")
     assert "webhook_url" not in job  # the key's default is not the job's own
     svc.wait_for(job["id"], "succeeded", key=key)
