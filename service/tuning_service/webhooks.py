@@ -42,6 +42,7 @@ TERMINAL_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
 EVENTS = (*TERMINAL_EVENTS, "job.checkpoint")
 MAX_URL_CHARS = 2048
 SIGNATURE_HEADER = "Tuning-Signature"
+RESOLVE_AT_CREATE_SECONDS = 2.0
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -123,10 +124,11 @@ class UrlPolicy:
         is accepted (DNS may be down for a moment; the delivery checks again and retries)."""
         url = self.check_shape(url, param)
         try:
-            await asyncio.to_thread(self.resolve, url)
+            # Bounded: a slow resolver must not hold the create request (the delivery checks again anyway).
+            await asyncio.wait_for(asyncio.to_thread(self.resolve, url), RESOLVE_AT_CREATE_SECONDS)
         except ValueError as exc:
             raise _invalid(param, f"{param} is refused: {exc} (see TUNING_WEBHOOK_ALLOW_NETWORKS)") from None
-        except OSError:
+        except (OSError, asyncio.TimeoutError):
             pass
         return url
 
