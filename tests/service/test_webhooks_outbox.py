@@ -245,3 +245,39 @@ def test_https_is_verified_against_the_urls_host_while_connecting_to_the_checked
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _fake_dns(monkeypatch: pytest.MonkeyPatch, answers: list[str]) -> None:
+    import socket
+
+    def getaddrinfo(host: str, port: int, *args: Any, **kw: Any) -> list[Any]:
+        family = socket.AF_INET6 if ":" in answers[0] else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in answers]
+
+    monkeypatch.setattr(webhooks.socket, "getaddrinfo", getaddrinfo)
+
+
+def test_a_name_is_refused_if_any_of_its_addresses_is_private(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuning_service.errors import APIError
+
+    policy = webhooks.UrlPolicy()
+    _fake_dns(monkeypatch, ["93.184.216.34", "10.0.0.7"])
+    with pytest.raises(APIError) as info:
+        run(policy.check("https://hooks.example.com/x"))
+    assert info.value.status_code == 422 and info.value.param == "webhook_url"
+    assert "10.0.0.7" in info.value.message
+    # At delivery time the same answer refuses the attempt for good, without connecting anywhere.
+    from tuning_service.webhook_delivery import post
+
+    attempt = post(policy, "https://hooks.example.com/x", b"{}", {}, 1)
+    assert attempt.permanent and "10.0.0.7" in (attempt.error or "")
+    _fake_dns(monkeypatch, ["93.184.216.34"])
+    assert run(policy.check("https://hooks.example.com/x")) == "https://hooks.example.com/x"
+    _fake_dns(monkeypatch, ["fd00::1"])
+    with pytest.raises(APIError):
+        run(policy.check("https://hooks.example.com/x"))
+    # An allowed network lets it through.
+    _fake_dns(monkeypatch, ["10.0.0.7"])
+    assert (
+        run(webhooks.UrlPolicy(["10.0.0.0/8"]).check("http://hooks.internal/x")) == "http://hooks.internal/x"
+    )
