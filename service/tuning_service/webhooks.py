@@ -171,7 +171,10 @@ def make_append_hook(
             if type_ == "status" and f"job.{data.get('status')}" in TERMINAL_EVENTS:
                 events.append((f"job.{data['status']}", time_, None))
             elif type_ == "checkpoint":
-                events.append(("job.checkpoint", time_, {"step": data.get("step"), "path": data.get("path")}))
+                # As GET tunings.checkpoints shows it: relative to the job's folder, not a server path.
+                name = str(data.get("path") or "").rstrip("/").rsplit("/", 1)[-1]
+                ckpt = {"step": data.get("step"), "path": f"checkpoints/{name}" if name else None}
+                events.append(("job.checkpoint", time_, ckpt))
         if not events:
             return
         row = await tx.job(job_id)

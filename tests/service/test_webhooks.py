@@ -145,7 +145,9 @@ def test_checkpoint_events_when_asked(svc: ServiceProcess, secret: str, receiver
     events = [verify_signature(g.body, g.headers["tuning-signature"], secret) for g in received]
     assert sorted(e["type"] for e in events) == ["job.cancelled", "job.checkpoint"]
     checkpoint = next(e for e in events if e["type"] == "job.checkpoint")
-    assert isinstance(checkpoint["checkpoint"]["step"], int)
+    step = checkpoint["checkpoint"]["step"]
+    assert isinstance(step, int)
+    assert checkpoint["checkpoint"]["path"] == f"checkpoints/checkpoint-{step}"
     assert checkpoint["data"]["id"] == job["id"]
 
 
