@@ -58,12 +58,14 @@ def post(policy: UrlPolicy, url: str, body: bytes, headers: dict[str, str], time
     if parts.query:
         target += "?" + parts.query
     default_port = 443 if parts.scheme == "https" else 80
-    headers = {**headers, "Host": host if port == default_port else f"{host}:{port}"}
+    name = f"[{host}]" if ":" in host else host  # an IPv6 literal
+    headers = {**headers, "Host": name if port == default_port else f"{name}:{port}"}
     last_error = "no address"
-    for ip in addresses:
+    # At most two addresses (e.g. IPv6, then IPv4): the claim's lease covers two timeouts.
+    for ip in addresses[:2]:
         pool: urllib3.HTTPConnectionPool
         kw: dict[str, Any] = {
-            "timeout": urllib3.Timeout(connect=timeout, read=timeout),
+            "timeout": urllib3.Timeout(total=timeout),  # connect + request + response, all told
             "retries": False,
             "maxsize": 1,
         }

@@ -281,3 +281,17 @@ def test_a_name_is_refused_if_any_of_its_addresses_is_private(monkeypatch: pytes
     assert (
         run(webhooks.UrlPolicy(["10.0.0.0/8"]).check("http://hooks.internal/x")) == "http://hooks.internal/x"
     )
+
+
+def test_a_slow_receiver_times_out_and_is_retried() -> None:
+    from tuning_service.webhook_delivery import post
+
+    receiver = Receiver(delay=3.0).start()
+    try:
+        started = time.monotonic()
+        attempt = post(webhooks.UrlPolicy(["127.0.0.0/8"]), receiver.url, b"{}", {}, 0.5)
+        assert time.monotonic() - started < 2.5  # the whole attempt is bounded by the timeout
+        assert not attempt.delivered and not attempt.permanent
+        assert "timed out" in (attempt.error or "").lower()
+    finally:
+        receiver.stop()

@@ -21,6 +21,7 @@ class Received:
 @dataclass
 class Receiver:
     statuses: list[int] = field(default_factory=list)  # answers, in order; 200 after they run out
+    delay: float = 0.0  # seconds before answering
     received: list[Received] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -43,6 +44,7 @@ class Receiver:
                         )
                     )
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
+                time.sleep(receiver.delay)
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
