@@ -323,6 +323,17 @@ class JobCollector(Collector):
                 tps.add_metric([job_id], float(tokens_per_second))
         yield loss
         yield tps
+        hooks = {s: 0 for s in ("pending", "delivered", "failed")}
+        for status, n in reader.execute("SELECT status, COUNT(*) FROM webhook_deliveries GROUP BY status"):
+            hooks[status] = n
+        w = GaugeMetricFamily(
+            "tuning_webhook_deliveries",
+            "Webhook events in the outbox by status (finished ones are kept 7 days)",
+            labels=["status"],
+        )
+        for status, n in hooks.items():
+            w.add_metric([status], n)
+        yield w
         h = HistogramMetricFamily(
             "tuning_job_duration_seconds",
             "Run time (started to finished) of jobs that ended, by final status",

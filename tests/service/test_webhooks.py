@@ -100,6 +100,12 @@ def test_signed_delivery_when_a_job_succeeds(svc: ServiceProcess, secret: str, r
     assert rec["event"] == "job.succeeded" and rec["delivery_id"] == event["id"]
     time.sleep(0.5)
     assert len(receiver.received) == 1  # delivered once
+    # The outbox shows in /metrics.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(svc.get("/metrics", key=None).text)}
+    outbox = {s.labels["status"]: s.value for s in families["tuning_webhook_deliveries"].samples}
+    assert outbox["delivered"] >= 1
 
 
 def test_failed_job_is_retried_after_a_500(svc: ServiceProcess, secret: str, receiver: Receiver) -> None:
