@@ -247,3 +247,36 @@ def test_missing_secret_says_how_to_get_one(api_service: ServiceProcess) -> None
     assert r.status == 422
     assert r.error["code"] == "webhook_secret_missing"
     assert "keys set-webhook" in r.error["message"]
+
+
+def test_a_pending_retry_survives_a_service_restart(
+    light_service_env: ServiceEnv, receiver: Receiver
+) -> None:
+    s = light_service_env.start(
+        "webhooks-restart",
+        extra_env={
+            "TUNING_TRAINER_COMMAND": json.dumps([sys.executable, str(FAKE_TRAINER)]),
+            "TUNING_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
+            "TUNING_WEBHOOK_BACKOFF": "6",  # the retry is due 3-6 s later: after the restart
+        },
+    )
+    try:
+        out = s.cli("keys", "set-webhook", DEV_KEY_ID)
+        m = SECRET_RE.search(out.stderr)
+        assert m, out.stderr
+        receiver.statuses = [503]
+        job = s.create_job(model="fake:complete?steps=1", webhook_url=receiver.url)
+        s.wait_for(job["id"], "succeeded")
+        [first] = webhook_records(s, job["id"], 1)
+        assert first["outcome"] == "retrying"
+        stopped_at = time.time()
+        s.restart()  # the event waits in the database, not in the stopped process
+        records = webhook_records(s, job["id"], 2)
+        assert [r["outcome"] for r in records] == ["retrying", "delivered"]
+        assert records[1]["time"] > stopped_at  # sent by the new process
+        got = receiver.wait(2)
+        assert verify_signature(got[1].body, got[1].headers["tuning-signature"], m.group(1))["type"] == (
+            "job.succeeded"
+        )
+    finally:
+        s.shutdown()
