@@ -135,7 +135,7 @@ def _print_secret(secret: str | None) -> None:
         print(
             f"Webhook signing secret: {secret}\n(verify deliveries with "
             "tuning_sdk.webhooks.verify_signature; shown once: 'keys set-webhook KEY --rotate-secret' "
-            "makes a new one)",
+            "makes a new one, and the old one keeps signing too for 24 h)",
             file=sys.stderr,
         )
 

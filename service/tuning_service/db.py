@@ -32,6 +32,8 @@ ADDED_COLUMNS = (
     ("jobs", "resume_from", "TEXT"),  # the checkpoint the next run of this job starts from
     ("api_keys", "webhook_url", "TEXT"),  # the key's default webhook for its jobs (webhooks.py)
     ("api_keys", "webhook_secret", "TEXT"),  # whsec_...: signs deliveries, so it is kept (not a hash)
+    ("api_keys", "webhook_secret_previous", "TEXT"),  # after a rotation, also signs until ..._until
+    ("api_keys", "webhook_secret_previous_until", "REAL"),
 )
 
 DDL = """

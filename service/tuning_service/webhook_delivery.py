@@ -199,9 +199,10 @@ class Deliverer:
             if cur.rowcount != 1:
                 return None  # another worker has it
             row = await tx.one(
-                "SELECT d.*, k.webhook_secret AS secret FROM webhook_deliveries d"
+                "SELECT d.*, k.webhook_secret AS secret, CASE WHEN k.webhook_secret_previous_until > ?"
+                " THEN k.webhook_secret_previous END AS previous_secret FROM webhook_deliveries d"
                 " LEFT JOIN api_keys k ON k.id = d.owner WHERE d.id = ?",
-                (delivery_id,),
+                (now, delivery_id),
             )
         return row
 
@@ -215,7 +216,11 @@ class Deliverer:
             headers = {
                 "Content-Type": "application/json",
                 "User-Agent": "tuning-service-webhooks/1",
-                SIGNATURE_HEADER: sign(d["secret"], int(time.time()), body),
+                SIGNATURE_HEADER: sign(
+                    [d["secret"], *([d["previous_secret"]] if d["previous_secret"] else [])],
+                    int(time.time()),
+                    body,
+                ),
                 "Tuning-Event": d["event"],
                 "Tuning-Delivery": d["id"],
                 "Tuning-Attempt": str(attempt_no),

@@ -29,6 +29,7 @@ import json
 import logging
 import secrets
 import socket
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +44,7 @@ EVENTS = (*TERMINAL_EVENTS, "job.checkpoint")
 MAX_URL_CHARS = 2048
 SIGNATURE_HEADER = "Tuning-Signature"
 RESOLVE_AT_CREATE_SECONDS = 2.0
+ROTATION_OVERLAP_SECONDS = 86400.0  # after `keys set-webhook --rotate-secret`, the old secret also signs
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -50,9 +52,13 @@ def new_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+def sign(secrets_: Iterable[str], timestamp: int, body: bytes) -> str:
+    """`t=<timestamp>,v1=<hex>[,v1=<hex>]`: one v1 per secret (two during a rotation's overlap)."""
+    parts = [f"t={timestamp}"]
+    for secret in secrets_:
+        mac = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256)
+        parts.append(f"v1={mac.hexdigest()}")
+    return ",".join(parts)
 
 
 # ---- which addresses a webhook may reach ----------------------------------------------------------------
@@ -248,7 +254,18 @@ async def set_key_webhook(
         key = rows[0]
         secret = new_secret() if rotate or not key["webhook_secret"] else None
         if secret is not None:
-            await tx.execute("UPDATE api_keys SET webhook_secret = ? WHERE id = ?", (secret, key["id"]))
+            # The old secret keeps signing (a second v1) for ROTATION_OVERLAP_SECONDS: receivers switch over
+            # without missing a delivery.
+            await tx.execute(
+                "UPDATE api_keys SET webhook_secret = ?, webhook_secret_previous = ?,"
+                " webhook_secret_previous_until = ? WHERE id = ?",
+                (
+                    secret,
+                    key["webhook_secret"],
+                    time.time() + ROTATION_OVERLAP_SECONDS if key["webhook_secret"] else None,
+                    key["id"],
+                ),
+            )
         if url is not None or clear:
             await tx.execute("UPDATE api_keys SET webhook_url = ? WHERE id = ?", (url, key["id"]))
         return str(key["id"]), secret

@@ -174,14 +174,24 @@ def test_key_default_webhook(svc: ServiceProcess, receiver: Receiver) -> None:
     [got] = receiver.wait(1)
     event = verify_signature(got.body, got.headers["tuning-signature"], key_secret.group(1))
     assert event["type"] == "job.succeeded" and event["data"]["id"] == job["id"]
-    # Rotating the secret prints a new one; clearing the URL stops deliveries.
-    rotated = svc.cli("keys", "set-webhook", "hooked", "--clear", "--rotate-secret")
+    # Rotating the secret prints a new one; for a day deliveries carry both signatures, so a receiver
+    # still on the old secret and one already on the new both accept them.
+    rotated = svc.cli("keys", "set-webhook", "hooked", "--rotate-secret")
     new = SECRET_RE.search(rotated.stderr)
     assert new and new.group(1) != key_secret.group(1)
     job2 = svc.create_job(key=key, model="fake:complete?steps=1")
     svc.wait_for(job2["id"], "succeeded", key=key)
+    second = receiver.wait(2)[1]
+    assert second.headers["tuning-signature"].count("v1=") == 2
+    for secret in (key_secret.group(1), new.group(1)):
+        event = verify_signature(second.body, second.headers["tuning-signature"], secret)
+        assert event["data"]["id"] == job2["id"]
+    # Clearing the URL stops deliveries.
+    svc.cli("keys", "set-webhook", "hooked", "--clear")
+    job3 = svc.create_job(key=key, model="fake:complete?steps=1")
+    svc.wait_for(job3["id"], "succeeded", key=key)
     time.sleep(1.0)
-    assert len(receiver.received) == 1
+    assert len(receiver.received) == 2
 
 
 def test_set_webhook_refuses_unknown_keys_and_bad_urls(svc: ServiceProcess) -> None:
