@@ -292,6 +292,7 @@ def _run(args: argparse.Namespace, client: TuningClient) -> int:
             suffix=args.suffix,
             seed=args.seed,
             metadata=args.metadata or None,
+            resume_on_restart=True if args.resume_on_restart else None,
             idempotency_key=args.idempotency_key,
         )
         if args.wait:
@@ -408,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a hyperparameter (repeatable)")
     create.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="metadata (repeatable)")
     create.add_argument("--idempotency-key", help="makes the create safe to repeat")
+    create.add_argument(
+        "--resume-on-restart",
+        action="store_true",
+        help="if the service restarts and the trainer is gone, continue from the newest checkpoint "
+        "(set --hp save_steps=N)",
+    )
     create.add_argument("--wait", action="store_true", help="wait for the job to end, with a progress bar")
     waiting(create)
 

@@ -56,6 +56,28 @@ def checkpoint_dirs(job_dir: Path) -> dict[int, Path]:
     return out
 
 
+def requeue_fields(checkpoint: Path | None) -> dict[str, Any]:
+    """The row's columns when a job is queued again to continue from `checkpoint` (a resume, or recovery
+    after a service restart): the last run's outcome, process and supervision go; started_at is kept."""
+    return {
+        "resume_from": None if checkpoint is None else str(checkpoint),
+        "finished_at": None,
+        "error": None,
+        "terminal_record": None,
+        "fine_tuned_model": None,
+        "adapter_path": None,
+        "cancel_requested_at": None,
+        "pause_requested_at": None,
+        "exit_code": None,
+        "pid": None,
+        "pgid": None,
+        "proc_start_time": None,
+        "supervisor_id": None,
+        "supervisor_heartbeat": None,
+        "gpu_lease": None,
+    }
+
+
 def request_hash(request: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -81,6 +103,7 @@ def public_job(row: dict[str, Any], queue_position: int | None = None) -> dict[s
         "suffix": req.get("suffix"),
         "seed": 42 if req.get("seed") is None else req["seed"],
         "metadata": req.get("metadata") or {},
+        "resume_on_restart": bool(req.get("resume_on_restart")),
         "created_at": int(row["created_at"]),
         "started_at": None if started is None else int(started),
         "finished_at": None if finished is None else int(finished),
@@ -120,7 +143,7 @@ class JobManager:
         try:
             await store.open()
             self = cls(settings, store)
-            await recover(store, self.supervisor)
+            await recover(store, self.supervisor, requeue=self._requeue_after_restart)
         except BaseException:
             # An open aiosqlite connection keeps its thread alive: without this a failed start-up hangs
             # the process instead of exiting with the error.
@@ -386,26 +409,51 @@ class JobManager:
                 JobStatus.QUEUED,
                 now=now,
                 message=message,
-                resume_from=None if step is None else str(found[step]),
-                finished_at=None,
-                error=None,
-                terminal_record=None,
-                fine_tuned_model=None,
-                adapter_path=None,
-                cancel_requested_at=None,
-                pause_requested_at=None,
-                exit_code=None,
-                pid=None,
-                pgid=None,
-                proc_start_time=None,
-                supervisor_id=None,
-                supervisor_heartbeat=None,
-                gpu_lease=None,
+                **requeue_fields(None if step is None else found[step]),
             )
         log.info("job %s resumed (%s)", job_id, message)
         self.scheduler.wake()
         self._notify()
         return await self._public(row)
+
+    async def _requeue_after_restart(self, row: dict[str, Any]) -> bool:
+        """Start-up recovery (recovery.py) of a `running` job this worker adopted, whose trainer is gone: if
+        it asked for `resume_on_restart`, left no verdict of its own (no terminal record, or only
+        `interrupted`: stopped by an outside signal, e.g. the host shutting down) and has a checkpoint,
+        queue it again to continue from the newest one, as a resume does. Returns False when nothing changed:
+        the job then fails with `service_restart` as usual."""
+        term = row["terminal_record"]
+        if (
+            row["status"] != JobStatus.RUNNING.value
+            or not (row["request"] or {}).get("resume_on_restart")
+            or (term is not None and term.get("type") != "interrupted")
+        ):
+            return False
+        job_id = row["id"]
+        found = await asyncio.to_thread(checkpoint_dirs, self.settings.jobs_dir / job_id)
+        if not found:
+            return False
+        step = max(found)
+        now = time.time()
+        async with self.store.transaction() as tx:
+            current = await tx.job(job_id)
+            if (
+                current is None
+                or current["status"] != JobStatus.RUNNING.value
+                or current["supervisor_id"] != self.supervisor.id
+                or current["terminal_record"] != term
+            ):
+                return False
+            path = f"checkpoints/{found[step].name}"
+            await tx.append(job_id, [("resumed_after_restart", now, {"step": step, "checkpoint": path})])
+            message = (
+                f"the service restarted and the trainer was gone: queued again to resume from the checkpoint "
+                f"of step {step} (resume_on_restart)"
+            )
+            fields = requeue_fields(found[step])
+            await tx.transition(current, JobStatus.QUEUED, now=now, message=message, **fields)
+        log.warning("job %s: trainer lost in the restart; re-queued from checkpoint step %d", job_id, step)
+        return True
 
     async def checkpoints(self, job_id: str, *, owner: str) -> builtins.list[dict[str, Any]]:
         """The job's checkpoints still on disk, oldest first, each with the metrics at its step."""

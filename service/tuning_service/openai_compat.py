@@ -39,6 +39,7 @@ CREATE_FIELDS = (
     "metadata",
     "integrations",
     "tuning_method",  # extension: "qlora" (default) or "lora"
+    "resume_on_restart",  # extension: continue from the newest checkpoint after a service restart
 )
 
 STATUS = {
@@ -178,6 +179,8 @@ def native_create_body(body: Any) -> dict[str, Any]:
             native[name] = body[name]
     if body.get("tuning_method") is not None:
         native["method"] = body["tuning_method"]
+    if body.get("resume_on_restart") is not None:
+        native["resume_on_restart"] = body["resume_on_restart"]
     return native
 
 
@@ -283,6 +286,10 @@ def openai_event(job_id: str, rec: dict[str, Any]) -> dict[str, Any]:
     elif kind == "checkpoint":
         message = f"Checkpoint saved at step {rec.get('step')}"
         data = {"step": rec.get("step")}
+    elif kind == "resumed_after_restart":
+        level = "warn"
+        step = rec.get("step")
+        message = f"The service restarted without the trainer: resuming from the checkpoint of step {step}"
     elif kind == "completed":
         message = f"Training completed: final training loss={_num(rec.get('final_loss'))}"
         data.pop("adapter_path", None)

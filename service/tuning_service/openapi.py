@@ -154,6 +154,15 @@ SCHEMAS: dict[str, Any] = {
                     "description": "Events sent to webhook_url (default: the three terminal ones)",
                 }
             ),
+            "resume_on_restart": _nullable(
+                {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "If the service restarts and the trainer is gone with it, queue the job "
+                    "again to continue from its newest checkpoint (instead of failing with "
+                    "`service_restart`); set hyperparameters.save_steps to have checkpoints to resume from",
+                }
+            ),
         },
         "examples": [
             {
@@ -206,6 +215,7 @@ SCHEMAS: dict[str, Any] = {
             "suffix": _nullable({"type": "string"}),
             "seed": {"type": "integer"},
             "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+            "resume_on_restart": {"type": "boolean"},
             "created_at": {"type": "integer", "description": "Unix seconds"},
             "started_at": _nullable({"type": "integer"}),
             "finished_at": _nullable({"type": "integer"}),

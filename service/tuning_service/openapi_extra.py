@@ -191,6 +191,7 @@ SCHEMAS: dict[str, Any] = {
             "tuning_method": _nullable(
                 {"enum": ["qlora", "lora"], "description": "Extension: the adapter method"}
             ),
+            "resume_on_restart": _NATIVE_CREATE["resume_on_restart"],
         },
     },
     "OpenAIJob": {

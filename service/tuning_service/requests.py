@@ -36,6 +36,7 @@ CREATE_FIELDS = (
     "metadata",
     "webhook_url",
     "webhook_events",
+    "resume_on_restart",
 )
 STATUSES = (
     "validating",
@@ -237,6 +238,14 @@ def validate_create_shape(body: Any, settings: Settings) -> tuple[dict[str, Any]
             request["webhook_events"] = events
     elif body.get("webhook_events") is not None:
         raise _bad("webhook_events", "webhook_events needs a webhook_url", status=422, code="invalid_value")
+    # Resume from the newest checkpoint if the trainer dies with the service (recovery.py). Kept out of the
+    # normalised body unless true, so older bodies hash the same.
+    resume_on_restart = body.get("resume_on_restart")
+    if resume_on_restart is not None and not isinstance(resume_on_restart, bool):
+        kind = type(resume_on_restart).__name__
+        raise _bad("resume_on_restart", f"resume_on_restart must be true or false, got {kind}")
+    if resume_on_restart:
+        request["resume_on_restart"] = True
     return request, paths
 
 

@@ -1,6 +1,6 @@
 """The job state machine: one enum, one transition table, one function that refuses illegal moves.
 
-    validating -> queued -> running -> succeeded | failed
+    validating -> queued -> running -> succeeded | failed | queued (resume_on_restart, at recovery)
                      ^  \\          \\-> cancelling -> cancelled | succeeded | failed
                      |   \\         \\-> pausing -> paused | cancelling | succeeded | failed
                      |    +-> paused -> queued (resume) | cancelled
@@ -40,8 +40,10 @@ _TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PAUSED}),
     # running -> cancelled is not allowed: a running trainer is cancelled only through `cancelling`, so that
     # the group is signalled and waited for.
+    # running -> queued: at start-up recovery only, a job that asked for `resume_on_restart` whose trainer
+    # died with the service is queued again to continue from its newest checkpoint (recovery.py).
     JobStatus.RUNNING: frozenset(
-        {JobStatus.CANCELLING, JobStatus.PAUSING, JobStatus.SUCCEEDED, JobStatus.FAILED}
+        {JobStatus.CANCELLING, JobStatus.PAUSING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.QUEUED}
     ),
     # A trainer may finish (or fail) before it sees the signal: its own terminal record wins.
     JobStatus.CANCELLING: frozenset({JobStatus.CANCELLED, JobStatus.SUCCEEDED, JobStatus.FAILED}),

@@ -2,7 +2,8 @@
 
 1. kill -9 of the service while the REAL trainer trains the tiny model; restart: the job ends `succeeded`
    with every metrics record, and no GET after recovery shows a stale state. Variant: the trainer is killed
-   too -> `failed` / `service_restart`, and no process of its group is left.
+   too -> `failed` / `service_restart`, and no process of its group is left; or, for a job created with
+   `resume_on_restart`, queued again and resumed from its newest checkpoint to `succeeded`.
 3. cancel of a trainer whose children ignore SIGTERM: the whole group is gone within grace + 1 s (psutil),
    `cancelled`, checkpoint kept (fake trainer: the real one spawns no grandchildren of its own; the plain
    real-trainer cancel is tests/service/test_e2e_training.py::test_cancelling_a_running_job_...).
@@ -115,6 +116,57 @@ def test_kill_9_of_the_service_and_the_trainer(service_env: ServiceEnv) -> None:
         assert job["status"] == "failed", job
         assert job["error"]["code"] == "service_restart" and job["error"]["log_tail"]
         assert group_pids(pgid) == []
+    finally:
+        svc.shutdown()
+        if pgid:
+            _kill_group(pgid)
+
+
+def _events(svc: ServiceProcess, job_id: str) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    while True:
+        page = svc.get(f"/v1/tunings.events/{job_id}?limit=1000&after={out[-1]['seq'] if out else 0}").json()
+        out += page["data"]
+        if not page["has_more"]:
+            return out
+
+
+@pytest.mark.slow
+def test_kill_9_of_both_resumes_from_the_checkpoint_when_the_job_asked_for_it(
+    service_env: ServiceEnv,
+) -> None:
+    svc = service_env.start("kill9-resume")
+    pgid = None
+    try:
+        hp = {**SMALL, "max_steps": 120, "save_steps": 20}
+        job = svc.create_job(model="tiny-llama", method="lora", hyperparameters=hp, resume_on_restart=True)
+        job_id = job["id"]
+        assert job["resume_on_restart"] is True
+        _wait_for_step(svc, job_id, 22)  # checkpoint-20 is on disk (the trainer renames it into place)
+        pgid = _pgid(svc, job_id)
+        svc.kill()
+        _kill_group(pgid)  # the trainer dies too: nothing is left to re-attach to
+        deadline = time.monotonic() + 10
+        while group_pids(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert group_pids(pgid) == []
+        svc.start()
+        first = svc.get(f"/v1/tunings.get/{job_id}").json()  # settled during recovery: queued again
+        assert first["status"] in ("queued", "running") and first["error"] is None, first
+        done = svc.wait_for(job_id, TERMINAL, timeout=240)
+        assert done["status"] == "succeeded", done
+        records = _events(svc, job_id)
+        (resumed,) = [r for r in records if r["type"] == "resumed_after_restart"]
+        step = resumed["step"]
+        assert isinstance(step, int) and step >= 20 and step % 20 == 0
+        # The second run started at the checkpoint's step, not 0, and trained exactly the rest.
+        assert [r["start_step"] for r in records if r["type"] == "started"] == [0, step]
+        later = [r["step"] for r in records if r["type"] == "metrics" and int(r["seq"]) > int(resumed["seq"])]
+        assert later == list(range(step + 1, hp["max_steps"] + 1))
+        statuses = [r["status"] for r in records if r["type"] == "status"]
+        assert statuses == ["queued", "running", "queued", "running", "succeeded"]
+        assert done["metrics"]["current_step"] == hp["max_steps"]
+        print(f"resumed after kill -9 of service and trainer from checkpoint step {step}")
     finally:
         svc.shutdown()
         if pgid:

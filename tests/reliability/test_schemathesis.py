@@ -249,3 +249,27 @@ def test_download_checkpoint_must_be_a_step(client: Any) -> None:
         assert r.status_code == 400 and r.json()["error"]["param"] == "checkpoint", (value, r.text)
     r = client.get(f"/v1/tunings.download/{job['id']}", params={"checkpoint": "3"}, headers=H)
     assert r.status_code == 404 and r.json()["error"]["code"] == "checkpoint_not_found"
+
+
+def test_resume_on_restart_is_a_documented_boolean_on_both_surfaces(client: Any) -> None:
+    from tuning_service import openai_compat as oc
+
+    doc = client.get("/openapi.json").json()["components"]["schemas"]
+    assert doc["CreateTuningRequest"]["properties"]["resume_on_restart"]["anyOf"][0]["type"] == "boolean"
+    assert "resume_on_restart" in doc["OpenAICreateJob"]["properties"]
+    body = {"model": "tiny-llama", "training_file": "data/train.jsonl"}
+    assert client.post("/v1/tunings.create", json=body, headers=H).json()["resume_on_restart"] is False
+    on = client.post("/v1/tunings.create", json={**body, "resume_on_restart": True}, headers=H)
+    assert on.status_code == 200 and on.json()["resume_on_restart"] is True
+    for path in ("/v1/tunings.create", "/v1/fine_tuning/jobs"):
+        r = client.post(path, json={**body, "resume_on_restart": "yes"}, headers=H)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "resume_on_restart", r.text
+    openai_job = client.post(
+        "/v1/fine_tuning/jobs", json={**body, "resume_on_restart": True}, headers=H
+    ).json()
+    native = client.get(f"/v1/tunings.get/{openai_job['id']}", headers=H).json()
+    assert native["resume_on_restart"] is True
+    event = oc.openai_event(
+        native["id"], {"seq": 5, "time": 1.0, "type": "resumed_after_restart", "step": 40}
+    )
+    assert event["level"] == "warn" and "step 40" in event["message"]

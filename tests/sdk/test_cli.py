@@ -53,6 +53,7 @@ def test_create_parses_hyperparameters(stub: StubServer, run) -> None:
         "team=nlp",
         "--seed",
         "3",
+        "--resume-on-restart",
     )
     assert code == 0 and json.loads(out)["id"] == "ftjob-1"
     body = stub.calls("POST", "/v1/tunings.create")[0].json()
@@ -62,7 +63,7 @@ def test_create_parses_hyperparameters(stub: StubServer, run) -> None:
         "batch_size": "auto",
         "lora_target_modules": ["q_proj"],
     }
-    assert body["metadata"] == {"team": "nlp"} and body["seed"] == 3
+    assert body["metadata"] == {"team": "nlp"} and body["seed"] == 3 and body["resume_on_restart"] is True
 
 
 def test_create_rejected_gives_exit_3_and_the_field(stub: StubServer, run) -> None:

@@ -25,6 +25,7 @@ def test_create_sends_every_field(stub: StubServer, client: TuningClient) -> Non
         suffix="demo",
         seed=7,
         metadata={"k": "v"},
+        resume_on_restart=True,
     )
     assert isinstance(job, TuningJob) and job.status == "queued"
     (req,) = stub.calls("POST", "/v1/tunings.create")
@@ -37,6 +38,7 @@ def test_create_sends_every_field(stub: StubServer, client: TuningClient) -> Non
         "suffix": "demo",
         "seed": 7,
         "metadata": {"k": "v"},
+        "resume_on_restart": True,
     }
 
 

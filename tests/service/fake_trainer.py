@@ -13,7 +13,8 @@ Run as `python fake_trainer.py --config JOB.json`. The behaviour comes from the 
   grandchildren spawns `children` processes in its group (which ignore SIGTERM when stubborn=1), then
                 runs like `complete` but honours SIGTERM
   partial       writes records in pieces (a partial last line for a while), plus one malformed line
-Options: steps (default 5), delay (seconds per step, default 0.01).
+Options: steps (default 5), delay (seconds per step, default 0.01), save (write checkpoint-N every `save`
+steps, like the trainer's save_steps). A config with `resume_from` (.../checkpoint-N) continues at step N.
 Every launch appends "<pid> <CUDA_VISIBLE_DEVICES>" to <output_dir>/launches.txt: tests prove a job ran once.
 """
 
@@ -71,12 +72,14 @@ def main() -> int:
         while len(list(out.glob("child-*.ready"))) < n and time.monotonic() < deadline:
             time.sleep(0.01)
     print(f"fake trainer {mode} starting, pid {os.getpid()}", flush=True)
+    start = int(Path(cfg["resume_from"]).name.split("-")[-1]) if cfg.get("resume_from") else 0
+    save = int(opts.get("save", 0))
     emit(
         "started",
         total_steps=steps,
         total_epochs=1,
         num_examples=8,
-        start_step=0,
+        start_step=start,
         config={"hyperparameters": {**cfg["hyperparameters"], "epochs": 1, "batch_size": 2}},
         resolved_auto={"epochs": 1, "batch_size": 2},
     )
@@ -106,7 +109,7 @@ def main() -> int:
         )
         return 0
 
-    step = 0
+    step = start
     while step < steps or mode == "ignore_term":
         if stop_requested:
             ckpt = out / "checkpoints" / f"checkpoint-{step}"
@@ -133,6 +136,11 @@ def main() -> int:
             tokens_seen=step * 10,
             eta_seconds=(steps - step) * delay,
         )
+        if save and step % save == 0:
+            ckpt = out / "checkpoints" / f"checkpoint-{step}"
+            ckpt.mkdir(parents=True, exist_ok=True)
+            (ckpt / "trainer_state.pt").write_text("{}")
+            emit("checkpoint", step=step, path=str(ckpt))
     adapter = out / "adapter"
     adapter.mkdir(exist_ok=True)
     (adapter / "adapter_config.json").write_text("{}")

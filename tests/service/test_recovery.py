@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.service.core_fixtures import (
     all_events,
     group_pids,
@@ -27,11 +29,11 @@ from tuning_service.manager import JobManager
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-async def started_job(tmp_path: Path, mode: str) -> tuple[JobManager, str, dict[str, Any], int]:
+async def started_job(tmp_path: Path, mode: str, **extra: Any) -> tuple[JobManager, str, dict[str, Any], int]:
     """A manager with one job whose trainer is running and has reported progress."""
     m = await JobManager.start(make_settings(tmp_path))
     owner, _ = await m.create_key("t")
-    job, _ = await m.submit(owner=owner, request=request(mode), idempotency_key=None)
+    job, _ = await m.submit(owner=owner, request=request(mode, **extra), idempotency_key=None)
 
     async def reporting() -> bool:
         row = await m.store.get_job(job["id"])
@@ -236,5 +238,86 @@ def test_jobs_of_a_live_worker_are_left_alone(tmp_path: Path) -> None:
             kill_group(pgid)
             await b.stop()
             await a.stop()
+
+    run(body())
+
+
+# ---- resume_on_restart: the trainer died with the service -----------------------------------------------
+
+
+async def _checkpointed(m: JobManager, job_id: str, step: int) -> None:
+    async def saved() -> bool:
+        row = await m.store.get_job(job_id)
+        return (
+            row is not None and bool(row["checkpoint_path"]) and row["checkpoint_path"].endswith(f"-{step}")
+        )
+
+    await wait_until(saved, 15, f"a checkpoint at step {step}")
+
+
+def test_a_job_that_asked_for_it_resumes_from_its_checkpoint_after_a_restart(tmp_path: Path) -> None:
+    async def body() -> None:
+        a, owner, job, pgid = await started_job(
+            tmp_path, "complete?steps=40&delay=0.05&save=5", resume_on_restart=True
+        )
+        assert job["resume_on_restart"] is True
+        await _checkpointed(a, job["id"], 10)
+        await a.stop()
+        kill_group(pgid)  # the trainer dies with the service (kill -9 of both)
+        await wait_until(lambda: _gone(pgid), 10, "the trainer to die")
+        b = await JobManager.start(make_settings(tmp_path))
+        try:
+            got = await b.get(job["id"], owner=owner)
+            # Settled during recovery, before any request: queued again (or already relaunched), never failed.
+            assert got["status"] in ("queued", "running") and got["error"] is None
+            done = await wait_status(b, job["id"], owner, TERMINAL, timeout=30)
+            assert done["status"] == "succeeded" and done["metrics"]["current_step"] == 40
+            records = await all_events(b, job["id"], owner)
+            (resumed,) = [r for r in records if r["type"] == "resumed_after_restart"]
+            step = resumed["step"]
+            assert step >= 10 and step % 5 == 0 and resumed["checkpoint"] == f"checkpoints/checkpoint-{step}"
+            starts = [r["start_step"] for r in records if r["type"] == "started"]
+            assert starts == [0, step]  # the second run began at the checkpoint, not at step 0
+            second_run = [r["step"] for r in records if r["type"] == "metrics" and r["seq"] > resumed["seq"]]
+            assert second_run == list(range(step + 1, 41))
+            statuses = [r["status"] for r in records if r["type"] == "status"]
+            assert statuses == ["queued", "running", "queued", "running", "succeeded"]
+            assert "failed" not in statuses  # no terminal state in between (webhooks, metrics, streams)
+            assert len(launches(b.settings, job["id"])) == 2
+            cfg = (b.settings.jobs_dir / job["id"] / "config.json").read_text()
+            assert f"checkpoint-{step}" in cfg
+        finally:
+            await b.stop()
+
+    run(body())
+
+
+@pytest.mark.parametrize(
+    ("mode", "extra"),
+    [
+        ("complete?steps=500&delay=0.02", {"resume_on_restart": True}),  # asked, but no checkpoint
+        ("complete?steps=500&delay=0.02&save=2", {}),  # checkpoints, but did not ask
+    ],
+    ids=["no-checkpoint", "not-asked"],
+)
+def test_otherwise_a_lost_trainer_still_fails_with_service_restart(
+    tmp_path: Path, mode: str, extra: dict[str, Any]
+) -> None:
+    async def body() -> None:
+        a, owner, job, pgid = await started_job(tmp_path, mode, **extra)
+        if "save" in mode:
+            await _checkpointed(a, job["id"], 2)
+        await a.stop()
+        kill_group(pgid)
+        await wait_until(lambda: _gone(pgid), 10, "the trainer to die")
+        b = await JobManager.start(make_settings(tmp_path))
+        try:
+            got = await b.get(job["id"], owner=owner)
+            assert got["status"] == "failed" and got["error"]["code"] == "service_restart"
+            records = await all_events(b, job["id"], owner)
+            assert not [r for r in records if r["type"] == "resumed_after_restart"]
+            assert len(launches(b.settings, job["id"])) == 1
+        finally:
+            await b.stop()
 
     run(body())

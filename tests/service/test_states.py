@@ -27,6 +27,7 @@ LEGAL = {
     (S.RUNNING, S.CANCELLING),
     (S.RUNNING, S.SUCCEEDED),
     (S.RUNNING, S.FAILED),
+    (S.RUNNING, S.QUEUED),  # re-queued at start-up recovery (resume_on_restart)
     (S.CANCELLING, S.CANCELLED),
     (S.CANCELLING, S.SUCCEEDED),
     (S.CANCELLING, S.FAILED),

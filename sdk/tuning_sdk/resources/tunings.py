@@ -90,6 +90,7 @@ class Tunings(JobActions):
         metadata: Mapping[str, Any] | None = None,
         webhook_url: str | None = None,
         webhook_events: Sequence[str] | None = None,
+        resume_on_restart: bool | None = None,
         idempotency_key: str | None = None,
     ) -> TuningJob:
         """Create a fine-tuning job. The service validates it (data file included) and queues it.
@@ -108,6 +109,9 @@ class Tunings(JobActions):
                 `tuning_sdk.webhooks.verify_signature` and the key's ``whsec_...`` secret).
             webhook_events: which events to send there: ``"job.succeeded"``, ``"job.failed"``,
                 ``"job.cancelled"`` (the default: all three) and ``"job.checkpoint"``.
+            resume_on_restart: if the service restarts and the trainer is gone with it, queue the job again
+                to continue from its newest checkpoint instead of failing it with ``service_restart``
+                (checkpoints come from the ``save_steps`` hyperparameter). Default: off.
             idempotency_key: makes the create safe to repeat (the SDK generates one per call when omitted,
                 reused across its automatic retries).
 
@@ -140,6 +144,7 @@ class Tunings(JobActions):
             "metadata": dict(metadata) if metadata is not None else None,
             "webhook_url": webhook_url,
             "webhook_events": list(webhook_events) if webhook_events is not None else None,
+            "resume_on_restart": resume_on_restart,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         data = self._t.request("POST", "/v1/tunings.create", json_body=body, idempotency_key=idempotency_key)
