@@ -91,8 +91,15 @@ class Screenshots:
         self.paths: list[Path] = []
 
     def save(self, driver: Any, name: str) -> Path:
+        """The whole page (the window grows to the page's height for the shot, then goes back)."""
         path = self.folder / f"{len(self.paths) + 1:02d}-{name}.png"
-        assert driver.save_screenshot(str(path)), path
+        size = driver.get_window_size()
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(size["width"], min(max(int(height), size["height"]), 6000))
+        try:
+            assert driver.save_screenshot(str(path)), path
+        finally:
+            driver.set_window_size(size["width"], size["height"])
         self.paths.append(path)
         print(f"screenshot: {path}")
         return path

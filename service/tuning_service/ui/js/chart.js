@@ -1,11 +1,10 @@
-// A small live line chart in SVG: series of (step, value) points, drawn on a fixed-size canvas (viewBox) so
-// the page never jumps as points arrive. Each series has its own colour (Okabe-Ito, colour-blind safe) and
+// A small live line chart in SVG: series of (step, value) points, drawn at the figure's own width in CSS
+// pixels (so text stays readable from phone to desktop) and a fixed height, so the page never jumps as
+// points arrive. Each series has its own colour (Okabe-Ito, colour-blind safe) and
 // dash pattern, so the lines differ without colour too; sparse series (eval) also get point markers.
 import { el, svg } from "./dom.js";
 import { fmtNum } from "./format.js";
 
-const W = 600;
-const H = 220;
 const PAD = { left: 56, right: 12, top: 10, bottom: 28 };
 const MAX_DRAWN = 800; // points per series actually drawn; longer runs are thinned evenly
 
@@ -33,14 +32,14 @@ function thin(points) {
   return out;
 }
 
-export function createChart(figure, { title, series, format = fmtNum }) {
+export function createChart(figure, { title, series, format = fmtNum, height: H = 200 }) {
+  let W = 600;
   const data = new Map(series.map((s) => [s.key, []]));
   const titleId = `${figure.id}-title`;
   const plot = svg("g", { class: "plot" });
   const root = svg(
     "svg",
-    { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-labelledby": titleId,
-      preserveAspectRatio: "xMidYMid meet" },
+    { viewBox: `0 0 ${W} ${H}`, width: "100%", height: H, role: "img", "aria-labelledby": titleId },
     plot,
   );
   const legend = el("ul", { class: "legend" });
@@ -67,6 +66,8 @@ export function createChart(figure, { title, series, format = fmtNum }) {
 
   function render() {
     pending = false;
+    W = Math.max(200, Math.round(root.getBoundingClientRect().width) || W);
+    root.setAttribute("viewBox", `0 0 ${W} ${H}`);
     const all = [...data.values()].flat();
     figure.dataset.points = String(all.length);
     const nodes = [];
@@ -93,8 +94,12 @@ export function createChart(figure, { title, series, format = fmtNum }) {
     }
     nodes.push(svg("text", { class: "tick axis-name", x: x1, y: y0 - 4, "text-anchor": "end" }, "step"));
     if (!all.length) {
-      nodes.push(svg("text", { class: "empty", x: (x0 + x1) / 2, y: (y0 + y1) / 2, "text-anchor": "middle" },
-        "waiting for data"));
+      plot.replaceChildren(
+        svg("line", { class: "grid", x1: x0, x2: x1, y1: y0, y2: y0 }),
+        svg("text", { class: "empty", x: (x0 + x1) / 2, y: (y0 + y1) / 2, "text-anchor": "middle" },
+          "waiting for data"),
+      );
+      return;
     }
     for (const s of series) {
       const pts = thin(data.get(s.key));
@@ -112,6 +117,17 @@ export function createChart(figure, { title, series, format = fmtNum }) {
   }
 
   render();
+  let lastWidth = 0;
+  const resized = new ResizeObserver(([entry]) => {
+    const width = Math.round(entry.contentRect.width);
+    if (width === lastWidth) return;
+    lastWidth = width;
+    if (!pending) {
+      pending = true;
+      requestAnimationFrame(render);
+    }
+  });
+  resized.observe(root);
   return {
     add(key, step, value) {
       if (!Number.isFinite(step) || !Number.isFinite(value)) return;
@@ -132,6 +148,8 @@ export function createChart(figure, { title, series, format = fmtNum }) {
       for (const pts of data.values()) while (pts.length && pts[pts.length - 1][0] > afterStep) pts.pop();
       render();
     },
-    render,
+    destroy() {
+      resized.disconnect();
+    },
   };
 }

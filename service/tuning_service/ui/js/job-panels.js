@@ -31,7 +31,8 @@ export function renderJob(job) {
   const stats = byId("job-stats");
   if (!stats.childElementCount) {
     for (const [key, label] of STATS) {
-      stats.append(el("div", { class: "stat" }, el("dt", {}, label), el("dd", { "data-stat": key }, NONE)));
+      const cls = key === "fine_tuned_model" ? "stat wide" : "stat";
+      stats.append(el("div", { class: cls }, el("dt", {}, label), el("dd", { "data-stat": key }, NONE)));
     }
   }
   const m = job.metrics || {};

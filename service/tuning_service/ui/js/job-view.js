@@ -30,10 +30,13 @@ export function mountJob({ id }) {
   let job = null;
   let checkpoints = [];
   let streaming = false;
+  let streamed = false; // the stream has been read at least once (a finished job's history comes from it)
+  let lastSeq = null;
 
   const charts = {
     loss: createChart(byId("chart-loss"), {
       title: "Loss",
+      height: 260,
       series: [
         { key: "train", label: "train", color: BLUE },
         { key: "eval", label: "eval", color: VERMILLION, dash: "7 4", markers: true },
@@ -62,8 +65,9 @@ export function mountJob({ id }) {
     job = next;
     renderJob(job);
     actions.update(job, checkpoints.length > 0);
-    // A job resumed elsewhere (or by us) streams again.
-    if (!streaming && !isTerminal(job.status)) startStream();
+    // The first look reads the whole history (it ends at once for a finished job); a job resumed later (here
+    // or elsewhere) streams again from the last record seen.
+    if (!streaming && (!streamed || !isTerminal(job.status))) startStream();
   }
 
   async function refreshCheckpoints() {
@@ -107,10 +111,13 @@ export function mountJob({ id }) {
 
   function startStream() {
     streaming = true;
+    streamed = true;
     let sawTerminal = false;
     followEvents(`/v1/tunings.logs/${path}`, {
       signal: aborter.signal,
+      after: lastSeq,
       onEvent: (ev) => {
+        lastSeq = ev.id;
         if (ev.data.type === "status" && isTerminal(ev.data.status)) sawTerminal = true;
         onRecord(ev);
       },
@@ -144,5 +151,6 @@ export function mountJob({ id }) {
     aborter.abort();
     actions.destroy();
     log.destroy();
+    for (const chart of Object.values(charts)) chart.destroy();
   };
 }

@@ -1,28 +1,29 @@
 // The job's log lines (newest last), kept to a bounded number in the page, scrolled to the end while
-// "Follow" is on. Scrolling up by hand turns follow off; scrolling back to the end turns it on again.
+// "Follow" is on. Scrolling up turns follow off; scrolling back to the end turns it on again (a resize that
+// re-wraps the lines is not a scroll up).
 import { el } from "./dom.js";
 
 const MAX_LINES = 2000;
 
 export function createLogView(list, followBox) {
   let pending = false;
-  let autoScrolling = false;
+  let lastTop = 0;
 
   function scrollToEnd() {
     pending = false;
     if (!followBox.checked) return;
-    autoScrolling = true;
     list.scrollTop = list.scrollHeight;
+    lastTop = list.scrollTop;
   }
 
   function onScroll() {
-    if (autoScrolling) {
-      autoScrolling = false;
-      return;
-    }
     const atEnd = list.scrollHeight - list.scrollTop - list.clientHeight < 4;
-    followBox.checked = atEnd;
+    if (atEnd) followBox.checked = true;
+    else if (list.scrollTop < lastTop) followBox.checked = false;
+    lastTop = list.scrollTop;
   }
+  const resized = new ResizeObserver(() => scrollToEnd());
+  resized.observe(list);
 
   function onFollow() {
     if (followBox.checked) scrollToEnd();
@@ -42,6 +43,7 @@ export function createLogView(list, followBox) {
       }
     },
     destroy() {
+      resized.disconnect();
       list.removeEventListener("scroll", onScroll);
       followBox.removeEventListener("change", onFollow);
       list.replaceChildren();

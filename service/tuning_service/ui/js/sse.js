@@ -4,8 +4,9 @@
 // `isFinished()` agrees (the job reached a terminal state), when aborted, or on a 4xx.
 import { ApiError, apiFetch } from "./api.js";
 
-export function followEvents(path, { onEvent, onState = () => {}, isFinished = () => true, signal }) {
-  let lastId = null;
+// `after`: the last event id already seen (a restarted follow continues there instead of replaying).
+export function followEvents(path, { onEvent, onState = () => {}, isFinished = () => true, signal, after = null }) {
+  let lastId = after;
   let retryMs = 2000;
   let failures = 0;
 
