@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 
+from .errors import APIError
+
 UI_DIR = Path(__file__).resolve().parent / "ui"
 PREFIX = "/ui"
 
@@ -74,6 +76,14 @@ def assets() -> dict[str, Asset]:
 
 
 def _serve(request: Request, rel: str) -> Response:
+    if request.method not in ("GET", "HEAD"):
+        # Answered here: the app's 405 handler lists the methods of top-level routes only, not a Mount's.
+        raise APIError(
+            405,
+            "method_not_allowed",
+            f"{request.method} is not allowed on {request.url.path}",
+            headers={"Allow": "GET, HEAD"},
+        )
     asset = assets().get(rel)
     if asset is None:
         return Response(
@@ -105,13 +115,16 @@ async def to_index(request: Request) -> Response:
     return RedirectResponse(root + PREFIX + "/", status_code=307)
 
 
+# Every method reaches _serve, which answers 405 with the right Allow header.
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
 # The dashboard is a Mount so that it stays out of the API's OpenAPI document (it is not an API).
 routes = [
     Mount(
         PREFIX,
         routes=[
-            Route("/", index, methods=["GET", "HEAD"]),
-            Route("/{path:path}", static, methods=["GET", "HEAD"]),
+            Route("/", index, methods=ANY_METHOD),
+            Route("/{path:path}", static, methods=ANY_METHOD),
         ],
         name="ui",
     ),

@@ -108,3 +108,10 @@ def test_every_ui_file_is_package_data() -> None:
         if path.is_file():
             rel = path.relative_to(UI_DIR.parent).as_posix()
             assert any(fnmatch.fnmatch(rel, g) for g in globs), rel
+
+
+def test_wrong_method_is_405_naming_get(api_service: ServiceProcess) -> None:
+    for path in ("/ui/", "/ui/js/main.js"):
+        r = api_service.post(path, {}, key=None)
+        assert r.status == 405, (path, r.status)
+        assert "GET" in r.headers["allow"], r.headers
