@@ -6,6 +6,8 @@
 
 B1: `GET /v1/tunings.get/{id}` requests/s at concurrency 32, vs a bare Starlette route returning the same
     JSON dict on the same uvicorn settings (bare_app.py), both started by this invocation. Target >= 0.7.
+    The HTTP stack is uvicorn's default choice for this interpreter (httptools + uvloop when installed, else
+    h11 + asyncio), the same for both servers; the table's footer and the JSON say which.
 B2: `GET /v1/tunings.list?limit=100` p50 latency with `--jobs` jobs in the database, vs B1's p50 on the same
     database and concurrency. Target <= 2x.
 The database is seeded with copies of one real job (created through the API, run to `succeeded` by the fake
@@ -89,6 +91,23 @@ def loadgen(url: str, args: Any, server_pid: int) -> dict[str, Any]:
         raise SystemExit(f"loadgen saw errors against {url}: {result}")
     result["server_cpu_ms_per_request"] = round(1000 * cpu / max(1, result["requests"]), 4)
     return result
+
+
+def http_stack() -> dict[str, str]:
+    """What uvicorn's defaults (`--http auto --loop auto`, used by `python -m tuning_service` and by the bare
+    app alike) resolve to with this interpreter: httptools and uvloop when they are installed, else h11 and
+    asyncio. Both servers are started from the same interpreter and environment, so both get the same."""
+    import importlib.metadata
+    import importlib.util
+
+    def found(name: str) -> bool:
+        return importlib.util.find_spec(name) is not None
+
+    return {
+        "uvicorn": importlib.metadata.version("uvicorn"),
+        "http": "httptools" if found("httptools") else "h11",
+        "loop": "uvloop" if found("uvloop") else "asyncio",
+    }
 
 
 def start_bare(body_file: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -206,6 +225,7 @@ def main() -> None:
         "duration_s": args.duration,
         "rounds": args.rounds,
         "engine": runs["get"][0]["engine"],
+        "http_stack": http_stack(),
         "runs": runs,
         "list_rps": median([r["rps"] for r in runs["list"]]),
         "service_rss_mb_after": rss_mb,
@@ -213,6 +233,11 @@ def main() -> None:
         "cpu_ratio_get_vs_bare": round(cpu["get"] / cpu["bare"], 3) if cpu["bare"] else None,
     }
     finish("api", rows, args, details)
+    stack = details["http_stack"]
+    print(
+        f"# both servers: uvicorn {stack['uvicorn']}, http={stack['http']}, loop={stack['loop']} (uvicorn's "
+        f"auto choice), 1 worker, no uvicorn access log; load generator: {details['engine']}"
+    )
     print(
         "# server CPU ms/request (median): "
         + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items())

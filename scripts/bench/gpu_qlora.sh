@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # QLoRA on a GPU: tokens/s and peak memory of the trainer vs a plain HF Trainer + peft, on a random-initialised
-# 1B-class Llama (TinyLlama-1.1B shape) with a locally trained tokenizer. Nothing is downloaded.
+# 1B-class Llama (TinyLlama-1.1B shape) with a locally trained tokenizer, then the effect of sequence packing
+# (our trainer with and without `packing`, on rows of mixed length). Nothing is downloaded.
 #
 #   scripts/bench/gpu_qlora.sh [--tiny] [--steps N] [--batch-size N] [--seq-len N] [--method qlora|lora]
 #                              [--json PATH] [--python PY] [--launcher python|accelerate]
@@ -68,9 +69,18 @@ print(f"# torch {torch.__version__}, transformers {transformers.__version__}, pe
 PY
 
 "$py" scripts/bench/random_llama.py --out "$work/data" --shape "$shape" --seq-len "$seq" \
-  --rows $((steps * batch + batch))
+  --rows $((steps * batch + batch)) --variable-rows $((4 * (steps * batch + batch)))
 args=(--model "$work/data/model" --training-file "$work/data/train.jsonl" --method "$method"
       --steps "$steps" --batch-size "$batch" --max-seq-length "$seq" --python "$py" --baseline
       --launcher "$launcher")
 if [ -n "$json" ]; then args+=(--json "$json"); fi
 "$py" scripts/bench/trainer.py "${args[@]}"
+
+# Sequence packing: our trainer without and with `packing` on rows of 1/8 to 1x the sequence length (it
+# exits non-zero if packing does not raise the real tokens per step).
+packing=(--model "$work/data/model" --training-file "$work/data/train_variable.jsonl" --method "$method"
+         --steps "$steps" --batch-size "$batch" --max-seq-length "$seq" --python "$py" --launcher "$launcher"
+         --compare-packing)
+if [ -n "$json" ]; then packing+=(--json "${json%.json}-packing.json"); fi
+"$py" scripts/bench/trainer.py "${packing[@]}"
+echo "# gpu_qlora.sh: all runs completed (shape=$shape method=$method steps=$steps batch=$batch seq=$seq)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """B3 and B6: what the service adds to a job's wall time, and how fast an idle scheduler starts a job.
 
-    python scripts/bench/job_overhead.py [--rounds 2] [--steps 20] [--starts 10] [--model DIR]
+    python scripts/bench/job_overhead.py [--rounds 5] [--steps 20] [--starts 10] [--model DIR]
         [--json PATH] [--quick] [--skip-b3]
 
 B3: wall time of a tiny-model LoRA job through the API, from `client.tunings.create` to `client.tunings.wait`
@@ -290,7 +290,7 @@ def bench_b6(args: Any, work: Path) -> tuple[list[Row], dict[str, Any]]:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--rounds", type=int, default=2, help="B3: API runs and direct runs (each)")
+    p.add_argument("--rounds", type=int, default=5, help="B3: API runs and direct runs (each)")
     p.add_argument("--steps", type=int, default=20, help="B3: LoRA steps per job")
     p.add_argument("--starts", type=int, default=10, help="B6: job starts measured")
     p.add_argument("--model", help="B3: tiny model directory (default: build one)")

@@ -3,6 +3,7 @@
 for throughput/memory benchmarks on a machine that cannot download anything (scripts/bench/gpu_qlora.sh).
 
     python scripts/bench/random_llama.py --out DIR [--shape 1b|tiny] [--rows 400] [--seq-len 512]
+        [--variable-rows N]
 
 Writes DIR/model (save_pretrained, bf16) and DIR/train.jsonl (`text` rows of about --seq-len tokens).
 Random weights are fine for speed and memory: every kernel runs exactly as for trained weights.
@@ -43,6 +44,12 @@ def main() -> None:
     p.add_argument("--shape", choices=sorted(SHAPES), default="1b")
     p.add_argument("--rows", type=int, default=400)
     p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument(
+        "--variable-rows",
+        type=int,
+        default=0,
+        help="also write DIR/train_variable.jsonl: this many rows of 1/8 to 1x --seq-len tokens (packing)",
+    )
     args = p.parse_args()
 
     import torch
@@ -82,6 +89,15 @@ def main() -> None:
             while len(tokenizer(" ".join(words))["input_ids"]) < args.seq_len + 8:
                 words += rng.choice(corpus).split()
             fh.write(json.dumps({"text": " ".join(words)}) + "\n")
+    # Rows of mixed lengths, as real chat/instruction data has: what sequence packing is for.
+    if args.variable_rows:
+        with open(out / "train_variable.jsonl", "w", encoding="utf-8") as fh:
+            for _ in range(args.variable_rows):
+                target = rng.randint(max(1, args.seq_len // 8), args.seq_len)
+                words = []
+                while len(tokenizer(" ".join(words))["input_ids"]) < target:
+                    words += rng.choice(corpus).split()[:8]
+                fh.write(json.dumps({"text": " ".join(words)}) + "\n")
     print(
         f"random {args.shape} Llama: {params / 1e9:.2f}B parameters, {args.rows} rows of >= {args.seq_len} "
         f"tokens, built in {time.monotonic() - started:.0f}s -> {out}",

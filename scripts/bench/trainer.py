@@ -3,12 +3,14 @@
 
     python scripts/bench/trainer.py [--model DIR] [--method qlora|lora] [--steps 60] [--batch-size 4]
         [--max-seq-length 1024] [--training-file data/train.jsonl] [--launcher accelerate|python]
-        [--baseline] [--json PATH]
+        [--baseline | --compare-packing] [--json PATH]
 
 Runs the real trainer as a subprocess (through `accelerate launch` by default, as the service does) and reads
 its events.jsonl. With --baseline, the same job also runs through a plain HF `Trainer` + peft (hf_baseline.py)
 in this same invocation, and the table shows trainer/baseline ratios. Without --model it builds the tiny
 model first. Steady-state numbers skip the first step (warm-up). Prints a table; --json writes the numbers.
+With --compare-packing it runs our trainer twice instead, without and with sequence packing, on data that
+should have rows shorter than --max-seq-length (random_llama.py --variable-rows).
 """
 
 from __future__ import annotations
@@ -135,6 +137,51 @@ def table(rows: dict[str, dict[str, Any]], ratio: dict[str, float] | None) -> st
     return "\n".join(lines)
 
 
+def compare_packing(args: argparse.Namespace, job: dict[str, Any], work: Path, cuda: bool) -> None:
+    """Our trainer twice on the same data: padded batches (packing off, the default) and packed rows of
+    exactly max_seq_length tokens. tokens/s counts real (non-pad) tokens, so it shows what packing buys on
+    data shorter than max_seq_length; it must raise the tokens per step, or packing did nothing (exit 1)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, packing in (("no_packing", False), ("packing", True)):
+        (work / name).mkdir(parents=True, exist_ok=True)
+        hp = {**job["hyperparameters"], "packing": packing}
+        run = {**job, "hyperparameters": hp, "output_dir": str(work / name / "out")}
+        rows[name] = run_trainer(run, args.launcher, args.python, cuda)
+    off, on = rows["no_packing"], rows["packing"]
+    ratio = {k: on[k] / off[k] if off[k] else float("nan") for k in off if isinstance(off[k], (int, float))}
+    per_step = {n: r["tokens_per_s"] / r["steps_per_s"] for n, r in rows.items()}
+    command = " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    print(f"# {command}")
+    print(
+        f"# sequence packing: method={args.method} steps={args.steps} batch={args.batch_size} "
+        f"max_seq_length={args.max_seq_length} device={on['device']} host={platform.node()}; "
+        f"real tokens/step {per_step['no_packing']:.0f} -> {per_step['packing']:.0f}"
+    )
+    print(table(rows, ratio))
+    print("# ratio = packing / no_packing (tokens/s counts real tokens, not padding)")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "command": command,
+                    "method": args.method,
+                    "steps": args.steps,
+                    "batch_size": args.batch_size,
+                    "max_seq_length": args.max_seq_length,
+                    "results": rows,
+                    "ratio": ratio,
+                    "tokens_per_step": per_step,
+                },
+                indent=2,
+            )
+        )
+    if per_step["packing"] <= per_step["no_packing"]:
+        raise SystemExit(
+            "packing did not raise the tokens per step: the data has no rows shorter than max_seq_length, "
+            "or the trainer ignored `packing`"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model directory (default: build the tiny model)")
@@ -147,6 +194,11 @@ def main() -> None:
     p.add_argument("--launcher", choices=("accelerate", "python"), default="accelerate")
     p.add_argument("--python", default=sys.executable, help="interpreter to run the trainer with")
     p.add_argument("--baseline", action="store_true", help="also run plain HF Trainer + peft and compare")
+    p.add_argument(
+        "--compare-packing",
+        action="store_true",
+        help="instead: our trainer without and with sequence packing (hyperparameter `packing`), same data",
+    )
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
 
@@ -178,6 +230,9 @@ def main() -> None:
         "output_dir": str(work / "trainer" / "out"),
         "hyperparameters": hp,
     }
+    if args.compare_packing:
+        compare_packing(args, job, work, cuda)
+        return
     (work / "trainer").mkdir(parents=True, exist_ok=True)
     rows = {"trainer": run_trainer(job, args.launcher, args.python, cuda)}
     ratio = None

@@ -6,6 +6,7 @@ with their key even when a key is renamed, and a revoked key stops working at on
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 from typing import Any
@@ -53,11 +54,75 @@ def bearer_token(request: Request) -> str:
     return token
 
 
+# Keys remembered at most; past it the cache starts afresh (a service has a handful of keys).
+MAX_CACHED_KEYS = 1024
+
+
+class KeyCache:
+    """Keys verified since the database last changed: sha256 digest of the token (never the token) -> key id.
+
+    Hashing the key and looking the hash up in SQLite on every request was a fifth of a `tunings.get`'s CPU
+    (docs/benchmarks.md, B1). A revoked key must still stop working at once, also when another worker or
+    the `keys revoke` CLI (another process) revoked it: the cache is emptied whenever SQLite's
+    `PRAGMA data_version` moves, i.e. whenever any other connection has committed anything (a few
+    microseconds to ask). Unknown keys are never cached.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._version: int | None = None
+        self._ids: dict[bytes, str] = {}
+
+    def lookup(self, digest: bytes) -> tuple[str | None, int]:
+        """(key id or None, the data version it is valid for)."""
+        version = self.store.data_version()
+        if version != self._version:
+            self._ids.clear()
+            self._version = version
+            return None, version
+        return self._ids.get(digest), version
+
+    def remember(self, digest: bytes, key_id: str, version: int) -> None:
+        if version != self._version:
+            return  # something was committed meanwhile: the lookup may already be stale
+        if len(self._ids) >= MAX_CACHED_KEYS:
+            self._ids.clear()
+        self._ids[digest] = key_id
+
+
+_cache: KeyCache | None = None
+
+
+def _key_cache(manager: Any) -> KeyCache | None:
+    global _cache
+    store = getattr(manager, "store", None)
+    if _cache is not None and _cache.store is store:
+        return _cache
+    if not hasattr(store, "data_version"):
+        return None  # a key store without change tracking: look every key up
+    _cache = KeyCache(store)  # a new lifespan (tests, reload) has a new store
+    return _cache
+
+
+async def verified_key_id(state: Any, token: str) -> str | None:
+    """The id of the active key `token`, or None if it is unknown or revoked."""
+    manager = state.manager
+    cache = _key_cache(manager)
+    if cache is None:
+        return await _maybe_await(manager.verify_key(token))  # type: ignore[no-any-return]
+    digest = hashlib.sha256(token.encode("utf-8")).digest()
+    key_id, version = cache.lookup(digest)
+    if key_id is None:
+        key_id = await _maybe_await(manager.verify_key(token))
+        if key_id:
+            cache.remember(digest, str(key_id), version)
+    return key_id
+
+
 async def authenticate(request: Request) -> str:
     """Return the calling key's id (the owner of the jobs it creates), or raise 401."""
     token = bearer_token(request)
-    manager = request.app.state.manager
-    key_id = await _maybe_await(manager.verify_key(token))
+    key_id = await verified_key_id(request.app.state, token)
     if not key_id or key_id in getattr(request.app.state, "disabled_key_ids", ()):
         # Never echo the key: it may be a real key pasted into the wrong service.
         hint = token[:4] + "..." if len(token) > 8 else "..."

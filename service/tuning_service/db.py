@@ -74,7 +74,11 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_idempotency
     ON jobs(owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_owner_ord ON jobs(owner, ord);
+-- A key's jobs newest first (tunings.list), covering what tells whether a cached job is current
+-- (store.STAMP_COLUMNS): a page of stamps is read from the index alone, never from the wide job rows
+-- (16x fewer instructions for 100 rows, docs/benchmarks.md B2). It replaces jobs_owner_ord, its prefix.
+CREATE INDEX IF NOT EXISTS jobs_owner_page ON jobs(owner, ord, id, status, finished_at);
+DROP INDEX IF EXISTS jobs_owner_ord;
 CREATE INDEX IF NOT EXISTS jobs_status_ord ON jobs(status, ord);
 
 CREATE TABLE IF NOT EXISTS job_events (
@@ -159,6 +163,22 @@ def row_to_dict(row: aiosqlite.Row | None) -> dict[str, Any] | None:
     return out
 
 
+def rows_to_dicts(rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
+    """row_to_dict for many rows of one query: the column names and which of them hold JSON are looked at
+    once, not per row (a 100-row page is a hot path)."""
+    if not rows:
+        return []
+    names = rows[0].keys()
+    decode = [n for n in names if n in JSON_COLUMNS]
+    out = [dict(zip(names, row, strict=True)) for row in rows]
+    for name in decode:
+        for d in out:
+            value = d[name]
+            if value is not None:
+                d[name] = json.loads(value)
+    return out
+
+
 def _first(rows: Iterable[sqlite3.Row]) -> dict[str, Any] | None:
     for row in rows:
         return row_to_dict(row)
@@ -184,7 +204,7 @@ class Tx:
         return _first(await self.conn.execute_fetchall(sql, tuple(params)))
 
     async def all(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        return [row_to_dict(r) or {} for r in await self.conn.execute_fetchall(sql, tuple(params))]
+        return rows_to_dicts(list(await self.conn.execute_fetchall(sql, tuple(params))))
 
     async def job(self, job_id: str) -> dict[str, Any] | None:
         return await self.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -302,6 +322,13 @@ class Database:
             raise RuntimeError("database is not open")
         return self._reader
 
+    def data_version(self) -> int:
+        """SQLite's `PRAGMA data_version` on the read connection: it changes whenever any other connection
+        (this process's writer, another worker, the `keys` CLI) has committed since the last call. A cheap
+        "has anything changed?" for in-memory caches (auth.KeyCache); a few microseconds."""
+        row = self.reader.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
     async def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
@@ -351,7 +378,7 @@ class Database:
                 rows = await self.conn.execute_fetchall(sql, tuple(params))
         else:
             rows = self.reader.execute(sql, tuple(params)).fetchall()
-        return [row_to_dict(r) or {} for r in rows]
+        return rows_to_dicts(list(rows))
 
     async def pragma(self, name: str) -> Any:
         async with self._lock, self.conn.execute(f"PRAGMA {name}") as cur:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .auth import authenticate
-from .errors import APIError
+from .errors import APIError, job_not_found
 from .requests import (
     check_query,
     parse_json_body,
@@ -20,6 +21,7 @@ from .requests import (
     validate_idempotency_key,
     validate_job_id,
 )
+from .states import JobStatus
 
 log = logging.getLogger("tuning_service.api")
 
@@ -44,14 +46,135 @@ async def create(request: Request) -> JSONResponse:
     return JSONResponse(job, headers=headers)
 
 
-async def get(request: Request) -> JSONResponse:
+# JSON exactly as Starlette's JSONResponse writes it (compact, UTF-8, NaN refused), with one encoder object.
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _json_bytes(value: Any) -> bytes:
+    return _encoder.encode(value).encode("utf-8")
+
+
+def _json_response(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
+
+
+# The most bytes of encoded jobs kept (about 1.3 KB a job: some 6,000 jobs).
+CACHE_MAX_BYTES = 8 * 1024 * 1024
+# A list page with more jobs than this to encode afresh reads them in one query (manager.list) instead of
+# one by one.
+_MAX_SINGLE_READS = 8
+_TERMINAL = frozenset(s.value for s in JobStatus if s.is_terminal())
+
+
+class EncodedJobs:
+    """The encoded public JSON of terminal jobs, valid for their (status, finished_at) (`STAMP_COLUMNS`).
+
+    A finished job never changes until it is resumed (a new status, and a new finished_at when it ends
+    again) or deleted (its row is gone), so its JSON can be reused as long as its stamp, read from the
+    database on every request, is the same. A list page of 100 jobs was 100 rows of JSON decoded,
+    re-shaped and encoded again (docs/benchmarks.md, B2); with this it is one query answered from an index
+    (jobs_owner_page) and a join. Per process, bounded by CACHE_MAX_BYTES (the oldest entries go first);
+    running and queued jobs are always read afresh.
+    """
+
+    def __init__(self, max_bytes: int = CACHE_MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._items: dict[str, tuple[str, float | None, bytes]] = {}
+
+    def get(self, job_id: str, status: str, finished_at: float | None) -> bytes | None:
+        item = self._items.get(job_id)
+        if item is not None and item[0] == status and item[1] == finished_at:
+            return item[2]
+        return None
+
+    def put(
+        self, job_id: str, status: str, finished_at: float | None, job: dict[str, Any], body: bytes
+    ) -> None:
+        """Keep `body` (the encoding of `job`, read right after the stamp) if the job is terminal and was read
+        in the stamp's state: a job that changed in between is served but not kept."""
+        if status not in _TERMINAL or job.get("status") != status or len(body) > self.max_bytes // 16:
+            return
+        old = self._items.pop(job_id, None)
+        if old is not None:
+            self.size -= len(old[2])
+        self._items[job_id] = (status, finished_at, body)
+        self.size += len(body)
+        while self.size > self.max_bytes:
+            oldest = next(iter(self._items))
+            self.size -= len(self._items.pop(oldest)[2])
+
+
+def _cache(request: Request) -> EncodedJobs:
+    state = request.app.state
+    manager = _manager(request)
+    cache: EncodedJobs | None = getattr(state, "encoded_jobs", None)
+    if cache is None or getattr(state, "encoded_jobs_for", None) is not manager:
+        cache = state.encoded_jobs = EncodedJobs()  # one per lifespan (a new manager, a new database)
+        state.encoded_jobs_for = manager
+    return cache
+
+
+async def get(request: Request) -> Response:
     owner = await authenticate(request)
-    check_query(request.query_params)
+    if request.scope.get("query_string"):
+        check_query(request.query_params)
     job_id = validate_job_id(request.path_params["job_id"])
-    return JSONResponse(await _manager(request).get(job_id, owner=owner))
+    manager = _manager(request)
+    stamp = await manager.store.job_stamp(job_id)
+    if stamp is None or stamp["owner"] != owner:
+        raise job_not_found(job_id)
+    cache = _cache(request)
+    status, finished_at = stamp["status"], stamp["finished_at"]
+    body = cache.get(job_id, status, finished_at)
+    if body is None:
+        job = await manager.get(job_id, owner=owner)
+        body = _json_bytes(job)
+        cache.put(job_id, status, finished_at, job, body)
+    return _json_response(body)
 
 
-async def list_jobs(request: Request) -> JSONResponse:
+async def _page_parts(
+    request: Request, owner: str, status: str | None, after: str | None, limit: int
+) -> tuple[list[tuple[str, bytes]], bool]:
+    """(id, encoded job) of one page, newest first, and whether more follow."""
+    manager = _manager(request)
+    stamps, has_more = await manager.store.list_job_stamps(
+        owner=owner, status=status, after=after, limit=limit
+    )
+    cache = _cache(request)
+    bodies = [cache.get(*stamp) for stamp in stamps]
+    missing = [i for i, b in enumerate(bodies) if b is None]
+    if len(missing) > _MAX_SINGLE_READS:
+        # A cold page: the manager reads it in one query (the same page: the same filters and cursor).
+        jobs, has_more = await manager.list(owner=owner, status=status, after=after, limit=limit)
+        stamp_of = {s[0]: s for s in stamps}
+        parts = []
+        for job in jobs:
+            body = _json_bytes(job)
+            found = stamp_of.get(job["id"])
+            if found is not None:
+                cache.put(found[0], found[1], found[2], job, body)
+            parts.append((job["id"], body))
+        return parts, has_more
+    parts = []
+    for (job_id, job_status, finished_at), cached in zip(stamps, bodies, strict=True):
+        if cached is None:  # running, queued or not yet cached: read afresh
+            try:
+                job = await manager.get(job_id, owner=owner)
+            except APIError as exc:
+                if exc.status_code != 404:
+                    raise
+                # Deleted (by another worker) since the page was read: read the page again, in one piece.
+                jobs, has_more = await manager.list(owner=owner, status=status, after=after, limit=limit)
+                return [(j["id"], _json_bytes(j)) for j in jobs], has_more
+            cached = _json_bytes(job)
+            cache.put(job_id, job_status, finished_at, job, cached)
+        parts.append((job_id, cached))
+    return parts, has_more
+
+
+async def list_jobs(request: Request) -> Response:
     owner = await authenticate(request)
     params = request.query_params
     check_query(params, ("limit", "after", "status"))
@@ -60,16 +183,23 @@ async def list_jobs(request: Request) -> JSONResponse:
     after = params.get("after") or None
     if after is not None and len(after) > 128:
         raise APIError(400, "invalid_request", "after must be a job id", param="after")
-    jobs, has_more = await _manager(request).list(owner=owner, status=status, after=after, limit=limit)
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": jobs,
-            "has_more": has_more,
-            "first_id": jobs[0]["id"] if jobs else None,
-            "last_id": jobs[-1]["id"] if jobs else None,
-        }
+    parts, has_more = await _page_parts(request, owner, status, after, limit)
+    # The page is spliced from the jobs' encoded JSON: the same bytes JSONResponse would write for
+    # {"object": "list", "data": [...], "has_more": ..., "first_id": ..., "last_id": ...}.
+    body = b"".join(
+        (
+            b'{"object":"list","data":[',
+            b",".join(b for _, b in parts),
+            b'],"has_more":',
+            b"true" if has_more else b"false",
+            b',"first_id":',
+            _json_bytes(parts[0][0] if parts else None),
+            b',"last_id":',
+            _json_bytes(parts[-1][0] if parts else None),
+            b"}",
+        )
     )
+    return _json_response(body)
 
 
 async def cancel(request: Request) -> JSONResponse:

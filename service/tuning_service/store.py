@@ -24,6 +24,38 @@ _LIST_COLUMNS = (
     " hyperparameters, metrics, error, trained_tokens, created_at, started_at, finished_at"
 )
 
+# A terminal job's public object changes only with these: it changes only through a status transition, and
+# a job reaching a terminal status again (after a resume) gets a new finished_at. routes_jobs caches the
+# encoded JSON of terminal jobs under them; the index jobs_owner_page covers them.
+STAMP_COLUMNS = "id, status, finished_at"
+
+
+def _list_query(
+    columns: str,
+    owner: str,
+    status: str | None,
+    after: str | None,
+    limit: int,
+    metadata: dict[str, str] | None,
+) -> tuple[str, list[Any]]:
+    sql = f"SELECT {columns} FROM jobs WHERE owner = ?"
+    params: list[Any] = [owner]
+    if status is not None:
+        sql += " AND status = ?"
+        params.append(status)
+    for k, v in (metadata or {}).items():
+        sql += (
+            " AND EXISTS (SELECT 1 FROM json_each(jobs.request, '$.metadata') m"
+            " WHERE m.key = ? AND m.value = ?)"
+        )
+        params += [k, v]
+    if after is not None:
+        sql += " AND ord < COALESCE((SELECT ord FROM jobs WHERE id = ? AND owner = ?), -1)"
+        params += [after, owner]
+    sql += " ORDER BY ord DESC LIMIT ?"
+    params.append(limit + 1)
+    return sql, params
+
 
 def new_job_id() -> str:
     return "ftjob-" + secrets.token_hex(12)
@@ -84,6 +116,10 @@ class Store(Database):
         """The owner and the columns of a public job (`_LIST_COLUMNS`): what GET tunings.get needs."""
         return await self.one(f"SELECT owner, {_LIST_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
 
+    async def job_stamp(self, job_id: str) -> dict[str, Any] | None:
+        """What tells whether a cached public job is still current (`STAMP_COLUMNS`), and its owner."""
+        return await self.one(f"SELECT owner, {STAMP_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+
     async def list_jobs(
         self,
         *,
@@ -95,23 +131,19 @@ class Store(Database):
     ) -> tuple[list[dict[str, Any]], bool]:
         """Newest first, the columns of a public job (`_LIST_COLUMNS`). `after` is a job id of this owner: the
         page starts just below it. `metadata`: every pair must be in the job's metadata."""
-        sql = f"SELECT {_LIST_COLUMNS} FROM jobs WHERE owner = ?"
-        params: list[Any] = [owner]
-        if status is not None:
-            sql += " AND status = ?"
-            params.append(status)
-        for k, v in (metadata or {}).items():
-            sql += (
-                " AND EXISTS (SELECT 1 FROM json_each(jobs.request, '$.metadata') m"
-                " WHERE m.key = ? AND m.value = ?)"
-            )
-            params += [k, v]
-        if after is not None:
-            sql += " AND ord < COALESCE((SELECT ord FROM jobs WHERE id = ? AND owner = ?), -1)"
-            params += [after, owner]
-        sql += " ORDER BY ord DESC LIMIT ?"
-        params.append(limit + 1)
+        sql, params = _list_query(_LIST_COLUMNS, owner, status, after, limit, metadata)
         rows = await self.all(sql, params)
+        return rows[:limit], len(rows) > limit
+
+    async def list_job_stamps(
+        self, *, owner: str, status: str | None, after: str | None, limit: int
+    ) -> tuple[list[tuple[str, str, float | None]], bool]:
+        """The same page as list_jobs, as plain (id, status, finished_at) tuples (`STAMP_COLUMNS`), read from
+        the index jobs_owner_page alone."""
+        sql, params = _list_query(STAMP_COLUMNS, owner, status, after, limit, None)
+        cur = self.reader.cursor()
+        cur.row_factory = None  # plain tuples: a page of them is a hot path
+        rows = cur.execute(sql, params).fetchall()
         return rows[:limit], len(rows) > limit
 
     async def queue_positions(self) -> dict[str, int]:
