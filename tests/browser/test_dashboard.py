@@ -119,7 +119,17 @@ def test_sign_in_list_and_watch_a_job_train(
     assert "tiny-llama" in cells.text
     screenshots.save(browser, "jobs-list-laptop")
 
-    css(browser, f"{row} a")[0].click()
+    # Keyboard only: Tab from the status filter to the job's link, Enter opens it.
+    from selenium.webdriver.common.keys import Keys
+
+    by_id(browser, "status-filter").send_keys(Keys.ESCAPE)  # focus the filter
+    for _ in range(6):
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+        if job_id in (browser.switch_to.active_element.get_attribute("href") or ""):
+            break
+    else:
+        pytest.fail("Tab never reached the job's link")
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
     wait(browser, lambda: visible(browser, "view-job"), what="job page")
     assert by_id(browser, "job-title").text == job_id
 
@@ -250,14 +260,36 @@ def test_create_from_the_form_then_cancel_from_the_job_page(
     assert svc.get(f"/v1/tunings.get/{job_id}").json()["status"] == "cancelled"
 
 
-def test_a_401_and_sign_out_return_to_sign_in(browser: Any, svc: ServiceProcess) -> None:
+def test_a_failed_job_shows_its_error_panel(
+    browser: Any, svc: ServiceProcess, screenshots: Screenshots
+) -> None:
+    # A model that is neither a local folder nor reachable offline: the trainer fails at start-up.
+    job = svc.create_job(model="no-such-model", training_file="data/train.jsonl")
+    browser.get(svc.base_url + f"/ui/#/jobs/{job['id']}")
+    wait(browser, lambda: status_text(browser) == "failed", timeout=180, what="failed")
+    wait(browser, lambda: visible(browser, "job-error"), what="the error panel")
+    failed = svc.get(f"/v1/tunings.get/{job['id']}").json()["error"]
+    assert by_id(browser, "job-error-code").text == failed["code"]
+    assert failed["message"][:40] in by_id(browser, "job-error-message").text
+    assert by_id(browser, "job-error-tail").text.strip()
+    # Nothing to cancel, resume (no checkpoint) or download.
+    assert not [b for b in css(browser, "#job-actions button") if b.is_displayed()]
+    screenshots.save(browser, "job-failed-laptop")
+
+
+def test_filter_then_a_401_and_sign_out_return_to_sign_in(browser: Any, svc: ServiceProcess) -> None:
     from selenium.webdriver.support.ui import Select
 
     browser.get(svc.base_url + "/ui/#/jobs")
-    wait(browser, lambda: css(browser, "#jobs-body tr"), what="list")
+    wait(browser, lambda: len(css(browser, "#jobs-body tr")) == 3, what="the three jobs")
+    Select(by_id(browser, "status-filter")).select_by_visible_text("cancelled")
+    wait(browser, lambda: len(css(browser, "#jobs-body tr")) == 1, what="only the cancelled job")
+    assert "cancelled" in css(browser, "#jobs-body tr")[0].text
+    Select(by_id(browser, "status-filter")).select_by_visible_text("all")
+    wait(browser, lambda: len(css(browser, "#jobs-body tr")) == 3, what="all jobs again")
     # The key stops working (revoked, say): the next poll's 401 signs the page out.
     browser.execute_script("sessionStorage.setItem('tuning.apiKey', 'revoked-key')")
-    Select(by_id(browser, "status-filter")).select_by_visible_text("succeeded")  # the next request, now
+    Select(by_id(browser, "status-filter")).select_by_visible_text("failed")  # the next request, now
     wait(browser, lambda: visible(browser, "view-signin"), timeout=20, what="sign-in after a 401")
     assert "401" in by_id(browser, "banner").text
     assert css(browser, "#jobs-body tr") == []
@@ -269,6 +301,25 @@ def test_a_401_and_sign_out_return_to_sign_in(browser: Any, svc: ServiceProcess)
     assert browser.execute_script("return sessionStorage.getItem('tuning.apiKey')") is None
     assert css(browser, "#jobs-body tr") == []
     assert not visible(browser, "nav")
+
+
+def test_older_and_newer_pages(browser: Any, api_service: ServiceProcess) -> None:
+    # A service that runs nothing: 27 queued jobs are 2 pages of the list (25 per page).
+    for _ in range(27):
+        api_service.create_job()
+    browser.get(api_service.base_url + "/ui/")
+    sign_in(browser, DEV_KEY)
+    wait(browser, lambda: len(css(browser, "#jobs-body tr")) == 25, what="a full first page")
+    first = {tr.get_attribute("data-job") for tr in css(browser, "#jobs-body tr")}
+    assert by_id(browser, "jobs-newer").get_attribute("disabled") is not None
+    by_id(browser, "jobs-next").click()
+    wait(browser, lambda: len(css(browser, "#jobs-body tr")) == 2, what="the second page")
+    second = {tr.get_attribute("data-job") for tr in css(browser, "#jobs-body tr")}
+    assert not first & second
+    assert by_id(browser, "jobs-next").get_attribute("disabled") is not None
+    by_id(browser, "jobs-newer").click()
+    wait(browser, lambda: len(css(browser, "#jobs-body tr")) == 25, what="the first page again")
+    by_id(browser, "sign-out").click()
 
 
 def test_no_script_errors_or_csp_violations(browser: Any) -> None:
