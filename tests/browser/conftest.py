@@ -93,6 +93,7 @@ class Screenshots:
     def save(self, driver: Any, name: str) -> Path:
         """The whole page (the window grows to the page's height for the shot, then goes back)."""
         path = self.folder / f"{len(self.paths) + 1:02d}-{name}.png"
+        driver.execute_script("window.scrollTo(0, 0)")
         size = driver.get_window_size()
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(size["width"], min(max(int(height), size["height"]), 6000))

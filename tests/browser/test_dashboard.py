@@ -272,6 +272,11 @@ def test_a_failed_job_shows_its_error_panel(
     assert by_id(browser, "job-error-code").text == failed["code"]
     assert failed["message"][:40] in by_id(browser, "job-error-message").text
     assert by_id(browser, "job-error-tail").text.strip()
+    wait(
+        browser,
+        lambda: by_id(browser, "chart-loss").text.endswith("no data"),
+        what="an empty chart, finished",
+    )
     # Nothing to cancel, resume (no checkpoint) or download.
     assert not [b for b in css(browser, "#job-actions button") if b.is_displayed()]
     screenshots.save(browser, "job-failed-laptop")

@@ -63,6 +63,7 @@ export function createChart(figure, { title, series, format = fmtNum, height: H 
   figure.dataset.points = "0";
 
   let pending = false;
+  let emptyText = "waiting for data";
 
   function render() {
     pending = false;
@@ -97,7 +98,7 @@ export function createChart(figure, { title, series, format = fmtNum, height: H 
       plot.replaceChildren(
         svg("line", { class: "grid", x1: x0, x2: x1, y1: y0, y2: y0 }),
         svg("text", { class: "empty", x: (x0 + x1) / 2, y: (y0 + y1) / 2, "text-anchor": "middle" },
-          "waiting for data"),
+          emptyText),
       );
       return;
     }
@@ -146,6 +147,11 @@ export function createChart(figure, { title, series, format = fmtNum, height: H 
     // A resumed run starts again after its checkpoint's step: drop what came after it.
     truncate(afterStep) {
       for (const pts of data.values()) while (pts.length && pts[pts.length - 1][0] > afterStep) pts.pop();
+      render();
+    },
+    // The stream has ended: an empty chart will stay empty.
+    finished() {
+      emptyText = "no data";
       render();
     },
     destroy() {

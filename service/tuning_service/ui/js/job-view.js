@@ -123,7 +123,10 @@ export function mountJob({ id }) {
       },
       onState: (state) => {
         byId("stream-state").textContent = STREAM_STATES[state] || "";
-        if (state === "ended") poller.now();
+        if (state === "ended") {
+          for (const chart of Object.values(charts)) chart.finished();
+          poller.now();
+        }
       },
       isFinished: () => sawTerminal,
     }).finally(() => {
