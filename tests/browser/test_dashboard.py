@@ -88,6 +88,14 @@ def status_text(driver: Any) -> str:
     return str(by_id(driver, "job-status").text).lstrip("✓✕ ").strip()
 
 
+def action(driver: Any, name: str) -> Any:
+    return css(driver, f'#job-actions button[data-action="{name}"]')[0]
+
+
+def shown_actions(driver: Any) -> set[str]:
+    return {b.get_attribute("data-action") for b in css(driver, "#job-actions button") if b.is_displayed()}
+
+
 def sign_in(driver: Any, key: str) -> None:
     from selenium.webdriver.common.keys import Keys
 
@@ -236,7 +244,7 @@ def test_form_shows_the_servers_validation_errors_next_to_the_field(
     assert len(jobs) == 1, [j["id"] for j in jobs]
 
 
-def test_create_from_the_form_then_cancel_from_the_job_page(
+def test_create_from_the_form_then_pause_resume_and_cancel_from_job_pages(
     browser: Any, svc: ServiceProcess, training_job: dict[str, Any]
 ) -> None:
     _open_form(browser, svc)
@@ -252,12 +260,30 @@ def test_create_from_the_form_then_cancel_from_the_job_page(
     created = svc.get(f"/v1/tunings.get/{job_id}").json()
     assert created["method"] == "lora" and created["hyperparameters"]["max_steps"] == 100000
 
-    cancel = css(browser, '#job-actions button[data-action="cancel"]')[0]
-    wait(browser, cancel.is_displayed, what="cancel button")
-    cancel.click()
+    # A second job waits behind it: pause it (queued -> paused at once), resume it, cancel it.
+    waiting = svc.create_job(model="tiny-llama", training_file="data/train.jsonl")["id"]
+    browser.get(svc.base_url + f"/ui/#/jobs/{waiting}")
+    wait(browser, lambda: by_id(browser, "job-title").text == waiting, what="the second job's page")
+    wait(browser, lambda: status_text(browser) == "queued", what="the second job, queued")
+    assert shown_actions(browser) == {"cancel", "pause"}
+    action(browser, "pause").click()
+    wait(browser, lambda: status_text(browser) == "paused", what="paused")
+    wait(browser, lambda: shown_actions(browser) == {"cancel", "resume"}, what="resume offered")
+    action(browser, "resume").click()
+    wait(browser, lambda: status_text(browser) == "queued", what="queued again")
+    action(browser, "cancel").click()
+    wait(browser, lambda: status_text(browser) == "cancelled", what="the second job cancelled")
+    assert shown_actions(browser) == set()  # no checkpoint: nothing to resume
+
+    # The first one is training (or about to): cancel it from its page.
+    browser.get(svc.base_url + f"/ui/#/jobs/{job_id}")
+    wait(browser, lambda: by_id(browser, "job-title").text == job_id, what="the first job's page")
+    wait(browser, lambda: "cancel" in shown_actions(browser), what="cancel button")
+    action(browser, "cancel").click()
     wait(browser, lambda: status_text(browser) == "cancelled", timeout=60, what="cancelled")
-    assert not cancel.is_displayed()
+    assert "cancel" not in shown_actions(browser)
     assert svc.get(f"/v1/tunings.get/{job_id}").json()["status"] == "cancelled"
+    assert svc.get(f"/v1/tunings.get/{waiting}").json()["status"] == "cancelled"
 
 
 def test_a_failed_job_shows_its_error_panel(
@@ -278,7 +304,7 @@ def test_a_failed_job_shows_its_error_panel(
         what="an empty chart, finished",
     )
     # Nothing to cancel, resume (no checkpoint) or download.
-    assert not [b for b in css(browser, "#job-actions button") if b.is_displayed()]
+    assert shown_actions(browser) == set()
     screenshots.save(browser, "job-failed-laptop")
 
 
@@ -286,12 +312,12 @@ def test_filter_then_a_401_and_sign_out_return_to_sign_in(browser: Any, svc: Ser
     from selenium.webdriver.support.ui import Select
 
     browser.get(svc.base_url + "/ui/#/jobs")
-    wait(browser, lambda: len(css(browser, "#jobs-body tr")) == 3, what="the three jobs")
+    wait(browser, lambda: len(css(browser, "#jobs-body tr")) == 4, what="the four jobs")
     Select(by_id(browser, "status-filter")).select_by_visible_text("cancelled")
-    wait(browser, lambda: len(css(browser, "#jobs-body tr")) == 1, what="only the cancelled job")
-    assert "cancelled" in css(browser, "#jobs-body tr")[0].text
+    wait(browser, lambda: len(css(browser, "#jobs-body tr")) == 2, what="only the cancelled jobs")
+    assert all("cancelled" in tr.text for tr in css(browser, "#jobs-body tr"))
     Select(by_id(browser, "status-filter")).select_by_visible_text("all")
-    wait(browser, lambda: len(css(browser, "#jobs-body tr")) == 3, what="all jobs again")
+    wait(browser, lambda: len(css(browser, "#jobs-body tr")) == 4, what="all jobs again")
     # The key stops working (revoked, say): the next poll's 401 signs the page out.
     browser.execute_script("sessionStorage.setItem('tuning.apiKey', 'revoked-key')")
     Select(by_id(browser, "status-filter")).select_by_visible_text("failed")  # the next request, now
