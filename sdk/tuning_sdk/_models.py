@@ -243,6 +243,9 @@ class TuningJob:
     trained_tokens: int | None = None
     error: JobError | None = None
     metrics: TrainingMetrics | None = None
+    resume_on_restart: bool = False
+    webhook_url: str | None = None
+    webhook_events: tuple[str, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -268,6 +271,7 @@ class TuningJob:
         if isinstance(error, str):
             error = {"message": error}
         metadata = data.get("metadata")
+        events = data.get("webhook_events")
         return cls(
             id=str(data.get("id", "")),
             status=str(data.get("status", "")),
@@ -290,6 +294,9 @@ class TuningJob:
             trained_tokens=_opt_int(data.get("trained_tokens")),
             error=JobError.from_dict(error) if isinstance(error, Mapping) else None,
             metrics=TrainingMetrics.from_dict(metrics) if isinstance(metrics, Mapping) else None,
+            resume_on_restart=data.get("resume_on_restart") is True,
+            webhook_url=_opt_str(data.get("webhook_url")),
+            webhook_events=tuple(str(e) for e in events) if isinstance(events, list) else (),
             raw=dict(data),
         )
 

@@ -293,6 +293,8 @@ def _run(args: argparse.Namespace, client: TuningClient) -> int:
             seed=args.seed,
             metadata=args.metadata or None,
             resume_on_restart=True if args.resume_on_restart else None,
+            webhook_url=args.webhook_url,
+            webhook_events=args.webhook_event or None,
             idempotency_key=args.idempotency_key,
         )
         if args.wait:
@@ -409,6 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a hyperparameter (repeatable)")
     create.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="metadata (repeatable)")
     create.add_argument("--idempotency-key", help="makes the create safe to repeat")
+    create.add_argument(
+        "--webhook-url", help="http(s) URL the service POSTs a signed event to when the job ends"
+    )
+    create.add_argument(
+        "--webhook-event",
+        action="append",
+        metavar="EVENT",
+        help="event to send to --webhook-url (repeatable): job.succeeded, job.failed, job.cancelled, "
+        "job.checkpoint; default: the three terminal ones",
+    )
     create.add_argument(
         "--resume-on-restart",
         action="store_true",

@@ -54,6 +54,12 @@ def test_create_parses_hyperparameters(stub: StubServer, run) -> None:
         "--seed",
         "3",
         "--resume-on-restart",
+        "--webhook-url",
+        "https://hooks.example.com/t",
+        "--webhook-event",
+        "job.failed",
+        "--webhook-event",
+        "job.checkpoint",
     )
     assert code == 0 and json.loads(out)["id"] == "ftjob-1"
     body = stub.calls("POST", "/v1/tunings.create")[0].json()
@@ -64,6 +70,8 @@ def test_create_parses_hyperparameters(stub: StubServer, run) -> None:
         "lora_target_modules": ["q_proj"],
     }
     assert body["metadata"] == {"team": "nlp"} and body["seed"] == 3 and body["resume_on_restart"] is True
+    assert body["webhook_url"] == "https://hooks.example.com/t"
+    assert body["webhook_events"] == ["job.failed", "job.checkpoint"]
 
 
 def test_create_rejected_gives_exit_3_and_the_field(stub: StubServer, run) -> None:

@@ -78,6 +78,21 @@ def test_minimal_and_odd_jobs_parse() -> None:
     assert job.metrics is None and job.hyperparameters == Hyperparameters()
 
 
+def test_webhook_and_restart_fields_are_typed() -> None:
+    job = TuningJob.from_dict(
+        {
+            **FULL_JOB,
+            "resume_on_restart": True,
+            "webhook_url": "https://hooks.example.com/t",
+            "webhook_events": ["job.succeeded", "job.checkpoint"],
+        }
+    )
+    assert job.resume_on_restart is True and job.webhook_url == "https://hooks.example.com/t"
+    assert job.webhook_events == ("job.succeeded", "job.checkpoint")
+    bare = TuningJob.from_dict(FULL_JOB)  # a job without a webhook has neither field
+    assert (bare.resume_on_restart, bare.webhook_url, bare.webhook_events) == (False, None, ())
+
+
 def test_success_and_status_helpers() -> None:
     job = TuningJob.from_dict({**FULL_JOB, "status": "succeeded", "error": None})
     assert job.is_successful and job.is_terminal
