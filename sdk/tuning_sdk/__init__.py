@@ -26,13 +26,13 @@ from ._errors import (
     TuningError,
     UnprocessableEntityError,
     WaitTimeoutError,
+    WebhookSignatureError,
 )
 from ._models import Hyperparameters, JobDeleted, JobError, JobStatus, LogRecord, TrainingMetrics, TuningJob
 from ._objects import Checkpoint, FileDeleted, FileError, FileObject
 from ._pagination import CursorPage
 from ._transfer import ArchiveError
 from ._version import __version__
-from .webhooks import WebhookSignatureError
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -218,3 +218,11 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == name:
             return value
     return None
+
+
+class WebhookSignatureError(TuningError):
+    """A webhook's signature is missing, malformed, wrong, or too old to trust (a replay).
+
+    Raised by `tuning_sdk.webhooks.verify_signature`; defined here so `import tuning_sdk` need not load the
+    webhook helpers.
+    """

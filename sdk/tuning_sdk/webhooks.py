@@ -19,16 +19,12 @@ import json
 import time
 from typing import Any
 
-from ._errors import TuningError
+from ._errors import WebhookSignatureError
 
 __all__ = ["SIGNATURE_HEADER", "WebhookSignatureError", "construct_event", "verify_signature"]
 
 SIGNATURE_HEADER = "Tuning-Signature"
 DEFAULT_TOLERANCE = 300
-
-
-class WebhookSignatureError(TuningError):
-    """The webhook's signature is missing, malformed, wrong, or too old to trust (a replay)."""
 
 
 def _parse(header: str) -> tuple[int, list[str]]:
