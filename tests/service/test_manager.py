@@ -16,9 +16,8 @@ from tuning_service.manager import JobManager
 
 PUBLIC_FIELDS = [
     "id", "object", "status", "model", "fine_tuned_model", "adapter_path", "training_file", "validation_file",
-    "method", "hyperparameters", "suffix", "seed", "metadata", "resume_on_restart", "created_at", "started_at",
-    "finished_at",
-    "duration", "queue_position", "trained_tokens", "error", "metrics",
+    "method", "hyperparameters", "suffix", "seed", "metadata", "resume_on_restart", "created_at",
+    "started_at", "finished_at", "duration", "queue_position", "trained_tokens", "error", "metrics",
 ]  # fmt: skip
 
 
