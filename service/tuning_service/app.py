@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TextIO
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -47,6 +48,32 @@ log = logging.getLogger("tuning_service")
 _FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 
 
+class _TeeHandler(logging.Handler):
+    """Writes each record, formatted once, to stderr and to the service log file.
+
+    Two stock handlers would each format every record and take their own lock; the access log writes a line
+    per request, so that doubled work was a measurable share of a request's cost (docs/benchmarks.md, B1).
+    """
+
+    def __init__(self, streams: list[TextIO]) -> None:
+        super().__init__()
+        self.streams = streams
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+            for stream in self.streams:
+                stream.write(line)
+                stream.flush()
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        for stream in self.streams[1:]:  # never close stderr
+            stream.close()
+        super().close()
+
+
 def configure_logging(settings: Settings) -> None:
     """Service log to stderr and to <data_dir>/tuning_service.log (appended; every worker writes to it)."""
     logger = logging.getLogger("tuning_service")
@@ -57,16 +84,15 @@ def configure_logging(settings: Settings) -> None:
         if getattr(handler, "_tuning_service", False):
             logger.removeHandler(handler)
             handler.close()
-    formatter = logging.Formatter(_FORMAT)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    streams: list[TextIO] = [sys.stderr]
     try:
-        handlers.append(logging.FileHandler(settings.log_path, encoding="utf-8"))
+        streams.append(open(settings.log_path, "a", encoding="utf-8"))  # noqa: SIM115 (closed by the handler)
     except OSError as exc:
         print(f"tuning_service: cannot write {settings.log_path}: {exc}", file=sys.stderr)
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        handler._tuning_service = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    handler = _TeeHandler(streams)
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler._tuning_service = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
 
 
 @asynccontextmanager
