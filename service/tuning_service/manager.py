@@ -9,9 +9,7 @@ import builtins
 import dataclasses
 import hashlib
 import hmac
-import json
 import logging
-import re
 import secrets
 import shutil
 import time
@@ -20,9 +18,11 @@ from typing import Any
 
 from tuning_trainer.config import ConfigError, JobConfig, parse_hyperparameters
 
-from . import procs, webhooks
+from . import checkpoints, procs, webhooks
+from .checkpoints import checkpoint_dirs, requeue_fields
 from .errors import APIError, job_not_found
 from .files import Files, is_file_id
+from .jobview import public_job, request_hash
 from .recovery import recover
 from .scheduler import Scheduler
 from .settings import Settings
@@ -33,90 +33,9 @@ from .webhook_delivery import Deliverer
 
 log = logging.getLogger("tuning_service.manager")
 
-# The public fields of a job, in the order docs/api.md shows them.
-_REQUEST_FIELDS = ("training_file", "validation_file", "method", "suffix", "seed", "metadata")
-
-
-_CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
-# What makes a checkpoint directory complete enough to resume from (the trainer renames it into place last).
-_CHECKPOINT_FILES = ("trainer_state.pt",)
-
-
-def checkpoint_dirs(job_dir: Path) -> dict[int, Path]:
-    """step -> complete `checkpoints/checkpoint-N` directory of a job (half-written ones skipped)."""
-    out: dict[int, Path] = {}
-    try:
-        entries = list((job_dir / "checkpoints").iterdir())
-    except OSError:
-        return out
-    for entry in entries:
-        m = _CHECKPOINT_DIR_RE.match(entry.name)
-        if m and entry.is_dir() and all((entry / f).is_file() for f in _CHECKPOINT_FILES):
-            out[int(m.group(1))] = entry
-    return out
-
-
-def requeue_fields(checkpoint: Path | None) -> dict[str, Any]:
-    """The row's columns when a job is queued again to continue from `checkpoint` (a resume, or recovery
-    after a service restart): the last run's outcome, process and supervision go; started_at is kept."""
-    return {
-        "resume_from": None if checkpoint is None else str(checkpoint),
-        "finished_at": None,
-        "error": None,
-        "terminal_record": None,
-        "fine_tuned_model": None,
-        "adapter_path": None,
-        "cancel_requested_at": None,
-        "pause_requested_at": None,
-        "exit_code": None,
-        "pid": None,
-        "pgid": None,
-        "proc_start_time": None,
-        "supervisor_id": None,
-        "supervisor_heartbeat": None,
-        "gpu_lease": None,
-    }
-
-
-def request_hash(request: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
 
 def key_hash(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
-
-
-def public_job(row: dict[str, Any], queue_position: int | None = None) -> dict[str, Any]:
-    req = row["request"]
-    started, finished = row["started_at"], row["finished_at"]
-    job: dict[str, Any] = {
-        "id": row["id"],
-        "object": "tuning.job",
-        "status": row["status"],
-        "model": row["model"],
-        "fine_tuned_model": row["fine_tuned_model"],
-        "adapter_path": row["adapter_path"],
-        "training_file": req.get("training_file"),
-        "validation_file": req.get("validation_file"),
-        "method": req.get("method") or "qlora",
-        "hyperparameters": row["hyperparameters"],
-        "suffix": req.get("suffix"),
-        "seed": 42 if req.get("seed") is None else req["seed"],
-        "metadata": req.get("metadata") or {},
-        "resume_on_restart": bool(req.get("resume_on_restart")),
-        "created_at": int(row["created_at"]),
-        "started_at": None if started is None else int(started),
-        "finished_at": None if finished is None else int(finished),
-        "duration": None if started is None or finished is None else round(finished - started, 3),
-        "queue_position": queue_position if row["status"] == JobStatus.QUEUED.value else None,
-        "trained_tokens": row["trained_tokens"],
-        "error": row["error"],
-        "metrics": row["metrics"],
-    }
-    if req.get("webhook_url"):  # only on jobs that have one: the documented shape stays as it was
-        job["webhook_url"] = req["webhook_url"]
-        job["webhook_events"] = req.get("webhook_events") or list(webhooks.TERMINAL_EVENTS)
-    return job
 
 
 class JobManager:
@@ -459,57 +378,14 @@ class JobManager:
         """The job's checkpoints still on disk, oldest first, each with the metrics at its step."""
         await self._owned(job_id, owner)
         on_disk = await asyncio.to_thread(checkpoint_dirs, self.settings.jobs_dir / job_id)
-        records, _ = await self.store.records(job_id, limit=100_000, only_types=("checkpoint",))
-        created: dict[int, float] = {}
-        for rec in records:
-            if isinstance(rec.get("step"), int):
-                created[rec["step"]] = rec["time"]  # a step saved twice (pause, then save_steps): the last
-        out = []
-        for step in sorted(on_disk):
-            metrics = await self.store.metrics_at(job_id, step)
-            out.append(
-                {
-                    "object": "tuning.checkpoint",
-                    "id": f"ftckpt-{job_id.removeprefix('ftjob-')}-{step}",
-                    "job_id": job_id,
-                    "step": step,
-                    "created_at": int(created.get(step) or on_disk[step].stat().st_mtime),
-                    "path": f"checkpoints/{on_disk[step].name}",
-                    "metrics": metrics,
-                }
-            )
-        return out
+        return await checkpoints.describe(self.store, job_id, on_disk)
 
     async def adapter_dir(self, job_id: str, *, owner: str, checkpoint: int | None) -> tuple[Path, str]:
         """The folder to download and the archive's name: the final adapter, or checkpoint-N."""
         row = await self._owned(job_id, owner)
         job_dir = (self.settings.jobs_dir / job_id).resolve()
-        if checkpoint is not None:
-            found = await asyncio.to_thread(checkpoint_dirs, job_dir)
-            if checkpoint not in found:
-                have = ", ".join(str(s) for s in sorted(found)) or "none"
-                raise APIError(
-                    404,
-                    "checkpoint_not_found",
-                    f"Job {job_id} has no checkpoint at step {checkpoint} (checkpoints: {have})",
-                    param="checkpoint",
-                )
-            return found[checkpoint], f"{job_id}-checkpoint-{checkpoint}.tar.gz"
-        adapter = Path(row["adapter_path"]).resolve() if row["adapter_path"] else None
-        if (
-            row["status"] != JobStatus.SUCCEEDED.value
-            or adapter is None
-            or not adapter.is_relative_to(job_dir)
-            or not (adapter / "adapter_config.json").is_file()
-        ):
-            raise APIError(
-                409,
-                "adapter_not_ready",
-                f"Job {job_id} is {row['status']} and has no final adapter yet; download a checkpoint with "
-                "?checkpoint=STEP (see its checkpoints) or wait until it succeeds",
-                param="id",
-            )
-        return adapter, f"{job_id}-adapter.tar.gz"
+        on_disk = await asyncio.to_thread(checkpoint_dirs, job_dir) if checkpoint is not None else {}
+        return checkpoints.download_target(row, job_dir, on_disk, checkpoint)
 
     async def records(
         self, job_id: str, *, owner: str, **query: Any

@@ -14,7 +14,8 @@ from tests.service.core_fixtures import make_settings, request, run
 from tests.service.webhook_receiver import Receiver
 from tuning_sdk.webhooks import verify_signature
 from tuning_service import webhooks
-from tuning_service.manager import JobManager, public_job
+from tuning_service.jobview import public_job
+from tuning_service.manager import JobManager
 from tuning_service.states import JobStatus
 from tuning_service.store import Store
 from tuning_service.webhook_delivery import Attempt, Deliverer, backoff
