@@ -84,11 +84,14 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 class Screenshots:
-    """Saves screenshots under the module's temp dir and prints each path (shown with -s and on failure)."""
+    """Saves screenshots under the module's temp dir. Each path is recorded on the test's report
+    (`user_properties`), and tests/conftest.py lists them in the terminal summary, with or without -s and
+    also from pytest-xdist workers."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.paths: list[Path] = []
+        self.current: pytest.Item | None = None
 
     def save(self, driver: Any, name: str) -> Path:
         """The whole page (the window grows to the page's height for the shot, then goes back)."""
@@ -102,13 +105,23 @@ class Screenshots:
         finally:
             driver.set_window_size(size["width"], size["height"])
         self.paths.append(path)
-        print(f"screenshot: {path}")
+        if self.current is not None:
+            self.current.user_properties.append(("screenshot", str(path)))
         return path
 
 
 @pytest.fixture(scope="module")
 def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Screenshots]:
-    shots = Screenshots(tmp_path_factory.mktemp("screenshots"))
-    yield shots
-    if shots.paths:
-        print("\nscreenshots:\n" + "\n".join(f"  {p}" for p in shots.paths))
+    yield Screenshots(tmp_path_factory.mktemp("screenshots"))
+
+
+@pytest.fixture(autouse=True)
+def _screenshots_of_this_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Points the module's Screenshots at the running test, whose report then carries the paths."""
+    if "screenshots" not in request.fixturenames:
+        yield
+        return
+    shots = request.getfixturevalue("screenshots")
+    shots.current = request.node
+    yield
+    shots.current = None

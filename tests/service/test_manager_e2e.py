@@ -29,7 +29,7 @@ def real_settings(tmp_path: Path, repo_root: Path, tiny_model_dir: Path, **kw: o
         files_root=repo_root,
         models_dir=tiny_model_dir.parent,
         trainer_command="",  # the real launcher
-        cpu_threads=2,
+        cpu_threads=1,
         **kw,
     )
 

@@ -345,6 +345,7 @@ def service_env_vars(
         TUNING_FILES_ROOT=str(files_root),
         TUNING_MODELS_DIR=str(models_dir),
         TUNING_LOG_LEVEL="INFO",
+        TUNING_CPU_THREADS="1",  # one torch thread per trainer in tests (tests/conftest.py says why)
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
