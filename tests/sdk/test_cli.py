@@ -11,19 +11,6 @@ from tests.sdk.stub import Handler, Recorded, StubServer, error, job_body, reply
 from tuning_sdk import cli
 
 
-@pytest.fixture
-def run(stub: StubServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sleeps):
-    monkeypatch.setenv("TUNING_API_KEY", "k")
-    monkeypatch.setenv("TUNING_BASE_URL", stub.base_url)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = cli.main(list(argv))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
-
-
 def test_health(stub: StubServer, run) -> None:
     stub.route("GET", "/health", reply(200, {"status": "healthy", "version": "1"}))
     assert run("health") == (0, "status: healthy\nversion: 1\n", "")

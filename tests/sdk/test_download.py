@@ -236,19 +236,6 @@ def test_wait_on_a_paused_job(
 # ---- tuning jobs events|checkpoints|download|pause|resume ------------------------------------------------
 
 
-@pytest.fixture
-def run(stub: StubServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sleeps):
-    monkeypatch.setenv("TUNING_API_KEY", "k")
-    monkeypatch.setenv("TUNING_BASE_URL", stub.base_url)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = cli.main(list(argv))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
-
-
 def test_cli_job_artifacts(stub: StubServer, run, tmp_path: Path) -> None:
     stub.route("GET", "/v1/tunings.events/", reply(200, _events([1, 2], False)))
     code, out, _ = run("jobs", "events", "ftjob-1")

@@ -179,19 +179,6 @@ def test_delete_in_use_and_unknown_file(stub: StubServer, client: TuningClient) 
 # ---- tuning files ...  --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def run(stub: StubServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sleeps):
-    monkeypatch.setenv("TUNING_API_KEY", "k")
-    monkeypatch.setenv("TUNING_BASE_URL", stub.base_url)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = cli.main(list(argv))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
-
-
 def test_cli_files(stub: StubServer, run, tmp_path: Path) -> None:
     path = tmp_path / "train.jsonl"
     path.write_bytes(DATA)
