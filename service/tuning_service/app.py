@@ -11,11 +11,9 @@ under a second, and tests/service/test_main.py checks that no ML module is loade
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TextIO
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -25,6 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 
 from . import (
+    logsink,
     routes_docs,
     routes_files,
     routes_job_actions,
@@ -45,61 +44,12 @@ from .settings import Settings
 
 log = logging.getLogger("tuning_service")
 
-_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
-
-
-class _TeeHandler(logging.Handler):
-    """Writes each record, formatted once, to stderr and to the service log file.
-
-    Two stock handlers would each format every record and take their own lock; the access log writes a line
-    per request, so that doubled work was a measurable share of a request's cost (docs/benchmarks.md, B1).
-    """
-
-    def __init__(self, streams: list[TextIO]) -> None:
-        super().__init__()
-        self.streams = streams
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record) + "\n"
-            for stream in self.streams:
-                stream.write(line)
-                stream.flush()
-        except Exception:
-            self.handleError(record)
-
-    def close(self) -> None:
-        for stream in self.streams[1:]:  # never close stderr
-            stream.close()
-        super().close()
-
-
-def configure_logging(settings: Settings) -> None:
-    """Service log to stderr and to <data_dir>/tuning_service.log (appended; every worker writes to it)."""
-    logger = logging.getLogger("tuning_service")
-    logger.setLevel(settings.log_level)
-    logger.propagate = False
-    # Re-running the lifespan in one process (tests, reload) must not stack handlers.
-    for handler in list(logger.handlers):
-        if getattr(handler, "_tuning_service", False):
-            logger.removeHandler(handler)
-            handler.close()
-    streams: list[TextIO] = [sys.stderr]
-    try:
-        streams.append(open(settings.log_path, "a", encoding="utf-8"))  # noqa: SIM115 (closed by the handler)
-    except OSError as exc:
-        print(f"tuning_service: cannot write {settings.log_path}: {exc}", file=sys.stderr)
-    handler = _TeeHandler(streams)
-    handler.setFormatter(logging.Formatter(_FORMAT))
-    handler._tuning_service = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
-
 
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings = Settings()
     settings.ensure_dirs()
-    configure_logging(settings)
+    logsink.configure(settings.log_level, settings.log_path)
     started = time.monotonic()
     manager = await JobManager.start(settings)
     try:
@@ -131,6 +81,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         log.info(
             "tuning service stopped (running trainers keep running and are re-attached on the next start)"
         )
+        logsink.flush()
 
 
 async def api_error(request: Request, exc: Exception) -> JSONResponse:
@@ -173,8 +124,9 @@ def create_app() -> Starlette:
     limit = Settings().max_request_bytes
     return Starlette(
         routes=[
-            *routes_docs.routes,
+            # Starlette tries routes in order: the ones clients poll hardest first.
             *routes_jobs.routes,
+            *routes_docs.routes,
             *routes_logs.routes,
             *routes_job_actions.routes,
             *routes_files.routes,

@@ -104,25 +104,30 @@ def _key_cache(manager: Any) -> KeyCache | None:
     return _cache
 
 
-async def verified_key_id(state: Any, token: str) -> str | None:
-    """The id of the active key `token`, or None if it is unknown or revoked."""
+async def verified_key(state: Any, token: str) -> tuple[str | None, int | None]:
+    """(the id of the active key `token`, or None if it is unknown or revoked; the database's data_version
+    read for the check, or None without a key cache)."""
     manager = state.manager
     cache = _key_cache(manager)
     if cache is None:
-        return await _maybe_await(manager.verify_key(token))  # type: ignore[no-any-return]
+        return await _maybe_await(manager.verify_key(token)), None
     digest = hashlib.sha256(token.encode("utf-8")).digest()
     key_id, version = cache.lookup(digest)
     if key_id is None:
         key_id = await _maybe_await(manager.verify_key(token))
         if key_id:
             cache.remember(digest, str(key_id), version)
-    return key_id
+    return key_id, version
 
 
 async def authenticate(request: Request) -> str:
-    """Return the calling key's id (the owner of the jobs it creates), or raise 401."""
+    """Return the calling key's id (the owner of the jobs it creates), or raise 401.
+
+    Also leaves the database's `data_version` it read in the request's state (`data_version`): a handler can
+    tell from it that nothing was committed since it last looked (routes_jobs.EncodedJobs.current)."""
     token = bearer_token(request)
-    key_id = await verified_key_id(request.app.state, token)
+    key_id, version = await verified_key(request.app.state, token)
+    request.scope.setdefault("state", {})["data_version"] = version
     if not key_id or key_id in getattr(request.app.state, "disabled_key_ids", ()):
         # Never echo the key: it may be a real key pasted into the wrong service.
         hint = token[:4] + "..." if len(token) > 8 else "..."

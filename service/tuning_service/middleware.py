@@ -16,11 +16,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import metrics
+from . import logsink, metrics
 from .errors import APIError
 
 log = logging.getLogger("tuning_service.http")
-access_log = logging.getLogger("tuning_service.access")
 
 # A client's id is echoed only if it is short and plain: it ends up in headers and log lines.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -137,18 +136,8 @@ class RequestMiddleware:
             elapsed = time.monotonic() - started_at
             # Prometheus counters by route template (~1 us: plain dicts, see metrics.py).
             metrics.record_request(scope, state["status"], elapsed, state.get("stream", False))
-            if scope.get("path") != "/health" and access_log.isEnabledFor(logging.INFO):
-                # makeRecord + handle is what `access_log.info` does, minus its walk up the stack for the
-                # caller's file and line, which the log format does not show (a tenth of a request's CPU).
-                access_log.handle(
-                    access_log.makeRecord(
-                        access_log.name,
-                        logging.INFO,
-                        "",
-                        0,
-                        f"{scope.get('method')} {scope.get('path')} {state['status']} {elapsed * 1000:.1f}ms"
-                        f" rid={request_id}",
-                        (),
-                        None,
-                    )
+            if scope.get("path") != "/health":
+                logsink.access(
+                    f"{scope.get('method')} {scope.get('path')} {state['status']} {elapsed * 1000:.1f}ms"
+                    f" rid={request_id}"
                 )

@@ -70,26 +70,53 @@ class EncodedJobs:
     """The encoded public JSON of terminal jobs, valid for their (status, finished_at) (`STAMP_COLUMNS`).
 
     A finished job never changes until it is resumed (a new status, and a new finished_at when it ends
-    again) or deleted (its row is gone), so its JSON can be reused as long as its stamp, read from the
-    database on every request, is the same. A list page of 100 jobs was 100 rows of JSON decoded,
-    re-shaped and encoded again (docs/benchmarks.md, B2); with this it is one query answered from an index
-    (jobs_owner_page) and a join. Per process, bounded by CACHE_MAX_BYTES (the oldest entries go first);
-    running and queued jobs are always read afresh.
+    again) or deleted (its row is gone), so its JSON can be reused as long as its stamp is the same. A list
+    page of 100 jobs was 100 rows of JSON decoded, re-shaped and encoded again (docs/benchmarks.md, B2); with
+    this it is one query answered from an index (jobs_owner_page) and a join. Per process, bounded by
+    CACHE_MAX_BYTES (the oldest entries go first); running and queued jobs are always read afresh.
+
+    An entry also remembers the database's `data_version` (db.Database.data_version) at which its stamp was
+    last read: while nothing at all has been committed since, by this process or any other, the stamp cannot
+    have changed and `tunings.get` skips reading it (`current`). The version is the one the request's
+    authentication read (auth.authenticate), before the stamp, so a commit in between only makes the entry
+    look older than it is.
     """
 
     def __init__(self, max_bytes: int = CACHE_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
         self.size = 0
-        self._items: dict[str, tuple[str, float | None, bytes]] = {}
+        # job id -> [status, finished_at, body, owner, data_version the stamp was read at]
+        self._items: dict[str, list[Any]] = {}
 
     def get(self, job_id: str, status: str, finished_at: float | None) -> bytes | None:
         item = self._items.get(job_id)
         if item is not None and item[0] == status and item[1] == finished_at:
-            return item[2]
+            return item[2]  # type: ignore[no-any-return]
         return None
 
+    def current(self, job_id: str, owner: str, version: int | None) -> bytes | None:
+        """The job's JSON if its stamp was read at `version` (nothing committed since) for this owner."""
+        item = self._items.get(job_id)
+        if item is not None and version is not None and item[4] == version and item[3] == owner:
+            return item[2]  # type: ignore[no-any-return]
+        return None
+
+    def confirm(self, job_id: str, version: int | None) -> None:
+        """The job's stamp, read at `version`, matched its entry."""
+        item = self._items.get(job_id)
+        if item is not None:
+            item[4] = version
+
     def put(
-        self, job_id: str, status: str, finished_at: float | None, job: dict[str, Any], body: bytes
+        self,
+        job_id: str,
+        status: str,
+        finished_at: float | None,
+        job: dict[str, Any],
+        body: bytes,
+        *,
+        owner: str,
+        version: int | None = None,
     ) -> None:
         """Keep `body` (the encoding of `job`, read right after the stamp) if the job is terminal and was read
         in the stamp's state: a job that changed in between is served but not kept."""
@@ -98,7 +125,7 @@ class EncodedJobs:
         old = self._items.pop(job_id, None)
         if old is not None:
             self.size -= len(old[2])
-        self._items[job_id] = (status, finished_at, body)
+        self._items[job_id] = [status, finished_at, body, owner, version]
         self.size += len(body)
         while self.size > self.max_bytes:
             oldest = next(iter(self._items))
@@ -120,17 +147,23 @@ async def get(request: Request) -> Response:
     if request.scope.get("query_string"):
         check_query(request.query_params)
     job_id = validate_job_id(request.path_params["job_id"])
+    cache = _cache(request)
+    version = request.scope.get("state", {}).get("data_version")  # read by authenticate
+    body = cache.current(job_id, owner, version)
+    if body is not None:
+        return _json_response(body)
     manager = _manager(request)
     stamp = await manager.store.job_stamp(job_id)
     if stamp is None or stamp["owner"] != owner:
         raise job_not_found(job_id)
-    cache = _cache(request)
     status, finished_at = stamp["status"], stamp["finished_at"]
     body = cache.get(job_id, status, finished_at)
     if body is None:
         job = await manager.get(job_id, owner=owner)
         body = _json_bytes(job)
-        cache.put(job_id, status, finished_at, job, body)
+        cache.put(job_id, status, finished_at, job, body, owner=owner, version=version)
+    else:
+        cache.confirm(job_id, version)
     return _json_response(body)
 
 
@@ -154,7 +187,7 @@ async def _page_parts(
             body = _json_bytes(job)
             found = stamp_of.get(job["id"])
             if found is not None:
-                cache.put(found[0], found[1], found[2], job, body)
+                cache.put(found[0], found[1], found[2], job, body, owner=owner)
             parts.append((job["id"], body))
         return parts, has_more
     parts = []
@@ -169,7 +202,7 @@ async def _page_parts(
                 jobs, has_more = await manager.list(owner=owner, status=status, after=after, limit=limit)
                 return [(j["id"], _json_bytes(j)) for j in jobs], has_more
             cached = _json_bytes(job)
-            cache.put(job_id, job_status, finished_at, job, cached)
+            cache.put(job_id, job_status, finished_at, job, cached, owner=owner)
         parts.append((job_id, cached))
     return parts, has_more
 

@@ -7,6 +7,8 @@ Tests that need an owner with no jobs create a key with the CLI (`svc.new_key`).
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.support.server import DEV_KEY, OTHER_KEY, ServiceProcess
@@ -361,6 +363,10 @@ def test_unknown_route_is_a_json_404(api_service: ServiceProcess) -> None:
 
 def test_requests_are_logged_with_their_request_id(api_service: ServiceProcess) -> None:
     api_service.get("/v1/tunings.list", headers={"X-Request-ID": "find-me-in-the-log"})
-    log = (api_service.data_dir / "tuning_service.log").read_text()
+    path = api_service.data_dir / "tuning_service.log"
+    deadline = time.monotonic() + 5  # access lines are written in batches (logsink.FLUSH_SECONDS)
+    while "find-me-in-the-log" not in path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    log = path.read_text()
     assert "find-me-in-the-log" in log
     assert "GET /v1/tunings.list 200" in log

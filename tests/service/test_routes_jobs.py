@@ -6,13 +6,14 @@ the cache stays bounded. Over real HTTP with the fake trainer, plus narrow unit 
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.server import ServiceEnv, ServiceProcess
+from tests.support.server import OTHER_KEY, ServiceEnv, ServiceProcess
 from tuning_service.routes_jobs import EncodedJobs
 
 FAKE_TRAINER = Path(__file__).resolve().parent / "fake_trainer.py"
@@ -101,17 +102,60 @@ def test_pages_mix_cached_and_live_jobs_and_keep_cursor_and_filters(fake_service
 def test_the_cache_keeps_only_terminal_jobs_read_in_their_stamped_state_and_stays_bounded() -> None:
     cache = EncodedJobs(max_bytes=16 * 100)
     body = b"x" * 100
-    cache.put("ftjob-a", "running", None, {"status": "running"}, body)
+    cache.put("ftjob-a", "running", None, {"status": "running"}, body, owner="k")
     assert cache.get("ftjob-a", "running", None) is None  # a live job is never kept
-    cache.put("ftjob-a", "succeeded", 5.0, {"status": "running"}, body)  # read in another state
+    cache.put("ftjob-a", "succeeded", 5.0, {"status": "running"}, body, owner="k")  # read in another state
     assert cache.get("ftjob-a", "succeeded", 5.0) is None
-    cache.put("ftjob-a", "succeeded", 5.0, {"status": "succeeded"}, body)
+    cache.put("ftjob-a", "succeeded", 5.0, {"status": "succeeded"}, body, owner="k")
     assert cache.get("ftjob-a", "succeeded", 5.0) == body
     assert cache.get("ftjob-a", "succeeded", 6.0) is None  # finished again (after a resume)
     assert cache.get("ftjob-a", "failed", 5.0) is None
     for i in range(40):
-        cache.put(f"ftjob-{i}", "failed", 1.0, {"status": "failed"}, body)
+        cache.put(f"ftjob-{i}", "failed", 1.0, {"status": "failed"}, body, owner="k")
     assert cache.size <= 16 * 100
     assert cache.get("ftjob-39", "failed", 1.0) == body and cache.get("ftjob-0", "failed", 1.0) is None
-    cache.put("ftjob-big", "failed", 1.0, {"status": "failed"}, b"y" * 200)  # over max_bytes / 16
+    cache.put("ftjob-big", "failed", 1.0, {"status": "failed"}, b"y" * 200, owner="k")  # over max_bytes / 16
     assert cache.get("ftjob-big", "failed", 1.0) is None
+
+
+def test_an_entry_is_current_only_at_the_data_version_its_stamp_was_read_and_for_its_owner() -> None:
+    cache = EncodedJobs()
+    body = b"{}"
+    cache.put("ftjob-a", "succeeded", 5.0, {"status": "succeeded"}, body, owner="key-1", version=7)
+    assert cache.current("ftjob-a", "key-1", 7) == body
+    assert cache.current("ftjob-a", "key-1", 8) is None  # something was committed since: read the stamp
+    assert cache.current("ftjob-a", "key-2", 7) is None  # another key's request never skips the check
+    assert cache.current("ftjob-a", "key-1", None) is None  # no version known: always read the stamp
+    assert cache.current("ftjob-b", "key-1", 7) is None
+    cache.confirm("ftjob-a", 8)  # the stamp read at version 8 matched
+    assert cache.current("ftjob-a", "key-1", 8) == body and cache.current("ftjob-a", "key-1", 7) is None
+    cache.put("ftjob-a", "succeeded", 5.0, {"status": "succeeded"}, body, owner="key-1")  # from a list page
+    assert cache.current("ftjob-a", "key-1", 8) is None
+
+
+def test_a_cached_job_changed_or_deleted_by_another_process_is_never_served_stale(
+    fake_service: ServiceProcess,
+) -> None:
+    """Another worker or the CLI writes through its own connection: the next `tunings.get` must see it, though
+    this process's cache held the job and its own writer committed nothing."""
+    svc = fake_service
+    job = svc.create_job(model="fake:complete?steps=2", metadata={"v": "1"})
+    done = svc.wait_for(job["id"], "succeeded")
+    for _ in range(3):  # cached, then served at an unchanged data_version
+        assert svc.get(f"/v1/tunings.get/{job['id']}").json() == done
+    other = svc.get(f"/v1/tunings.get/{job['id']}", key=OTHER_KEY)
+    assert other.status == 404 and other.error["code"] == "job_not_found"  # cached, but not this key's job
+    con = sqlite3.connect(svc.data_dir / "tuning.db", timeout=30)
+    try:
+        with con:
+            con.execute(
+                "UPDATE jobs SET status = 'failed', finished_at = finished_at + 1 WHERE id = ?", (job["id"],)
+            )
+        changed = svc.get(f"/v1/tunings.get/{job['id']}").json()
+        assert changed["status"] == "failed" and changed["finished_at"] > done["finished_at"]
+        with con:
+            con.execute("DELETE FROM jobs WHERE id = ?", (job["id"],))
+    finally:
+        con.close()
+    r = svc.get(f"/v1/tunings.get/{job['id']}")
+    assert r.status == 404 and r.error["code"] == "job_not_found"
