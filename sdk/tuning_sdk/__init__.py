@@ -11,6 +11,9 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._client import DEFAULT_BASE_URL, TuningClient
 from ._errors import (
     APIConnectionError,
@@ -28,11 +31,53 @@ from ._errors import (
     WaitTimeoutError,
     WebhookSignatureError,
 )
-from ._models import Hyperparameters, JobDeleted, JobError, JobStatus, LogRecord, TrainingMetrics, TuningJob
-from ._objects import Checkpoint, FileDeleted, FileError, FileObject
-from ._pagination import CursorPage
-from ._transfer import ArchiveError
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._models import (
+        Hyperparameters,
+        JobDeleted,
+        JobError,
+        JobStatus,
+        LogRecord,
+        TrainingMetrics,
+        TuningJob,
+    )
+    from ._objects import Checkpoint, FileDeleted, FileError, FileObject
+    from ._pagination import CursorPage
+    from ._transfer import ArchiveError
+
+# The models load with the first name asked for (PEP 562), like the resources that return them
+# (_client.py): `import tuning_sdk` stays light (docs/benchmarks.md, B5).
+_LAZY = {
+    "Hyperparameters": "_models",
+    "JobDeleted": "_models",
+    "JobError": "_models",
+    "JobStatus": "_models",
+    "LogRecord": "_models",
+    "TrainingMetrics": "_models",
+    "TuningJob": "_models",
+    "Checkpoint": "_objects",
+    "FileDeleted": "_objects",
+    "FileError": "_objects",
+    "FileObject": "_objects",
+    "CursorPage": "_pagination",
+    "ArchiveError": "_transfer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tuning_sdk' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # once: later lookups are plain module attributes
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -1,16 +1,23 @@
-"""`TuningClient`: configuration, the transport, and the resources hanging off it."""
+"""`TuningClient`: configuration, the transport, and the resources hanging off it.
+
+Each resource (and the models it returns) is imported the first time it is used, as openai-python does:
+`import tuning_sdk` stays light (docs/benchmarks.md, B5).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import cached_property
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import TuningError
 from ._http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, Transport
-from .resources.files import Files
-from .resources.tunings import Tunings
+
+if TYPE_CHECKING:
+    from .resources.files import Files
+    from .resources.tunings import Tunings
 
 DEFAULT_BASE_URL = "http://localhost:8000"
 
@@ -35,9 +42,6 @@ class TuningClient:
         ...     job = client.tunings.create(model="tiny-llama", training_file="data/train.jsonl")
         ...     job = client.tunings.wait(job.id)
     """
-
-    tunings: Tunings
-    files: Files
 
     def __init__(
         self,
@@ -71,8 +75,20 @@ class TuningClient:
             max_retries=max_retries,
             default_headers=default_headers,
         )
-        self.tunings = Tunings(self._transport)
-        self.files = Files(self._transport)
+
+    @cached_property
+    def tunings(self) -> Tunings:
+        """Fine-tuning jobs: create, get, list, wait, stream_logs, cancel, pause, resume, download, ..."""
+        from .resources.tunings import Tunings
+
+        return Tunings(self._transport)
+
+    @cached_property
+    def files(self) -> Files:
+        """Training and validation files: upload, list, get, delete."""
+        from .resources.files import Files
+
+        return Files(self._transport)
 
     def health_check(self) -> dict[str, Any]:
         """The service's health (no key needed).

@@ -4,27 +4,30 @@ Retried: connection errors (refused, reset, dropped mid-response), timeouts, 408
 any other 4xx (the same request would fail the same way). Delays grow exponentially with jitter; a
 ``Retry-After`` header wins, up to `MAX_RETRY_AFTER`. Every POST carries an ``Idempotency-Key`` made once and
 sent unchanged on each retry, so a create whose answer was lost is never run twice.
+
+urllib3 is imported with the first request, not with the SDK: `import tuning_sdk`, building a client, the
+CLI's `--help` and a webhook receiver's `tuning_sdk.webhooks` never pay for the HTTP stack (the largest part
+of the SDK's import time; docs/benchmarks.md, B5).
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
-import platform
+import os
 import random
+import sys
+import threading
 import time
-import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
-
-import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError
-from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from ._errors import APIConnectionError, APITimeoutError, TuningError, make_status_error
 from ._version import __version__
+
+if TYPE_CHECKING:
+    import urllib3
 
 log = logging.getLogger("tuning_sdk")
 
@@ -34,6 +37,8 @@ INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 MAX_RETRY_AFTER = 60.0
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# What platform.python_version() gives, without importing platform.
+_PYTHON_VERSION = ".".join(map(str, sys.version_info[:3]))
 
 # Indirection so tests can observe the delays without sleeping.
 _sleep = time.sleep
@@ -55,6 +60,8 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
+        import email.utils  # only for the rare HTTP-date form
+
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
@@ -101,14 +108,29 @@ class Transport:
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Accept": "application/json",
-            "User-Agent": f"tuning-sdk/{__version__} python/{platform.python_version()}",
+            "User-Agent": f"tuning-sdk/{__version__} python/{_PYTHON_VERSION}",
             **(default_headers or {}),
         }
-        # urllib3's own retries are off: this module decides what is safe to retry.
-        self._pool = urllib3.PoolManager(maxsize=8, retries=False)
+        self._pool: urllib3.PoolManager | None = None
+        self._pool_lock = threading.Lock()
+
+    @property
+    def pool(self) -> urllib3.PoolManager:
+        """The connection pool, made (and urllib3 imported) on first use."""
+        pool = self._pool
+        if pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    import urllib3
+
+                    # urllib3's own retries are off: this module decides what is safe to retry.
+                    self._pool = urllib3.PoolManager(maxsize=8, retries=False)
+                pool = self._pool
+        return pool
 
     def close(self) -> None:
-        self._pool.clear()
+        if self._pool is not None:
+            self._pool.clear()
 
     def url(self, path: str, params: Mapping[str, Any] | None = None) -> str:
         url = self.base_url + path
@@ -161,7 +183,7 @@ class Transport:
             hdrs["Content-Length"] = str(len(content))
         if method == "POST":
             # Made once, before the first try: every retry of this call carries the same key.
-            hdrs["Idempotency-Key"] = idempotency_key or f"tuning-sdk-{uuid.uuid4().hex}"
+            hdrs["Idempotency-Key"] = idempotency_key or f"tuning-sdk-{os.urandom(16).hex()}"
         if stream:
             hdrs["Accept"] = "text/event-stream"
             hdrs["Cache-Control"] = "no-cache"
@@ -169,15 +191,19 @@ class Transport:
             hdrs.update(headers)
         retries = self.max_retries if max_retries is None else max(0, max_retries)
         t = self.timeout if timeout is None else timeout
+        pool = self.pool
+        from urllib3 import Timeout
+        from urllib3.exceptions import HTTPError
+
         # Connecting should be quick even when reads may legitimately be slow (e.g. a quiet event stream).
-        tmo = urllib3.Timeout(connect=min(t, 10.0), read=t)
+        tmo = Timeout(connect=min(t, 10.0), read=t)
 
         attempt = 0
         while True:
             if hasattr(body, "seek"):
                 body.seek(0)
             try:
-                resp = self._pool.request(
+                resp = pool.request(
                     method,
                     url,
                     body=body,
@@ -223,7 +249,10 @@ class Transport:
             raise make_status_error(status, _decode(data), resp_headers)
 
 
-def _connection_error(exc: HTTPError, method: str, url: str) -> TuningError:
+def _connection_error(exc: Exception, method: str, url: str) -> TuningError:
+    from urllib3.exceptions import NewConnectionError
+    from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
+
     # NewConnectionError subclasses urllib3's ConnectTimeoutError: a refused connection is not a timeout.
     if isinstance(exc, Urllib3TimeoutError) and not isinstance(exc, NewConnectionError):
         return APITimeoutError(f"{method} {url} timed out: {exc}", cause=exc)

@@ -10,9 +10,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from urllib3.exceptions import HTTPError, NewConnectionError
-from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
-
 from ._errors import APIConnectionError, APITimeoutError
 
 __all__ = ["SSEDecoder", "ServerSentEvent", "iter_lines", "iter_response_events", "iter_sse"]
@@ -135,6 +132,10 @@ def _response_chunks(resp: Any) -> Iterator[bytes]:
 def iter_response_events(resp: Any) -> Iterator[ServerSentEvent | None]:
     """Events from an open response; a dropped or timed-out connection raises APIConnectionError
     (APITimeoutError), a clean end of the stream just ends the iteration."""
+    # An open response: urllib3 is loaded already (_http imports it with the first request).
+    from urllib3.exceptions import HTTPError, NewConnectionError
+    from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
+
     try:
         yield from iter_sse(_response_chunks(resp))
     except (HTTPError, OSError) as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
@@ -39,7 +38,7 @@ class MultipartFile:
     def __init__(
         self, fileobj: IO[bytes], *, filename: str, name: str = "file", fields: dict[str, str]
     ) -> None:
-        self.boundary = f"tuning-sdk-{uuid.uuid4().hex}"
+        self.boundary = f"tuning-sdk-{os.urandom(16).hex()}"
         head = b""
         for key, value in fields.items():
             head += (

@@ -35,6 +35,47 @@ def test_import_loads_no_heavy_module() -> None:
     assert json.loads(out.stdout) == []
 
 
+def _loaded_after(code: str) -> set[str]:
+    """The tuning_sdk modules and whether urllib3 is loaded after running `code` in a fresh interpreter."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+    probe += "('tuning_sdk', 'urllib3') and m.count('.') <= 2)))"
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=REPO)
+    return set(json.loads(out.stdout))
+
+
+def test_import_defers_the_http_stack_and_the_resources_to_their_first_use() -> None:
+    """B5 (docs/benchmarks.md): `import tuning_sdk` and building a client load neither urllib3 nor the
+    resources and models; each loads the first time it is needed, and public names resolve as before."""
+    light = {f"tuning_sdk{m}" for m in ("", "._client", "._errors", "._http", "._version")}
+    assert _loaded_after("import tuning_sdk; tuning_sdk.TuningClient(api_key='k').close()") == light
+    assert _loaded_after("import tuning_sdk.webhooks") == light | {"tuning_sdk.webhooks"}
+    tunings = _loaded_after("import tuning_sdk; tuning_sdk.TuningClient(api_key='k').tunings")
+    assert "tuning_sdk.resources.tunings" in tunings and "tuning_sdk._models" in tunings
+    assert not {"urllib3", "tuning_sdk.resources.files", "tuning_sdk._objects"} & tunings
+    assert "tuning_sdk._objects" in _loaded_after("from tuning_sdk import FileObject")
+    with_request = _loaded_after(
+        "import tuning_sdk\n"
+        "c = tuning_sdk.TuningClient(api_key='k', base_url='http://127.0.0.1:9', max_retries=0)\n"
+        "try:\n    c.health_check()\nexcept tuning_sdk.APIConnectionError:\n    pass"
+    )
+    assert "urllib3" in with_request
+
+
+def test_lazy_names_resolve_once_and_unknown_names_still_fail() -> None:
+    import tuning_sdk
+    from tuning_sdk import resources
+
+    assert tuning_sdk.TuningJob is tuning_sdk.TuningJob and "TuningJob" in vars(tuning_sdk)
+    assert set(tuning_sdk.__all__) <= set(dir(tuning_sdk))
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = tuning_sdk.Nope  # type: ignore[attr-defined]
+    assert resources.Tunings.__name__ == "Tunings" and resources.Files.__name__ == "Files"
+    with pytest.raises(AttributeError):
+        _ = resources.Nope  # type: ignore[attr-defined]
+    client = tuning_sdk.TuningClient(api_key="k")
+    assert client.tunings is client.tunings and client.files is client.files  # made once per client
+
+
 def test_public_names() -> None:
     import tuning_sdk
 
@@ -86,5 +127,5 @@ def test_pip_install_brings_only_urllib3(tmp_path: Path) -> None:
     assert set(dists) - {"pip", "setuptools", "wheel"} == {"tuning", "urllib3"}
     # And it works there: the package, the console script, no heavy import.
     subprocess.run([str(py), "-c", "import tuning_sdk; tuning_sdk.TuningClient(api_key='k')"], check=True)
-    out = subprocess.run([str(env_dir / "bin" / "tuning"), "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "jobs" in out.stdout
+    cli_help = subprocess.run([str(env_dir / "bin" / "tuning"), "--help"], capture_output=True, text=True)
+    assert cli_help.returncode == 0 and "jobs" in cli_help.stdout

@@ -10,14 +10,14 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-
-from urllib3.exceptions import HTTPError
+from typing import TYPE_CHECKING
 
 from .. import _http
 from .._models import LogRecord, TuningJob
-from .._objects import Checkpoint
-from .._transfer import ArchiveError, safe_extract
 from ._shared import _dispose, _path_id
+
+if TYPE_CHECKING:
+    from .._objects import Checkpoint
 
 
 class JobActions:
@@ -140,6 +140,8 @@ class JobActions:
             >>> [c.step for c in client.tunings.checkpoints(job.id)]
             [4, 8]
         """
+        from .._objects import Checkpoint
+
         body = self._t.request("GET", f"/v1/tunings.checkpoints/{_path_id(job_id)}")
         raw = body.get("data") if isinstance(body, Mapping) else None
         return [Checkpoint.from_dict(c) for c in raw or [] if isinstance(c, Mapping)]
@@ -191,6 +193,10 @@ class JobActions:
             stream=True,
             headers={"Accept": "application/gzip, */*"},
         )
+        from urllib3.exceptions import HTTPError  # loaded by the request above
+
+        from .._transfer import ArchiveError, safe_extract
+
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tar.gz", dir=dest.parent)
         tmp = Path(tmp_name)
         try:
