@@ -32,6 +32,8 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 
 
 class LogSink(logging.Handler):
+    """The handler of the `tuning_service` logger: records at once, access lines (`access`) in batches."""
+
     def __init__(self, stderr: TextIO, log_file: BinaryIO | None) -> None:
         super().__init__()
         self.setFormatter(logging.Formatter(FORMAT))
@@ -98,12 +100,23 @@ class LogSink(logging.Handler):
         try:
             self.stderr.write(text)
             self.stderr.flush()
-            if self.file is not None:
-                self.file.write(text.encode("utf-8", "backslashreplace"))
-        except (OSError, ValueError) as exc:  # a full disk, a closed stream: say so once, keep serving
-            if not self._write_failed:
-                self._write_failed = True
-                print(f"tuning_service: cannot write the service log: {exc}", file=sys.__stderr__)
+        except (OSError, ValueError) as exc:  # a closed pipe: the file still gets the lines
+            self._report(exc)
+        if self.file is not None:
+            data = memoryview(text.encode("utf-8", "backslashreplace"))
+            try:
+                while data:  # a raw write may take less than all of it
+                    written = self.file.write(data)
+                    if not written:
+                        raise OSError("the log file took no bytes")
+                    data = data[written:]
+            except (OSError, ValueError) as exc:  # a full disk, a closed file: say so once, keep serving
+                self._report(exc)
+
+    def _report(self, exc: Exception) -> None:
+        if not self._write_failed:
+            self._write_failed = True
+            print(f"tuning_service: cannot write the service log: {exc}", file=sys.__stderr__)
 
     def close(self) -> None:
         with self._lock:

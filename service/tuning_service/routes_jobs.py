@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from .auth import authenticate
 from .errors import APIError, job_not_found
+from .jobcache import JobCaches
 from .requests import (
     check_query,
     parse_json_body,
@@ -21,7 +22,6 @@ from .requests import (
     validate_idempotency_key,
     validate_job_id,
 )
-from .states import JobStatus
 
 log = logging.getLogger("tuning_service.api")
 
@@ -58,88 +58,23 @@ def _json_response(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
-# The most bytes of encoded jobs kept (about 1.3 KB a job: some 6,000 jobs).
-CACHE_MAX_BYTES = 8 * 1024 * 1024
 # A list page with more jobs than this to encode afresh reads them in one query (manager.list) instead of
 # one by one.
 _MAX_SINGLE_READS = 8
-_TERMINAL = frozenset(s.value for s in JobStatus if s.is_terminal())
 
 
-class EncodedJobs:
-    """The encoded public JSON of terminal jobs, valid for their (status, finished_at) (`STAMP_COLUMNS`).
-
-    A finished job never changes until it is resumed (a new status, and a new finished_at when it ends
-    again) or deleted (its row is gone), so its JSON can be reused as long as its stamp is the same. A list
-    page of 100 jobs was 100 rows of JSON decoded, re-shaped and encoded again (docs/benchmarks.md, B2); with
-    this it is one query answered from an index (jobs_owner_page) and a join. Per process, bounded by
-    CACHE_MAX_BYTES (the oldest entries go first); running and queued jobs are always read afresh.
-
-    An entry also remembers the database's `data_version` (db.Database.data_version) at which its stamp was
-    last read: while nothing at all has been committed since, by this process or any other, the stamp cannot
-    have changed and `tunings.get` skips reading it (`current`). The version is the one the request's
-    authentication read (auth.authenticate), before the stamp, so a commit in between only makes the entry
-    look older than it is.
-    """
-
-    def __init__(self, max_bytes: int = CACHE_MAX_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.size = 0
-        # job id -> [status, finished_at, body, owner, data_version the stamp was read at]
-        self._items: dict[str, list[Any]] = {}
-
-    def get(self, job_id: str, status: str, finished_at: float | None) -> bytes | None:
-        item = self._items.get(job_id)
-        if item is not None and item[0] == status and item[1] == finished_at:
-            return item[2]  # type: ignore[no-any-return]
-        return None
-
-    def current(self, job_id: str, owner: str, version: int | None) -> bytes | None:
-        """The job's JSON if its stamp was read at `version` (nothing committed since) for this owner."""
-        item = self._items.get(job_id)
-        if item is not None and version is not None and item[4] == version and item[3] == owner:
-            return item[2]  # type: ignore[no-any-return]
-        return None
-
-    def confirm(self, job_id: str, version: int | None) -> None:
-        """The job's stamp, read at `version`, matched its entry."""
-        item = self._items.get(job_id)
-        if item is not None:
-            item[4] = version
-
-    def put(
-        self,
-        job_id: str,
-        status: str,
-        finished_at: float | None,
-        job: dict[str, Any],
-        body: bytes,
-        *,
-        owner: str,
-        version: int | None = None,
-    ) -> None:
-        """Keep `body` (the encoding of `job`, read right after the stamp) if the job is terminal and was read
-        in the stamp's state: a job that changed in between is served but not kept."""
-        if status not in _TERMINAL or job.get("status") != status or len(body) > self.max_bytes // 16:
-            return
-        old = self._items.pop(job_id, None)
-        if old is not None:
-            self.size -= len(old[2])
-        self._items[job_id] = [status, finished_at, body, owner, version]
-        self.size += len(body)
-        while self.size > self.max_bytes:
-            oldest = next(iter(self._items))
-            self.size -= len(self._items.pop(oldest)[2])
-
-
-def _cache(request: Request) -> EncodedJobs:
+def _caches(request: Request) -> JobCaches:
     state = request.app.state
     manager = _manager(request)
-    cache: EncodedJobs | None = getattr(state, "encoded_jobs", None)
-    if cache is None or getattr(state, "encoded_jobs_for", None) is not manager:
-        cache = state.encoded_jobs = EncodedJobs()  # one per lifespan (a new manager, a new database)
-        state.encoded_jobs_for = manager
-    return cache
+    caches: JobCaches | None = getattr(state, "job_caches", None)
+    if caches is None or caches.manager is not manager:
+        caches = state.job_caches = JobCaches(manager)  # one per lifespan (a new manager, a new database)
+    return caches
+
+
+def _data_version(request: Request) -> int | None:
+    """The database's data_version that authenticate read for this request (None: no key cache)."""
+    return request.scope.get("state", {}).get("data_version")  # type: ignore[no-any-return]
 
 
 async def get(request: Request) -> Response:
@@ -147,8 +82,8 @@ async def get(request: Request) -> Response:
     if request.scope.get("query_string"):
         check_query(request.query_params)
     job_id = validate_job_id(request.path_params["job_id"])
-    cache = _cache(request)
-    version = request.scope.get("state", {}).get("data_version")  # read by authenticate
+    cache = _caches(request).jobs
+    version = _data_version(request)
     body = cache.current(job_id, owner, version)
     if body is not None:
         return _json_response(body)
@@ -175,7 +110,7 @@ async def _page_parts(
     stamps, has_more = await manager.store.list_job_stamps(
         owner=owner, status=status, after=after, limit=limit
     )
-    cache = _cache(request)
+    cache = _caches(request).jobs
     bodies = [cache.get(*stamp) for stamp in stamps]
     missing = [i for i, b in enumerate(bodies) if b is None]
     if len(missing) > _MAX_SINGLE_READS:
@@ -216,6 +151,11 @@ async def list_jobs(request: Request) -> Response:
     after = params.get("after") or None
     if after is not None and len(after) > 128:
         raise APIError(400, "invalid_request", "after must be a job id", param="after")
+    pages = _caches(request).pages
+    key, version = (owner, status, after, limit), _data_version(request)
+    cached = pages.get(key, version)
+    if cached is not None:
+        return _json_response(cached)
     parts, has_more = await _page_parts(request, owner, status, after, limit)
     # The page is spliced from the jobs' encoded JSON: the same bytes JSONResponse would write for
     # {"object": "list", "data": [...], "has_more": ..., "first_id": ..., "last_id": ...}.
@@ -232,6 +172,7 @@ async def list_jobs(request: Request) -> Response:
             b"}",
         )
     )
+    pages.put(key, version, body)
     return _json_response(body)
 
 

@@ -1,6 +1,7 @@
-"""tunings.get / tunings.list serve finished jobs from their cached encoded JSON (routes_jobs.EncodedJobs):
-the bytes are those JSONResponse would write, a resumed job is never served stale, a deleted one is gone, and
-the cache stays bounded. Over real HTTP with the fake trainer, plus narrow unit tests of the cache itself.
+"""tunings.get / tunings.list serve finished jobs and unchanged pages from their caches (jobcache.py): the
+bytes are those JSONResponse would write, and a resumed, changed or deleted job is never served stale, also
+when another process changed it. Over real HTTP with the fake trainer (the caches' own unit tests:
+test_jobcache.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 import pytest
 
 from tests.support.server import OTHER_KEY, ServiceEnv, ServiceProcess
-from tuning_service.routes_jobs import EncodedJobs
 
 FAKE_TRAINER = Path(__file__).resolve().parent / "fake_trainer.py"
 
@@ -99,40 +99,6 @@ def test_pages_mix_cached_and_live_jobs_and_keep_cursor_and_filters(fake_service
     assert empty == {"object": "list", "data": [], "has_more": False, "first_id": None, "last_id": None}
 
 
-def test_the_cache_keeps_only_terminal_jobs_read_in_their_stamped_state_and_stays_bounded() -> None:
-    cache = EncodedJobs(max_bytes=16 * 100)
-    body = b"x" * 100
-    cache.put("ftjob-a", "running", None, {"status": "running"}, body, owner="k")
-    assert cache.get("ftjob-a", "running", None) is None  # a live job is never kept
-    cache.put("ftjob-a", "succeeded", 5.0, {"status": "running"}, body, owner="k")  # read in another state
-    assert cache.get("ftjob-a", "succeeded", 5.0) is None
-    cache.put("ftjob-a", "succeeded", 5.0, {"status": "succeeded"}, body, owner="k")
-    assert cache.get("ftjob-a", "succeeded", 5.0) == body
-    assert cache.get("ftjob-a", "succeeded", 6.0) is None  # finished again (after a resume)
-    assert cache.get("ftjob-a", "failed", 5.0) is None
-    for i in range(40):
-        cache.put(f"ftjob-{i}", "failed", 1.0, {"status": "failed"}, body, owner="k")
-    assert cache.size <= 16 * 100
-    assert cache.get("ftjob-39", "failed", 1.0) == body and cache.get("ftjob-0", "failed", 1.0) is None
-    cache.put("ftjob-big", "failed", 1.0, {"status": "failed"}, b"y" * 200, owner="k")  # over max_bytes / 16
-    assert cache.get("ftjob-big", "failed", 1.0) is None
-
-
-def test_an_entry_is_current_only_at_the_data_version_its_stamp_was_read_and_for_its_owner() -> None:
-    cache = EncodedJobs()
-    body = b"{}"
-    cache.put("ftjob-a", "succeeded", 5.0, {"status": "succeeded"}, body, owner="key-1", version=7)
-    assert cache.current("ftjob-a", "key-1", 7) == body
-    assert cache.current("ftjob-a", "key-1", 8) is None  # something was committed since: read the stamp
-    assert cache.current("ftjob-a", "key-2", 7) is None  # another key's request never skips the check
-    assert cache.current("ftjob-a", "key-1", None) is None  # no version known: always read the stamp
-    assert cache.current("ftjob-b", "key-1", 7) is None
-    cache.confirm("ftjob-a", 8)  # the stamp read at version 8 matched
-    assert cache.current("ftjob-a", "key-1", 8) == body and cache.current("ftjob-a", "key-1", 7) is None
-    cache.put("ftjob-a", "succeeded", 5.0, {"status": "succeeded"}, body, owner="key-1")  # from a list page
-    assert cache.current("ftjob-a", "key-1", 8) is None
-
-
 def test_a_cached_job_changed_or_deleted_by_another_process_is_never_served_stale(
     fake_service: ServiceProcess,
 ) -> None:
@@ -159,3 +125,21 @@ def test_a_cached_job_changed_or_deleted_by_another_process_is_never_served_stal
         con.close()
     r = svc.get(f"/v1/tunings.get/{job['id']}")
     assert r.status == 404 and r.error["code"] == "job_not_found"
+
+
+def test_an_unchanged_page_is_served_again_until_any_process_commits(fake_service: ServiceProcess) -> None:
+    svc = fake_service
+    job = svc.create_job(model="fake:complete?steps=1")
+    svc.wait_for(job["id"], "succeeded")
+    first = svc.get("/v1/tunings.list?limit=5")
+    assert first.text == svc.get("/v1/tunings.list?limit=5").text  # the same bytes, from the page cache
+    assert svc.get("/v1/tunings.list?limit=5", key=OTHER_KEY).json()["data"] == []  # pages are per key
+    con = sqlite3.connect(svc.data_dir / "tuning.db", timeout=30)
+    try:
+        with con:  # another process's commit: this service's writer committed nothing
+            con.execute("UPDATE jobs SET status = 'cancelled' WHERE id = ?", (job["id"],))
+    finally:
+        con.close()
+    page = _page(svc, "limit=5")
+    assert {j["id"]: j["status"] for j in page["data"]}[job["id"]] == "cancelled"
+    assert job["id"] not in {j["id"] for j in _page(svc, "limit=100&status=succeeded")["data"]}
