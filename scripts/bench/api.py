@@ -10,6 +10,10 @@ B1: `GET /v1/tunings.get/{id}` requests/s at concurrency 32, vs a bare Starlette
     h11 + asyncio), the same for both servers; the table's footer and the JSON say which.
 B2: `GET /v1/tunings.list?limit=100` p50 latency with `--jobs` jobs in the database, vs B1's p50 on the same
     database and concurrency. Target <= 2x.
+Both are also measured with the database busy ("busy" rows): another connection commits every
+--busy-commit-ms (default 20 ms, about what a running job's metrics records cost), so the caches that serve
+an unchanged database without a query (service/tuning_service/jobcache.py) miss and every request takes the
+stamp path. The idle rows are a quiet service polled by clients; the busy rows, one with jobs training.
 The database is seeded with copies of one real job (created through the API, run to `succeeded` by the fake
 trainer), so every listed job has real metrics, hyperparameters and timestamps. The load generator
 (loadgen.py: wrk when installed, else asyncio) is a separate process; runs are interleaved (bare, get, list)
@@ -24,6 +28,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -57,6 +62,35 @@ def seed_jobs(db: Path, template_id: str, n: int) -> None:
             con.executemany(sql, batch)
     finally:
         con.close()
+
+
+class Committer:
+    """Commits one row every `every_s` through its own connection, like a running job's records: SQLite's
+    data_version moves for the service on every commit. A table of its own; the service never reads it."""
+
+    def __init__(self, db: Path, every_s: float) -> None:
+        self.db, self.every_s = db, every_s
+        self.commits = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        con = sqlite3.connect(self.db, timeout=30, isolation_level=None)
+        try:
+            con.execute("CREATE TABLE IF NOT EXISTS bench_ticks (n INTEGER)")
+            while not self._stop.wait(self.every_s):
+                con.execute("INSERT INTO bench_ticks VALUES (?)", (self.commits,))
+                self.commits += 1
+        finally:
+            con.close()
+
+    def __enter__(self) -> Committer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -153,6 +187,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--engine", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument("--busy-commit-ms", type=float, default=20.0, help="commit interval of the busy runs")
     args = p.parse_args()
     if args.quick:
         args.jobs, args.duration, args.rounds, args.concurrency = 200, 1.0, 1, 8
@@ -175,7 +210,9 @@ def main() -> None:
 
         get_url = f"{svc.base_url}/v1/tunings.get/{job['id']}"
         list_url = f"{svc.base_url}/v1/tunings.list?limit=100"
-        runs: dict[str, list[dict[str, Any]]] = {"bare": [], "get": [], "list": []}
+        kinds = ("bare", "get", "list", "get_busy", "list_busy")
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+        commits = 0
         # Warm every path once (imports, caches), unmeasured.
         for url in (f"{bare_url}/v1/tunings.get/{job['id']}", get_url, list_url):
             urllib.request.urlopen(
@@ -185,6 +222,10 @@ def main() -> None:
             runs["bare"].append(loadgen(f"{bare_url}/v1/tunings.get/{job['id']}", args, bare.pid))
             runs["get"].append(loadgen(get_url, args, svc_pid))
             runs["list"].append(loadgen(list_url, args, svc_pid))
+            with Committer(svc.data_dir / "tuning.db", args.busy_commit_ms / 1000) as committer:
+                runs["get_busy"].append(loadgen(get_url, args, svc_pid))
+                runs["list_busy"].append(loadgen(list_url, args, svc_pid))
+            commits += committer.commits
         rss_mb = round(psutil.Process(svc_pid).memory_info().rss / 2**20, 1)
     finally:
         if bare is not None:
@@ -196,6 +237,10 @@ def main() -> None:
     get_rps = median([r["rps"] for r in runs["get"]])
     get_p50 = median([r["latency_ms"]["p50"] for r in runs["get"]])
     list_p50 = median([r["latency_ms"]["p50"] for r in runs["list"]])
+    busy_get_rps = median([r["rps"] for r in runs["get_busy"]])
+    busy_get_p50 = median([r["latency_ms"]["p50"] for r in runs["get_busy"]])
+    busy_list_p50 = median([r["latency_ms"]["p50"] for r in runs["list_busy"]])
+    busy = f"busy database (a commit every {args.busy_commit_ms:g} ms)"
     cpu = {k: median([r["server_cpu_ms_per_request"] for r in v]) for k, v in runs.items()}
     rows = [
         Row(
@@ -218,6 +263,26 @@ def main() -> None:
             "<=",
             2.0,
         ),
+        Row(
+            "B1b",
+            f"B1, {busy}",
+            busy_get_rps,
+            "req/s",
+            bare_rps,
+            "bare Starlette route, same uvicorn settings",
+            ">=",
+            0.7,
+        ),
+        Row(
+            "B2b",
+            f"B2, {busy}",
+            busy_list_p50,
+            "ms",
+            busy_get_p50,
+            "B1b (tunings.get, busy) p50",
+            "<=",
+            2.0,
+        ),
     ]
     details = {
         "jobs": args.jobs,
@@ -228,6 +293,8 @@ def main() -> None:
         "http_stack": http_stack(),
         "runs": runs,
         "list_rps": median([r["rps"] for r in runs["list"]]),
+        "busy_commit_ms": args.busy_commit_ms,
+        "busy_commits": commits,
         "service_rss_mb_after": rss_mb,
         "server_cpu_ms_per_request": cpu,
         "cpu_ratio_get_vs_bare": round(cpu["get"] / cpu["bare"], 3) if cpu["bare"] else None,
