@@ -233,57 +233,42 @@ def main() -> None:
             bare.wait(10)
         svc.shutdown()
 
-    bare_rps = median([r["rps"] for r in runs["bare"]])
-    get_rps = median([r["rps"] for r in runs["get"]])
-    get_p50 = median([r["latency_ms"]["p50"] for r in runs["get"]])
-    list_p50 = median([r["latency_ms"]["p50"] for r in runs["list"]])
-    busy_get_rps = median([r["rps"] for r in runs["get_busy"]])
-    busy_get_p50 = median([r["latency_ms"]["p50"] for r in runs["get_busy"]])
-    busy_list_p50 = median([r["latency_ms"]["p50"] for r in runs["list_busy"]])
+    def med(kind: str, *path: str) -> float:
+        values = []
+        for run in runs[kind]:
+            value: Any = run
+            for key in path:
+                value = value[key]
+            values.append(value)
+        return median(values)
+
+    bare_rps = med("bare", "rps")
     busy = f"busy database (a commit every {args.busy_commit_ms:g} ms)"
-    cpu = {k: median([r["server_cpu_ms_per_request"] for r in v]) for k, v in runs.items()}
-    rows = [
-        Row(
-            "B1",
-            f"GET tunings.get req/s, concurrency {args.concurrency}",
-            get_rps,
-            "req/s",
-            bare_rps,
-            "bare Starlette route, same uvicorn settings",
-            ">=",
-            0.7,
-        ),
-        Row(
-            "B2",
-            f"GET tunings.list?limit=100 p50, {args.jobs} jobs",
-            list_p50,
-            "ms",
-            get_p50,
-            "B1 (tunings.get) p50, same database and concurrency",
-            "<=",
-            2.0,
-        ),
-        Row(
-            "B1b",
-            f"B1, {busy}",
-            busy_get_rps,
-            "req/s",
-            bare_rps,
-            "bare Starlette route, same uvicorn settings",
-            ">=",
-            0.7,
-        ),
-        Row(
-            "B2b",
-            f"B2, {busy}",
-            busy_list_p50,
-            "ms",
-            busy_get_p50,
-            "B1b (tunings.get, busy) p50",
-            "<=",
-            2.0,
-        ),
-    ]
+    cpu = {k: med(k, "server_cpu_ms_per_request") for k in runs}
+    rows = []
+    for suffix, get, lst, what in (("", "get", "list", ""), ("b", "get_busy", "list_busy", f", {busy}")):
+        rows += [
+            Row(
+                f"B1{suffix}",
+                f"GET tunings.get req/s, concurrency {args.concurrency}{what}",
+                med(get, "rps"),
+                "req/s",
+                bare_rps,
+                "bare Starlette route, same uvicorn settings",
+                ">=",
+                0.7,
+            ),
+            Row(
+                f"B2{suffix}",
+                f"GET tunings.list?limit=100 p50, {args.jobs} jobs{what}",
+                med(lst, "latency_ms", "p50"),
+                "ms",
+                med(get, "latency_ms", "p50"),
+                f"B1{suffix} (tunings.get) p50, same database and concurrency",
+                "<=",
+                2.0,
+            ),
+        ]
     details = {
         "jobs": args.jobs,
         "concurrency": args.concurrency,
@@ -292,7 +277,7 @@ def main() -> None:
         "engine": runs["get"][0]["engine"],
         "http_stack": http_stack(),
         "runs": runs,
-        "list_rps": median([r["rps"] for r in runs["list"]]),
+        "list_rps": med("list", "rps"),
         "busy_commit_ms": args.busy_commit_ms,
         "busy_commits": commits,
         "service_rss_mb_after": rss_mb,
