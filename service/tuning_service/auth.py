@@ -124,7 +124,7 @@ async def authenticate(request: Request) -> str:
     """Return the calling key's id (the owner of the jobs it creates), or raise 401.
 
     Also leaves the database's `data_version` it read in the request's state (`data_version`): a handler can
-    tell from it that nothing was committed since it last looked (routes_jobs.EncodedJobs.current)."""
+    tell from it that nothing was committed since it last looked (jobcache.py)."""
     token = bearer_token(request)
     key_id, version = await verified_key(request.app.state, token)
     request.scope.setdefault("state", {})["data_version"] = version

@@ -136,7 +136,7 @@ class RequestMiddleware:
             elapsed = time.monotonic() - started_at
             # Prometheus counters by route template (~1 us: plain dicts, see metrics.py).
             metrics.record_request(scope, state["status"], elapsed, state.get("stream", False))
-            if scope.get("path") != "/health":
+            if scope.get("path") != "/health" and logsink.access_log.isEnabledFor(logging.INFO):
                 logsink.access(
                     f"{scope.get('method')} {scope.get('path')} {state['status']} {elapsed * 1000:.1f}ms"
                     f" rid={request_id}"
