@@ -22,9 +22,9 @@ SCRIPTS = {
     "job_overhead": ["--skip-b3"],
 }
 EXPECTED_IDS = {
-    "api": ["B1", "B2"],
+    "api": ["B1", "B2", "B1b", "B2b"],
     "stream_latency": ["B4", "B4"],
-    "sdk_import": ["B5"],
+    "sdk_import": ["B5", "B5h"],
     "memory": ["B7"],
     "job_overhead": ["B6", "B6"],
 }

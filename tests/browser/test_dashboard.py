@@ -169,13 +169,20 @@ def test_sign_in_list_and_watch_a_job_train(
     assert points(browser, "chart-tps") == total
     evals = TRAIN["max_steps"] // TRAIN["eval_steps"]
     wait(browser, lambda: points(browser, "chart-loss") == total + evals, what="train and eval points")
+
+    def statuses() -> list[str]:
+        lines = [li.text for li in css(browser, "#job-log li")]
+        return [line.split(" (")[0] for line in lines if line.startswith("status: ")]
+
+    # The status line above comes from polling tunings.get, the log from the stream: the stream's own
+    # `succeeded` record may land a moment later.
+    wait(browser, lambda: len(statuses()) >= 3, what="the stream's succeeded record")
     log_lines = [li.text for li in css(browser, "#job-log li")]
-    statuses = [line for line in log_lines if line.startswith("status: ")]
-    assert [line.split(" (")[0] for line in statuses] == [
+    assert statuses() == [
         "status: queued",
         "status: running",
         "status: succeeded",
-    ], statuses
+    ], statuses()
     assert sum(line.startswith("started:") for line in log_lines) == 1, log_lines[:20]
     assert len(css(browser, "#chart-loss circle")) == evals  # eval points are marked
 

@@ -120,17 +120,35 @@ def test_close_and_flush_write_what_waits_and_a_failed_write_is_reported_once(
     broken.close()
 
 
-def test_without_a_sink_access_lines_are_ordinary_records(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.parametrize("with_sink", [False, True])
+def test_access_lines_are_ordinary_records_when_something_else_listens(
+    monkeypatch: pytest.MonkeyPatch, sink: Any, with_sink: bool
 ) -> None:
-    """An application that mounts the service with its own logging set-up still gets every access line."""
-    monkeypatch.setattr(logsink, "_sink", None)
-    monkeypatch.setattr(logging.getLogger("tuning_service"), "propagate", True)
-    with caplog.at_level(logging.INFO, logger="tuning_service.access"):
+    """No sink (an application mounting the service with its own logging set-up), or a handler of its own on
+    the access logger: every access line is a record that handler gets, once, and the sink queues nothing."""
+    s, _, path = sink
+    monkeypatch.setattr(logsink, "_sink", s if with_sink else None)
+    collect = _Collect()
+    level = logsink.access_log.level
+    logsink.access_log.addHandler(collect)
+    logsink.access_log.setLevel(logging.INFO)  # setLevel, not the attribute: it clears isEnabledFor's cache
+    try:
         logsink.access("GET /v1/tunings.list 200 2.0ms rid=q")
-    assert [r.getMessage() for r in caplog.records if r.name == logsink.ACCESS_LOGGER] == [
-        "GET /v1/tunings.list 200 2.0ms rid=q"
-    ]
+    finally:
+        logsink.access_log.removeHandler(collect)
+        logsink.access_log.setLevel(level)
+    assert collect.messages == ["GET /v1/tunings.list 200 2.0ms rid=q"]
+    s.flush()
+    assert path.read_text() == ""  # not through the sink's batch (the sink is not on this logger's path)
 
 
 def test_a_served_service_logs_each_request_soon_and_all_of_them_by_its_stop(
