@@ -34,6 +34,16 @@ ROOT = Path(__file__).resolve().parents[2]
 CPU_FLAGS = cpu_launch_flags(min(os.cpu_count() or 1, 8))
 
 
+def write_json(args: Any, command: str, rows: Any, ratio: Any, **extra: Any) -> None:
+    """The run's settings and results to --json, when given."""
+    if not args.json:
+        return
+    data = {"command": command, "method": args.method, "steps": args.steps, "batch_size": args.batch_size}
+    data.update(extra)
+    data.update({"results": rows, "ratio": ratio})
+    Path(args.json).write_text(json.dumps(data, indent=2))
+
+
 def env() -> dict[str, str]:
     e = dict(os.environ)
     e.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
@@ -159,22 +169,7 @@ def compare_packing(args: argparse.Namespace, job: dict[str, Any], work: Path, c
     )
     print(table(rows, ratio))
     print("# ratio = packing / no_packing (tokens/s counts real tokens, not padding)")
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "command": command,
-                    "method": args.method,
-                    "steps": args.steps,
-                    "batch_size": args.batch_size,
-                    "max_seq_length": args.max_seq_length,
-                    "results": rows,
-                    "ratio": ratio,
-                    "tokens_per_step": per_step,
-                },
-                indent=2,
-            )
-        )
+    write_json(args, command, rows, ratio, max_seq_length=args.max_seq_length, tokens_per_step=per_step)
     if per_step["packing"] <= per_step["no_packing"]:
         raise SystemExit(
             "packing did not raise the tokens per step: the data has no rows shorter than max_seq_length, "
@@ -253,20 +248,7 @@ def main() -> None:
     print(table(rows, ratio))
     if ratio:
         print("# ratio = trainer / hf_baseline (higher is better for rates, lower for time and memory)")
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "command": command,
-                    "method": args.method,
-                    "steps": args.steps,
-                    "batch_size": args.batch_size,
-                    "results": rows,
-                    "ratio": ratio,
-                },
-                indent=2,
-            )
-        )
+    write_json(args, command, rows, ratio)
 
 
 if __name__ == "__main__":
