@@ -249,11 +249,16 @@ class Transport:
             raise make_status_error(status, _decode(data), resp_headers)
 
 
-def _connection_error(exc: Exception, method: str, url: str) -> TuningError:
+def is_timeout(exc: BaseException) -> bool:
+    """Whether urllib3 raised `exc` for a timeout (not for a refused or dropped connection)."""
     from urllib3.exceptions import NewConnectionError
     from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
     # NewConnectionError subclasses urllib3's ConnectTimeoutError: a refused connection is not a timeout.
-    if isinstance(exc, Urllib3TimeoutError) and not isinstance(exc, NewConnectionError):
+    return isinstance(exc, Urllib3TimeoutError) and not isinstance(exc, NewConnectionError)
+
+
+def _connection_error(exc: Exception, method: str, url: str) -> TuningError:
+    if is_timeout(exc):
         return APITimeoutError(f"{method} {url} timed out: {exc}", cause=exc)
     return APIConnectionError(f"Could not complete {method} {url}: {exc}", cause=exc)

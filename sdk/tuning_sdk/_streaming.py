@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import APIConnectionError, APITimeoutError
+from ._http import is_timeout
 
 __all__ = ["SSEDecoder", "ServerSentEvent", "iter_lines", "iter_response_events", "iter_sse"]
 
@@ -133,12 +134,11 @@ def iter_response_events(resp: Any) -> Iterator[ServerSentEvent | None]:
     """Events from an open response; a dropped or timed-out connection raises APIConnectionError
     (APITimeoutError), a clean end of the stream just ends the iteration."""
     # An open response: urllib3 is loaded already (_http imports it with the first request).
-    from urllib3.exceptions import HTTPError, NewConnectionError
-    from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
+    from urllib3.exceptions import HTTPError
 
     try:
         yield from iter_sse(_response_chunks(resp))
     except (HTTPError, OSError) as exc:
-        if isinstance(exc, Urllib3TimeoutError) and not isinstance(exc, NewConnectionError):
+        if is_timeout(exc):
             raise APITimeoutError(f"event stream read timed out: {exc}", cause=exc) from exc
         raise APIConnectionError(f"event stream dropped: {exc}", cause=exc) from exc
