@@ -7,9 +7,9 @@
 B3: wall time of a tiny-model LoRA job through the API, from `client.tunings.create` to `client.tunings.wait`
     returning `succeeded` (the SDK follows the job's event stream), vs the very same trainer command run
     directly: the `accelerate launch ... -m tuning_trainer --config` command line the service builds
-    (tuning_service.supervisor.launcher_prefix), the same config.json (only output_dir differs), the same
-    environment and working directory. API and direct runs alternate (--rounds each, the order flipped every
-    round); medians are compared. Target <= 1.05x. Without --model the tiny model is built first
+    (tuning_service.engine.supervisor.launcher_prefix), the same config.json (only output_dir differs), the
+    same environment and working directory. API and direct runs alternate (--rounds each, the order flipped
+    every round); medians are compared. Target <= 1.05x. Without --model the tiny model is built first
     (tuning_trainer.tiny).
 B6: create -> `running` with an idle scheduler, --starts times, each after the previous job finished, with the
     fake trainer (tests/service/fake_trainer.py) so that a start is only the service's work plus a process
@@ -62,8 +62,8 @@ def build_tiny(out: Path) -> None:
 
 def direct_run(svc: Any, config_file: Path, out_dir: Path) -> float:
     """Run the service's trainer command for `config_file` (re-pointed at out_dir) directly; wall seconds."""
+    from tuning_service.engine.supervisor import launcher_prefix, trainer_env
     from tuning_service.settings import Settings
-    from tuning_service.supervisor import launcher_prefix, trainer_env
 
     cfg = json.loads(config_file.read_text())
     cfg["output_dir"] = str(out_dir)

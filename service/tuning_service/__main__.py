@@ -101,8 +101,8 @@ def serve(argv: Sequence[str]) -> int:
 async def _with_manager(fn: Any) -> Any:
     # Only the key store is needed: the manager is built without start() (no recovery, no scheduler), so this
     # is safe while a service is running on the same data directory.
-    from .manager import JobManager
-    from .store import Store
+    from .engine.facade import JobManager
+    from .storage.store import Store
 
     settings = load_settings()
     settings.ensure_dirs()
@@ -120,7 +120,7 @@ def _fmt_time(t: float | None) -> str:
 
 def _check_webhook_url(url: str | None) -> str | None:
     from .errors import APIError
-    from .webhooks import UrlPolicy
+    from .webhooks.policy import UrlPolicy
 
     if url is None:
         return None
@@ -141,7 +141,7 @@ def _print_secret(secret: str | None) -> None:
 
 
 def keys(argv: Sequence[str]) -> int:
-    from .webhooks import key_webhooks, set_key_webhook
+    from .webhooks.policy import key_webhooks, set_key_webhook
 
     args = _keys_parser().parse_args(argv)
     if args.action == "create":

@@ -22,24 +22,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Match
 
-from . import (
-    logsink,
-    routes_docs,
-    routes_files,
-    routes_job_actions,
-    routes_jobs,
-    routes_logs,
-    routes_metrics,
-    routes_openai,
-    routes_ui,
-)
-from .auth import setup_keys
+from .api import docs as routes_docs
+from .api import files as routes_files
+from .api import job_actions as routes_job_actions
+from .api import jobs as routes_jobs
+from .api import logs as routes_logs
+from .api import metrics as routes_metrics
+from .api import ui as routes_ui
+from .api.auth import setup_keys
+from .api.middleware import RequestMiddleware
+from .api.ratelimit import RateLimiter
+from .engine.facade import JobManager
 from .errors import APIError
-from .files import BodyLimits
-from .manager import JobManager
-from .metrics import Snapshots
-from .middleware import RequestMiddleware
-from .ratelimit import RateLimiter
+from .files.store import BodyLimits
+from .observability import logsink
+from .observability.metrics import Snapshots
+from .openai import routes as routes_openai
 from .settings import Settings
 
 log = logging.getLogger("tuning_service")

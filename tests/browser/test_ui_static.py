@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.support.server import ServiceProcess
-from tuning_service import routes_ui
+from tuning_service.api import ui as routes_ui
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tuning_service.store import Store
+from tuning_service.storage.store import Store
 
 
 async def main(db: Path, tag: str) -> None:

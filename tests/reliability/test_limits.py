@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.server import DEV_KEY, OTHER_KEY, TINY_TRAIN_ROWS, ServiceEnv, ServiceProcess, write_jsonl
+from tuning_service.api.ratelimit import RateLimiter
 from tuning_service.errors import APIError
-from tuning_service.ratelimit import RateLimiter
 
 ROW = json.dumps(TINY_TRAIN_ROWS[0])
 

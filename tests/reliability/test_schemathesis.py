@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
 from tests.support.server import DEV_KEY, make_light_files_root
+from tuning_service.api.docs import service_version
+from tuning_service.api.openapi import openapi_document
 from tuning_service.app import create_app
-from tuning_service.openapi import openapi_document
-from tuning_service.routes_docs import service_version
 
 AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
 # Per operation and generation phase; 32 operations. Keeps this file well under 90 s on 2 busy cores.
@@ -252,7 +252,7 @@ def test_download_checkpoint_must_be_a_step(client: Any) -> None:
 
 
 def test_resume_on_restart_is_a_documented_boolean_on_both_surfaces(client: Any) -> None:
-    from tuning_service import openai_compat as oc
+    from tuning_service.openai import compat as oc
 
     doc = client.get("/openapi.json").json()["components"]["schemas"]
     assert doc["CreateTuningRequest"]["properties"]["resume_on_restart"]["anyOf"][0]["type"] == "boolean"

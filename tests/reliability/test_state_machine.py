@@ -28,9 +28,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from tests.service.core_fixtures import kill_group, make_settings, request
+from tuning_service.engine.facade import JobManager
+from tuning_service.engine.states import JobStatus, allowed
 from tuning_service.errors import APIError
-from tuning_service.manager import JobManager
-from tuning_service.states import JobStatus, allowed
 
 T = TypeVar("T")
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import psutil
 
-from tuning_service.manager import JobManager
+from tuning_service.engine.facade import JobManager
 from tuning_service.settings import Settings
 
 FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")

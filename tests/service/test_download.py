@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.server import ServiceProcess
-from tuning_service.download import members, tar_gz_stream
+from tuning_service.files.download import members, tar_gz_stream
 
 # ---- the streaming writer ------------------------------------------------------------------------------
 

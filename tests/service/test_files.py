@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.service.core_fixtures import make_settings, request, run
+from tuning_service.engine.facade import JobManager
 from tuning_service.errors import APIError
-from tuning_service.files import Files, _clean_filename, is_file_id, new_file_id
-from tuning_service.manager import JobManager
-from tuning_service.store import Store
+from tuning_service.files.store import Files, _clean_filename, is_file_id, new_file_id
+from tuning_service.storage.store import Store
 
 
 def test_ids_and_names() -> None:

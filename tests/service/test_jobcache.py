@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tuning_service.jobcache import EncodedJobs, EncodedPages
+from tuning_service.api.jobcache import EncodedJobs, EncodedPages
 
 
 def test_the_cache_keeps_only_terminal_jobs_read_in_their_stamped_state_and_stays_bounded() -> None:

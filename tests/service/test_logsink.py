@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.server import ServiceEnv
-from tuning_service import logsink
+from tuning_service.observability import logsink
 
 # What logging.Formatter(logsink.FORMAT) writes: "2026-11-26 17:00:48,123 INFO 42 tuning_service.access: ..."
 _LINE = re.compile(

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from tests.service.core_fixtures import all_events, make_settings, request, run
+from tuning_service.engine.facade import JobManager
 from tuning_service.errors import APIError
-from tuning_service.manager import JobManager
 
 PUBLIC_FIELDS = [
     "id", "object", "status", "model", "fine_tuned_model", "adapter_path", "training_file", "validation_file",
@@ -261,7 +261,7 @@ def test_failed_start_up_exits_instead_of_hanging(tmp_path: Path) -> None:
         "import asyncio, sys\n"
         "from pathlib import Path\n"
         "from tests.service.core_fixtures import make_settings\n"
-        "from tuning_service.manager import JobManager\n"
+        "from tuning_service.engine.facade import JobManager\n"
         f"asyncio.run(JobManager.start(make_settings(Path({str(tmp_path)!r}))))\n"
     )
     proc = subprocess.run(

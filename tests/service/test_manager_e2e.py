@@ -17,7 +17,7 @@ from tests.service.core_fixtures import (
     wait_status,
     wait_until,
 )
-from tuning_service.manager import JobManager
+from tuning_service.engine.facade import JobManager
 
 pytestmark = pytest.mark.slow
 TERMINAL = {"succeeded", "failed", "cancelled"}

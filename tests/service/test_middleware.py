@@ -16,7 +16,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from tuning_service.middleware import RequestMiddleware
+from tuning_service.api.middleware import RequestMiddleware
 
 
 def _run(

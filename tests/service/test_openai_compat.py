@@ -16,8 +16,8 @@ import pytest
 
 from tests.service.files_support import BAD_JSONL, GOOD_JSONL
 from tests.support.server import DEV_KEY, OTHER_KEY, ServiceProcess
-from tuning_service import openai_compat as oc
 from tuning_service.errors import APIError
+from tuning_service.openai import compat as oc
 
 SHORT = {"n_epochs": 1, "batch_size": 4, "max_seq_length": 64, "logging_steps": 1}
 

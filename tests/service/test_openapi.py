@@ -9,7 +9,7 @@ from typing import Any
 from starlette.routing import Mount, Route
 
 from tests.support.server import ServiceProcess
-from tuning_service import routes_ui
+from tuning_service.api import ui as routes_ui
 from tuning_service.app import app
 
 

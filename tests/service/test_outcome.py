@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuning_service.outcome import decide_outcome, progress_fields
-from tuning_service.states import JobStatus
+from tuning_service.engine.outcome import decide_outcome, progress_fields
+from tuning_service.engine.states import JobStatus
 
 
 def row(**kw: Any) -> dict[str, Any]:

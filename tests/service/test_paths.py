@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tuning_service.errors import APIError
-from tuning_service.paths import resolve_data_path
+from tuning_service.files.paths import resolve_data_path
 
 
 @pytest.fixture()

@@ -20,8 +20,8 @@ from tests.service.core_fixtures import (
     wait_status,
     wait_until,
 )
-from tuning_service.manager import JobManager
-from tuning_service.states import ACTIVE
+from tuning_service.engine.facade import JobManager
+from tuning_service.engine.states import ACTIVE
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 

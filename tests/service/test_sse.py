@@ -143,9 +143,9 @@ def test_many_abandoned_streams_leave_the_service_responsive(svc: ServiceProcess
 
 def test_a_cancelled_stream_leaves_no_task_behind(tmp_path: Path) -> None:
     """In-process: what Starlette does on a client disconnect (cancel the streaming task) cleans up fully."""
-    from tuning_service.manager import JobManager
-    from tuning_service.requests import validate_create_shape
-    from tuning_service.sse import event_stream
+    from tuning_service.api.requests import validate_create_shape
+    from tuning_service.api.sse import event_stream
+    from tuning_service.engine.facade import JobManager
 
     files_root = tmp_path / "files"
     (files_root / "data").mkdir(parents=True)

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from tests.service.core_fixtures import run
-from tuning_service.db import BUSY_TIMEOUT_MS, SCHEMA_VERSION
-from tuning_service.states import IllegalTransition, JobStatus
-from tuning_service.store import Store, new_job_id
+from tuning_service.engine.states import IllegalTransition, JobStatus
+from tuning_service.storage.db import BUSY_TIMEOUT_MS, SCHEMA_VERSION
+from tuning_service.storage.store import Store, new_job_id
 
 
 async def open_store(path: Path) -> Store:
@@ -236,7 +236,7 @@ def test_gpu_leases(tmp_path: Path) -> None:
 CLAIMER = """
 import asyncio, sys, time
 from pathlib import Path
-from tuning_service.store import Store
+from tuning_service.storage.store import Store
 
 async def main():
     store = Store(Path(sys.argv[1]))

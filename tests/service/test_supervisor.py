@@ -21,9 +21,9 @@ from tests.service.core_fixtures import (
     run,
     wait_status,
 )
+from tuning_service.engine.facade import JobManager
+from tuning_service.engine.supervisor import launcher_prefix, trainer_config, trainer_env
 from tuning_service.errors import APIError
-from tuning_service.manager import JobManager
-from tuning_service.supervisor import launcher_prefix, trainer_config, trainer_env
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 

@@ -3,7 +3,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tuning_service.tailer import MAX_LOG_LINE, event_records, log_records, log_tail, parse_event, read_lines
+from tuning_service.engine.tailer import (
+    MAX_LOG_LINE,
+    event_records,
+    log_records,
+    log_tail,
+    parse_event,
+    read_lines,
+)
 
 
 def test_only_complete_lines_are_read(tmp_path: Path) -> None:

@@ -13,12 +13,12 @@ import pytest
 from tests.service.core_fixtures import make_settings, request, run
 from tests.service.webhook_receiver import Receiver
 from tuning_sdk.webhooks import verify_signature
-from tuning_service import webhooks
-from tuning_service.jobview import public_job
-from tuning_service.manager import JobManager
-from tuning_service.states import JobStatus
-from tuning_service.store import Store
-from tuning_service.webhook_delivery import Attempt, Deliverer, backoff
+from tuning_service.engine.facade import JobManager
+from tuning_service.engine.jobview import public_job
+from tuning_service.engine.states import JobStatus
+from tuning_service.storage.store import Store
+from tuning_service.webhooks import policy as webhooks
+from tuning_service.webhooks.delivery import Attempt, Deliverer, backoff
 
 
 async def open_store(settings: Any) -> Store:
@@ -193,7 +193,7 @@ def test_bad_allow_networks_setting_is_named() -> None:
 
 
 def test_openapi_names_the_same_events() -> None:
-    from tuning_service.openapi import WEBHOOK_EVENTS
+    from tuning_service.api.openapi import WEBHOOK_EVENTS
 
     assert WEBHOOK_EVENTS == webhooks.EVENTS
 
@@ -236,7 +236,7 @@ def test_https_is_verified_against_the_urls_host_while_connecting_to_the_checked
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust the test certificate (as an operator's CA would)
     policy = webhooks.UrlPolicy(["127.0.0.0/8", "::1/128"])
     try:
-        from tuning_service.webhook_delivery import post
+        from tuning_service.webhooks.delivery import post
 
         ok = post(policy, f"https://localhost:{port}/hook", b"{}", {}, 5)
         assert ok.delivered and ok.status_code == 204
@@ -268,7 +268,7 @@ def test_a_name_is_refused_if_any_of_its_addresses_is_private(monkeypatch: pytes
     assert info.value.status_code == 422 and info.value.param == "webhook_url"
     assert "10.0.0.7" in info.value.message
     # At delivery time the same answer refuses the attempt for good, without connecting anywhere.
-    from tuning_service.webhook_delivery import post
+    from tuning_service.webhooks.delivery import post
 
     attempt = post(policy, "https://hooks.example.com/x", b"{}", {}, 1)
     assert attempt.permanent and "10.0.0.7" in (attempt.error or "")
@@ -285,7 +285,7 @@ def test_a_name_is_refused_if_any_of_its_addresses_is_private(monkeypatch: pytes
 
 
 def test_a_slow_receiver_times_out_and_is_retried() -> None:
-    from tuning_service.webhook_delivery import post
+    from tuning_service.webhooks.delivery import post
 
     receiver = Receiver(delay=3.0).start()
     try:
