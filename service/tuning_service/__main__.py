@@ -20,14 +20,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .settings import Settings
+from .settings import Settings, describe_error
 
 
 def load_settings() -> Settings:
     try:
         return Settings()
     except ValueError as exc:  # a malformed TUNING_* variable: say which, without a traceback
-        raise SystemExit(f"tuning-service: {exc}") from None
+        raise SystemExit(f"tuning-service: {describe_error(exc)}") from None
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -119,13 +119,24 @@ def _fmt_time(t: float | None) -> str:
 
 
 def _check_webhook_url(url: str | None) -> str | None:
+    """The same rules as a job's webhook_url: its form (the schema's) and its address."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from tuning_trainer.schema import first_problem
+
     from .errors import APIError
+    from .schema.jobs import WebhookUrl
     from .webhooks.policy import UrlPolicy
 
     if url is None:
         return None
+    adapter: TypeAdapter[str] = TypeAdapter(WebhookUrl)
     try:
-        return UrlPolicy(load_settings().webhook_allow_networks).check_shape(url, "--url")
+        adapter.validate_python(url)
+        return UrlPolicy(load_settings().webhook_allow_networks).check_address(url, "--url")
+    except ValidationError as exc:
+        problem = first_problem(exc, adapter.json_schema(), prefix="--url")
+        raise SystemExit(f"tuning-service: {problem.message}") from None
     except APIError as exc:
         raise SystemExit(f"tuning-service: {exc.message}") from None
 
@@ -141,8 +152,6 @@ def _print_secret(secret: str | None) -> None:
 
 
 def keys(argv: Sequence[str]) -> int:
-    from .webhooks.policy import key_webhooks, set_key_webhook
-
     args = _keys_parser().parse_args(argv)
     if args.action == "create":
         name = args.name.strip()
@@ -155,7 +164,7 @@ def keys(argv: Sequence[str]) -> int:
         async def create(m: Any) -> tuple[str, str, str | None]:
             key_id, plaintext = await m.create_key(name)
             # Every new key gets its webhook signing secret now, so it is shown with the key.
-            found = await set_key_webhook(m.store, key_id, url=url, clear=False, rotate=False)
+            found = await m.set_key_webhook(key_id, url=url, clear=False, rotate=False)
             return key_id, plaintext, found[1] if found else None
 
         key_id, plaintext, secret = asyncio.run(_with_manager(create))
@@ -170,9 +179,7 @@ def keys(argv: Sequence[str]) -> int:
         url = _check_webhook_url(args.url)
         found = asyncio.run(
             _with_manager(
-                lambda m: set_key_webhook(
-                    m.store, args.key, url=url, clear=args.clear, rotate=args.rotate_secret
-                )
+                lambda m: m.set_key_webhook(args.key, url=url, clear=args.clear, rotate=args.rotate_secret)
             )
         )
         if found is None:
@@ -186,8 +193,7 @@ def keys(argv: Sequence[str]) -> int:
     if args.action == "list":
 
         async def listing(m: Any) -> list[dict[str, Any]]:
-            hooks = await key_webhooks(m.store)  # never the secrets: only whether there is one
-            return [{**r, **hooks.get(r["id"], {})} for r in await m.list_keys()]
+            return await m.list_keys()  # never the secrets: only whether there is one
 
         rows = asyncio.run(_with_manager(listing))
         if args.json:

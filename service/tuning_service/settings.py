@@ -1,110 +1,112 @@
-"""Service settings, read once from environment variables (documented in the README)."""
+"""Service settings: environment variables `TUNING_<NAME>`, read once, through one mechanism
+(pydantic-settings).
+
+Each setting is one field here, with its type, default and meaning; docs/service.md's table is checked against
+these fields by a test. A malformed value is an error naming the variable (python -m tuning_service prints it
+without a traceback). Tests and tools may also pass values by field name: `Settings(data_dir=...)`.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_KEYS = ("test-key-001", "test-key-002")
+PREFIX = "TUNING_"
+
+CommaList = Annotated[list[str], NoDecode]
 
 
-def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+def _env(name: str) -> Any:
+    """A field read from TUNING_<name> (when the variable's name is not simply the field's)."""
+    return AliasChoices(PREFIX + name)
 
 
-def _float_env(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-
-
-def _gpus_env() -> list[str]:
-    # "0,1,2" -> ["0", "1", "2"]; empty -> no GPUs (the trainer runs on CPU).
-    raw = os.environ.get("TUNING_GPUS", "").strip()
-    return [g.strip() for g in raw.split(",") if g.strip()]
-
-
-@dataclass
-class Settings:
-    data_dir: Path = field(
-        default_factory=lambda: Path(os.environ.get("TUNING_DATA_DIR", ".tuning")).resolve()
-    )
-    files_root: Path = field(
-        default_factory=lambda: Path(os.environ.get("TUNING_FILES_ROOT", os.getcwd())).resolve()
-    )
-    models_dir: Path = field(
-        default_factory=lambda: Path(os.environ.get("TUNING_MODELS_DIR", "models")).resolve()
-    )
-    # Comma-separated plaintext keys from the environment (hashed in memory). Empty -> keys from the database,
-    # or the development keys when the database has none.
-    api_keys: list[str] = field(
-        default_factory=lambda: [
-            k.strip() for k in os.environ.get("TUNING_API_KEYS", "").split(",") if k.strip()
-        ]
-    )
-    max_concurrent_jobs: int = field(default_factory=lambda: _int_env("TUNING_MAX_CONCURRENT_JOBS", 1))
-    gpus: list[str] = field(default_factory=_gpus_env)
-    cancel_grace_seconds: float = field(
-        default_factory=lambda: _float_env("TUNING_CANCEL_GRACE_SECONDS", 30.0)
-    )
-    log_level: str = field(default_factory=lambda: os.environ.get("TUNING_LOG_LEVEL", "INFO").upper())
-    # Limits on what a request may carry.
-    max_request_bytes: int = field(default_factory=lambda: _int_env("TUNING_MAX_REQUEST_BYTES", 1024 * 1024))
-    max_file_bytes: int = field(default_factory=lambda: _int_env("TUNING_MAX_FILE_BYTES", 512 * 1024 * 1024))
-    # Per data file: longest line (bytes) and most examples; over them -> 422 naming the line.
-    max_line_bytes: int = field(default_factory=lambda: _int_env("TUNING_MAX_LINE_BYTES", 1024 * 1024))
-    max_rows: int = field(default_factory=lambda: _int_env("TUNING_MAX_ROWS", 1_000_000))
-    # Per API key token bucket (ratelimit.py): requests/s on average, bursts of BURST; RPS 0 turns it off.
-    rate_limit_rps: float = field(default_factory=lambda: _float_env("TUNING_RATE_LIMIT_RPS", 50.0))
-    rate_limit_burst: int = field(default_factory=lambda: _int_env("TUNING_RATE_LIMIT_BURST", 200))
-    # Seconds of silence on a log stream before a heartbeat comment.
-    heartbeat_seconds: float = field(default_factory=lambda: _float_env("TUNING_HEARTBEAT_SECONDS", 15.0))
-    # How often the supervisor tails a running job's files.
-    poll_interval_seconds: float = field(default_factory=lambda: _float_env("TUNING_POLL_INTERVAL", 0.05))
-    # Test/ops override of the launcher: a JSON list replacing `python -m accelerate.commands.launch [flags]
-    # -m tuning_trainer` (e.g. a fake trainer in supervision tests). Empty -> the real trainer.
-    trainer_command: str = field(default_factory=lambda: os.environ.get("TUNING_TRAINER_COMMAND", ""))
-    # CPU threads per trainer on a machine without GPUs (accelerate's --num_cpu_threads_per_process);
-    # 0 -> the CPU count divided among the concurrent jobs.
-    cpu_threads: int = field(default_factory=lambda: _int_env("TUNING_CPU_THREADS", 0))
-    # A worker that has not refreshed its supervision heartbeat for this long is presumed dead, and another
-    # worker adopts its jobs (a dead worker on this host is detected at once from its pid).
-    supervisor_stale_seconds: float = field(
-        default_factory=lambda: _float_env("TUNING_SUPERVISOR_STALE_SECONDS", 15.0)
-    )
-    # How often the scheduler looks for queued jobs submitted through another worker.
-    schedule_interval_seconds: float = field(
-        default_factory=lambda: _float_env("TUNING_SCHEDULE_INTERVAL", 0.5)
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        env_ignore_empty=True,  # TUNING_X= (empty) is the default, as if unset
+        populate_by_name=True,
+        extra="ignore",
+        use_attribute_docstrings=True,
     )
 
-    # /metrics: empty -> open to anyone who can reach the port; set -> `Authorization: Bearer <this>` needed.
-    metrics_key: str = field(default_factory=lambda: os.environ.get("TUNING_METRICS_KEY", "").strip())
-    # Webhooks (webhooks.py): time per attempt, retry backoff (first delay, cap), how long a delivery is
-    # retried, and networks a webhook may reach besides public addresses (CIDRs, e.g. 127.0.0.0/8 in tests).
-    webhook_timeout_seconds: float = field(default_factory=lambda: _float_env("TUNING_WEBHOOK_TIMEOUT", 10.0))
-    webhook_backoff_seconds: float = field(default_factory=lambda: _float_env("TUNING_WEBHOOK_BACKOFF", 5.0))
-    webhook_backoff_max_seconds: float = field(
-        default_factory=lambda: _float_env("TUNING_WEBHOOK_BACKOFF_MAX", 3600.0)
-    )
-    webhook_retry_seconds: float = field(
-        default_factory=lambda: _float_env("TUNING_WEBHOOK_RETRY_SECONDS", 86400.0)
-    )
-    webhook_allow_networks: list[str] = field(
-        default_factory=lambda: [
-            n.strip() for n in os.environ.get("TUNING_WEBHOOK_ALLOW_NETWORKS", "").split(",") if n.strip()
-        ]
-    )
+    data_dir: Path = Path(".tuning")
+    """SQLite database, job folders (config, `events.jsonl`, `output.log`, checkpoints, adapter), the service
+    log"""
+    files_root: Path = Field(default_factory=Path.cwd)
+    """Where `training_file` / `validation_file` paths resolve; nothing outside it can be read"""
+    models_dir: Path = Path("models")
+    """A `model` name found here is used as a local model (`models/<name>`)"""
+    api_keys: CommaList = []
+    """Comma-separated API keys (hashed in memory). Empty: the keys made with `keys create`, or the
+    development keys when there are none"""
+    max_concurrent_jobs: int = 1
+    """Trainers running at once"""
+    gpus: CommaList = []
+    """Comma-separated GPU ids to lease to jobs (`CUDA_VISIBLE_DEVICES`); empty: CPU"""
+    cancel_grace_seconds: float = 30.0
+    """After SIGTERM, how long a trainer may take to checkpoint before SIGKILL"""
+    log_level: str = "INFO"
+    """Service log level"""
+    max_request_bytes: int = 1024 * 1024
+    """Request bodies over this get 413 (file uploads have their own limit)"""
+    max_file_bytes: int = 512 * 1024 * 1024
+    """Largest data file (upload or path)"""
+    max_line_bytes: int = 1024 * 1024
+    """Longest line of a data file; over it -> 422 naming the line"""
+    max_rows: int = 1_000_000
+    """Most examples in a data file"""
+    rate_limit_rps: float = 50.0
+    """Per-API-key requests per second on average (429 with Retry-After beyond); 0 turns the limit off"""
+    rate_limit_burst: int = 200
+    """Per-API-key burst"""
+    heartbeat_seconds: float = 15.0
+    """Silence on a log stream before a heartbeat comment"""
+    poll_interval_seconds: float = Field(default=0.05, validation_alias=_env("POLL_INTERVAL"))
+    """How often the supervisor tails a running job's files"""
+    trainer_command: str = ""
+    """A JSON list replacing `python -m accelerate.commands.launch [flags] -m tuning_trainer` (tests: a fake
+    trainer); empty: the real trainer"""
+    cpu_threads: int = 0
+    """CPU threads per trainer without GPUs; 0: the CPU count divided among the concurrent jobs"""
+    supervisor_stale_seconds: float = 15.0
+    """A worker whose supervision heartbeat is this old is presumed dead and its jobs are adopted"""
+    schedule_interval_seconds: float = Field(default=0.5, validation_alias=_env("SCHEDULE_INTERVAL"))
+    """How often the scheduler looks for jobs queued through another worker"""
+    metrics_key: str = ""
+    """Empty: /metrics is open to anyone who can reach the port; set: `Authorization: Bearer <this>` needed"""
+    webhook_timeout_seconds: float = Field(default=10.0, validation_alias=_env("WEBHOOK_TIMEOUT"))
+    """Time per webhook attempt"""
+    webhook_backoff_seconds: float = Field(default=5.0, validation_alias=_env("WEBHOOK_BACKOFF"))
+    """First retry delay of a webhook (doubling, with jitter)"""
+    webhook_backoff_max_seconds: float = Field(default=3600.0, validation_alias=_env("WEBHOOK_BACKOFF_MAX"))
+    """Longest retry delay of a webhook"""
+    webhook_retry_seconds: float = 86400.0
+    """How long a webhook delivery is retried"""
+    webhook_allow_networks: CommaList = []
+    """Networks a webhook may reach besides public addresses (CIDRs, e.g. 127.0.0.0/8 in tests)"""
+
+    @field_validator("api_keys", "gpus", "webhook_allow_networks", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level", mode="after")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+    @field_validator("data_dir", "files_root", "models_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.resolve()
 
     @property
     def db_path(self) -> Path:
@@ -125,3 +127,32 @@ class Settings:
     def ensure_dirs(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return PREFIX + field.upper()
+
+
+def describe_error(exc: Exception) -> str:
+    """A settings error as one line naming the variable (for the command line)."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    err = exc.errors(include_url=False)[0]
+    field = str(err["loc"][0]) if err["loc"] else ""
+    name = env_name(field) if field in Settings.model_fields else field
+    return f"{name} must be {_expected(err)}, got {os.environ.get(name, err.get('input'))!r}"
+
+
+def _expected(err: Any) -> str:
+    kind = str(err["type"])
+    if kind.startswith("int"):
+        return "an integer"
+    if kind.startswith("float"):
+        return "a number"
+    return str(err["msg"]).lower()

@@ -1,5 +1,5 @@
 """Auth (issue 5, point 8): every malformed or wrong credential is 401 on every protected route, and no
-plaintext key ever reaches the database files or the service log. (More: tests/service/test_auth.py.)"""
+plaintext key ever reaches the database files or the service log. (More: tests/service/api/test_auth.py.)"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Idempotency (issue 5, point 11) against a real service that launches (fake) trainers: a replayed create
 launches nothing more; a different body is 422; 20 concurrent creates with one key make one job; the same key
-under another API key is independent. (Single-request cases: tests/service/test_api_jobs.py.)"""
+under another API key is independent. (Single-request cases: tests/service/api/test_jobs.py.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tenant isolation (issue 5, point 7), beyond tests/service/test_api_jobs.py (which proves every id route
+"""Tenant isolation (issue 5, point 7), beyond tests/service/api/test_jobs.py (which proves every id route
 answers another key's id with the unknown-id 404): list cursors, status filters, idempotency keys and the
 log stream never reveal another key's jobs."""
 

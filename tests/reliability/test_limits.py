@@ -1,7 +1,7 @@
 """Limits (issue 5, point 10): JSONL line/size/row limits, non-UTF-8, hyperparameters out of range -> 422
 naming the field or line; the per-key rate limit -> 429 with Retry-After while other keys are unaffected.
-(Oversized request bodies -> 413 before they are read: tests/service/test_api_validation.py and
-tests/service/test_middleware.py.)"""
+(Oversized request bodies -> 413 before they are read: tests/service/api/test_validation.py and
+tests/service/api/test_middleware.py.)"""
 
 from __future__ import annotations
 

@@ -1,15 +1,17 @@
 """Schemathesis over the service's own OpenAPI document, in-process (ASGI), as part of the suite.
 
 Every operation gets examples from the document plus generated positive and negative data; every response
-must be documented (status, content type, headers, body schema), no request may cause a 5xx, negative data
-must be rejected, and a request without credentials must not be served. The stateful test follows the
-document's links (create -> get / cancel / delete / logs).
+must be documented (status, content type, headers, body schema: an error's `code` must be one the route
+lists), no request may cause a 5xx, negative data must be rejected, a request without credentials must not
+be served, and data the document calls valid must never be refused as invalid (400 invalid_request, 422
+invalid_value, ...): a refusal of valid-looking data can only come from this server's state (a data file
+that does not exist, an idempotency key already used), with a code the document lists for it. The stateful
+test follows the document's links (create -> get / cancel / delete / logs).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
 from tests.support.server import DEV_KEY, make_light_files_root
-from tuning_service.api.docs import service_version
-from tuning_service.api.openapi import openapi_document
+from tuning_service.api.docs import openapi_document, service_version
 from tuning_service.app import create_app
 
 AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
@@ -40,36 +41,39 @@ CONFIG = SchemathesisConfig.from_dict(
         "generation": {"mode": "all"},
         "checks": {
             "enabled": True,
-            # A schema-valid body may still be unusable: a data file that does not exist or is not valid
-            # JSONL, a model name the service refuses, an idempotency key reused with another body (422 by
-            # design, docs/api.md), or a path that leaves the files root (400 invalid_path; the check below
-            # makes sure no other 400 is given to schema-valid data). A 5xx is always a failure.
+            # A schema-valid request may still be refused for what only this server knows: a data file
+            # that does not exist or is not valid JSONL (422), a path that leaves the files root (400
+            # invalid_path), an idempotency key reused with another body, a webhook the key cannot sign
+            # (422), an id that is not there (404) or in the wrong state (409). The check
+            # `valid_data_is_never_refused_as_invalid` below makes sure the code never says that the
+            # request itself is invalid.
             "positive_data_acceptance": {
                 "expected-statuses": ["2xx", "400", "401", "404", "409", "422", "429"]
             },
         },
     }
 )
-schema = schemathesis.openapi.from_dict(openapi_document(service_version()), config=CONFIG)
+schema = schemathesis.openapi.from_dict(openapi_document(APP.routes, service_version()), config=CONFIG)
 schema.app = APP
 
 
-# The OpenAI-compatible surface reports invalid values as 400 where the native one says 422 (OpenAI's
-# convention, docs/openai-compat.md); those keep the native code. `invalid_request`/`invalid_json` are the
-# codes of malformed requests, which schema-valid data must never get.
-MALFORMED = frozenset({"invalid_request", "invalid_json"})
-OPENAI_PATHS = re.compile(r"^/v1/(fine_tuning/|files(/|$))")
+# The codes that say "this request does not fit the schema": data the document calls valid never gets them.
+SCHEMA_CODES = frozenset(
+    {"invalid_json", "invalid_request", "invalid_value", "invalid_hyperparameter", "unsupported_method",
+     "unsupported_integration"}
+)  # fmt: skip
 
 
 @schemathesis.check
-def valid_data_is_refused_only_for_unsafe_paths(
+def valid_data_is_never_refused_as_invalid(
     ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
 ) -> bool | None:
-    if case.meta is not None and case.meta.generation.mode.is_positive and response.status_code == 400:
+    if case.meta is not None and case.meta.generation.mode.is_positive and response.status_code in (400, 422):
         code = response.json()["error"]["code"]
-        unusable_value = OPENAI_PATHS.match(case.path) is not None and code not in MALFORMED
-        if code != "invalid_path" and not unusable_value:
-            raise AssertionError(f"schema-valid request refused with 400 {code}: {response.text[:300]}")
+        if code in SCHEMA_CODES:
+            raise AssertionError(
+                f"schema-valid request refused with {response.status_code} {code}: {response.text[:300]}"
+            )
     return None
 
 
@@ -125,7 +129,7 @@ def test_served_document_is_the_one_tested() -> None:
 
     with TestClient(APP) as client:
         served = client.get("/openapi.json").json()
-    assert served == openapi_document(service_version())
+    assert served == openapi_document(APP.routes, service_version())
     create = served["paths"]["/v1/tunings.create"]["post"]["responses"]["200"]
     assert {"GetJob", "CancelJob", "DeleteJob", "GetJobLogs"} <= set(create["links"])
 
@@ -194,12 +198,13 @@ def test_openai_n_epochs_is_an_integer_as_documented_and_integral_floats_are_int
     ok = client.post("/v1/fine_tuning/jobs", json={**body, "hyperparameters": integral}, headers=H)
     assert ok.status_code == 200, ok.text
     assert ok.json()["hyperparameters"]["n_epochs"] == 2 and ok.json()["hyperparameters"]["batch_size"] == 4
-    for bad, code in ((2.5, "invalid_request"), (0.0, "invalid_hyperparameter"), (True, "invalid_request")):
+    # Every hyperparameter problem has its own code (errors.PROBLEMS), on both surfaces.
+    for bad in (2.5, 0.0, True):
         r = client.post(
             "/v1/fine_tuning/jobs", json={**body, "hyperparameters": {"n_epochs": bad}}, headers=H
         )
         assert r.status_code == 400 and r.json()["error"]["param"] == "hyperparameters.n_epochs", r.text
-        assert r.json()["error"]["code"] == code
+        assert r.json()["error"]["code"] == "invalid_hyperparameter"
     both = {"learning_rate": 0.001, "learning_rate_multiplier": "auto"}
     r = client.post("/v1/fine_tuning/jobs", json={**body, "hyperparameters": both}, headers=H)
     assert r.status_code == 400 and r.json()["error"]["param"] == "hyperparameters.learning_rate_multiplier"

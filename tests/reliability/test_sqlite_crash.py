@@ -1,7 +1,7 @@
 """SQLite under crashes (issue 5, point 5): writer processes SIGKILLed at random moments while they commit.
 After each kill the database opens, `PRAGMA integrity_check` is `ok`, and every job a writer acknowledged
 (printed after COMMIT returned) is there, with all its records. Start-up asserting WAL and the busy timeout:
-tests/service/test_store.py::test_ddl_is_idempotent_and_pragmas_hold."""
+tests/service/storage/test_store.py::test_ddl_is_idempotent_and_pragmas_hold."""
 
 from __future__ import annotations
 

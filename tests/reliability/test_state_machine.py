@@ -95,7 +95,7 @@ class Lifecycle(RuleBasedStateMachine):
         owner = self.owners[who]
         prior = self.idem.get((owner, key)) if key else None
         try:
-            job, created = self.run(self.m.submit(owner=owner, request=request(mode), idempotency_key=key))
+            job, created = self.run(self.m.create(owner=owner, request=request(mode), idempotency_key=key))
         except APIError as exc:
             assert prior is not None and prior[1] != mode, exc.message
             assert (exc.status_code, exc.code) == (422, "idempotency_key_reused")

@@ -19,7 +19,6 @@ import pytest
 
 from tests.support.server import ServiceProcess
 from tuning_sdk import (
-    BadRequestError,
     ConflictError,
     NotFoundError,
     TuningClient,
@@ -74,7 +73,7 @@ def test_a_bad_file_is_stored_with_its_line_and_refused_by_jobs(client: TuningCl
     with pytest.raises(NotFoundError) as nf:
         client.tunings.create(model="tiny-llama", training_file="file-" + "0" * 24)
     assert nf.value.code == "file_not_found" and nf.value.param == "training_file"
-    with pytest.raises(BadRequestError) as purpose:
+    with pytest.raises(UnprocessableEntityError) as purpose:
         client.files.upload(bad, purpose="assistants")
     assert purpose.value.param == "purpose"
     assert client.files.delete(f.id).deleted

@@ -16,13 +16,21 @@ from typing import Any, TypeVar
 import psutil
 
 from tuning_service.engine.facade import JobManager
+from tuning_service.schema.jobs import CreateTuningRequest
 from tuning_service.settings import Settings
 
 FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
 T = TypeVar("T")
 
 
+TRAIN_ROW = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+
+
 def make_settings(root: Path, **overrides: Any) -> Settings:
+    """Settings for a manager on `root` (the files root, with a valid `train.jsonl`) and the fake trainer."""
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "train.jsonl").exists():
+        (root / "train.jsonl").write_text(TRAIN_ROW * 4, encoding="utf-8")
     values: dict[str, Any] = {
         "data_dir": root / "data",
         "files_root": root,
@@ -40,8 +48,9 @@ def make_settings(root: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def request(mode: str = "complete", **extra: Any) -> dict[str, Any]:
-    """A normalised create body for the fake trainer; `mode` is e.g. "complete" or "crash?steps=3"."""
+def request(mode: str = "complete", **extra: Any) -> CreateTuningRequest:
+    """A create body for the fake trainer (`model` names its behaviour: `mode` is e.g. "complete" or
+    "crash?steps=3"), validated as the route validates it."""
     body: dict[str, Any] = {
         "model": f"fake:{mode}",
         "training_file": "train.jsonl",
@@ -53,7 +62,7 @@ def request(mode: str = "complete", **extra: Any) -> dict[str, Any]:
         "metadata": {},
     }
     body.update(extra)
-    return body
+    return CreateTuningRequest.model_validate(body)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -84,7 +93,7 @@ async def wait_status(
 
 
 async def all_events(m: JobManager, job_id: str, owner: str) -> list[dict[str, Any]]:
-    records, _ = await m.events(job_id, owner=owner, after=0, limit=100_000)
+    records, _ = await (await m.records(job_id, owner=owner)).page(after=0, limit=100_000)
     return records
 
 

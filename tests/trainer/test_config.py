@@ -121,11 +121,11 @@ def test_unknown_flag_is_a_config_error(capsys: pytest.CaptureFixture[str]) -> N
     ("n", "epochs", "batch_size"), [(1, 5, 1), (100, 5, 2), (300, 5, 4), (1000, 2, 8), (100_000, 1, 8)]
 )
 def test_auto_rule(n: int, epochs: int, batch_size: int) -> None:
-    hp = Hyperparameters()
-    assert resolve_auto(hp, n) == {"epochs": epochs, "batch_size": batch_size}
+    hp, resolved = resolve_auto(Hyperparameters(), n)
+    assert resolved == {"epochs": epochs, "batch_size": batch_size}
     assert (hp.epochs, hp.batch_size) == (epochs, batch_size)
     fixed = Hyperparameters(epochs=2, batch_size=16)
-    assert resolve_auto(fixed, n) == {}
+    assert resolve_auto(fixed, n) == (fixed, {})
 
 
 def test_schema_modules_import_without_the_ml_stack() -> None:

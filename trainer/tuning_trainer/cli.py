@@ -8,14 +8,16 @@ hyperparameter by its name.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from typing import Any
 
-from .config import ConfigError, Hyperparameters, JobConfig
+from .config import METHODS, ConfigError, Hyperparameters, JobConfig
 
 _TOP_LEVEL = ("model", "training_file", "validation_file", "output_dir", "method", "seed", "resume_from")
-_BOOL_FIELDS = ("train_on_inputs", "gradient_checkpointing", "packing")
+# The hyperparameters that are flags (--packing / --no-packing): those of type bool (or bool | None).
+_BOOL_FIELDS = frozenset(
+    name for name, f in Hyperparameters.model_fields.items() if f.annotation in (bool, bool | None)
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,18 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--training-file", dest="training_file", help="JSONL training data")
     p.add_argument("--validation-file", dest="validation_file", help="JSONL validation data (optional)")
     p.add_argument("--output-dir", dest="output_dir", help="events.jsonl, checkpoints, adapter")
-    p.add_argument("--method", choices=("qlora", "lora"), help="qlora (4-bit base, default) or lora")
+    p.add_argument("--method", choices=METHODS, help="qlora (4-bit base, default) or lora")
     p.add_argument("--seed", type=int, help="random seed (default 42)")
     p.add_argument("--resume-from", dest="resume_from", help="a checkpoints/checkpoint-N directory")
     hp = p.add_argument_group("hyperparameters (defaults in docs/trainer.md)")
-    for f in dataclasses.fields(Hyperparameters):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name in _BOOL_FIELDS:
-            hp.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction)
-        elif f.name == "lora_target_modules":
-            hp.add_argument(flag, dest=f.name, help='"all-linear" or a comma-separated list of module names')
+    for name, f in Hyperparameters.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if name in _BOOL_FIELDS:
+            hp.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=f.description)
+        elif name == "lora_target_modules":
+            hp.add_argument(flag, dest=name, help='"all-linear" or a comma-separated list of module names')
         else:
-            hp.add_argument(flag, dest=f.name, metavar=f.name.upper())
+            hp.add_argument(flag, dest=name, metavar=name.upper(), help=f.description)
     p.add_argument(
         "--hp",
         action="append",

@@ -36,6 +36,19 @@ LINE_TOO_LONG = "line_too_long"
 FILE_TOO_LARGE = "file_too_large"
 TOO_MANY_ROWS = "too_many_rows"
 FILE_NOT_FOUND = "file_not_found"
+CODES = (
+    EMPTY_FILE,
+    INVALID_JSON,
+    INVALID_ENCODING,
+    UNKNOWN_FORMAT,
+    MIXED_FORMATS,
+    INVALID_FIELD,
+    NO_ASSISTANT_TURN,
+    LINE_TOO_LONG,
+    FILE_TOO_LARGE,
+    TOO_MANY_ROWS,
+    FILE_NOT_FOUND,
+)
 
 
 class DataError(ValueError):

@@ -117,7 +117,9 @@ class Recipe:
             )
             self.eval_examples = ev.examples
 
-        self.resolved_auto = resolve_auto(hp, len(self.train_examples))
+        hp, self.resolved_auto = resolve_auto(hp, len(self.train_examples))
+        # From here on the job is the resolved one (its `started` record and config.json show it).
+        self.hp, self.cfg = hp, self.cfg.model_copy(update={"hyperparameters": hp})
         assert isinstance(hp.batch_size, int) and isinstance(hp.epochs, int)
         self.world = acc.num_processes
         self.rank = acc.process_index
@@ -324,8 +326,16 @@ class Recipe:
             self._evaluate(self.step / self.steps_per_epoch)
         return self._complete(last_loss)
 
-    def _metrics(self, *, epoch: float, loss: float, grad_norm: float, tokens_per_second: float,
-                 elapsed: float, eta: float) -> None:
+    def _metrics(
+        self,
+        *,
+        epoch: float,
+        loss: float,
+        grad_norm: float,
+        tokens_per_second: float,
+        elapsed: float,
+        eta: float,
+    ) -> None:
         lr = float(self.scheduler.get_last_lr()[0])
         self.events.write(
             "metrics",

@@ -1,23 +1,29 @@
 """Unauthenticated routes: /health, /openapi.json and the Swagger UI at /docs.
 
-The Swagger UI assets come from the installed `swagger-ui-bundle` package and are served by this service, so
-/docs works on a GPU VM without internet access (no CDN).
+/openapi.json is assembled from the app's own route table (operation.py) and its models (schema/), once per
+app. The Swagger UI assets come from the installed `swagger-ui-bundle` package and are served by this
+service, so /docs works on a GPU VM without internet access (no CDN).
 """
 
 from __future__ import annotations
 
 import html
 import time
+from collections.abc import Iterable
 from functools import lru_cache
 from importlib import metadata
+from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
-from starlette.routing import Mount, Route
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
-from .openapi import openapi_document
+from ..schema.jobs import Health
+from . import params
+from .context import jobs
+from .operation import Content, Json, document_paths, operation
 
 ASSETS = "/docs/assets"
 
@@ -30,23 +36,74 @@ def service_version() -> str:
         return "0.0.0"
 
 
+def openapi_document(routes: Iterable[BaseRoute], version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of these routes."""
+    paths, schemas = document_paths(routes)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tuning service",
+            "version": version,
+            "description": "Self-hosted LoRA/QLoRA fine-tuning jobs. Authenticate with `Authorization: "
+            'Bearer <key>`; errors are `{"error": {"code", "message", "param", "type"}}`, each route listing '
+            "the codes it can answer with.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearerAuth": []}],
+        "tags": [
+            {"name": "tunings", "description": "Fine-tuning jobs"},
+            {"name": "files", "description": "Uploaded training files"},
+            {"name": "openai", "description": "OpenAI-compatible fine-tuning API (docs/openai-compat.md)"},
+            {"name": "service"},
+        ],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key, e.g. test-key-001 in development",
+                }
+            },
+            "schemas": schemas,
+        },
+    }
+
+
+@operation(
+    "health",
+    "Service health (no auth)",
+    tag="service",
+    security=[],
+    ok=Json(Health, "The service is up"),
+)
 async def health(request: Request) -> JSONResponse:
-    counts = await request.app.state.manager.health()
+    params.no_query(request)
+    counts = await jobs(request).health()
     return JSONResponse(
         {
             "status": "healthy",
             "version": service_version(),
             "uptime": round(time.monotonic() - request.app.state.started_monotonic, 3),
-            **{
-                name: int(counts.get(name, 0))
-                for name in ("active_jobs", "running_jobs", "queued_jobs", "paused_jobs", "total_jobs")
-            },
+            **counts,
         }
     )
 
 
-async def openapi_json(request: Request) -> JSONResponse:
-    return JSONResponse(openapi_document(service_version()))
+@operation(
+    "openapi",
+    "This document",
+    tag="service",
+    security=[],
+    ok=Content({"application/json": None}, "OpenAPI 3.1"),
+)
+async def openapi_json(request: Request) -> Response:
+    # Built once per app (the routes do not change), served as bytes.
+    cached: bytes | None = getattr(request.app.state, "openapi_body", None)
+    if cached is None:
+        cached = bytes(JSONResponse(openapi_document(request.app.routes, service_version())).body)
+        request.app.state.openapi_body = cached
+    return Response(cached, media_type="application/json")
 
 
 _DOCS_HTML = """<!DOCTYPE html>
@@ -75,6 +132,13 @@ _DOCS_HTML = """<!DOCTYPE html>
 """
 
 
+@operation(
+    "docs",
+    "Swagger UI (works offline)",
+    tag="service",
+    security=[],
+    ok=Content({"text/html": None}, "HTML"),
+)
 async def docs(request: Request) -> HTMLResponse:
     # root_path: behind a reverse proxy mounted under a prefix, links must carry the prefix.
     root = html.escape(request.scope.get("root_path", "").rstrip("/"), quote=True)
@@ -83,7 +147,7 @@ async def docs(request: Request) -> HTMLResponse:
 
 routes = [
     Route("/health", health, methods=["GET"]),
-    Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
-    Route("/docs", docs, methods=["GET"], include_in_schema=False),
+    Route("/openapi.json", openapi_json, methods=["GET"]),
+    Route("/docs", docs, methods=["GET"]),
     Mount(ASSETS, app=StaticFiles(directory=str(swagger_ui_path)), name="swagger-assets"),
 ]

@@ -3,90 +3,124 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import APIError
-from ..files.store import PURPOSES, file_not_found, is_file_id
+from ..files.store import file_not_found, is_file_id
+from ..schema.files import DeletedFile, File, FileList, FileUpload, ListFilesQuery
+from . import params
 from .auth import authenticate
-from .requests import check_query, query_int
+from .context import files
+from .operation import Content, Json, links, operation
 
 log = logging.getLogger("tuning_service.api")
 
-
-def _files(request: Request) -> Any:
-    return request.app.state.manager.files
-
-
-def file_id_param(request: Request) -> str:
-    file_id = str(request.path_params["file_id"])
-    if not is_file_id(file_id):  # cannot exist: the same 404 as an unknown id
-        raise file_not_found(file_id)
-    return file_id
-
-
-def list_query(request: Request) -> tuple[int, str | None, str | None]:
-    params = request.query_params
-    limit = query_int(params, "limit", default=20, minimum=1, maximum=100)
-    after = params.get("after") or None
-    if after is not None and len(after) > 128:
-        raise APIError(400, "invalid_request", "after must be a file id", param="after")
-    purpose = params.get("purpose") or None
-    if purpose is not None and purpose not in PURPOSES:
-        raise APIError(400, "invalid_value", f"purpose must be one of {', '.join(PURPOSES)}", param="purpose")
-    return limit, after, purpose
+FILE_ID = {"type": "string", "pattern": "^file-", "examples": ["file-5d1c0e9a7b3f4a2c8e6d0b1f"]}
+UPLOAD = Content({"multipart/form-data": FileUpload})
+UPLOAD_ERRORS = {
+    400: ("invalid_request",),
+    413: ("file_too_large",),
+    422: ("invalid_value",),
+}
+CONTENT = Content({"application/jsonl": {"type": "string"}}, "The file as uploaded")
+FILE_LINKS = links("file_id", GetFile="getFile", GetFileContent="getFileContent", DeleteFile="deleteFile")
 
 
-def content_response(path: Any, filename: str) -> Response:
+def file_id(request: Request) -> str:
+    value = str(request.path_params["file_id"])
+    if not is_file_id(value):  # cannot exist: the same 404 as an unknown id
+        raise file_not_found(value)
+    return value
+
+
+def content_response(path: Path, filename: str) -> Response:
     return FileResponse(path, media_type="application/jsonl", filename=filename)
 
 
+@operation(
+    "uploadFile",
+    "Upload a JSONL file (validated on upload)",
+    tag="files",
+    body=UPLOAD,
+    ok=Json(File, "The stored file (`processed` or `error`)", links=FILE_LINKS),
+    errors=UPLOAD_ERRORS,
+)
 async def upload(request: Request) -> JSONResponse:
     owner = await authenticate(request)
-    check_query(request.query_params)
-    f = await _files(request).upload(request, owner)
+    params.no_query(request)
+    f = await files(request).upload(request, owner)
     log.info("file %s uploaded (%d bytes, %s)", f["id"], f["bytes"], f["status"])
     return JSONResponse(f)
 
 
+@operation(
+    "listFiles",
+    "List your files, newest first",
+    tag="files",
+    query=ListFilesQuery,
+    ok=Json(FileList, "A page of files"),
+)
 async def list_files(request: Request) -> JSONResponse:
     owner = await authenticate(request)
-    check_query(request.query_params, ("limit", "after", "purpose"))
-    limit, after, purpose = list_query(request)
-    files, has_more = await _files(request).list(owner=owner, purpose=purpose, after=after, limit=limit)
+    q = params.query(request, ListFilesQuery)
+    found, has_more = await files(request).list(owner=owner, purpose=q.purpose, after=q.after, limit=q.limit)
     return JSONResponse(
         {
             "object": "list",
-            "data": files,
+            "data": found,
             "has_more": has_more,
-            "first_id": files[0]["id"] if files else None,
-            "last_id": files[-1]["id"] if files else None,
+            "first_id": found[0]["id"] if found else None,
+            "last_id": found[-1]["id"] if found else None,
         }
     )
 
 
+@operation(
+    "getFile",
+    "Get a file",
+    tag="files",
+    path={"file_id": FILE_ID},
+    ok=Json(File, "The file"),
+    errors={404: ("file_not_found",)},
+)
 async def get(request: Request) -> JSONResponse:
     owner = await authenticate(request)
-    check_query(request.query_params)
-    return JSONResponse(await _files(request).get(file_id_param(request), owner))
+    params.no_query(request)
+    return JSONResponse(await files(request).get(file_id(request), owner))
 
 
+@operation(
+    "getFileContent",
+    "Download a file's bytes",
+    tag="files",
+    path={"file_id": FILE_ID},
+    ok=CONTENT,
+    errors={404: ("file_not_found",)},
+)
 async def content(request: Request) -> Response:
     owner = await authenticate(request)
-    check_query(request.query_params)
-    path, filename = await _files(request).content_path(file_id_param(request), owner)
+    params.no_query(request)
+    path, filename = await files(request).content_path(file_id(request), owner)
     return content_response(path, filename)
 
 
+@operation(
+    "deleteFile",
+    "Delete a file (not while an unfinished job uses it)",
+    tag="files",
+    path={"file_id": FILE_ID},
+    ok=Json(DeletedFile, "Deleted"),
+    errors={404: ("file_not_found",), 409: ("file_in_use",)},
+)
 async def delete(request: Request) -> JSONResponse:
     owner = await authenticate(request)
-    check_query(request.query_params)
-    file_id = file_id_param(request)
-    result = await _files(request).delete(file_id, owner)
-    log.info("file %s deleted", file_id)
+    params.no_query(request)
+    fid = file_id(request)
+    result = await files(request).delete(fid, owner)
+    log.info("file %s deleted", fid)
     return JSONResponse(result)
 
 

@@ -4,58 +4,75 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..files.download import tar_gz_stream
+from ..schema.jobs import CheckpointList, DownloadQuery, EventsQuery, LogPage, TuningJob
+from . import params
 from .auth import authenticate
-from .requests import check_query, query_int, validate_job_id
+from .context import jobs
+from .jobs import JOB_ID
+from .operation import Content, Json, operation
 
 log = logging.getLogger("tuning_service.api")
 
-MAX_SEQ = 2**62
-MAX_STEP = 2**31
 
-
-def _manager(request: Request) -> Any:
-    return request.app.state.manager
-
-
+@operation(
+    "getTuningEvents",
+    "A job's records without raw log lines, oldest first",
+    tag="tunings",
+    path={"job_id": JOB_ID},
+    query=EventsQuery,
+    ok=Json(LogPage, "A page of records"),
+    errors={404: ("job_not_found",)},
+)
 async def events(request: Request) -> JSONResponse:
     owner = await authenticate(request)
-    job_id = validate_job_id(request.path_params["job_id"])
-    params = request.query_params
-    check_query(params, ("after", "limit"))
-    after = query_int(params, "after", default=0, minimum=0, maximum=MAX_SEQ)
-    limit = query_int(params, "limit", default=100, minimum=1, maximum=1000)
+    job_id = params.job_id(request)
+    q = params.query(request, EventsQuery)
     # The stream's records without the trainer's raw output lines (`log`): those are what tunings.logs is for.
-    records, has_more = await _manager(request).records(
-        job_id, owner=owner, after=after, limit=limit, exclude_types=("log",)
-    )
-    last_seq = int(records[-1]["seq"]) if records else after
-    return JSONResponse({"object": "list", "data": records, "has_more": has_more, "last_seq": last_seq})
+    records = await jobs(request).records(job_id, owner=owner)
+    page, has_more = await records.page(after=q.after, limit=q.limit, exclude_types=("log",))
+    last_seq = int(page[-1]["seq"]) if page else q.after
+    return JSONResponse({"object": "list", "data": page, "has_more": has_more, "last_seq": last_seq})
 
 
+@operation(
+    "getTuningCheckpoints",
+    "A job's checkpoints on disk, with the metrics at each step",
+    tag="tunings",
+    path={"job_id": JOB_ID},
+    ok=Json(CheckpointList, "The checkpoints, oldest first"),
+    errors={404: ("job_not_found",)},
+)
 async def checkpoints(request: Request) -> JSONResponse:
     owner = await authenticate(request)
-    job_id = validate_job_id(request.path_params["job_id"])
-    check_query(request.query_params)
-    data = await _manager(request).checkpoints(job_id, owner=owner)
+    job_id = params.job_id(request)
+    params.no_query(request)
+    data = await jobs(request).checkpoints(job_id, owner=owner)
     return JSONResponse({"object": "list", "data": data, "has_more": False})
 
 
+@operation(
+    "downloadTuning",
+    "Download the final adapter (or a checkpoint) as tar.gz",
+    tag="tunings",
+    path={"job_id": JOB_ID},
+    query=DownloadQuery,
+    ok=Content(
+        {"application/gzip": {"type": "string", "format": "binary"}},
+        "A tar.gz stream of the adapter folder (members at the top level)",
+    ),
+    errors={404: ("job_not_found", "checkpoint_not_found"), 409: ("adapter_not_ready",)},
+)
 async def download(request: Request) -> Response:
     owner = await authenticate(request)
-    job_id = validate_job_id(request.path_params["job_id"])
-    params = request.query_params
-    check_query(params, ("checkpoint",))
-    step = None
-    if "checkpoint" in params:  # an empty value is not a step: 400, like every other integer parameter
-        step = query_int(params, "checkpoint", default=0, minimum=0, maximum=MAX_STEP)
-    folder, name = await _manager(request).adapter_dir(job_id, owner=owner, checkpoint=step)
+    job_id = params.job_id(request)
+    q = params.query(request, DownloadQuery)
+    folder, name = await jobs(request).adapter_dir(job_id, owner=owner, checkpoint=q.checkpoint)
     log.info("job %s: download of %s", job_id, name)
     return StreamingResponse(
         tar_gz_stream(folder),
@@ -64,20 +81,36 @@ async def download(request: Request) -> Response:
     )
 
 
+@operation(
+    "pauseTuning",
+    "Pause a job (the trainer checkpoints, then stops)",
+    tag="tunings",
+    path={"job_id": JOB_ID},
+    ok=Json(TuningJob, "The job (`paused` or `pausing`)"),
+    errors={404: ("job_not_found",), 409: ("job_not_pausable",)},
+)
 async def pause(request: Request) -> JSONResponse:
     owner = await authenticate(request)
-    job_id = validate_job_id(request.path_params["job_id"])
-    check_query(request.query_params)
-    job = await _manager(request).pause(job_id, owner=owner)
-    log.info("job %s pause requested: now %s", job_id, job.get("status"))
+    job_id = params.job_id(request)
+    params.no_query(request)
+    job = await jobs(request).pause(job_id, owner=owner)
+    log.info("job %s pause requested: now %s", job_id, job["status"])
     return JSONResponse(job)
 
 
+@operation(
+    "resumeTuning",
+    "Resume a paused, failed or cancelled job from its newest checkpoint",
+    tag="tunings",
+    path={"job_id": JOB_ID},
+    ok=Json(TuningJob, "The job, queued"),
+    errors={404: ("job_not_found",), 409: ("job_not_resumable", "no_checkpoint")},
+)
 async def resume(request: Request) -> JSONResponse:
     owner = await authenticate(request)
-    job_id = validate_job_id(request.path_params["job_id"])
-    check_query(request.query_params)
-    job = await _manager(request).resume(job_id, owner=owner)
+    job_id = params.job_id(request)
+    params.no_query(request)
+    job = await jobs(request).resume(job_id, owner=owner)
     return JSONResponse(job)
 
 

@@ -10,38 +10,77 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tuning_trainer.data import CODES as DATA_CODES
+
 from ..errors import APIError, job_not_found
-from .auth import authenticate
-from .jobcache import JobCaches
-from .requests import (
-    check_query,
-    parse_json_body,
-    query_int,
-    query_status,
-    validate_create,
-    validate_idempotency_key,
-    validate_job_id,
+from ..schema.jobs import (
+    CreateTuningRequest,
+    DeletedTuningJob,
+    IdempotencyKey,
+    ListJobsQuery,
+    TuningJob,
+    TuningJobList,
 )
+from . import params
+from .auth import authenticate
+from .context import jobs
+from .jobcache import JobCaches
+from .operation import Header, Json, links, operation
 
 log = logging.getLogger("tuning_service.api")
 
+JOB_ID = {"type": "string", "examples": ["ftjob-3f2c9a0e8b7d4c1a9e6f0b2d"]}
+# What a created job leads to (OpenAPI links: clients and schemathesis's stateful tests follow them).
+JOB_LINKS = links(
+    "job_id",
+    GetJob="getTuning",
+    CancelJob="cancelTuning",
+    DeleteJob="deleteTuning",
+    GetJobLogs="getTuningLogs",
+    GetJobEvents="getTuningEvents",
+    GetJobCheckpoints="getTuningCheckpoints",
+    PauseJob="pauseTuning",
+    ResumeJob="resumeTuning",
+    DownloadJob="downloadTuning",
+)
+# What a create can be refused with beyond the request's shape: the data files (the trainer's data codes,
+# with `line`), a stored file that failed validation, the idempotency key, the webhook.
+CREATE_ERRORS = {
+    400: ("invalid_json", "invalid_request", "invalid_path"),
+    404: ("file_not_found",),
+    422: (
+        "invalid_value",
+        "invalid_hyperparameter",
+        *DATA_CODES,
+        "file_unreadable",
+        "file_invalid",
+        "idempotency_key_reused",
+        "webhook_secret_missing",
+        "webhook_url_not_allowed",
+    ),
+}
 
-def _manager(request: Request) -> Any:
-    return request.app.state.manager
 
-
+@operation(
+    "createTuning",
+    "Create a tuning job",
+    tag="tunings",
+    description="Validates the data files and hyperparameters, then queues the job. Send an "
+    "`Idempotency-Key` header to make retries safe: the same key and body return the same job "
+    "(`Idempotent-Replayed: true`).",
+    body=Json(CreateTuningRequest),
+    headers=(Header("Idempotency-Key", IdempotencyKey),),
+    ok=Json(TuningJob, "The queued job", links=JOB_LINKS),
+    errors=CREATE_ERRORS,
+)
 async def create(request: Request) -> JSONResponse:
     owner = await authenticate(request)
-    check_query(request.query_params)
-    settings = request.app.state.settings
-    idempotency_key = validate_idempotency_key(request.headers.get("idempotency-key"))
-    body = parse_json_body(await request.body())
-    job_request = await validate_create(body, settings)
-    job, created = await _manager(request).submit(
-        owner=owner, request=job_request, idempotency_key=idempotency_key
-    )
+    params.no_query(request)
+    idempotency_key = params.idempotency_key(request)
+    body = await params.read_body(request, CreateTuningRequest)
+    job, created = await jobs(request).create(owner=owner, request=body, idempotency_key=idempotency_key)
     if created:
-        log.info("job %s created (model=%s, method=%s)", job["id"], job.get("model"), job.get("method"))
+        log.info("job %s created (model=%s, method=%s)", job["id"], job["model"], job["method"])
     headers = {"Idempotent-Replayed": "false" if created else "true"} if idempotency_key else None
     return JSONResponse(job, headers=headers)
 
@@ -58,14 +97,14 @@ def _json_response(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
-# A list page with more jobs than this to encode afresh reads them in one query (manager.list) instead of
+# A list page with more jobs than this to encode afresh reads them in one query (JobManager.list) instead of
 # one by one.
 _MAX_SINGLE_READS = 8
 
 
 def _caches(request: Request) -> JobCaches:
     state = request.app.state
-    manager = _manager(request)
+    manager = jobs(request)
     caches: JobCaches | None = getattr(state, "job_caches", None)
     if caches is None or caches.manager is not manager:
         caches = state.job_caches = JobCaches(manager)  # one per lifespan (a new manager, a new database)
@@ -77,52 +116,55 @@ def _data_version(request: Request) -> int | None:
     return request.scope.get("state", {}).get("data_version")  # type: ignore[no-any-return]
 
 
+@operation(
+    "getTuning",
+    "Get a job",
+    tag="tunings",
+    path={"job_id": JOB_ID},
+    ok=Json(TuningJob, "The job"),
+    errors={404: ("job_not_found",)},
+)
 async def get(request: Request) -> Response:
     owner = await authenticate(request)
-    if request.scope.get("query_string"):
-        check_query(request.query_params)
-    job_id = validate_job_id(request.path_params["job_id"])
+    params.no_query(request)
+    job_id = params.job_id(request)
     cache = _caches(request).jobs
     version = _data_version(request)
     body = cache.current(job_id, owner, version)
     if body is not None:
         return _json_response(body)
-    manager = _manager(request)
-    stamp = await manager.store.job_stamp(job_id)
-    if stamp is None or stamp["owner"] != owner:
+    manager = jobs(request)
+    stamp = await manager.stamp(job_id)
+    if stamp is None or stamp.owner != owner:
         raise job_not_found(job_id)
-    status, finished_at = stamp["status"], stamp["finished_at"]
-    body = cache.get(job_id, status, finished_at)
+    body = cache.get(job_id, stamp.status, stamp.finished_at)
     if body is None:
         job = await manager.get(job_id, owner=owner)
         body = _json_bytes(job)
-        cache.put(job_id, status, finished_at, job, body, owner=owner, version=version)
+        cache.put(job_id, stamp.status, stamp.finished_at, job, body, owner=owner, version=version)
     else:
         cache.confirm(job_id, version)
     return _json_response(body)
 
 
-async def _page_parts(
-    request: Request, owner: str, status: str | None, after: str | None, limit: int
-) -> tuple[list[tuple[str, bytes]], bool]:
+async def _page_parts(request: Request, owner: str, q: ListJobsQuery) -> tuple[list[tuple[str, bytes]], bool]:
     """(id, encoded job) of one page, newest first, and whether more follow."""
-    manager = _manager(request)
-    stamps, has_more = await manager.store.list_job_stamps(
-        owner=owner, status=status, after=after, limit=limit
-    )
+    manager = jobs(request)
+    status = None if q.status is None else q.status.value
+    stamps, has_more = await manager.page_stamps(owner=owner, status=status, after=q.after, limit=q.limit)
     cache = _caches(request).jobs
     bodies = [cache.get(*stamp) for stamp in stamps]
     missing = [i for i, b in enumerate(bodies) if b is None]
     if len(missing) > _MAX_SINGLE_READS:
         # A cold page: the manager reads it in one query (the same page: the same filters and cursor).
-        jobs, has_more = await manager.list(owner=owner, status=status, after=after, limit=limit)
+        found, has_more = await manager.list(owner=owner, status=status, after=q.after, limit=q.limit)
         stamp_of = {s[0]: s for s in stamps}
         parts = []
-        for job in jobs:
+        for job in found:
             body = _json_bytes(job)
-            found = stamp_of.get(job["id"])
-            if found is not None:
-                cache.put(found[0], found[1], found[2], job, body, owner=owner)
+            stamp = stamp_of.get(job["id"])
+            if stamp is not None:
+                cache.put(stamp[0], stamp[1], stamp[2], job, body, owner=owner)
             parts.append((job["id"], body))
         return parts, has_more
     parts = []
@@ -134,29 +176,30 @@ async def _page_parts(
                 if exc.status_code != 404:
                     raise
                 # Deleted (by another worker) since the page was read: read the page again, in one piece.
-                jobs, has_more = await manager.list(owner=owner, status=status, after=after, limit=limit)
-                return [(j["id"], _json_bytes(j)) for j in jobs], has_more
+                found, has_more = await manager.list(owner=owner, status=status, after=q.after, limit=q.limit)
+                return [(j["id"], _json_bytes(j)) for j in found], has_more
             cached = _json_bytes(job)
             cache.put(job_id, job_status, finished_at, job, cached, owner=owner)
         parts.append((job_id, cached))
     return parts, has_more
 
 
+@operation(
+    "listTunings",
+    "List your jobs, newest first",
+    tag="tunings",
+    query=ListJobsQuery,
+    ok=Json(TuningJobList, "A page of jobs"),
+)
 async def list_jobs(request: Request) -> Response:
     owner = await authenticate(request)
-    params = request.query_params
-    check_query(params, ("limit", "after", "status"))
-    limit = query_int(params, "limit", default=20, minimum=1, maximum=100)
-    status = query_status(params)
-    after = params.get("after") or None
-    if after is not None and len(after) > 128:
-        raise APIError(400, "invalid_request", "after must be a job id", param="after")
+    q = params.query(request, ListJobsQuery)
     pages = _caches(request).pages
-    key, version = (owner, status, after, limit), _data_version(request)
+    key, version = (owner, q.status, q.after, q.limit), _data_version(request)
     cached = pages.get(key, version)
     if cached is not None:
         return _json_response(cached)
-    parts, has_more = await _page_parts(request, owner, status, after, limit)
+    parts, has_more = await _page_parts(request, owner, q)
     # The page is spliced from the jobs' encoded JSON: the same bytes JSONResponse would write for
     # {"object": "list", "data": [...], "has_more": ..., "first_id": ..., "last_id": ...}.
     body = b"".join(
@@ -176,20 +219,38 @@ async def list_jobs(request: Request) -> Response:
     return _json_response(body)
 
 
+@operation(
+    "cancelTuning",
+    "Cancel a job",
+    tag="tunings",
+    description="A queued or paused job is cancelled at once; a running one goes to `cancelling` while the "
+    "trainer checkpoints, then `cancelled`.",
+    path={"job_id": JOB_ID},
+    ok=Json(TuningJob, "The job"),
+    errors={404: ("job_not_found",), 409: ("job_terminal",)},
+)
 async def cancel(request: Request) -> JSONResponse:
     owner = await authenticate(request)
-    check_query(request.query_params)
-    job_id = validate_job_id(request.path_params["job_id"])
-    job = await _manager(request).cancel(job_id, owner=owner)
-    log.info("job %s cancel requested: now %s", job_id, job.get("status"))
+    params.no_query(request)
+    job_id = params.job_id(request)
+    job = await jobs(request).cancel(job_id, owner=owner)
+    log.info("job %s cancel requested: now %s", job_id, job["status"])
     return JSONResponse(job)
 
 
+@operation(
+    "deleteTuning",
+    "Delete a finished job and its files",
+    tag="tunings",
+    path={"job_id": JOB_ID},
+    ok=Json(DeletedTuningJob, "Deleted"),
+    errors={404: ("job_not_found",), 409: ("job_not_terminal",)},
+)
 async def delete(request: Request) -> JSONResponse:
     owner = await authenticate(request)
-    check_query(request.query_params)
-    job_id = validate_job_id(request.path_params["job_id"])
-    result = await _manager(request).delete(job_id, owner=owner)
+    params.no_query(request)
+    job_id = params.job_id(request)
+    result = await jobs(request).delete(job_id, owner=owner)
     log.info("job %s deleted", job_id)
     return JSONResponse(result)
 

@@ -6,35 +6,45 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..schema.jobs import LastEventId, LogPage, LogsQuery
+from . import params
 from .auth import authenticate
-from .requests import check_query, query_bool, query_int, validate_job_id
-from .sse import event_stream, parse_last_event_id
+from .context import jobs, settings
+from .jobs import JOB_ID
+from .operation import Content, Header, operation
+from .sse import EVENT_STREAM_SCHEMA, event_stream
 
-MAX_SEQ = 2**62
 
-
+@operation(
+    "getTuningLogs",
+    "A job's records and log lines",
+    tag="tunings",
+    description="JSON pages by default. With `follow=true`: Server-Sent Events (`id` = record seq, `event` = "
+    "record type, `data` = the record as one line of JSON), resumable with `Last-Event-ID`, `: heartbeat` "
+    "comments during silence, ending after the terminal `status` record.",
+    path={"job_id": JOB_ID},
+    query=LogsQuery,
+    headers=(Header("Last-Event-ID", LastEventId),),
+    ok=Content(
+        {"application/json": LogPage, "text/event-stream": EVENT_STREAM_SCHEMA},
+        "A page of records, or an event stream with follow=true",
+    ),
+    errors={404: ("job_not_found",)},
+)
 async def logs(request: Request) -> Response:
     owner = await authenticate(request)
-    job_id = validate_job_id(request.path_params["job_id"])
-    manager = request.app.state.manager
-    params = request.query_params
-    check_query(params, ("after", "limit", "follow"))
-    after = query_int(params, "after", default=0, minimum=0, maximum=MAX_SEQ)
-    limit = query_int(params, "limit", default=100, minimum=1, maximum=1000)
-    if not query_bool(params, "follow"):
-        records, has_more = await manager.events(job_id, owner=owner, after=after, limit=limit)
-        last_seq = int(records[-1]["seq"]) if records else after
-        return JSONResponse({"object": "list", "data": records, "has_more": has_more, "last_seq": last_seq})
-
-    # Ownership is checked before the stream starts, so another key's job is a plain JSON 404.
-    await manager.get(job_id, owner=owner)
-    resume = parse_last_event_id(request.headers.get("last-event-id"))
+    job_id = params.job_id(request)
+    q = params.query(request, LogsQuery)
+    records = await jobs(request).records(job_id, owner=owner)  # ownership: checked once, here
+    if not q.follow:
+        page, has_more = await records.page(after=q.after, limit=q.limit)
+        last_seq = int(page[-1]["seq"]) if page else q.after
+        return JSONResponse({"object": "list", "data": page, "has_more": has_more, "last_seq": last_seq})
+    resume = params.last_event_id(request)
     stream = event_stream(
-        manager,
-        job_id,
-        owner=owner,
-        after=resume if resume is not None else after,
-        heartbeat_seconds=request.app.state.settings.heartbeat_seconds,
+        records,
+        after=resume if resume is not None else q.after,
+        heartbeat_seconds=settings(request).heartbeat_seconds,
     )
     return StreamingResponse(
         stream,

@@ -1,4 +1,5 @@
-"""GET /metrics: Prometheus text format (metrics.py has the series; docs/service.md "Metrics" lists them).
+"""GET /metrics: Prometheus text format (observability/metrics.py has the series; docs/service.md "Metrics"
+lists them).
 
 Open by default, like most exporters; with TUNING_METRICS_KEY set a scrape needs
 `Authorization: Bearer <that key>` (Prometheus: `authorization: {credentials: ...}` in the scrape config).
@@ -14,26 +15,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..engine.states import ACTIVE
 from ..errors import APIError
-from ..observability.metrics import JobCollector, ProcessCollector, Snapshots
+from ..observability.metrics import ProcessCollector
+from . import params
 from .auth import bearer_token
-from .requests import STATUSES, check_query
+from .context import jobs, settings
+from .operation import Content, operation
 
 
-def build_registry(manager: object, snapshots: Snapshots | None) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    settings = manager.settings  # type: ignore[attr-defined]
-    store = manager.store  # type: ignore[attr-defined]
-    registry.register(JobCollector(store, settings, STATUSES, tuple(s.value for s in ACTIVE)))
-    registry.register(ProcessCollector(snapshots))
-    return registry
-
-
+@operation(
+    "metrics",
+    "Prometheus metrics (no auth unless TUNING_METRICS_KEY is set)",
+    tag="service",
+    description="Prometheus text format; every series, its type and labels are listed in docs/service.md "
+    "(Metrics). With TUNING_METRICS_KEY set: `Authorization: Bearer <that key>`.",
+    security=[{}, {"bearerAuth": []}],
+    ok=Content({"text/plain": {"type": "string"}}, "The metrics"),
+    errors={401: ("missing_api_key", "invalid_api_key")},
+)
 async def metrics(request: Request) -> Response:
-    check_query(request.query_params)
-    state = request.app.state
-    key = state.settings.metrics_key
+    params.no_query(request)
+    key = settings(request).metrics_key
     if key:
         token = bearer_token(request)
         if not hmac.compare_digest(token.encode(), key.encode()):
@@ -44,7 +46,9 @@ async def metrics(request: Request) -> Response:
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
     # A registry per scrape (a few microseconds): it always reads the current manager's database.
-    registry = build_registry(state.manager, getattr(state, "metrics_snapshots", None))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(jobs(request).job_collector())
+    registry.register(ProcessCollector(getattr(request.app.state, "metrics_snapshots", None)))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -8,7 +8,7 @@ The stream ends after the `status` record that makes the job terminal, or at onc
 terminal and the client has everything.
 
 Disconnects: Starlette's StreamingResponse cancels this generator when the client goes away, which cancels the
-pending wait in the manager; nothing else is started here, so nothing can leak.
+pending wait; nothing else is started here, so nothing can leak.
 """
 
 from __future__ import annotations
@@ -19,16 +19,22 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ..engine.records import JobRecords
+from ..engine.states import TERMINAL_VALUES
 from ..errors import APIError
 
 log = logging.getLogger("tuning_service.sse")
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 PAGE = 500
-# Largest sequence number a client may resume from (SQLite integers are 64-bit).
-MAX_SEQ = 2**62
 # Tell EventSource clients how long to wait before reconnecting (ms).
 RETRY_MS = 2000
+
+EVENT_STREAM_SCHEMA = {
+    "type": "string",
+    "description": "text/event-stream: first `retry: 2000`, then one event per record: `id: <seq>`, "
+    "`event: <type>`, `data: <the record (LogRecord) as one line of JSON>`; `: heartbeat` comments during "
+    "silence. It ends after the `status` record that makes the job terminal.",
+}
 
 
 def format_event(record: dict[str, Any]) -> bytes:
@@ -38,28 +44,21 @@ def format_event(record: dict[str, Any]) -> bytes:
 
 
 def is_terminal_record(record: dict[str, Any]) -> bool:
-    return record.get("type") == "status" and record.get("status") in TERMINAL
+    return record.get("type") == "status" and record.get("status") in TERMINAL_VALUES
 
 
-async def event_stream(
-    manager: Any,
-    job_id: str,
-    *,
-    owner: str,
-    after: int,
-    heartbeat_seconds: float,
-) -> AsyncIterator[bytes]:
+async def event_stream(records: JobRecords, *, after: int, heartbeat_seconds: float) -> AsyncIterator[bytes]:
     yield f"retry: {RETRY_MS}\n\n".encode()
     last_sent = time.monotonic()
     terminal_seen = False
     while True:
         try:
-            records, has_more = await manager.events(job_id, owner=owner, after=after, limit=PAGE)
+            page, has_more = await records.page(after=after, limit=PAGE)
         except APIError as exc:
             if exc.status_code == 404:  # deleted while we streamed
                 return
             raise
-        for record in records:
+        for record in page:
             yield format_event(record)
             after = int(record["seq"])
             last_sent = time.monotonic()
@@ -67,12 +66,12 @@ async def event_stream(
                 return
         if has_more:
             continue
-        if not records:
+        if not page:
             if terminal_seen:
                 # Terminal and nothing after `after`: the client resumed past the end (the terminal record
                 # went out on an earlier connection).
                 return
-            if await manager.is_terminal(job_id):
+            if await records.is_terminal():
                 # Read once more: the terminal record may have landed between the two queries.
                 terminal_seen = True
                 continue
@@ -81,20 +80,4 @@ async def event_stream(
             yield b": heartbeat\n\n"
             last_sent = time.monotonic()
             remaining = heartbeat_seconds
-        await manager.wait_for_events(job_id, after, remaining)
-
-
-def parse_last_event_id(value: str | None) -> int | None:
-    if value is None or not value.strip():
-        return None
-    try:
-        seq = int(value.strip())
-    except ValueError:
-        raise APIError(
-            400, "invalid_request", "Last-Event-ID must be an integer sequence number", param="Last-Event-ID"
-        ) from None
-    if not 0 <= seq <= MAX_SEQ:  # beyond SQLite's integers it would be a 500, not a client error
-        raise APIError(
-            400, "invalid_request", f"Last-Event-ID must be between 0 and {MAX_SEQ}", param="Last-Event-ID"
-        )
-    return seq
+        await records.wait(after, remaining)

@@ -1,12 +1,15 @@
-"""JobManager: the one facade the HTTP layer uses. Plain dicts in, plain dicts (the public shape of
-docs/api.md) out; HTTP concerns (auth headers, path safety, file validation, JSON parsing) stay in the routes.
+"""JobManager: the job engine's facade, the one thing the routes talk to about jobs (api/context.py).
+
+Typed requests in (a create body already validated at the route: schema/jobs.py), plain dicts out (the
+public shapes of docs/api.md, built without validation: reads stay free of it). It owns the engine's parts:
+the store (storage/), the supervisor, the scheduler, the webhook deliverer and the file store, and starts
+them only after recovery (recovery.py) has given every unfinished job an owner again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import dataclasses
 import hashlib
 import hmac
 import logging
@@ -16,23 +19,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuning_trainer.config import ConfigError, JobConfig, parse_hyperparameters
-
 from ..errors import APIError, job_not_found
-from ..files.store import Files, is_file_id
+from ..files.store import Files
+from ..observability.metrics import JobCollector
+from ..schema.jobs import CreateTuningRequest
 from ..settings import Settings
-from ..storage.store import Store
-from ..webhooks import policy as webhooks
+from ..storage.store import Stamp, Store
 from ..webhooks.delivery import Deliverer
+from ..webhooks.outbox import make_append_hook
+from ..webhooks.policy import ROTATION_OVERLAP_SECONDS, new_secret
 from . import checkpoints, procs
+from .admission import admit
 from .checkpoints import checkpoint_dirs, requeue_fields
 from .jobview import public_job, request_hash
+from .records import JobRecords
 from .recovery import recover
 from .scheduler import Scheduler
 from .states import ACTIVE, NON_TERMINAL, RESUMABLE, JobStatus
 from .supervisor import Supervisor
 
-log = logging.getLogger("tuning_service.manager")
+log = logging.getLogger("tuning_service.jobs")
 
 
 def key_hash(plaintext: str) -> str:
@@ -48,7 +54,7 @@ class JobManager:
         self.files = Files(settings, store)
         # Webhook outbox + delivery loop; the append hook also feeds the job duration histogram (metrics.py).
         self.webhooks = Deliverer(settings, store, self.supervisor.id)
-        store.on_append = webhooks.make_append_hook(public_job, self.webhooks.enqueued)
+        store.on_append = make_append_hook(public_job, self.webhooks.enqueued)
         self._changed = asyncio.Event()
         self._started_at = time.time()
 
@@ -63,7 +69,7 @@ class JobManager:
         try:
             await store.open()
             self = cls(settings, store)
-            await recover(store, self.supervisor, requeue=self._requeue_after_restart)
+            await recover(store, self.supervisor)
         except BaseException:
             # An open aiosqlite connection keeps its thread alive: without this a failed start-up hangs
             # the process instead of exiting with the error.
@@ -90,33 +96,25 @@ class JobManager:
 
     # ---- jobs --------------------------------------------------------------------------------------------
 
-    async def submit(
-        self, *, owner: str, request: dict[str, Any], idempotency_key: str | None
+    async def create(
+        self, *, owner: str, request: CreateTuningRequest, idempotency_key: str | None
     ) -> tuple[dict[str, Any], bool]:
-        rhash = request_hash(request)
-        hyper = self._check_request(request)
-        if request.get("webhook_url") and not await webhooks.key_has_secret(self.store, owner):
-            raise APIError(
-                422,
-                "webhook_secret_missing",
-                f"This API key ({owner}) has no webhook signing secret yet: run 'python -m "
-                f"tuning_service keys set-webhook {owner}' on the server (it prints the secret once), "
-                "then retry",
-                param="webhook_url",
-            )
-        for param in ("training_file", "validation_file"):
-            if is_file_id(request.get(param)):
-                await self.files.for_job(request[param], owner, param)
-        num_gpus = self._num_gpus(request)
+        """Admit (admission.py) and queue a job; with an idempotency key already used by this owner, the
+        job it made (the same body) or 422 `idempotency_key_reused` (another body). Returns (job, created)."""
+        request = await admit(
+            request, owner=owner, settings=self.settings, files=self.files, store=self.store
+        )
+        normal = request.normalised()
+        rhash = request_hash(normal)
+        hyperparameters = normal.pop("hyperparameters")  # stored once: the job's own column
         row, created = await self.store.create_job(
             owner=owner,
-            model=request["model"],
-            request=request,
+            model=request.model,
+            request=normal,
             request_hash=rhash,
             idempotency_key=idempotency_key,
-            hyperparameters=hyper,
-            config=None,
-            num_gpus=num_gpus,
+            hyperparameters=hyperparameters,
+            num_gpus=1 if self.settings.gpus else 0,
             now=time.time(),
         )
         if not created and row["request_hash"] != rhash:
@@ -133,50 +131,6 @@ class JobManager:
             self._notify()
         return await self._public(row), created
 
-    def _check_request(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Validate what the trainer will be given (stdlib only) and return the hyperparameters with defaults
-        filled in ("auto" kept until the trainer resolves it)."""
-        try:
-            JobConfig.from_dict(
-                {
-                    "model": request.get("model"),
-                    "training_file": request.get("training_file"),
-                    "validation_file": request.get("validation_file"),
-                    "output_dir": str(self.settings.jobs_dir),
-                    "method": request.get("method") or "qlora",
-                    "seed": 42 if request.get("seed") is None else request.get("seed"),
-                    "hyperparameters": request.get("hyperparameters") or {},
-                }
-            )
-            hp = parse_hyperparameters(request.get("hyperparameters") or {})
-        except ConfigError as exc:
-            param = exc.param if exc.param != "output_dir" else None
-            raise APIError(
-                422,
-                "invalid_hyperparameter" if param and param.startswith("hyperparameters") else exc.code,
-                exc.message,
-                param=param,
-            ) from None
-        return dataclasses.asdict(hp)
-
-    def _num_gpus(self, request: dict[str, Any]) -> int:
-        gpus = self.settings.gpus
-        raw = request.get("num_gpus")
-        if raw is None:
-            return 1 if gpus else 0
-        if isinstance(raw, bool) or not isinstance(raw, int) or raw < (1 if gpus else 0):
-            raise APIError(
-                422, "invalid_request", f"num_gpus must be a positive integer, got {raw!r}", param="num_gpus"
-            )
-        if raw > len(gpus):
-            raise APIError(
-                422,
-                "invalid_request",
-                f"num_gpus is {raw} but this service has {len(gpus)} GPU(s) configured (TUNING_GPUS)",
-                param="num_gpus",
-            )
-        return raw
-
     async def _owned(self, job_id: str, owner: str) -> dict[str, Any]:
         row = await self.store.get_job(job_id)
         if row is None or row["owner"] != owner:
@@ -188,6 +142,16 @@ class JobManager:
         if row["status"] == JobStatus.QUEUED.value:
             pos = (await self.store.queue_positions()).get(row["id"])
         return public_job(row, pos)
+
+    async def stamp(self, job_id: str) -> Stamp | None:
+        """What tells whether a cached public job is still current, and its owner (api/jobcache.py)."""
+        return await self.store.job_stamp(job_id)
+
+    async def page_stamps(
+        self, *, owner: str, status: str | None, after: str | None, limit: int
+    ) -> tuple[builtins.list[tuple[str, str, float | None]], bool]:
+        """The stamps of a page of `list` (the same filters and cursor), from an index alone."""
+        return await self.store.list_job_stamps(owner=owner, status=status, after=after, limit=limit)
 
     async def get(self, job_id: str, *, owner: str) -> dict[str, Any]:
         row = await self.store.get_public_job(job_id)  # not SELECT *: the hot path of clients that poll
@@ -336,45 +300,6 @@ class JobManager:
         self._notify()
         return await self._public(row)
 
-    async def _requeue_after_restart(self, row: dict[str, Any]) -> bool:
-        """Start-up recovery (recovery.py) of a `running` job this worker adopted, whose trainer is gone: if
-        it asked for `resume_on_restart`, left no verdict of its own (no terminal record, or only
-        `interrupted`: stopped by an outside signal, e.g. the host shutting down) and has a checkpoint,
-        queue it again to continue from the newest one, as a resume does. Returns False when nothing changed:
-        the job then fails with `service_restart` as usual."""
-        term = row["terminal_record"]
-        if (
-            row["status"] != JobStatus.RUNNING.value
-            or not (row["request"] or {}).get("resume_on_restart")
-            or (term is not None and term.get("type") != "interrupted")
-        ):
-            return False
-        job_id = row["id"]
-        found = await asyncio.to_thread(checkpoint_dirs, self.settings.jobs_dir / job_id)
-        if not found:
-            return False
-        step = max(found)
-        now = time.time()
-        async with self.store.transaction() as tx:
-            current = await tx.job(job_id)
-            if (
-                current is None
-                or current["status"] != JobStatus.RUNNING.value
-                or current["supervisor_id"] != self.supervisor.id
-                or current["terminal_record"] != term
-            ):
-                return False
-            path = f"checkpoints/{found[step].name}"
-            await tx.append(job_id, [("resumed_after_restart", now, {"step": step, "checkpoint": path})])
-            message = (
-                f"the service restarted and the trainer was gone: queued again to resume from the checkpoint "
-                f"of step {step} (resume_on_restart)"
-            )
-            fields = requeue_fields(found[step])
-            await tx.transition(current, JobStatus.QUEUED, now=now, message=message, **fields)
-        log.warning("job %s: trainer lost in the restart; re-queued from checkpoint step %d", job_id, step)
-        return True
-
     async def checkpoints(self, job_id: str, *, owner: str) -> builtins.list[dict[str, Any]]:
         """The job's checkpoints still on disk, oldest first, each with the metrics at its step."""
         await self._owned(job_id, owner)
@@ -388,55 +313,24 @@ class JobManager:
         on_disk = await asyncio.to_thread(checkpoint_dirs, job_dir) if checkpoint is not None else {}
         return checkpoints.download_target(row, job_dir, on_disk, checkpoint)
 
-    async def records(
-        self, job_id: str, *, owner: str, **query: Any
-    ) -> tuple[builtins.list[dict[str, Any]], bool]:
+    async def records(self, job_id: str, *, owner: str) -> JobRecords:
+        """The job's records (engine/records.py): the owner is checked here, once."""
         await self._owned(job_id, owner)
-        return await self.store.records(job_id, **query)
+        return JobRecords(self.store, job_id, lambda: self._changed)
 
     async def delete(self, job_id: str, *, owner: str) -> dict[str, Any]:
-        async with self.store.transaction() as tx:
-            row = await tx.job(job_id)
-            if row is None or row["owner"] != owner:
-                raise job_not_found(job_id)
-            status = JobStatus(row["status"])
-            if not status.is_terminal():
-                raise APIError(
-                    409,
-                    "job_not_terminal",
-                    f"Job {job_id} is {status.value}; cancel it and wait until it stops before deleting",
-                    param="id",
-                )
-            await tx.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        kept_by = await self.store.delete_job(job_id, owner=owner)
+        if kept_by == "":
+            raise job_not_found(job_id)
+        if kept_by is not None:
+            raise APIError(
+                409,
+                "job_not_terminal",
+                f"Job {job_id} is {kept_by}; cancel it and wait until it stops before deleting",
+                param="id",
+            )
         await asyncio.to_thread(shutil.rmtree, self.settings.jobs_dir / job_id, True)
         return {"id": job_id, "object": "tuning.job", "deleted": True}
-
-    async def events(
-        self, job_id: str, *, owner: str, after: int, limit: int
-    ) -> tuple[builtins.list[dict[str, Any]], bool]:
-        await self._owned(job_id, owner)
-        return await self.store.events(job_id, after=after, limit=limit)
-
-    async def wait_for_events(self, job_id: str, after: int, timeout: float) -> None:
-        """Return once a record with seq > after exists, or after `timeout` seconds. Jobs this worker follows
-        wake waiters at once; records written by another worker are seen by polling every 0.1 s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            event = self._changed
-            last = await self.store.last_seq(job_id)
-            if last is None or last > after:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            try:
-                await asyncio.wait_for(event.wait(), timeout=min(0.1, remaining))
-            except asyncio.TimeoutError:
-                pass
-
-    async def is_terminal(self, job_id: str) -> bool:
-        row = await self.store.get_job(job_id)
-        return row is None or JobStatus(row["status"]).is_terminal()
 
     async def health(self) -> dict[str, Any]:
         """Job counts for /health. `active_jobs`: unfinished work that is not paused (queued, or holding a
@@ -453,6 +347,10 @@ class JobManager:
             "paused_jobs": count({JobStatus.PAUSED}),
             "total_jobs": sum(by_status.values()),
         }
+
+    def job_collector(self) -> JobCollector:
+        """The job-level /metrics series, read from this manager's database at scrape time."""
+        return JobCollector(self.store, self.settings)
 
     # ---- API keys ----------------------------------------------------------------------------------------
 
@@ -485,4 +383,21 @@ class JobManager:
         return await self.store.revoke_keys(id_or_name, time.time()) > 0
 
     async def list_keys(self) -> builtins.list[dict[str, Any]]:
-        return await self.store.list_keys()
+        """Every key with its webhook settings (whether it has a signing secret; never the secret)."""
+        hooks = await self.store.key_webhooks()
+        return [{**r, **hooks.get(r["id"], {})} for r in await self.store.list_keys()]
+
+    async def set_key_webhook(
+        self, id_or_name: str, *, url: str | None, clear: bool, rotate: bool
+    ) -> tuple[str, str | None] | None:
+        """Set (or clear) a key's default webhook URL; make its signing secret if it has none (or `rotate`).
+        Returns (key id, the new secret, shown once, or None when unchanged), or None if no single active key
+        matches. After a rotation the old secret keeps signing too, for ROTATION_OVERLAP_SECONDS."""
+        return await self.store.set_key_webhook(
+            id_or_name,
+            url=url,
+            clear=clear,
+            rotate=rotate,
+            make_secret=new_secret,
+            overlap_seconds=ROTATION_OVERLAP_SECONDS,
+        )

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from ..webhooks import policy as webhooks
+from ..schema.jobs import TERMINAL_EVENTS
 from .states import JobStatus
 
 
@@ -26,10 +26,10 @@ def public_job(row: dict[str, Any], queue_position: int | None = None) -> dict[s
         "adapter_path": row["adapter_path"],
         "training_file": req.get("training_file"),
         "validation_file": req.get("validation_file"),
-        "method": req.get("method") or "qlora",
+        "method": req["method"],
         "hyperparameters": row["hyperparameters"],
         "suffix": req.get("suffix"),
-        "seed": 42 if req.get("seed") is None else req["seed"],
+        "seed": req["seed"],
         "metadata": req.get("metadata") or {},
         "resume_on_restart": bool(req.get("resume_on_restart")),
         "created_at": int(row["created_at"]),
@@ -43,5 +43,5 @@ def public_job(row: dict[str, Any], queue_position: int | None = None) -> dict[s
     }
     if req.get("webhook_url"):  # only on jobs that have one: the documented shape stays as it was
         job["webhook_url"] = req["webhook_url"]
-        job["webhook_events"] = req.get("webhook_events") or list(webhooks.TERMINAL_EVENTS)
+        job["webhook_events"] = req.get("webhook_events") or list(TERMINAL_EVENTS)
     return job

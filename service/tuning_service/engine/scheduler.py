@@ -13,6 +13,7 @@ import time
 
 from ..settings import Settings
 from ..storage.store import Store
+from .recovery import adopt_orphans
 from .supervisor import Supervisor
 
 log = logging.getLogger("tuning_service.scheduler")
@@ -76,7 +77,7 @@ class Scheduler:
         now = time.time()
         if now - self._last_adopt >= ADOPT_INTERVAL_SECONDS:
             self._last_adopt = now
-            await self.supervisor.adopt_orphans(reason="service_restart")
+            await adopt_orphans(self.store, self.supervisor)
         launched = 0
         while True:
             # Claim and launch run to completion even if this task is cancelled (shutdown): a job claimed

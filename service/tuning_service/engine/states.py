@@ -8,7 +8,8 @@
 
 A job may also fail or be cancelled before it runs. Terminal states (succeeded, failed, cancelled) end a run;
 the one way out of failed/cancelled is an explicit resume from a checkpoint (the manager checks that one
-exists). Nothing else hard-codes the graph.
+exists). Nothing else hard-codes the graph or these sets: the API's enums (schema/), the SSE stream's end,
+the OpenAI status mapping and /metrics derive from them.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.RUNNING, JobStatus.CANCELLIN
 RESUMABLE: frozenset[JobStatus] = frozenset({JobStatus.PAUSED, JobStatus.FAILED, JobStatus.CANCELLED})
 # What /health counts as active work.
 NON_TERMINAL: frozenset[JobStatus] = frozenset(s for s in JobStatus if not s.is_terminal())
+
+# The same as plain strings, in declaration order (SQL, JSON and label values).
+STATUS_VALUES: tuple[str, ...] = tuple(s.value for s in JobStatus)
+TERMINAL_VALUES: frozenset[str] = frozenset(s.value for s in TERMINAL)
+ACTIVE_VALUES: tuple[str, ...] = tuple(s.value for s in JobStatus if s in ACTIVE)
 
 
 class IllegalTransition(Exception):

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuning_trainer.config import JobConfig, parse_hyperparameters
+from tuning_trainer.config import Hyperparameters, JobConfig
 from tuning_trainer.launch import cpu_launch_flags
 
-from ..files.store import FILE_ID_RE
+from ..files.store import is_file_id
 from ..settings import Settings
 from ..storage.store import Store
 from . import procs, tailer
@@ -44,22 +44,6 @@ def make_identity() -> str:
     """host:pid:start-ticks:nonce: the pid and start time tell another worker on this host if we live."""
     pid = os.getpid()
     return f"{socket.gethostname()}:{pid}:{procs.start_time(pid)}:{os.urandom(3).hex()}"
-
-
-def owner_alive(supervisor_id: str | None, heartbeat: float | None, stale_seconds: float, now: float) -> bool:
-    """Is the worker named `supervisor_id` still following its jobs?"""
-    if not supervisor_id:
-        return False
-    if heartbeat is None or now - heartbeat > stale_seconds:
-        return False
-    parts = supervisor_id.split(":")
-    if len(parts) >= 3 and parts[0] == socket.gethostname():
-        try:
-            pid, started = int(parts[1]), int(parts[2])
-        except ValueError:
-            return True
-        return procs.is_alive(pid, started)
-    return True
 
 
 def launcher_prefix(settings: Settings, num_gpus: int) -> list[str]:
@@ -100,25 +84,28 @@ def trainer_env(settings: Settings, gpu_lease: list[str]) -> dict[str, str]:
 
 
 def trainer_config(settings: Settings, row: dict[str, Any], job_dir: Path) -> dict[str, Any]:
+    """The trainer's config.json for a stored job. The job was validated when it was created (and its
+    hyperparameters are the stored ones: requested, or resolved by an earlier run): nothing is parsed again,
+    the values are only put in the trainer's own shape (tuning_trainer.config.JobConfig)."""
     req = row["request"]
 
     def resolve(p: str | None) -> str | None:
         if p is None:
             return None
-        if FILE_ID_RE.match(p):  # an uploaded file: the stored copy
+        if is_file_id(p):  # an uploaded file: the stored copy
             return str(settings.data_dir / "files" / p)
         return str((settings.files_root / p).resolve())
 
-    cfg = JobConfig(
+    cfg = JobConfig.model_construct(
         model=req["model"],
-        training_file=resolve(req["training_file"]) or "",
+        training_file=resolve(req["training_file"]),
         validation_file=resolve(req.get("validation_file")),
         output_dir=str(job_dir),
-        method=req.get("method") or "qlora",
-        seed=42 if req.get("seed") is None else int(req["seed"]),
+        method=req["method"],
+        seed=req["seed"],
         # A resumed job continues from its newest checkpoint (set by JobManager.resume).
         resume_from=row.get("resume_from"),
-        hyperparameters=parse_hyperparameters(req.get("hyperparameters") or {}),
+        hyperparameters=Hyperparameters.model_construct(**row["hyperparameters"]),
     )
     return cfg.to_dict()
 
@@ -161,8 +148,7 @@ class Supervisor:
                 pass
             self._task = None
         # Hand our jobs back (the trainers keep running): the next service process re-attaches at once.
-        async with self.store.transaction() as tx:
-            await tx.execute("UPDATE jobs SET supervisor_id = NULL WHERE supervisor_id = ?", (self.id,))
+        await self.store.release_jobs(self.id)
         self.tracked.clear()
 
     async def _loop(self) -> None:
@@ -266,25 +252,6 @@ class Supervisor:
         if procs.pid_reused(row["pid"], row["proc_start_time"]):
             log.warning("job %s: pid %s now belongs to another process; not touching it", job_id, row["pid"])
         await self.finalize(Tracked(job_id, leader_gone_at=time.time()), lost_reason=lost_reason)
-
-    async def adopt_orphans(self, *, reason: str = "service_restart") -> list[str]:
-        """Adopt every active job whose supervisor is gone (atomically: one worker wins each job)."""
-        adopted = []
-        now = time.time()
-        for row in await self.store.active_jobs():
-            if row["id"] in self.tracked or row["supervisor_id"] == self.id:
-                continue
-            if owner_alive(
-                row["supervisor_id"], row["supervisor_heartbeat"], self.settings.supervisor_stale_seconds, now
-            ):
-                continue
-            if await self.store.adopt(
-                row["id"], old_supervisor=row["supervisor_id"], new_supervisor=self.id, now=now
-            ):
-                log.info("job %s: adopted (previous supervisor %s)", row["id"], row["supervisor_id"])
-                adopted.append(row["id"])
-                await self.attach(row["id"], lost_reason=reason)
-        return adopted
 
     # ---- following ---------------------------------------------------------------------------------------
 

@@ -25,14 +25,16 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from tuning_trainer.data import DataError, validate_file
+from tuning_trainer.schema import VALUE, Problem
 
-from ..errors import APIError
+from ..errors import APIError, problem_error
+from ..schema.files import PURPOSES, FileUpload
+from ..schema.jobs import FILE_ID_PATTERN
 from ..settings import Settings
 from ..storage.store import Store
 
-FILE_ID_RE = re.compile(r"^file-[0-9a-f]{24}$")
-PURPOSES = ("fine-tune",)
-UPLOAD_FIELDS = frozenset({"file", "purpose"})
+FILE_ID_RE = re.compile(FILE_ID_PATTERN)
+UPLOAD_FIELDS = frozenset(FileUpload.model_fields)
 MAX_FILENAME_CHARS = 255
 # Room for the multipart envelope (boundaries, part headers, the `purpose` field) on top of the file itself.
 MULTIPART_SLACK_BYTES = 64 * 1024
@@ -148,13 +150,11 @@ class Files:
                     400, "invalid_request", "purpose is required: send purpose=fine-tune", param="purpose"
                 )
             if purpose not in PURPOSES:
-                raise APIError(
-                    400,
-                    "invalid_value",
+                message = (
                     f"purpose must be one of {', '.join(PURPOSES)}, got {purpose[:32]!r}: this service "
-                    "stores fine-tuning data only",
-                    param="purpose",
+                    "stores fine-tuning data only"
                 )
+                raise problem_error(Problem(VALUE, "purpose", message))
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise APIError(

@@ -27,7 +27,7 @@ import logging
 import multiprocessing
 import os
 from bisect import bisect_left
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ..engine import procs
+from ..engine.states import ACTIVE_VALUES, STATUS_VALUES
+from ..settings import Settings
+from ..storage.db import Tx
+from ..storage.metrics import MetricsReads, add_job_duration
 
 log = logging.getLogger("tuning_service.metrics")
 
@@ -238,7 +242,7 @@ class ProcessCollector(Collector):
         yield GaugeMetricFamily("tuning_sse_streams_open", "Log streams (SSE) open now", value=streams)
 
 
-def _cumulative(bounds: tuple[float, ...], counts: list[float]) -> list[tuple[str, float]]:
+def _cumulative(bounds: tuple[float, ...], counts: Sequence[float]) -> list[tuple[str, float]]:
     out, total = [], 0.0
     for bound, n in zip((*bounds, float("inf")), counts, strict=False):
         total += n
@@ -249,39 +253,28 @@ def _cumulative(bounds: tuple[float, ...], counts: list[float]) -> list[tuple[st
 # ---- job-level series, from the database ---------------------------------------------------------------
 
 
-async def record_job_duration(tx: Any, row: dict[str, Any]) -> None:
+async def record_job_duration(tx: Tx, row: dict[str, Any]) -> None:
     """In the transaction that made `row` terminal: add its run time to the duration histogram (jobs that
-    never started have none). Kept in the database, so every worker serves the same totals and they survive
-    restarts."""
+    never started have none)."""
     started, finished = row.get("started_at"), row.get("finished_at")
     if started is None or finished is None:
         return
     seconds = max(0.0, float(finished) - float(started))
-    current = await tx.one("SELECT buckets, count, sum FROM job_durations WHERE status = ?", (row["status"],))
-    buckets = json.loads(current["buckets"]) if current else [0] * (len(JOB_DURATION_BUCKETS) + 1)
-    buckets[bisect_left(JOB_DURATION_BUCKETS, seconds)] += 1
-    await tx.execute(
-        "INSERT INTO job_durations (status, buckets, count, sum) VALUES (?, ?, 1, ?) ON CONFLICT(status)"
-        " DO UPDATE SET buckets = excluded.buckets, count = count + 1, sum = sum + excluded.sum",
-        (row["status"], json.dumps(buckets), seconds),
-    )
+    bucket = bisect_left(JOB_DURATION_BUCKETS, seconds)
+    await add_job_duration(tx, row["status"], bucket, seconds, len(JOB_DURATION_BUCKETS) + 1)
 
 
 class JobCollector(Collector):
-    """Job-level series read from the shared database at scrape time (plain reads on the read-only
-    connection: indexed and bounded, they take well under a millisecond)."""
+    """Job-level series read from the shared database at scrape time (storage/metrics.py: indexed and
+    bounded reads on the read-only connection, well under a millisecond)."""
 
-    def __init__(self, store: Any, settings: Any, statuses: tuple[str, ...], active: tuple[str, ...]) -> None:
+    def __init__(self, store: MetricsReads, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self.statuses = statuses
-        self.active = active
 
     def collect(self) -> Iterator[Metric]:
-        reader = self.store.reader
-        counts = {s: 0 for s in self.statuses}
-        for status, n in reader.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
-            counts[status] = n
+        counts = dict.fromkeys(STATUS_VALUES, 0)
+        counts.update(self.store.job_status_counts())
         g = GaugeMetricFamily("tuning_jobs", "Jobs in the database, by status", labels=["status"])
         for status, n in counts.items():
             g.add_metric([status], n)
@@ -289,12 +282,7 @@ class JobCollector(Collector):
         yield GaugeMetricFamily(
             "tuning_queue_length", "Jobs queued, waiting for a slot", value=counts["queued"]
         )
-        marks = ", ".join("?" * len(self.active))
-        rows = reader.execute(
-            "SELECT id, status, gpu_lease, json_extract(metrics, '$.train_loss'),"
-            f" json_extract(metrics, '$.tokens_per_second') FROM jobs WHERE status IN ({marks}) ORDER BY ord",
-            self.active,
-        ).fetchall()
+        rows = self.store.active_job_figures(ACTIVE_VALUES)
         yield GaugeMetricFamily(
             "tuning_jobs_running",
             "Jobs holding a slot (running, or stopping: cancelling/pausing)",
@@ -305,7 +293,7 @@ class JobCollector(Collector):
             "TUNING_MAX_CONCURRENT_JOBS",
             value=self.settings.max_concurrent_jobs,
         )
-        leased = sum(len(json.loads(r[2] or "[]")) for r in rows)
+        leased = sum(r[1] for r in rows)
         yield GaugeMetricFamily("tuning_gpu_leases_in_use", "GPUs leased to running jobs", value=leased)
         yield GaugeMetricFamily("tuning_gpus", "GPUs configured (TUNING_GPUS)", value=len(self.settings.gpus))
         loss = GaugeMetricFamily(
@@ -316,16 +304,15 @@ class JobCollector(Collector):
             "Latest training throughput of each running job",
             labels=["job_id"],
         )
-        for job_id, _status, _lease, train_loss, tokens_per_second in rows:
+        for job_id, _gpus, train_loss, tokens_per_second in rows:
             if isinstance(train_loss, (int, float)):
                 loss.add_metric([job_id], float(train_loss))
             if isinstance(tokens_per_second, (int, float)):
                 tps.add_metric([job_id], float(tokens_per_second))
         yield loss
         yield tps
-        hooks = {s: 0 for s in ("pending", "delivered", "failed")}
-        for status, n in reader.execute("SELECT status, COUNT(*) FROM webhook_deliveries GROUP BY status"):
-            hooks[status] = n
+        hooks = dict.fromkeys(("pending", "delivered", "failed"), 0)
+        hooks.update(self.store.delivery_status_counts())
         w = GaugeMetricFamily(
             "tuning_webhook_deliveries",
             "Webhook events in the outbox by status (finished ones are kept 7 days)",
@@ -339,8 +326,6 @@ class JobCollector(Collector):
             "Run time (started to finished) of jobs that ended, by final status",
             labels=["status"],
         )
-        for status, buckets, _count, total in reader.execute(
-            "SELECT status, buckets, count, sum FROM job_durations ORDER BY status"
-        ):
-            h.add_metric([status], _cumulative(JOB_DURATION_BUCKETS, json.loads(buckets)), total)
+        for status, buckets, total in self.store.job_durations():
+            h.add_metric([status], _cumulative(JOB_DURATION_BUCKETS, buckets), total)
         yield h

@@ -1,65 +1,28 @@
-"""Mapping between OpenAI's fine-tuning API objects and this service's (docs/openai-compat.md).
+"""Mapping of this service's objects to OpenAI's fine-tuning objects (docs/openai-compat.md).
 
-Pure functions, no I/O: OpenAI create bodies -> native create bodies, native jobs/records/checkpoints ->
-`fine_tuning.job`, `fine_tuning.job.event`, `fine_tuning.job.checkpoint`. Files need no mapping: the native
-file object already has OpenAI's fields (plus a few of ours).
+Pure functions, no I/O: native jobs/records/checkpoints -> `fine_tuning.job`, `fine_tuning.job.event`,
+`fine_tuning.job.checkpoint` (schema/openai.py defines them; an OpenAI create body becomes a native one in
+`OpenAICreateJob.to_native`). Files need no mapping: the native file object already has OpenAI's fields
+(plus a few of ours).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import re
 import time
 from typing import Any
 
-from tuning_trainer.config import Hyperparameters
-
+from ..engine.states import ACTIVE, JobStatus
 from ..errors import APIError
+from ..schema.openai import BASE_LEARNING_RATE, CHECKPOINT_ID_PATTERN, EVENT_ID_PATTERN
 
-# Our default learning rate: learning_rate_multiplier scales it (the result is at most 1, like ours).
-BASE_LEARNING_RATE = Hyperparameters().learning_rate
-MAX_LEARNING_RATE_MULTIPLIER = 1 / BASE_LEARNING_RATE
-# Cursor ids (OpenAPI patterns, openapi_extra.py): `ftevent-<job>-<seq>` and `ftckpt-<job>-<step>`. The number
-# is bounded so that it always fits SQLite's 64-bit integers.
-EVENT_ID_PATTERN = r"^ftevent-[A-Za-z0-9_-]+-[0-9]{1,18}$"
-CHECKPOINT_ID_PATTERN = r"^ftckpt-[A-Za-z0-9_-]+-[0-9]{1,18}$"
 _EVENT_ID_RE = re.compile(EVENT_ID_PATTERN)
 CHECKPOINT_ID_RE = re.compile(CHECKPOINT_ID_PATTERN)
-NATIVE_HYPERPARAMETERS = frozenset(f.name for f in dataclasses.fields(Hyperparameters))
 
-CREATE_FIELDS = (
-    "model",
-    "training_file",
-    "validation_file",
-    "hyperparameters",
-    "method",
-    "suffix",
-    "seed",
-    "metadata",
-    "integrations",
-    "tuning_method",  # extension: "qlora" (default) or "lora"
-    "resume_on_restart",  # extension: continue from the newest checkpoint after a service restart
-)
-
+# OpenAI has no "stopping" states: a job still runs until its trainer has checkpointed.
 STATUS = {
-    "validating": "validating_files",
-    "queued": "queued",
-    "running": "running",
-    # OpenAI has no "stopping" states: the job still runs until the trainer has checkpointed.
-    "cancelling": "running",
-    "pausing": "running",
-    "paused": "paused",
-    "succeeded": "succeeded",
-    "failed": "failed",
-    "cancelled": "cancelled",
-}
-
-# Native error params -> the names an OpenAI client sent.
-_PARAMS = {
-    "hyperparameters.epochs": "hyperparameters.n_epochs",
-    "hyperparameters.learning_rate": "hyperparameters.learning_rate_multiplier",
-    "method": "tuning_method",
+    s.value: "running" if s in ACTIVE else "validating_files" if s == JobStatus.VALIDATING else s.value
+    for s in JobStatus
 }
 
 
@@ -68,123 +31,16 @@ def bad(param: str | None, message: str, code: str = "invalid_request") -> APIEr
 
 
 def openai_error(exc: APIError) -> APIError:
-    """OpenAI reports invalid values as 400 (our 422) and names fields as the client sent them."""
-    status = 400 if exc.status_code == 422 else exc.status_code
-    param = _PARAMS.get(exc.param or "", exc.param)
-    return APIError(status, exc.code, exc.message, param=param, headers=exc.headers, extra=exc.extra)
-
-
-# ---- create ----------------------------------------------------------------------------------------------
-
-
-def _auto_or_int(value: Any, param: str) -> Any:
-    if value == "auto":
-        return "auto"
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # 2.0 is the integer 2 in JSON (and in JSON Schema), as for the native seed
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad(param, f"{param} must be an integer or 'auto', got {value!r}")
-    return value
-
-
-def map_hyperparameters(raw: Any, param: str) -> dict[str, Any]:
-    """OpenAI's {n_epochs, batch_size, learning_rate_multiplier} (each a number or "auto") -> ours. Our own
-    names (max_steps, lora_r, ...) are accepted too, as an extension."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise bad(param, f"{param} must be an object, got {type(raw).__name__}")
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = f"{param}.{key}"
-        if key == "n_epochs":
-            out["epochs"] = _auto_or_int(value, name)
-        elif key == "batch_size":
-            out["batch_size"] = _auto_or_int(value, name)
-        elif key == "learning_rate_multiplier":
-            if "learning_rate" in raw:
-                raise bad(name, f"give either {name} or {param}.learning_rate, not both")
-            if value == "auto":
-                continue  # our default learning rate
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise bad(name, f"{name} must be a positive number or 'auto', got {value!r}")
-            if not 0 < value <= MAX_LEARNING_RATE_MULTIPLIER:
-                raise bad(
-                    name,
-                    f"{name} must be in (0, {MAX_LEARNING_RATE_MULTIPLIER:g}] (a learning rate of at most 1 "
-                    f"with the base rate {BASE_LEARNING_RATE:g}), got {value!r}",
-                    code="invalid_hyperparameter",
-                )
-            out["learning_rate"] = min(1.0, value * BASE_LEARNING_RATE)
-        elif key in ("epochs",):
-            raise bad(name, f"unknown hyperparameter {key!r}: OpenAI's name is n_epochs")
-        elif key in NATIVE_HYPERPARAMETERS:
-            out[key] = value
-        else:
-            allowed = "n_epochs, batch_size, learning_rate_multiplier (and this service's own: see /docs)"
-            raise bad(name, f"unknown hyperparameter {key!r}; supported: {allowed}")
-    return out
-
-
-def native_create_body(body: Any) -> dict[str, Any]:
-    """An OpenAI `POST /v1/fine_tuning/jobs` body -> a `/v1/tunings.create` body (then validated as usual)."""
-    if not isinstance(body, dict):
-        raise bad(None, f"Request body must be a JSON object, got {type(body).__name__}")
-    unknown = sorted(set(body) - set(CREATE_FIELDS))
-    if unknown:
-        raise bad(unknown[0], f"Unknown field {unknown[0]!r}; supported: {', '.join(CREATE_FIELDS)}")
-    integrations = body.get("integrations")
-    if integrations is not None and not isinstance(integrations, list):
-        raise bad("integrations", f"integrations must be a list, got {type(integrations).__name__}")
-    if integrations:
-        raise bad(
-            "integrations",
-            "integrations (e.g. wandb) are not supported by this service; follow training with the job's "
-            "events or /v1/tunings.logs",
-            code="unsupported_integration",
-        )
-    hyper = map_hyperparameters(body.get("hyperparameters"), "hyperparameters")
-    method = body.get("method")
-    if method is not None:
-        if not isinstance(method, dict):
-            raise bad("method", f"method must be an object, got {type(method).__name__}")
-        kind = method.get("type", "supervised")
-        if kind != "supervised":
-            raise bad(
-                "method.type",
-                f"method type {kind!r} is not supported: this service trains LoRA/QLoRA adapters with "
-                'supervised fine-tuning only; use {"type": "supervised"}',
-                code="unsupported_method",
-            )
-        extra = sorted(set(method) - {"type", "supervised"})
-        if extra:
-            raise bad(
-                f"method.{extra[0]}", f"method.{extra[0]} is not supported with method type 'supervised'"
-            )
-        supervised = method.get("supervised")
-        if supervised is None:
-            supervised = {}
-        if not isinstance(supervised, dict):
-            raise bad("method.supervised", "method.supervised must be an object")
-        hyper.update(
-            map_hyperparameters(supervised.get("hyperparameters"), "method.supervised.hyperparameters")
-        )
-    native: dict[str, Any] = {
-        "model": body.get("model"),
-        "training_file": body.get("training_file"),
-        "hyperparameters": hyper,
-    }
-    for name in ("validation_file", "suffix", "seed", "metadata"):
-        if body.get(name) is not None:
-            native[name] = body[name]
-    if body.get("tuning_method") is not None:
-        native["method"] = body["tuning_method"]
-    if body.get("resume_on_restart") is not None:
-        native["resume_on_restart"] = body["resume_on_restart"]
-    return native
+    """OpenAI reports invalid values as 400 (our 422), in the same envelope."""
+    if exc.status_code != 422:
+        return exc
+    return APIError(400, exc.code, exc.message, param=exc.param, headers=exc.headers, extra=exc.extra)
 
 
 # ---- objects ---------------------------------------------------------------------------------------------
+
+
+_ACTIVE = frozenset(s.value for s in ACTIVE)
 
 
 def fine_tuned_model(job: dict[str, Any], org: str) -> str | None:
@@ -206,7 +62,7 @@ def openai_job(job: dict[str, Any], org: str) -> dict[str, Any]:
     err = job.get("error")
     metrics = job.get("metrics") or {}
     eta = metrics.get("eta_seconds")
-    running = job["status"] in ("running", "cancelling", "pausing")
+    running = job["status"] in _ACTIVE
     return {
         "object": "fine_tuning.job",
         "id": job["id"],

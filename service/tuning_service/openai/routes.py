@@ -1,8 +1,9 @@
 """OpenAI-compatible routes: /v1/files and /v1/fine_tuning/jobs (docs/openai-compat.md).
 
-Thin adapters over the same JobManager and file store as the native routes, so a job or file made through
-either surface is visible through both. Objects are mapped in openai_compat.py; errors keep OpenAI's envelope
-(`{"error": {"message", "type", "param", "code"}}`), with invalid values reported as 400 as OpenAI does.
+Thin adapters over the same job facade and file store as the native routes, so a job or file made through
+either surface is visible through both. Bodies and objects are OpenAI's shapes (schema/openai.py), mapped
+in compat.py; errors keep OpenAI's envelope (`{"error": {"message", "type", "param", "code"}}`), with
+invalid values reported as 400 as OpenAI does.
 """
 
 from __future__ import annotations
@@ -17,24 +18,52 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..api import params
 from ..api.auth import authenticate
-from ..api.files import content_response, file_id_param
-from ..api.requests import (
-    check_query,
-    parse_json_body,
-    query_int,
-    validate_create,
-    validate_idempotency_key,
-    validate_job_id,
-)
+from ..api.context import files, jobs
+from ..api.files import CONTENT, FILE_ID, UPLOAD, UPLOAD_ERRORS, content_response, file_id
+from ..api.jobs import CREATE_ERRORS, JOB_ID
+from ..api.operation import Header, Json, links, operation
 from ..errors import APIError
-from ..files.store import PURPOSES
+from ..schema.files import DeletedFile, File, FileList
+from ..schema.jobs import IdempotencyKey
+from ..schema.openai import (
+    OpenAICheckpointList,
+    OpenAICheckpointsQuery,
+    OpenAICreateJob,
+    OpenAIEventList,
+    OpenAIEventsQuery,
+    OpenAIJob,
+    OpenAIJobList,
+    OpenAIListFilesQuery,
+    OpenAIListJobsQuery,
+)
 from . import compat as oc
 
 log = logging.getLogger("tuning_service.openai")
 
 Handler = Callable[[Request], Awaitable[Response]]
 _METADATA_QUERY = re.compile(r"^metadata\[(.{1,64})\]$", re.DOTALL)  # any key (newlines too)
+FILE_LINKS = links("file_id", GetFile="openaiGetFile", GetFileContent="openaiFileContent",
+                   DeleteFile="openaiDeleteFile")  # fmt: skip
+JOB_LINKS = links(
+    "job_id",
+    GetJob="openaiGetJob",
+    CancelJob="openaiCancelJob",
+    PauseJob="openaiPauseJob",
+    ResumeJob="openaiResumeJob",
+    ListEvents="openaiListEvents",
+    ListCheckpoints="openaiListCheckpoints",
+)
+
+
+def _openai(errors: dict[int, tuple[str, ...]]) -> dict[int, tuple[str, ...]]:
+    """OpenAI's statuses for a native route's codes: what is 422 natively is 400 here."""
+    out: dict[int, tuple[str, ...]] = {}
+    for status, codes in errors.items():
+        status = 400 if status == 422 else status
+        out[status] = (*out.get(status, ()), *codes)
+    return out
 
 
 def openai_errors(handler: Handler) -> Handler:
@@ -48,19 +77,10 @@ def openai_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def _manager(request: Request) -> Any:
-    return request.app.state.manager
-
-
-def _no_query(request: Request) -> None:
-    check_query(request.query_params)
-
-
-def _after(request: Request) -> str | None:
-    after = request.query_params.get("after") or None
-    if after is not None and len(after) > 128:
-        raise oc.bad("after", "after must be an id from the previous page")
-    return after
+def openai_operation(operation_id: str, summary: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+    kwargs["errors"] = _openai(kwargs.get("errors", {}))
+    describe = operation(operation_id, summary, tag="openai", **kwargs)
+    return lambda handler: describe(openai_errors(handler))
 
 
 def _page(data: list[dict[str, Any]], has_more: bool) -> JSONResponse:
@@ -78,163 +98,216 @@ def _page(data: list[dict[str, Any]], has_more: bool) -> JSONResponse:
 # ---- files -----------------------------------------------------------------------------------------------
 
 
-@openai_errors
+@openai_operation(
+    "openaiCreateFile",
+    "OpenAI: upload a file",
+    body=UPLOAD,
+    ok=Json(File, "The file", links=FILE_LINKS),
+    errors=UPLOAD_ERRORS,
+)
 async def create_file(request: Request) -> Response:
     owner = await authenticate(request)
-    _no_query(request)
-    return JSONResponse(await _manager(request).files.upload(request, owner))
+    params.no_query(request)
+    return JSONResponse(await files(request).upload(request, owner))
 
 
-@openai_errors
+@openai_operation(
+    "openaiListFiles", "OpenAI: list files", query=OpenAIListFilesQuery, ok=Json(FileList, "A page of files")
+)
 async def list_files(request: Request) -> Response:
     owner = await authenticate(request)
-    params = request.query_params
-    check_query(params, ("limit", "after", "order", "purpose"))
-    # OpenAI's default page is large (10000); the cursor makes any size work.
-    limit = query_int(params, "limit", default=10000, minimum=1, maximum=10000)
-    order = params.get("order") or "desc"
-    if order != "desc":
-        raise oc.bad(
-            "order", "order must be 'desc' (newest first): the only order this service lists files in"
-        )
-    purpose = params.get("purpose")
-    if purpose is not None and purpose not in PURPOSES:
-        raise oc.bad("purpose", f"purpose must be one of {', '.join(PURPOSES)}, got {purpose[:32]!r}")
-    files, has_more = await _manager(request).files.list(
-        owner=owner, purpose=purpose, after=_after(request), limit=limit
-    )
-    return _page(files, has_more)
+    q = params.query(request, OpenAIListFilesQuery)
+    found, has_more = await files(request).list(owner=owner, purpose=q.purpose, after=q.after, limit=q.limit)
+    return _page(found, has_more)
 
 
-@openai_errors
+@openai_operation(
+    "openaiGetFile",
+    "OpenAI: get a file",
+    path={"file_id": FILE_ID},
+    ok=Json(File, "The file"),
+    errors={404: ("file_not_found",)},
+)
 async def get_file(request: Request) -> Response:
     owner = await authenticate(request)
-    _no_query(request)
-    return JSONResponse(await _manager(request).files.get(file_id_param(request), owner))
+    params.no_query(request)
+    return JSONResponse(await files(request).get(file_id(request), owner))
 
 
-@openai_errors
+@openai_operation(
+    "openaiDeleteFile",
+    "OpenAI: delete a file",
+    path={"file_id": FILE_ID},
+    ok=Json(DeletedFile, "Deleted"),
+    errors={404: ("file_not_found",), 409: ("file_in_use",)},
+)
 async def delete_file(request: Request) -> Response:
     owner = await authenticate(request)
-    _no_query(request)
-    return JSONResponse(await _manager(request).files.delete(file_id_param(request), owner))
+    params.no_query(request)
+    return JSONResponse(await files(request).delete(file_id(request), owner))
 
 
-@openai_errors
+@openai_operation(
+    "openaiFileContent",
+    "OpenAI: a file's bytes",
+    path={"file_id": FILE_ID},
+    ok=CONTENT,
+    errors={404: ("file_not_found",)},
+)
 async def file_content(request: Request) -> Response:
     owner = await authenticate(request)
-    _no_query(request)
-    path, filename = await _manager(request).files.content_path(file_id_param(request), owner)
+    params.no_query(request)
+    path, filename = await files(request).content_path(file_id(request), owner)
     return content_response(path, filename)
 
 
 # ---- jobs ------------------------------------------------------------------------------------------------
 
 
-@openai_errors
+@openai_operation(
+    "openaiCreateJob",
+    "OpenAI: create a fine-tuning job",
+    body=Json(OpenAICreateJob),
+    headers=(Header("Idempotency-Key", IdempotencyKey),),
+    ok=Json(OpenAIJob, "The job", links=JOB_LINKS),
+    errors={**CREATE_ERRORS, 400: (*CREATE_ERRORS[400], "unsupported_method", "unsupported_integration")},
+)
 async def create_job(request: Request) -> Response:
     owner = await authenticate(request)
-    _no_query(request)
-    idempotency_key = validate_idempotency_key(request.headers.get("idempotency-key"))
-    native = oc.native_create_body(parse_json_body(await request.body()))
-    job_request = await validate_create(native, request.app.state.settings)
-    job, created = await _manager(request).submit(
-        owner=owner, request=job_request, idempotency_key=idempotency_key
+    params.no_query(request)
+    idempotency_key = params.idempotency_key(request)
+    body = await params.read_body(request, OpenAICreateJob)
+    job, created = await jobs(request).create(
+        owner=owner, request=body.to_native(), idempotency_key=idempotency_key
     )
     if created:
         log.info("job %s created through the OpenAI-compatible API (model=%s)", job["id"], job["model"])
     return JSONResponse(oc.openai_job(job, owner))
 
 
-@openai_errors
+@openai_operation(
+    "openaiListJobs",
+    "OpenAI: list jobs (metadata[k]=v filters)",
+    query=OpenAIListJobsQuery,
+    ok=Json(OpenAIJobList, "A page of jobs"),
+)
 async def list_jobs(request: Request) -> Response:
     owner = await authenticate(request)
-    params = request.query_params
-    limit = query_int(params, "limit", default=20, minimum=1, maximum=100)
     metadata: dict[str, str] = {}
-    for name, value in params.multi_items():
+    values: dict[str, Any] = {}
+    for name, value in request.query_params.multi_items():
         m = _METADATA_QUERY.match(name)
         if m:
             metadata[m.group(1)] = value
         elif name.startswith("metadata"):
             raise oc.bad(name[:80], "filter by metadata as metadata[KEY]=VALUE")
-    check_query([n for n in params if not _METADATA_QUERY.match(n)], ("limit", "after"))
-    jobs, has_more = await _manager(request).list(
-        owner=owner, status=None, after=_after(request), limit=limit, metadata=metadata or None
+        else:
+            values[name] = value
+    q = params.query_values({**values, "metadata": metadata or None}, OpenAIListJobsQuery)
+    found, has_more = await jobs(request).list(
+        owner=owner, status=None, after=q.after, limit=q.limit, metadata=q.metadata
     )
-    return _page([oc.openai_job(j, owner) for j in jobs], has_more)
+    return _page([oc.openai_job(j, owner) for j in found], has_more)
 
 
-def _job_id(request: Request) -> str:
-    return validate_job_id(request.path_params["job_id"])
-
-
-@openai_errors
+@openai_operation(
+    "openaiGetJob",
+    "OpenAI: get a job",
+    path={"job_id": JOB_ID},
+    ok=Json(OpenAIJob, "The job"),
+    errors={404: ("job_not_found",)},
+)
 async def get_job(request: Request) -> Response:
     owner = await authenticate(request)
-    _no_query(request)
-    return JSONResponse(oc.openai_job(await _manager(request).get(_job_id(request), owner=owner), owner))
+    params.no_query(request)
+    return JSONResponse(oc.openai_job(await jobs(request).get(params.job_id(request), owner=owner), owner))
 
 
-@openai_errors
+@openai_operation(
+    "openaiCancelJob",
+    "OpenAI: cancel a job",
+    path={"job_id": JOB_ID},
+    ok=Json(OpenAIJob, "The job"),
+    errors={404: ("job_not_found",), 409: ("job_terminal",)},
+)
 async def cancel_job(request: Request) -> Response:
     owner = await authenticate(request)
-    _no_query(request)
-    return JSONResponse(oc.openai_job(await _manager(request).cancel(_job_id(request), owner=owner), owner))
+    params.no_query(request)
+    return JSONResponse(oc.openai_job(await jobs(request).cancel(params.job_id(request), owner=owner), owner))
 
 
-@openai_errors
+@openai_operation(
+    "openaiPauseJob",
+    "OpenAI: pause a job",
+    path={"job_id": JOB_ID},
+    ok=Json(OpenAIJob, "The job"),
+    errors={404: ("job_not_found",), 409: ("job_not_pausable",)},
+)
 async def pause_job(request: Request) -> Response:
     owner = await authenticate(request)
-    _no_query(request)
-    return JSONResponse(oc.openai_job(await _manager(request).pause(_job_id(request), owner=owner), owner))
+    params.no_query(request)
+    return JSONResponse(oc.openai_job(await jobs(request).pause(params.job_id(request), owner=owner), owner))
 
 
-@openai_errors
+@openai_operation(
+    "openaiResumeJob",
+    "OpenAI: resume a job",
+    path={"job_id": JOB_ID},
+    ok=Json(OpenAIJob, "The job"),
+    errors={404: ("job_not_found",), 409: ("job_not_resumable", "no_checkpoint")},
+)
 async def resume_job(request: Request) -> Response:
     owner = await authenticate(request)
-    _no_query(request)
-    return JSONResponse(oc.openai_job(await _manager(request).resume(_job_id(request), owner=owner), owner))
+    params.no_query(request)
+    return JSONResponse(oc.openai_job(await jobs(request).resume(params.job_id(request), owner=owner), owner))
 
 
-@openai_errors
+@openai_operation(
+    "openaiListEvents",
+    "OpenAI: a job's events, newest first",
+    path={"job_id": JOB_ID},
+    query=OpenAIEventsQuery,
+    ok=Json(OpenAIEventList, "A page of events"),
+    errors={404: ("job_not_found",)},
+)
 async def list_events(request: Request) -> Response:
     owner = await authenticate(request)
-    job_id = _job_id(request)
-    check_query(request.query_params, ("limit", "after"))
-    limit = query_int(request.query_params, "limit", default=20, minimum=1, maximum=1000)
-    after = _after(request)
-    before = None if after is None else oc.parse_event_id(job_id, after)
-    if after is not None and before is None:  # another job's event id: nothing comes after it here
-        await _manager(request).get(job_id, owner=owner)  # still 404 for an unknown job
+    job_id = params.job_id(request)
+    q = params.query(request, OpenAIEventsQuery)
+    records = await jobs(request).records(job_id, owner=owner)
+    before = None if q.after is None else oc.parse_event_id(job_id, q.after)
+    if q.after is not None and before is None:  # another job's event id: nothing comes after it here
         return _page([], False)
     # Newest first, like OpenAI; `after` is the last event id of the previous page.
-    records, has_more = await _manager(request).records(
-        job_id, owner=owner, before=before, limit=limit, exclude_types=("log",), newest_first=True
+    page, has_more = await records.page(
+        before=before, limit=q.limit, exclude_types=("log",), newest_first=True
     )
-    return _page([oc.openai_event(job_id, r) for r in records], has_more)
+    return _page([oc.openai_event(job_id, r) for r in page], has_more)
 
 
-@openai_errors
+@openai_operation(
+    "openaiListCheckpoints",
+    "OpenAI: a job's checkpoints, newest first",
+    path={"job_id": JOB_ID},
+    query=OpenAICheckpointsQuery,
+    ok=Json(OpenAICheckpointList, "A page of checkpoints"),
+    errors={404: ("job_not_found",)},
+)
 async def list_checkpoints(request: Request) -> Response:
     owner = await authenticate(request)
-    job_id = _job_id(request)
-    check_query(request.query_params, ("limit", "after"))
-    limit = query_int(request.query_params, "limit", default=10, minimum=1, maximum=1000)
-    manager = _manager(request)
+    job_id = params.job_id(request)
+    q = params.query(request, OpenAICheckpointsQuery)
+    manager = jobs(request)
     job = await manager.get(job_id, owner=owner)
     items = [
         oc.openai_checkpoint(job, owner, c) for c in reversed(await manager.checkpoints(job_id, owner=owner))
     ]
-    after = _after(request)
-    if after is not None:
-        if not oc.CHECKPOINT_ID_RE.match(after):
-            raise oc.bad("after", f"after must be a checkpoint id (ftckpt-<job>-<step>), got {after[:80]!r}")
+    if q.after is not None:
         ids = [c["id"] for c in items]
-        # A checkpoint id that is not (or no longer) one of this job's: nothing comes after it (empty page,
+        # A checkpoint id that is not (or no longer) one of this job's: nothing comes after it (an empty page,
         # as for the list routes' cursors).
-        items = items[ids.index(after) + 1 :] if after in ids else []
-    return _page(items[:limit], len(items) > limit)
+        items = items[ids.index(q.after) + 1 :] if q.after in ids else []
+    return _page(items[: q.limit], len(items) > q.limit)
 
 
 routes = [

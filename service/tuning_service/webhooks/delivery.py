@@ -1,4 +1,4 @@
-"""Webhook delivery: the loop of one worker that claims due events from the outbox (webhooks.py), POSTs them
+"""Webhook delivery: the loop of one worker that claims due events from the outbox (outbox.py), POSTs them
 signed, and records each attempt (docs/api.md "Webhooks"; the outbox and its claims: service-internals.md).
 
 A claim is a lease (`claimed_until`): a worker that dies mid-attempt leaves the event to the next one, so
@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import urllib3
 
 from ..settings import Settings
+from ..storage.webhooks import WebhookTables
 from .policy import SIGNATURE_HEADER, UrlPolicy, sign
 
 log = logging.getLogger("tuning_service.webhooks")
@@ -114,7 +115,7 @@ def backoff(settings: Settings, attempts: int, retry_after: float | None = None)
 class Deliverer:
     """The delivery loop of one worker."""
 
-    def __init__(self, settings: Settings, store: Any, worker_id: str) -> None:
+    def __init__(self, settings: Settings, store: WebhookTables, worker_id: str) -> None:
         self.settings = settings
         self.store = store
         self.worker_id = worker_id
@@ -166,12 +167,8 @@ class Deliverer:
         done = 0
         while True:
             now = time.time()
-            due = await self.store.all(
-                "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
-                " AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY next_attempt_at LIMIT ?",
-                (now, now, BATCH),
-            )
-            claimed = [d for d in [await self._claim(r["id"], now) for r in due] if d is not None]
+            due = await self.store.due_deliveries(now, BATCH)
+            claimed = [d for d in [await self._claim(i, now) for i in due] if d is not None]
             if not claimed:
                 return done
             await asyncio.gather(*(self._attempt(d) for d in claimed))
@@ -180,31 +177,11 @@ class Deliverer:
     async def prune(self, before: float) -> int:
         """Remove deliveries that finished before `before`; returns how many."""
         self._last_prune = time.time()
-        async with self.store.transaction() as tx:
-            cur = await tx.execute(
-                "DELETE FROM webhook_deliveries WHERE status IN ('delivered', 'failed') AND finished_at < ?",
-                (before,),
-            )
-            return int(cur.rowcount)
+        return await self.store.prune_deliveries(before)
 
     async def _claim(self, delivery_id: str, now: float) -> dict[str, Any] | None:
         lease = now + self.settings.webhook_timeout_seconds * 2 + 5
-        async with self.store.transaction() as tx:
-            cur = await tx.execute(
-                "UPDATE webhook_deliveries SET claimed_by = ?, claimed_until = ? WHERE id = ?"
-                " AND status = 'pending' AND next_attempt_at <= ? AND (claimed_until IS NULL OR"
-                " claimed_until < ?)",
-                (self.worker_id, lease, delivery_id, now, now),
-            )
-            if cur.rowcount != 1:
-                return None  # another worker has it
-            row = await tx.one(
-                "SELECT d.*, k.webhook_secret AS secret, CASE WHEN k.webhook_secret_previous_until > ?"
-                " THEN k.webhook_secret_previous END AS previous_secret FROM webhook_deliveries d"
-                " LEFT JOIN api_keys k ON k.id = d.owner WHERE d.id = ?",
-                (now, delivery_id),
-            )
-        return row
+        return await self.store.claim_delivery(delivery_id, worker=self.worker_id, now=now, until=lease)
 
     async def _attempt(self, d: dict[str, Any]) -> None:
         attempt_no = int(d["attempts"]) + 1
@@ -243,37 +220,30 @@ class Deliverer:
                 status, outcome, next_at = "failed", "gave_up", None
             else:
                 status, outcome = "pending", "retrying"
-        async with self.store.transaction() as tx:
-            cur = await tx.execute(
-                "UPDATE webhook_deliveries SET attempts = ?, status = ?, next_attempt_at = ?,"
-                " claimed_by = NULL, claimed_until = NULL, last_status_code = ?, last_error = ?,"
-                " finished_at = ? WHERE id = ? AND claimed_by = ?",
-                (
-                    attempt_no,
-                    status,
-                    next_at if next_at is not None else now,
-                    result.status_code,
-                    result.error,
-                    None if status == "pending" else now,
-                    d["id"],
-                    self.worker_id,
-                ),
-            )
-            if cur.rowcount != 1:
-                return  # our lease ran out and another worker took the delivery over
-            if await tx.one("SELECT 1 AS x FROM jobs WHERE id = ?", (d["job_id"],)) is not None:
-                record = {
-                    "delivery_id": d["id"],
-                    "event": d["event"],
-                    "url": d["url"],
-                    "attempt": attempt_no,
-                    "outcome": outcome,
-                    "status_code": result.status_code,
-                    "error": result.error,
-                    "duration_ms": round(seconds * 1000, 1),
-                    "next_attempt_at": None if next_at is None else round(next_at, 3),
-                }
-                await tx.append(d["job_id"], [("webhook", now, record)])
+        record = {
+            "delivery_id": d["id"],
+            "event": d["event"],
+            "url": d["url"],
+            "attempt": attempt_no,
+            "outcome": outcome,
+            "status_code": result.status_code,
+            "error": result.error,
+            "duration_ms": round(seconds * 1000, 1),
+            "next_attempt_at": None if next_at is None else round(next_at, 3),
+        }
+        recorded = await self.store.record_delivery(
+            d,
+            worker=self.worker_id,
+            status=status,
+            attempts=attempt_no,
+            next_attempt_at=next_at if next_at is not None else now,
+            status_code=result.status_code,
+            error=result.error,
+            now=now,
+            record=record,
+        )
+        if not recorded:
+            return  # our lease ran out and another worker took the delivery over
         level = logging.INFO if outcome in ("delivered", "retrying") else logging.WARNING
         log.log(
             level, "webhook %s (%s, job %s) attempt %d: %s%s", d["id"], d["event"], d["job_id"], attempt_no,

@@ -20,7 +20,7 @@ from tests.service.webhook_receiver import Receiver
 from tests.support.server import DEV_KEY, ServiceEnv, ServiceProcess
 from tuning_sdk.webhooks import WebhookSignatureError, verify_signature
 
-FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
+FAKE_TRAINER = Path(__file__).resolve().parent.parent / "fake_trainer.py"
 DEV_KEY_ID = "key_" + hashlib.sha256(DEV_KEY.encode()).hexdigest()[:16]
 SECRET_RE = re.compile(r"Webhook signing secret: (whsec_[A-Za-z0-9_\-]+)")
 
@@ -233,7 +233,7 @@ def test_private_addresses_are_refused_when_not_allowed(api_service: ServiceProc
         (
             {"webhook_url": "https://93.184.216.34/x", "webhook_events": ["job.exploded"]},
             422,
-            "webhook_events",
+            "webhook_events.0",
         ),
         ({"webhook_url": "https://93.184.216.34/x", "webhook_events": "job.failed"}, 400, "webhook_events"),
         ({"webhook_events": ["job.failed"]}, 422, "webhook_events"),

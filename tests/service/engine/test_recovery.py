@@ -33,7 +33,7 @@ async def started_job(tmp_path: Path, mode: str, **extra: Any) -> tuple[JobManag
     """A manager with one job whose trainer is running and has reported progress."""
     m = await JobManager.start(make_settings(tmp_path))
     owner, _ = await m.create_key("t")
-    job, _ = await m.submit(owner=owner, request=request(mode, **extra), idempotency_key=None)
+    job, _ = await m.create(owner=owner, request=request(mode, **extra), idempotency_key=None)
 
     async def reporting() -> bool:
         row = await m.store.get_job(job["id"])
@@ -95,7 +95,7 @@ def test_failure_while_down_keeps_the_trainers_verdict(tmp_path: Path) -> None:
     async def body() -> None:
         a = await JobManager.start(make_settings(tmp_path))
         owner, _ = await a.create_key("t")
-        job, _ = await a.submit(owner=owner, request=request("fail?wait=0.5"), idempotency_key=None)
+        job, _ = await a.create(owner=owner, request=request("fail?wait=0.5"), idempotency_key=None)
 
         async def launched() -> bool:
             row = await a.store.get_job(job["id"])
@@ -150,7 +150,7 @@ def test_reused_pid_is_never_touched(tmp_path: Path) -> None:
     async def body() -> None:
         m = await JobManager.start(make_settings(tmp_path, max_concurrent_jobs=0))
         owner, _ = await m.create_key("t")
-        job, _ = await m.submit(owner=owner, request=request(), idempotency_key=None)
+        job, _ = await m.create(owner=owner, request=request(), idempotency_key=None)
         real_start = procs.start_time(victim.pid)
         assert real_start is not None
         async with m.store.transaction() as tx:  # as left by a service whose trainer has since died
@@ -182,8 +182,8 @@ def test_claimed_but_never_started(tmp_path: Path) -> None:
     async def body() -> None:
         m = await JobManager.start(make_settings(tmp_path, max_concurrent_jobs=0))
         owner, _ = await m.create_key("t")
-        job, _ = await m.submit(owner=owner, request=request(), idempotency_key=None)
-        queued, _ = await m.submit(owner=owner, request=request(), idempotency_key=None)
+        job, _ = await m.create(owner=owner, request=request(), idempotency_key=None)
+        queued, _ = await m.create(owner=owner, request=request(), idempotency_key=None)
         # Claimed by a service process on this host that died before it launched the trainer.
         dead = subprocess.Popen(["true"])
         dead.wait()

@@ -117,14 +117,18 @@ def test_missing_fields_and_wrong_types_are_400_naming_the_field(
 @pytest.mark.parametrize(
     ("hyperparameters", "param", "fragment"),
     [
-        ({"learning_rate": -1.0}, "hyperparameters.learning_rate", "learning_rate must be in (0.0, 1.0]"),
+        (
+            {"learning_rate": -1.0},
+            "hyperparameters.learning_rate",
+            "hyperparameters.learning_rate must be a number in (0.0, 1.0], got -1.0",
+        ),
         ({"learning_rate": "fast"}, "hyperparameters.learning_rate", "must be a number"),
-        ({"epochs": 0}, "hyperparameters.epochs", ">= 1"),
+        ({"epochs": 0}, "hyperparameters.epochs", 'an integer in [1, 1000] or "auto", got 0'),
         ({"epochs": "many"}, "hyperparameters.epochs", "integer"),
         ({"batch_size": 2.5}, "hyperparameters.batch_size", "integer"),
-        ({"lora_r": 0}, "hyperparameters.lora_r", ">= 1"),
+        ({"lora_r": 0}, "hyperparameters.lora_r", "must be an integer in [1, 4096], got 0"),
         ({"lr_scheduler_type": "exotic"}, "hyperparameters.lr_scheduler_type", "one of"),
-        ({"warmup_steps": 10}, "hyperparameters.warmup_steps", "unknown hyperparameter"),
+        ({"warmup_steps": 10}, "hyperparameters.warmup_steps", "Unknown field 'hyperparameters.warmup_steps'"),
     ],
 )
 def test_bad_hyperparameters_are_422_naming_the_hyperparameter(

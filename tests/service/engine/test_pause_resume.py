@@ -68,7 +68,7 @@ def test_pause_checkpoints_and_resume_passes_the_checkpoint_to_the_trainer(tmp_p
         m = await JobManager.start(make_settings(tmp_path, max_concurrent_jobs=1))
         owner, _ = await m.create_key("a")
         try:
-            job, _ = await m.submit(
+            job, _ = await m.create(
                 owner=owner, request=request("complete?steps=300&delay=0.01"), idempotency_key=None
             )
             job_id = job["id"]
@@ -113,7 +113,7 @@ def test_a_trainer_that_ignores_the_pause_is_killed_after_the_grace_period(tmp_p
         m = await JobManager.start(make_settings(tmp_path, max_concurrent_jobs=1, cancel_grace_seconds=0.5))
         owner, _ = await m.create_key("a")
         try:
-            job, _ = await m.submit(owner=owner, request=request("ignore_term"), idempotency_key=None)
+            job, _ = await m.create(owner=owner, request=request("ignore_term"), idempotency_key=None)
             running = await wait_status(m, job["id"], owner, "running")
             started = time.monotonic()
             await _wait_for_a_step(m, job["id"], owner)  # its SIGTERM disposition is set by then
@@ -139,7 +139,7 @@ def test_cancel_while_pausing_ends_cancelled(tmp_path: Path) -> None:
         m = await JobManager.start(make_settings(tmp_path, max_concurrent_jobs=1, cancel_grace_seconds=0.5))
         owner, _ = await m.create_key("a")
         try:
-            job, _ = await m.submit(owner=owner, request=request("ignore_term"), idempotency_key=None)
+            job, _ = await m.create(owner=owner, request=request("ignore_term"), idempotency_key=None)
             await wait_status(m, job["id"], owner, "running")
             await _wait_for_a_step(m, job["id"], owner)  # its SIGTERM disposition is set by then
             assert (await m.pause(job["id"], owner=owner))["status"] == "pausing"

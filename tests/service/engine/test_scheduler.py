@@ -58,7 +58,7 @@ def test_concurrency_limit_and_queue_positions(tmp_path: Path) -> None:
         try:
             jobs = []
             for _ in range(5):
-                job, _ = await m.submit(
+                job, _ = await m.create(
                     owner=owner, request=request("complete?steps=8&delay=0.03"), idempotency_key=None
                 )
                 jobs.append(job)
@@ -93,9 +93,14 @@ def test_gpu_leases_set_cuda_visible_devices(tmp_path: Path) -> None:
         owner, _ = await m.create_key("t")
         try:
             slow = request("complete?steps=10&delay=0.03")
-            a, _ = await m.submit(owner=owner, request=slow, idempotency_key=None)
-            b, _ = await m.submit(owner=owner, request=slow, idempotency_key=None)
-            c, _ = await m.submit(owner=owner, request={**slow, "num_gpus": 2}, idempotency_key=None)
+            a, _ = await m.create(owner=owner, request=slow, idempotency_key=None)
+            b, _ = await m.create(owner=owner, request=slow, idempotency_key=None)
+            # A two-GPU job (the API has no num_gpus yet: set on the row while the job is held paused).
+            c, _ = await m.create(owner=owner, request=slow, idempotency_key=None)
+            await m.pause(c["id"], owner=owner)
+            async with m.store.transaction() as tx:
+                await tx.update(c["id"], num_gpus=2)
+            await m.resume(c["id"], owner=owner)
             await wait_until(lambda: _count(m, "running", 2), 10, "two running jobs")
             # Two GPUs, two one-GPU jobs: the two-GPU job waits although the job limit is 4.
             assert (await m.get(c["id"], owner=owner))["queue_position"] == 1
@@ -121,7 +126,7 @@ def test_two_managers_on_one_database_never_launch_a_job_twice(tmp_path: Path) -
             jobs: list[dict[str, Any]] = []
             for i in range(8):
                 m = (a, b)[i % 2]
-                job, _ = await m.submit(
+                job, _ = await m.create(
                     owner=owner, request=request("complete?steps=3&delay=0.02"), idempotency_key=None
                 )
                 jobs.append(job)
@@ -146,9 +151,9 @@ def test_cancel_through_the_worker_that_does_not_supervise(tmp_path: Path) -> No
     async def body() -> None:
         a = await JobManager.start(make_settings(tmp_path, cancel_grace_seconds=1.0))
         owner, _ = await a.create_key("t")
-        polite, _ = await a.submit(owner=owner, request=request("complete?steps=500&delay=0.02"),
+        polite, _ = await a.create(owner=owner, request=request("complete?steps=500&delay=0.02"),
                                    idempotency_key=None)  # fmt: skip
-        stubborn, _ = await a.submit(
+        stubborn, _ = await a.create(
             owner=owner, request=request("ignore_term?delay=0.02"), idempotency_key=None
         )
         pgids = []
@@ -192,7 +197,7 @@ def test_jobs_of_a_dead_worker_are_adopted(tmp_path: Path) -> None:
     async def body() -> None:
         a = await JobManager.start(make_settings(tmp_path))
         owner, _ = await a.create_key("t")
-        job, _ = await a.submit(
+        job, _ = await a.create(
             owner=owner, request=request("complete?steps=40&delay=0.05"), idempotency_key=None
         )
         await wait_until(lambda: _has_metrics(a, job["id"]), 10, "the trainer to start")
@@ -236,7 +241,7 @@ def test_stopping_never_leaves_a_claimed_job_without_its_trainer(tmp_path: Path)
             for i in range(6):
                 m = await JobManager.start(make_settings(tmp_path))
                 owner, _ = await m.create_key("t")
-                job, _ = await m.submit(owner=owner, request=request("complete"), idempotency_key=None)
+                job, _ = await m.create(owner=owner, request=request("complete"), idempotency_key=None)
                 await asyncio.sleep(0.005 * i)
                 await m.stop()
                 await m.store.open()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.server import OTHER_KEY, ServiceEnv, ServiceProcess
+from tuning_service.schema.jobs import CreateTuningRequest
 from tuning_service.settings import Settings
 
 HEARTBEAT = 0.3
@@ -143,7 +144,6 @@ def test_many_abandoned_streams_leave_the_service_responsive(svc: ServiceProcess
 
 def test_a_cancelled_stream_leaves_no_task_behind(tmp_path: Path) -> None:
     """In-process: what Starlette does on a client disconnect (cancel the streaming task) cleans up fully."""
-    from tuning_service.api.requests import validate_create_shape
     from tuning_service.api.sse import event_stream
     from tuning_service.engine.facade import JobManager
 
@@ -167,14 +167,13 @@ def test_a_cancelled_stream_leaves_no_task_behind(tmp_path: Path) -> None:
             return task
 
         try:
-            request, _ = validate_create_shape({"model": "m", "training_file": "data/train.jsonl"}, settings)
-            job, _ = await manager.submit(owner="o", request=request, idempotency_key=None)
+            request = CreateTuningRequest.model_validate({"model": "m", "training_file": "data/train.jsonl"})
+            job, _ = await manager.create(owner="o", request=request, idempotency_key=None)
+            records = await manager.records(job["id"], owner="o")
             received: list[bytes] = []
 
             async def consume() -> None:
-                async for chunk in event_stream(
-                    manager, job["id"], owner="o", after=0, heartbeat_seconds=0.05
-                ):
+                async for chunk in event_stream(records, after=0, heartbeat_seconds=0.05):
                     received.append(chunk)
 
             loop.set_task_factory(factory)

@@ -17,6 +17,9 @@ import pytest
 from tests.service.files_support import BAD_JSONL, GOOD_JSONL
 from tests.support.server import DEV_KEY, OTHER_KEY, ServiceProcess
 from tuning_service.errors import APIError
+from tuning_service.schema.jobs import CreateTuningRequest
+from tuning_service.schema.openai import OpenAICreateJob
+from tuning_trainer.config import Hyperparameters
 from tuning_service.openai import compat as oc
 
 SHORT = {"n_epochs": 1, "batch_size": 4, "max_seq_length": 64, "logging_steps": 1}
@@ -145,14 +148,14 @@ def test_method_supervised_hyperparameters_and_extensions(api: openai.OpenAI, tr
             "integrations",
             "unsupported_integration",
         ),
-        ({"hyperparameters": {"n_epochs": "many"}}, "hyperparameters.n_epochs", "invalid_request"),
+        ({"hyperparameters": {"n_epochs": "many"}}, "hyperparameters.n_epochs", "invalid_hyperparameter"),
         (
             {"hyperparameters": {"learning_rate_multiplier": -1}},
             "hyperparameters.learning_rate_multiplier",
             None,
         ),
         ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs", "invalid_hyperparameter"),
-        ({"hyperparameters": {"warmup": 1}}, "hyperparameters.warmup", "invalid_request"),
+        ({"hyperparameters": {"warmup": 1}}, "hyperparameters.warmup", "invalid_hyperparameter"),
         ({"suffix": "bad suffix!"}, "suffix", "invalid_value"),
         ({"extra_body": {"nonsense": 1}}, "nonsense", "invalid_request"),
         ({"model": "../etc"}, "model", "invalid_value"),
@@ -369,15 +372,27 @@ def _wait_for_resumed_steps(svc: ServiceProcess, key: str, job_id: str, timeout:
 # ---- mapping rules -----------------------------------------------------------------------------------------
 
 
-def test_learning_rate_multiplier_scales_the_default_learning_rate() -> None:
-    body = oc.native_create_body(
-        {"model": "m", "training_file": "f", "hyperparameters": {"learning_rate_multiplier": 2}}
+def test_an_openai_create_is_the_same_native_job() -> None:
+    def native(body: dict[str, Any]) -> dict[str, Any]:
+        return OpenAICreateJob.model_validate({"model": "m", "training_file": "f", **body}).to_native().normalised()
+
+    defaults = Hyperparameters().model_dump()
+    base = native({})
+    assert base == CreateTuningRequest.model_validate({"model": "m", "training_file": "f"}).normalised()
+    # The multiplier scales the default learning rate; "auto" is the default.
+    hp = native({"hyperparameters": {"learning_rate_multiplier": 2}})["hyperparameters"]
+    assert hp == {**defaults, "learning_rate": pytest.approx(4e-4)}
+    assert native({"hyperparameters": {"learning_rate_multiplier": "auto"}}) == base
+    # n_epochs is epochs; method.supervised.hyperparameters add to (and win over) the top-level ones; our
+    # own hyperparameter names and tuning_method are extensions.
+    job = native(
+        {
+            "hyperparameters": {"n_epochs": 3, "lora_r": 4},
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
+            "tuning_method": "lora",
+        }
     )
-    assert body["hyperparameters"] == {"learning_rate": pytest.approx(4e-4)}
-    auto = oc.native_create_body(
-        {"model": "m", "training_file": "f", "hyperparameters": {"learning_rate_multiplier": "auto"}}
-    )
-    assert auto["hyperparameters"] == {}
+    assert job["hyperparameters"] == {**defaults, "epochs": 2, "lora_r": 4} and job["method"] == "lora"
 
 
 def test_statuses_map_to_openais() -> None:
@@ -386,7 +401,7 @@ def test_statuses_map_to_openais() -> None:
     assert oc.STATUS["paused"] == "paused"
 
 
-def test_errors_become_400_with_openai_param_names() -> None:
-    err = oc.openai_error(APIError(422, "invalid_hyperparameter", "bad", param="hyperparameters.epochs"))
-    assert err.status_code == 400 and err.param == "hyperparameters.n_epochs"
+def test_invalid_values_become_400() -> None:
+    err = oc.openai_error(APIError(422, "file_not_found", "bad", param="training_file", extra={"line": None}))
+    assert (err.status_code, err.code, err.param, err.extra) == (400, "file_not_found", "training_file", {"line": None})
     assert oc.openai_error(APIError(404, "job_not_found", "x", param="id")).status_code == 404

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.server import ServiceEnv, ServiceProcess
 
-FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
-REPO = Path(__file__).resolve().parents[2]
+FAKE_TRAINER = Path(__file__).resolve().parent.parent / "fake_trainer.py"
+REPO = Path(__file__).resolve().parents[3]
 
 
 def fake_env(**extra: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ import pytest
 from tests.service.core_fixtures import run
 from tuning_service.engine.states import IllegalTransition, JobStatus
 from tuning_service.storage.db import BUSY_TIMEOUT_MS, SCHEMA_VERSION
+from tuning_service.engine.states import JobStatus
 from tuning_service.storage.store import Store, new_job_id
 
 
@@ -35,7 +36,6 @@ async def add_job(store: Store, owner: str = "key_a", key: str | None = None, **
         request_hash=json.dumps(req, sort_keys=True),
         idempotency_key=key,
         hyperparameters={"epochs": 1},
-        config=None,
         num_gpus=kw.pop("num_gpus", 0),
         now=time.time(),
     )
@@ -93,7 +93,7 @@ def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
             assert row is not None
             row = await tx.transition(row, JobStatus.CANCELLED, now=time.time(), message="bye")
         assert row["status"] == "cancelled" and row["finished_at"] is not None
-        events, _ = await store.events(job["id"], after=0, limit=10)
+        events, _ = await store.records(job["id"], after=0, limit=10)
         assert [(e["seq"], e["status"]) for e in events] == [(1, "queued"), (2, "cancelled")]
         assert events[-1]["message"] == "bye"
         await store.close()
@@ -114,18 +114,23 @@ def test_event_sequence_numbers_and_paging(tmp_path: Path) -> None:
         # Concurrent appenders on two jobs: each job's seq still runs 1, 2, 3... without gaps.
         await asyncio.gather(append(a["id"], 30), append(b["id"], 30), append(a["id"], 5))
         for job_id, n in ((a["id"], 36), (b["id"], 31)):
-            events, more = await store.events(job_id, after=0, limit=1000)
+            events, more = await store.records(job_id, after=0, limit=1000)
             assert [e["seq"] for e in events] == list(range(1, n + 1)) and not more
             assert await store.last_seq(job_id) == n
-        page, more = await store.events(a["id"], after=10, limit=5)
+        page, more = await store.records(a["id"], after=10, limit=5)
         assert [e["seq"] for e in page] == [11, 12, 13, 14, 15] and more
         assert page[0]["type"] == "log" and "line" in page[0] and "time" in page[0]
-        page, more = await store.events(a["id"], after=34, limit=5)
+        page, more = await store.records(a["id"], after=34, limit=5)
         assert [e["seq"] for e in page] == [35, 36] and not more
         assert await store.last_seq("ftjob-nope") is None
-        # Deleting a job deletes its records (foreign key, ON DELETE CASCADE).
-        await store.delete_job(a["id"])
-        assert (await store.events(a["id"], after=0, limit=10))[0] == []
+        # Only a finished job is deleted (the check and the delete share a transaction), and its records go
+        # with it (foreign key, ON DELETE CASCADE).
+        assert await store.delete_job(a["id"], owner=a["owner"]) == "queued"
+        assert await store.delete_job(a["id"], owner="someone-else") == ""
+        async with store.transaction() as tx:
+            await tx.transition(await tx.job(a["id"]), JobStatus.CANCELLED, now=time.time())
+        assert await store.delete_job(a["id"], owner=a["owner"]) is None
+        assert (await store.records(a["id"], after=0, limit=10))[0] == []
         await store.close()
 
     run(body())
@@ -139,7 +144,7 @@ def test_idempotency_is_atomic_across_connections(tmp_path: Path) -> None:
         async def create(i: int) -> tuple[dict[str, Any], bool]:
             return await stores[i % 2].create_job(
                 owner="key_a", model="m", request=req, request_hash="h", idempotency_key="same",
-                hyperparameters={}, config=None, num_gpus=0, now=time.time(),
+                hyperparameters={}, num_gpus=0, now=time.time(),
             )  # fmt: skip
 
         results = await asyncio.gather(*(create(i) for i in range(20)))
@@ -201,7 +206,7 @@ def test_claims_respect_the_limit_and_order(tmp_path: Path) -> None:
             await tx.transition(first, JobStatus.FAILED, now=time.time())
         third = await store.claim_next(now=time.time(), **kw)
         assert third is not None and third["id"] == ids[2]
-        events, _ = await store.events(third["id"], after=0, limit=10)
+        events, _ = await store.records(third["id"], after=0, limit=10)
         assert [e["status"] for e in events] == ["queued", "running"]
         await store.close()
 
@@ -283,7 +288,7 @@ def test_claims_are_atomic_across_processes(tmp_path: Path) -> None:
             for job_id in out:
                 row = await store.get_job(job_id)
                 assert row is not None and row["supervisor_id"] == f"w{i}" and row["status"] == "running"
-                events, _ = await store.events(job_id, after=0, limit=10)
+                events, _ = await store.records(job_id, after=0, limit=10)
                 assert [e["status"] for e in events] == ["queued", "running"]
         await store.close()
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.server import OTHER_KEY, ServiceEnv, ServiceProcess
 
-FAKE_TRAINER = Path(__file__).resolve().parent / "fake_trainer.py"
+FAKE_TRAINER = Path(__file__).resolve().parent.parent / "fake_trainer.py"
 
 
 @pytest.fixture(scope="module")

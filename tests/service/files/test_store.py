@@ -62,9 +62,9 @@ def test_validation_ownership_and_jobs(tmp_path: Path) -> None:
             assert info.value.extra["line"] == 2
             # Submitting through the manager checks ownership too.
             with pytest.raises(APIError) as info:
-                await m.submit(owner=b, request=request(training_file=good["id"]), idempotency_key=None)
+                await m.create(owner=b, request=request(training_file=good["id"]), idempotency_key=None)
             assert info.value.status_code == 404 and info.value.param == "training_file"
-            job, _ = await m.submit(owner=a, request=request(training_file=good["id"]), idempotency_key=None)
+            job, _ = await m.create(owner=a, request=request(training_file=good["id"]), idempotency_key=None)
             # In use by an unfinished job: refused, and nothing is removed.
             with pytest.raises(APIError) as info:
                 await m.files.delete(str(good["id"]), a)

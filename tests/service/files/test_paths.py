@@ -1,7 +1,8 @@
-"""Path safety of training_file / validation_file (service/tuning_service/paths.py).
+"""Path safety of training_file / validation_file: the schema's FileRef (characters, length) and then
+files/paths.py (where the path leads), as a create applies them.
 
 A table of hostile inputs, each refused with 400 invalid_path and a message that contains no server path.
-The HTTP side of the same rules is covered in test_api_validation.py.
+The HTTP side of the same rules is covered in tests/service/api/test_validation.py.
 """
 
 from __future__ import annotations
@@ -11,8 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from tuning_service.errors import APIError
-from tuning_service.files.paths import resolve_data_path
+from pydantic import ValidationError
+
+from tuning_service.errors import APIError, problem_error
+from tuning_service.files.paths import resolve_data_path as _resolve
+from tuning_service.schema.jobs import CreateTuningRequest
+from tuning_trainer.schema import first_problem, json_schema
+
+SCHEMA = json_schema(CreateTuningRequest)
+
+
+def resolve_data_path(raw: object, root: Path, *, param: str) -> tuple[str, Path]:
+    """What a create does with a data path: the schema first, then where the path leads."""
+    try:
+        CreateTuningRequest.model_validate({"model": "m", "training_file": "t", param: raw})
+    except ValidationError as exc:
+        raise problem_error(first_problem(exc, SCHEMA)) from None
+    assert isinstance(raw, str)
+    return _resolve(raw, root, param=param)
 
 
 @pytest.fixture()
@@ -98,8 +115,8 @@ def test_symlink_inside_the_root_is_followed_to_its_target(layout: tuple[Path, P
     assert resolved == (root / "data" / "train.jsonl").resolve()
 
 
-@pytest.mark.parametrize("raw", [None, 3, ["data/train.jsonl"], {"path": "x"}, "", "   "])
-def test_non_strings_and_empty_are_invalid_requests(layout: tuple[Path, Path], raw: object) -> None:
+@pytest.mark.parametrize("raw", [3, ["data/train.jsonl"], {"path": "x"}])
+def test_non_strings_are_invalid_requests(layout: tuple[Path, Path], raw: object) -> None:
     root, _ = layout
     with pytest.raises(APIError) as info:
         resolve_data_path(raw, root, param="validation_file")
@@ -108,6 +125,14 @@ def test_non_strings_and_empty_are_invalid_requests(layout: tuple[Path, Path], r
         "invalid_request",
         "validation_file",
     )
+
+
+@pytest.mark.parametrize("raw", ["", "   "])
+def test_empty_or_blank_training_files_are_refused(layout: tuple[Path, Path], raw: str) -> None:
+    root, _ = layout
+    with pytest.raises(APIError) as info:
+        resolve_data_path(raw, root, param="training_file")
+    assert info.value.status_code == 400 and info.value.param == "training_file"
 
 
 def test_overlong_path_is_refused(layout: tuple[Path, Path]) -> None:

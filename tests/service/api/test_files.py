@@ -71,7 +71,7 @@ def test_upload_strips_directories_from_the_filename(api_service: ServiceProcess
 
 @pytest.mark.parametrize(
     ("purpose", "status", "code"),
-    [(None, 400, "invalid_request"), ("assistants", 400, "invalid_value"), ("batch", 400, "invalid_value")],
+    [(None, 400, "invalid_request"), ("assistants", 422, "invalid_value"), ("batch", 422, "invalid_value")],
 )
 def test_upload_requires_purpose_fine_tune(
     api_service: ServiceProcess, purpose: str | None, status: int, code: str

@@ -18,6 +18,7 @@ from tests.service.core_fixtures import (
     wait_until,
 )
 from tuning_service.engine.facade import JobManager
+from tuning_service.schema.jobs import CreateTuningRequest
 
 pytestmark = pytest.mark.slow
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -34,17 +35,25 @@ def real_settings(tmp_path: Path, repo_root: Path, tiny_model_dir: Path, **kw: o
     )
 
 
-def body_for(tiny_model_dir: Path, **hp: object) -> dict:
-    return {
-        "model": tiny_model_dir.name,
-        "training_file": "data/train.jsonl",
-        "validation_file": "data/valid.jsonl",
-        "hyperparameters": {"epochs": 1, "batch_size": 4, "max_seq_length": 64, "learning_rate": 1e-3, **hp},
-        "method": "lora",
-        "suffix": "e2e",
-        "seed": 1,
-        "metadata": {},
-    }
+def body_for(tiny_model_dir: Path, **hp: object) -> CreateTuningRequest:
+    return CreateTuningRequest.model_validate(
+        {
+            "model": tiny_model_dir.name,
+            "training_file": "data/train.jsonl",
+            "validation_file": "data/valid.jsonl",
+            "hyperparameters": {
+                "epochs": 1,
+                "batch_size": 4,
+                "max_seq_length": 64,
+                "learning_rate": 1e-3,
+                **hp,
+            },
+            "method": "lora",
+            "suffix": "e2e",
+            "seed": 1,
+            "metadata": {},
+        }
+    )
 
 
 def test_real_training_succeeds(tmp_path: Path, repo_root: Path, tiny_model_dir: Path) -> None:
@@ -52,7 +61,7 @@ def test_real_training_succeeds(tmp_path: Path, repo_root: Path, tiny_model_dir:
         m = await JobManager.start(real_settings(tmp_path, repo_root, tiny_model_dir))
         owner, _ = await m.create_key("e2e")
         try:
-            job, _ = await m.submit(
+            job, _ = await m.create(
                 owner=owner, request=body_for(tiny_model_dir, max_steps=12), idempotency_key=None
             )
             await wait_status(m, job["id"], owner, {"running"} | TERMINAL, timeout=10)
@@ -88,7 +97,7 @@ def test_real_training_cancelled_with_checkpoint(
         owner, _ = await m.create_key("e2e")
         pgid = None
         try:
-            job, _ = await m.submit(
+            job, _ = await m.create(
                 owner=owner, request=body_for(tiny_model_dir, epochs=50), idempotency_key=None
             )
 

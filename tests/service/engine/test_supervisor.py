@@ -24,6 +24,7 @@ from tests.service.core_fixtures import (
 from tuning_service.engine.facade import JobManager
 from tuning_service.engine.supervisor import launcher_prefix, trainer_config, trainer_env
 from tuning_service.errors import APIError
+from tuning_trainer.config import JobConfig
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -46,7 +47,7 @@ def test_completed_job_succeeds_with_metrics_and_adapter(tmp_path: Path) -> None
     async def body() -> None:
         m, owner = await start(tmp_path)
         try:
-            job, created = await m.submit(
+            job, created = await m.create(
                 owner=owner, request=request("complete?steps=4"), idempotency_key=None
             )
             assert created and job["status"] == "queued"
@@ -91,7 +92,7 @@ def test_failed_record_decides(tmp_path: Path, mode: str, code: str, exit_code: 
     async def body() -> None:
         m, owner = await start(tmp_path)
         try:
-            job, _ = await m.submit(owner=owner, request=request(mode), idempotency_key=None)
+            job, _ = await m.create(owner=owner, request=request(mode), idempotency_key=None)
             job = await wait_status(m, job["id"], owner, TERMINAL)
             assert job["status"] == "failed"
             err = job["error"]
@@ -112,7 +113,7 @@ def test_crash_without_terminal_record(tmp_path: Path) -> None:
     async def body() -> None:
         m, owner = await start(tmp_path)
         try:
-            job, _ = await m.submit(owner=owner, request=request("crash?steps=5"), idempotency_key=None)
+            job, _ = await m.create(owner=owner, request=request("crash?steps=5"), idempotency_key=None)
             job = await wait_status(m, job["id"], owner, TERMINAL)
             err = job["error"]
             assert job["status"] == "failed" and err["code"] == "trainer_crashed"
@@ -130,7 +131,7 @@ def test_killed_by_signal(tmp_path: Path) -> None:
     async def body() -> None:
         m, owner = await start(tmp_path)
         try:
-            job, _ = await m.submit(owner=owner, request=request("killself"), idempotency_key=None)
+            job, _ = await m.create(owner=owner, request=request("killself"), idempotency_key=None)
             job = await wait_status(m, job["id"], owner, TERMINAL)
             err = job["error"]
             assert job["status"] == "failed" and err["code"] == "trainer_killed"
@@ -147,7 +148,7 @@ def test_cancel_running_job_checkpoints_and_leaves_no_process(tmp_path: Path) ->
         m, owner = await start(tmp_path, cancel_grace_seconds=5.0)
         pgid = None
         try:
-            job, _ = await m.submit(
+            job, _ = await m.create(
                 owner=owner, request=request("complete?steps=400&delay=0.02"), idempotency_key=None
             )
             job = await wait_status(m, job["id"], owner, "running")
@@ -195,7 +196,7 @@ def test_sigterm_ignored_means_sigkill_after_grace(tmp_path: Path) -> None:
         m, owner = await start(tmp_path, cancel_grace_seconds=1.0)
         pgid = None
         try:
-            job, _ = await m.submit(
+            job, _ = await m.create(
                 owner=owner, request=request("ignore_term?delay=0.02"), idempotency_key=None
             )
             await wait_status(m, job["id"], owner, "running")
@@ -224,7 +225,7 @@ def test_cancel_kills_grandchildren_that_ignore_sigterm(tmp_path: Path) -> None:
         pgid = None
         try:
             mode = "grandchildren?stubborn=1&children=2&steps=400&delay=0.02"
-            job, _ = await m.submit(owner=owner, request=request(mode), idempotency_key=None)
+            job, _ = await m.create(owner=owner, request=request(mode), idempotency_key=None)
             await wait_status_metrics(m, job["id"], owner)
             pgid = (await m.store.get_job(job["id"]))["pgid"]
             assert len(group_pids(pgid)) == 3  # the trainer and its two children
@@ -248,7 +249,7 @@ def test_leftover_children_are_killed_after_the_trainer_exits(tmp_path: Path) ->
         m, owner = await start(tmp_path, cancel_grace_seconds=1.0)
         pgid = None
         try:
-            job, _ = await m.submit(
+            job, _ = await m.create(
                 owner=owner, request=request("grandchildren?steps=3"), idempotency_key=None
             )
             await wait_status(m, job["id"], owner, "running")
@@ -267,7 +268,7 @@ def test_partial_and_malformed_lines(tmp_path: Path) -> None:
     async def body() -> None:
         m, owner = await start(tmp_path)
         try:
-            job, _ = await m.submit(owner=owner, request=request("partial?hold=0.4"), idempotency_key=None)
+            job, _ = await m.create(owner=owner, request=request("partial?hold=0.4"), idempotency_key=None)
             job = await wait_status(m, job["id"], owner, TERMINAL)
             assert job["status"] == "succeeded"
             records = await all_events(m, job["id"], owner)
@@ -289,7 +290,7 @@ def test_bad_trainer_command_fails_the_launch(tmp_path: Path) -> None:
     async def body() -> None:
         m, owner = await start(tmp_path, trainer_command=json.dumps([str(tmp_path / "no-such-launcher")]))
         try:
-            job, _ = await m.submit(owner=owner, request=request(), idempotency_key=None)
+            job, _ = await m.create(owner=owner, request=request(), idempotency_key=None)
             job = await wait_status(m, job["id"], owner, TERMINAL)
             assert job["status"] == "failed" and job["error"]["code"] == "launch_failed"
             assert "could not launch the trainer" in job["error"]["message"]
@@ -328,9 +329,12 @@ def test_trainer_env_and_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3" and env["HF_HUB_OFFLINE"] == "1"
     assert env["TUNING_MODELS_DIR"] == str(tmp_path / "models")
     assert "CUDA_VISIBLE_DEVICES" not in trainer_env(s, [])
-    row = {"request": request(validation_file="sub/valid.jsonl", hyperparameters={"learning_rate": 0.001})}
+    stored = request(validation_file="sub/valid.jsonl", hyperparameters={"learning_rate": 0.001}).normalised()
+    row = {"request": stored, "hyperparameters": stored.pop("hyperparameters"), "resume_from": None}
     cfg = trainer_config(s, row, tmp_path / "job")
     assert cfg["validation_file"] == str(tmp_path / "sub" / "valid.jsonl")
     assert cfg["hyperparameters"]["learning_rate"] == 0.001 and cfg["hyperparameters"]["epochs"] == "auto"
     assert cfg["method"] == "lora" and cfg["output_dir"] == str(tmp_path / "job")
     assert os.path.isabs(cfg["training_file"])
+    # What the trainer will read is exactly a valid JobConfig: nothing was lost or added on the way.
+    assert JobConfig.from_dict(cfg).model_dump() == cfg

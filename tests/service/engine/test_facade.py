@@ -1,5 +1,6 @@
-"""The JobManager facade: the public job shape, ownership, idempotency, cancel/delete rules, event waiting,
-API keys. Jobs stay queued here (max_concurrent_jobs=0) unless a test runs them."""
+"""The JobManager facade: the public job shape, ownership, idempotency, admission, cancel/delete rules, the
+records API (one ownership check, then pages and waits), API keys. Jobs stay queued here
+(max_concurrent_jobs=0) unless a test runs them."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def test_submit_get_list_public_shape(tmp_path: Path) -> None:
         m, a, b = await idle_manager(tmp_path)
         try:
             body_ = request(suffix="mine", metadata={"team": "x"}, hyperparameters={"learning_rate": 0.001})
-            job, created = await m.submit(owner=a, request=body_, idempotency_key=None)
+            job, created = await m.create(owner=a, request=body_, idempotency_key=None)
             assert created and list(job) == PUBLIC_FIELDS
             assert job["object"] == "tuning.job" and job["status"] == "queued" and job["queue_position"] == 1
             assert job["model"] == "fake:complete" and job["training_file"] == "train.jsonl"
@@ -43,7 +44,7 @@ def test_submit_get_list_public_shape(tmp_path: Path) -> None:
             hp = job["hyperparameters"]
             assert hp["learning_rate"] == 0.001 and hp["epochs"] == "auto" and hp["lora_r"] == 16
             assert job["metrics"] is None and job["error"] is None and job["started_at"] is None
-            second, _ = await m.submit(owner=a, request=request(), idempotency_key=None)
+            second, _ = await m.create(owner=a, request=request(), idempotency_key=None)
             assert second["queue_position"] == 2
             assert await m.get(job["id"], owner=a) == job
             listed, more = await m.list(owner=a, status=None, after=None, limit=10)
@@ -55,7 +56,7 @@ def test_submit_get_list_public_shape(tmp_path: Path) -> None:
                     await call(job["id"], owner=b)
                 assert info.value.status_code == 404 and info.value.code == "job_not_found"
             with pytest.raises(APIError) as info:
-                await m.events(job["id"], owner=b, after=0, limit=10)
+                await m.records(job["id"], owner=b)
             assert info.value.status_code == 404
             with pytest.raises(APIError) as unknown:
                 await m.get("ftjob-000000000000000000000000", owner=a)
@@ -90,17 +91,17 @@ def test_idempotency(tmp_path: Path) -> None:
         m, a, b = await idle_manager(tmp_path)
         try:
             results = await asyncio.gather(
-                *(m.submit(owner=a, request=request(), idempotency_key="k-1") for _ in range(20))
+                *(m.create(owner=a, request=request(), idempotency_key="k-1") for _ in range(20))
             )
             assert len({job["id"] for job, _ in results}) == 1
             assert sum(created for _, created in results) == 1
             with pytest.raises(APIError) as info:
-                await m.submit(owner=a, request=request(suffix="other"), idempotency_key="k-1")
+                await m.create(owner=a, request=request(suffix="other"), idempotency_key="k-1")
             err = info.value
             assert err.status_code == 422 and err.code == "idempotency_key_reused"
             assert results[0][0]["id"] in err.message
             # Keys are scoped per API key.
-            theirs, created = await m.submit(owner=b, request=request(), idempotency_key="k-1")
+            theirs, created = await m.create(owner=b, request=request(), idempotency_key="k-1")
             assert created and theirs["id"] != results[0][0]["id"]
             assert (await m.health())["total_jobs"] == 2
         finally:
@@ -110,26 +111,29 @@ def test_idempotency(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "code", "param"),
+    ("change", "status", "code", "param"),
     [
-        (
-            {"hyperparameters": {"learning_rate": -1.0}},
-            "invalid_hyperparameter",
-            "hyperparameters.learning_rate",
-        ),
-        ({"hyperparameters": {"bogus": 1}}, "invalid_hyperparameter", "hyperparameters.bogus"),
-        ({"method": "full"}, "invalid_config", "method"),
-        ({"num_gpus": 1}, "invalid_request", "num_gpus"),  # no GPUs configured
-        ({"num_gpus": True}, "invalid_request", "num_gpus"),
+        ({"training_file": "missing.jsonl"}, 422, "file_not_found", "training_file"),
+        ({"training_file": "../outside.jsonl"}, 400, "invalid_path", "training_file"),
+        ({"validation_file": "/etc/passwd"}, 400, "invalid_path", "validation_file"),
+        ({"training_file": "file-" + "0" * 24}, 404, "file_not_found", "training_file"),
+        ({"training_file": "bad.jsonl"}, 422, "no_assistant_turn", "training_file"),
+        ({"webhook_url": "http://127.0.0.1:9/hook"}, 422, "webhook_url_not_allowed", "webhook_url"),
+        ({"webhook_url": "https://example.com/hook"}, 422, "webhook_secret_missing", "webhook_url"),
     ],
 )
-def test_invalid_requests(tmp_path: Path, change: dict[str, Any], code: str, param: str) -> None:
+def test_admission_refuses_what_the_schema_cannot_see(
+    tmp_path: Path, change: dict[str, Any], status: int, code: str, param: str
+) -> None:
+    # The body is schema-valid (request() validates it as the route does); this server's state refuses it.
     async def body() -> None:
         m, a, _ = await idle_manager(tmp_path)
+        (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "user", "content": "q"}]}\n')
         try:
             with pytest.raises(APIError) as info:
-                await m.submit(owner=a, request=request(**change), idempotency_key=None)
-            assert info.value.status_code == 422 and info.value.code == code and info.value.param == param
+                await m.create(owner=a, request=request(**change), idempotency_key=None)
+            err = info.value
+            assert (err.status_code, err.code, err.param) == (status, code, param), err.message
             assert (await m.health())["total_jobs"] == 0  # nothing stored
         finally:
             await m.stop()
@@ -137,15 +141,16 @@ def test_invalid_requests(tmp_path: Path, change: dict[str, Any], code: str, par
     run(body())
 
 
-def test_num_gpus_beyond_the_configured_gpus(tmp_path: Path) -> None:
+def test_the_job_is_stored_once_as_admitted(tmp_path: Path) -> None:
     async def body() -> None:
         m, a, _ = await idle_manager(tmp_path, gpus=["0"])
         try:
-            with pytest.raises(APIError) as info:
-                await m.submit(owner=a, request=request(num_gpus=2), idempotency_key=None)
-            assert info.value.param == "num_gpus" and "1 GPU(s)" in info.value.message
-            job, _ = await m.submit(owner=a, request=request(), idempotency_key=None)
-            assert (await m.store.get_job(job["id"]))["num_gpus"] == 1
+            job, _ = await m.create(owner=a, request=request(training_file="./train.jsonl"), idempotency_key=None)
+            row = await m.store.get_job(job["id"])
+            assert row is not None and row["num_gpus"] == 1
+            assert job["training_file"] == row["request"]["training_file"] == "train.jsonl"  # normal form
+            # The hyperparameters live in their own column only (the request's copy is not kept).
+            assert "hyperparameters" not in row["request"] and row["hyperparameters"]["epochs"] == 1
         finally:
             await m.stop()
 
@@ -156,7 +161,7 @@ def test_cancel_and_delete_rules(tmp_path: Path) -> None:
     async def body() -> None:
         m, a, _ = await idle_manager(tmp_path)
         try:
-            job, _ = await m.submit(owner=a, request=request(), idempotency_key=None)
+            job, _ = await m.create(owner=a, request=request(), idempotency_key=None)
             (m.settings.jobs_dir / job["id"]).mkdir(parents=True)
             with pytest.raises(APIError) as info:
                 await m.delete(job["id"], owner=a)
@@ -169,7 +174,8 @@ def test_cancel_and_delete_rules(tmp_path: Path) -> None:
             assert info.value.status_code == 409 and info.value.code == "job_terminal"
             records = await all_events(m, job["id"], a)
             assert [(r["seq"], r["status"]) for r in records] == [(1, "queued"), (2, "cancelled")]
-            assert await m.is_terminal(job["id"])
+            handle = await m.records(job["id"], owner=a)
+            assert await handle.is_terminal()
             assert await m.delete(job["id"], owner=a) == {
                 "id": job["id"],
                 "object": "tuning.job",
@@ -179,22 +185,23 @@ def test_cancel_and_delete_rules(tmp_path: Path) -> None:
             with pytest.raises(APIError) as info:
                 await m.get(job["id"], owner=a)
             assert info.value.status_code == 404
-            assert await m.is_terminal(job["id"])  # an unknown job never streams forever
+            assert await handle.is_terminal()  # a deleted job never streams forever
         finally:
             await m.stop()
 
     run(body())
 
 
-def test_wait_for_events(tmp_path: Path) -> None:
+def test_waiting_for_records(tmp_path: Path) -> None:
     async def body() -> None:
         m, a, _ = await idle_manager(tmp_path)
         other = await JobManager.start(make_settings(tmp_path, max_concurrent_jobs=0))
         try:
-            job, _ = await m.submit(owner=a, request=request(), idempotency_key=None)
+            job, _ = await m.create(owner=a, request=request(), idempotency_key=None)
+            records = await m.records(job["id"], owner=a)
             t0 = time.monotonic()
-            await m.wait_for_events(job["id"], after=0, timeout=5)  # seq 1 exists: at once
-            await m.wait_for_events(job["id"], after=1, timeout=0.3)  # nothing new: the timeout
+            await records.wait(after=0, timeout=5)  # seq 1 exists: at once
+            await records.wait(after=1, timeout=0.3)  # nothing new: the timeout
             assert 0.25 <= time.monotonic() - t0 < 1.0
 
             async def cancel_later(mgr: JobManager, job_id: str) -> float:
@@ -204,14 +211,15 @@ def test_wait_for_events(tmp_path: Path) -> None:
 
             # A record written by this worker wakes the waiter at once...
             task = asyncio.create_task(cancel_later(m, job["id"]))
-            await m.wait_for_events(job["id"], after=1, timeout=5)
+            await records.wait(after=1, timeout=5)
             assert time.monotonic() - await task < 0.05
             # ...and one written through another worker (another connection) within the 0.1 s poll.
-            job2, _ = await m.submit(owner=a, request=request(), idempotency_key=None)
+            job2, _ = await m.create(owner=a, request=request(), idempotency_key=None)
+            records2 = await m.records(job2["id"], owner=a)
             task = asyncio.create_task(cancel_later(other, job2["id"]))
-            await m.wait_for_events(job2["id"], after=1, timeout=5)
+            await records2.wait(after=1, timeout=5)
             assert time.monotonic() - await task < 0.15
-            assert (await m.events(job2["id"], owner=a, after=1, limit=10))[0][0]["status"] == "cancelled"
+            assert (await records2.page(after=1, limit=10))[0][0]["status"] == "cancelled"
         finally:
             await other.stop()
             await m.stop()
@@ -232,7 +240,8 @@ def test_api_keys(tmp_path: Path) -> None:
             assert await m.verify_key("test-key-001") == ids[0]
             keys = await m.list_keys()
             assert [k["name"] for k in keys] == ["ci", "env-1", "env-2"]
-            assert all(set(k) == {"id", "name", "created_at", "revoked_at"} for k in keys)
+            fields = {"id", "name", "created_at", "revoked_at", "webhook_url", "has_webhook_secret"}
+            assert all(set(k) == fields for k in keys)  # never a hash or a secret
             assert await m.revoke_key("ci") and not await m.revoke_key("ci")
             assert await m.verify_key(plaintext) is None
             assert await m.revoke_key(ids[1]) and await m.verify_key("test-key-002") is None
@@ -266,7 +275,7 @@ def test_failed_start_up_exits_instead_of_hanging(tmp_path: Path) -> None:
     )
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
     )  # fmt: skip
     assert proc.returncode != 0
     assert "DatabaseError" in proc.stderr or "not a database" in proc.stderr

@@ -1,0 +1,81 @@
+"""Admission of a new job: what a create body's schema cannot say, checked against this server before the
+job is stored.
+
+- Its data paths lie inside the files root (files/paths.py: no '..', symlinks resolved): 400 invalid_path.
+- A named upload is the caller's (404 file_not_found) and passed validation (422 file_invalid).
+- A path's file holds valid training data, by the trainer's own rules (the data codes, with `line`).
+- A webhook URL may be reached (422 webhook_url_not_allowed) and can be signed: the key has a secret
+  (422 webhook_secret_missing).
+The create body itself was validated once, at the route (schema/jobs.py); this returns it with its paths in
+their normal form, and that frozen request is what the job is made of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from tuning_trainer.data import DataError, validate_file
+
+from ..errors import APIError
+from ..files.paths import resolve_data_path
+from ..files.store import Files, is_file_id
+from ..schema.jobs import CreateTuningRequest
+from ..settings import Settings
+from ..storage.store import Store
+from ..webhooks.policy import UrlPolicy
+
+
+async def admit(
+    request: CreateTuningRequest, *, owner: str, settings: Settings, files: Files, store: Store
+) -> CreateTuningRequest:
+    paths: dict[str, tuple[str, Path]] = {}
+    for param in ("training_file", "validation_file"):
+        value = getattr(request, param)
+        if value and not is_file_id(value):
+            paths[param] = resolve_data_path(value, settings.files_root, param=param)
+    if request.webhook_url is not None:
+        # Every address the host resolves to must be allowed too.
+        await UrlPolicy(settings.webhook_allow_networks).check(request.webhook_url)
+        if not await store.key_has_webhook_secret(owner):
+            raise APIError(
+                422,
+                "webhook_secret_missing",
+                f"This API key ({owner}) has no webhook signing secret yet: run 'python -m tuning_service "
+                f"keys set-webhook {owner}' on the server (it prints the secret once), then retry",
+                param="webhook_url",
+            )
+    for param in ("training_file", "validation_file"):
+        value = getattr(request, param)
+        if is_file_id(value):
+            await files.for_job(value, owner, param)
+    for param, (shown, path) in paths.items():
+        await asyncio.to_thread(_check_file, path, param, shown, settings)
+    normal: dict[str, str | None] = {param: shown for param, (shown, _) in paths.items()}
+    if request.validation_file == "":
+        normal["validation_file"] = None
+    return request.model_copy(update=normal) if normal else request
+
+
+def _check_file(path: Path, param: str, shown: str, settings: Settings) -> None:
+    try:
+        validate_file(
+            path,
+            max_bytes=settings.max_file_bytes,
+            max_line_bytes=settings.max_line_bytes,
+            max_rows=settings.max_rows,
+        )
+    except DataError as exc:
+        message = exc.message
+        if exc.code == "file_not_found":
+            # DataError names only the file's base name; say what the client asked for, relative to the root.
+            message = f"{shown!r} was not found under the files root (or is not a regular file)"
+        raise APIError(422, exc.code, f"{param}: {message}", param=param, extra={"line": exc.line}) from None
+    except OSError as exc:  # unreadable (permissions): never echo the server path
+        raise APIError(
+            422,
+            "file_unreadable",
+            f"{param}: cannot read {shown!r} ({exc.strerror})",
+            param=param,
+            extra={"line": None},
+        ) from None

@@ -1,0 +1,412 @@
+"""Jobs: the create body, the job object and what hangs off a job (records, checkpoints), their pages, and
+the query strings and headers of the job routes. docs/api.md is the prose; this is the definition."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
+
+from tuning_trainer.config import DEFAULT_METHOD, DEFAULT_SEED, Hyperparameters, Method, Seed
+from tuning_trainer.schema import cross_field
+
+from ..engine.states import JobStatus
+from .base import Page, QueryModel, RequestBody, ResponseModel
+
+# ---- field types -----------------------------------------------------------------------------------------
+
+# Largest record sequence number a client may name (SQLite integers are 64-bit).
+MAX_SEQ = 2**62
+# Largest checkpoint step a download may name.
+MAX_STEP = 2**31
+MAX_MODEL_CHARS = 256
+MAX_PATH_CHARS = 1024
+MAX_SUFFIX_CHARS = 64
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+MAX_WEBHOOK_URL_CHARS = 2048
+MAX_CURSOR_CHARS = 128
+
+TERMINAL_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
+WEBHOOK_EVENTS = (*TERMINAL_EVENTS, "job.checkpoint")
+WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "job.checkpoint"]
+
+# Character classes are spelled out, never `\s`: Python's and JavaScript's `\s` differ (\x85, \x1c-\x1f,
+# \ufeff), and the document's patterns must mean the same in every engine. "Control" is C0, DEL and C1.
+# One path segment of a model name: no space, slash, backslash or control character, and not "." or ".."
+# (without lookaheads, so that every JSON Schema engine and test-data generator understands it).
+_C = r"[^\x00-\x20\x7f-\x9f/\\]"
+_N = r"[^\x00-\x20\x7f-\x9f/\\.]"
+_SEGMENT = rf"(?:{_N}|\.{_N}|\.\.{_C}){_C}*"
+MODEL_PATTERN = rf"^{_SEGMENT}(?:/{_SEGMENT})*$"
+# A data file: an uploaded file's id or a path under the files root. Not blank; no control characters,
+# backslashes or percent-escapes (a path is not a URL: "%2e%2e" is a probe, never a file we want).
+# Where the path leads (no "..", inside the root, through symlinks too) is checked against the files root
+# (files/paths.py).
+FILE_REF_PATTERN = r"^ *[^\x00-\x20\x7f-\x9f\\%][^\x00-\x1f\x7f-\x9f\\%]*$"
+FILE_ID_PATTERN = r"^file-[0-9a-f]{24}$"
+SUFFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+# Printable ASCII without leading/trailing spaces (HTTP strips those).
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+_HOST = r"(?:[^\x00-\x20\x7f-\x9f/\\@?#:\[\]]+|\[[0-9A-Fa-f:.]+\])"
+WEBHOOK_URL_PATTERN = rf"^https?://{_HOST}(?::{_PORT})?(?:[/?#][^\x00-\x20\x7f-\x9f]*)?$"
+
+ModelName = Annotated[
+    str,
+    Field(
+        max_length=MAX_MODEL_CHARS,
+        pattern=MODEL_PATTERN,
+        description="A model folder under TUNING_MODELS_DIR or a hub id",
+        examples=["tiny-llama", "meta-llama/Llama-2-7b-hf"],
+        json_schema_extra={
+            "x-rule": "a model folder name or a hub id without spaces, backslashes, '.' or '..' parts or a "
+            "leading '/' (e.g. 'tiny-llama' or 'meta-llama/Llama-2-7b-hf'), at most "
+            f"{MAX_MODEL_CHARS} characters"
+        },
+    ),
+]
+FileRef = Annotated[
+    str,
+    Field(
+        max_length=MAX_PATH_CHARS,
+        pattern=FILE_REF_PATTERN,
+        description="An uploaded file's id (file-...) or a JSONL path relative to TUNING_FILES_ROOT",
+        examples=["data/train.jsonl"],
+        json_schema_extra={
+            "x-rule": f"a file id or a path of at most {MAX_PATH_CHARS} characters, not blank, without "
+            "control characters, backslashes or '%'"
+        },
+    ),
+]
+Suffix = Annotated[
+    str,
+    Field(
+        max_length=MAX_SUFFIX_CHARS,
+        pattern=SUFFIX_PATTERN,
+        description="Goes into the fine-tuned model's name",
+        json_schema_extra={
+            "x-rule": f"1-{MAX_SUFFIX_CHARS} characters of letters, digits, '.', '_', '-' (a letter or digit "
+            "first)"
+        },
+    ),
+]
+Metadata = Annotated[
+    dict[
+        Annotated[str, Field(max_length=MAX_METADATA_KEY_CHARS)],
+        Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS)],
+    ],
+    Field(max_length=MAX_METADATA_PAIRS, description="Free-form string pairs stored with the job"),
+]
+WebhookUrl = Annotated[
+    str,
+    Field(
+        max_length=MAX_WEBHOOK_URL_CHARS,
+        pattern=WEBHOOK_URL_PATTERN,
+        description="POSTed a signed event when the job ends (docs/api.md, Webhooks). Needs the API key's "
+        "signing secret (`keys set-webhook`; else 422 webhook_secret_missing); a private, loopback or other "
+        "non-public address, or a host resolving to one, is refused with 422 webhook_url_not_allowed unless "
+        "TUNING_WEBHOOK_ALLOW_NETWORKS allows it",
+        json_schema_extra={
+            "format": "uri",
+            "x-rule": f"an http:// or https:// URL with a host and no credentials, at most "
+            f"{MAX_WEBHOOK_URL_CHARS} printable characters",
+        },
+    ),
+]
+IdempotencyKey = Annotated[
+    str,
+    Field(
+        max_length=MAX_IDEMPOTENCY_KEY_CHARS,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Printable ASCII, no leading/trailing spaces: the same key and body return the same job",
+        json_schema_extra={
+            "x-rule": f"1-{MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters, no leading/trailing spaces"
+        },
+    ),
+]
+LastEventId = Annotated[
+    int, Field(ge=0, le=MAX_SEQ, description="Resume a stream after this record (the SSE `id` last seen)")
+]
+
+
+def _empty_is_absent(value: Any) -> Any:
+    return None if value == "" else value
+
+
+Cursor = Annotated[
+    Annotated[str, Field(max_length=MAX_CURSOR_CHARS)] | None,
+    BeforeValidator(_empty_is_absent),
+    Field(description="The last id of the previous page"),
+]
+
+
+# ---- create ----------------------------------------------------------------------------------------------
+
+
+class CreateTuningRequest(RequestBody):
+    """The body of POST /v1/tunings.create. Optional fields may be sent as null, meaning their default."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            # webhook_events is about webhook_url's deliveries: it needs one.
+            "if": {"required": ["webhook_events"], "properties": {"webhook_events": {"type": "array"}}},
+            "then": {"required": ["webhook_url"], "properties": {"webhook_url": {"type": "string"}}},
+            "examples": [
+                {
+                    "model": "meta-llama/Llama-2-7b-hf",
+                    "training_file": "data/train.jsonl",
+                    "hyperparameters": {"epochs": 3, "learning_rate": 0.0002, "batch_size": 4},
+                }
+            ],
+        }
+    )
+
+    model: ModelName
+    training_file: FileRef
+    validation_file: FileRef | Literal[""] | None = None
+    """Optional JSONL data for the eval loss (a file id or a path, as training_file; "" means none)"""
+    hyperparameters: Hyperparameters = Hyperparameters()
+    method: Method = DEFAULT_METHOD
+    """The adapter method: qlora (a 4-bit base) or lora"""
+    suffix: Suffix | None = None
+    seed: Seed = DEFAULT_SEED
+    metadata: Metadata = {}
+    webhook_url: WebhookUrl | None = None
+    webhook_events: Annotated[list[WebhookEvent], Field(min_length=1)] | None = None
+    """Events sent to webhook_url (default: the three terminal ones); needs a webhook_url"""
+    resume_on_restart: bool = False
+    """If the service restarts and the trainer is gone with it, queue the job again to continue from its
+    newest checkpoint (instead of failing with `service_restart`); set hyperparameters.save_steps to have
+    checkpoints to resume from"""
+
+    @model_validator(mode="after")
+    def _events_need_a_url(self) -> CreateTuningRequest:
+        if self.webhook_events is not None and self.webhook_url is None:
+            raise cross_field("webhook_events", "webhook_events needs a webhook_url")
+        return self
+
+    def normalised(self) -> dict[str, Any]:
+        """The request as stored and fingerprinted (idempotency): defaults filled in, the webhook and resume
+        fields only when given (older bodies keep their fingerprint)."""
+        out: dict[str, Any] = {
+            "model": self.model,
+            "training_file": self.training_file,
+            "validation_file": self.validation_file or None,
+            "hyperparameters": self.hyperparameters.model_dump(),
+            "method": self.method,
+            "suffix": self.suffix,
+            "seed": self.seed,
+            "metadata": dict(self.metadata),
+        }
+        if self.webhook_url is not None:
+            out["webhook_url"] = self.webhook_url
+            if self.webhook_events is not None:
+                out["webhook_events"] = [e for e in WEBHOOK_EVENTS if e in self.webhook_events]
+        if self.resume_on_restart:
+            out["resume_on_restart"] = True
+        return out
+
+
+# ---- the job ---------------------------------------------------------------------------------------------
+
+
+class TrainingMetrics(ResponseModel):
+    """A job's latest training progress, as the trainer reported it."""
+
+    progress: Annotated[float, Field(ge=0, le=1)]
+    current_step: int | None
+    total_steps: int | None
+    current_epoch: int | None
+    """The 1-based epoch in progress"""
+    total_epochs: int | None
+    train_loss: float | None
+    eval_loss: float | None
+    learning_rate: float | None
+    tokens_per_second: float | None
+    eta_seconds: float | None
+
+
+class JobError(ResponseModel):
+    """Why a job failed."""
+
+    code: str
+    message: str
+    param: str | None
+    exit_code: int | None
+    """The trainer's exit status (its protocol code when it reported one)"""
+    signal: str | None
+    """The signal that killed the trainer, by name (e.g. "SIGKILL")"""
+    log_tail: list[str]
+    """The last lines of the trainer's output"""
+    hint: str | None = None
+    data_code: str | None = None
+    """A data-file problem's code (e.g. "invalid_json")"""
+    line: int | None = None
+    """A data-file problem's 1-based line"""
+    checkpoint_path: str | None = None
+    """The last checkpoint of an interrupted trainer"""
+
+
+class TuningJob(ResponseModel):
+    """A fine-tuning job (docs/api.md, "The job object")."""
+
+    id: Annotated[str, Field(examples=["ftjob-3f2c9a0e8b7d4c1a9e6f0b2d"])]
+    object: Literal["tuning.job"]
+    status: JobStatus
+    model: str
+    fine_tuned_model: str | None
+    adapter_path: str | None
+    training_file: str
+    validation_file: str | None
+    method: Method
+    hyperparameters: Hyperparameters
+    """The requested values with defaults filled in; the resolved ones ("auto" replaced) once the trainer
+    has started"""
+    suffix: str | None
+    seed: int
+    metadata: dict[str, str]
+    resume_on_restart: bool
+    created_at: int
+    """Unix seconds"""
+    started_at: int | None
+    finished_at: int | None
+    duration: float | None
+    """Seconds from started_at to finished_at"""
+    queue_position: Annotated[int, Field(ge=1)] | None
+    trained_tokens: int | None
+    error: JobError | None
+    metrics: TrainingMetrics | None
+    webhook_url: str | None = None
+    """Only on jobs created with a webhook_url"""
+    webhook_events: list[WebhookEvent] | None = None
+    """Only on jobs created with a webhook_url"""
+
+
+class TuningJobList(Page):
+    object: Literal["list"]
+    data: list[TuningJob]
+
+
+class DeletedTuningJob(ResponseModel):
+    id: str
+    object: Literal["tuning.job"]
+    deleted: Literal[True]
+
+
+# ---- records ---------------------------------------------------------------------------------------------
+
+RecordType = Literal[
+    # the trainer's (docs/trainer-protocol.md)
+    "started",
+    "metrics",
+    "eval",
+    "checkpoint",
+    "completed",
+    "failed",
+    "interrupted",
+    # the service's
+    "status",
+    "log",
+    "webhook",
+    "resumed_after_restart",
+]
+
+
+class LogRecord(ResponseModel):
+    """One record of a job: the trainer's (started, metrics, eval, checkpoint, completed, failed,
+    interrupted: docs/trainer-protocol.md) or the service's (status changes, `log` lines of the trainer's
+    output, webhook attempts, resumed_after_restart), with the type's own fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seq: Annotated[int, Field(ge=1)]
+    type: RecordType
+    time: float
+
+
+class LogPage(ResponseModel):
+    object: Literal["list"]
+    data: list[LogRecord]
+    has_more: bool
+    last_seq: int
+
+
+class CheckpointMetrics(ResponseModel):
+    """The last values reported at or before the checkpoint's step."""
+
+    step: int
+    train_loss: float | None
+    learning_rate: float | None
+    epoch: float | None
+    eval_loss: float | None
+
+
+class Checkpoint(ResponseModel):
+    """A checkpoint a job saved (still on disk)."""
+
+    object: Literal["tuning.checkpoint"]
+    id: str
+    job_id: str
+    step: int
+    created_at: int
+    path: str
+    """Relative to the job's folder"""
+    metrics: CheckpointMetrics
+
+
+class CheckpointList(ResponseModel):
+    object: Literal["list"]
+    data: list[Checkpoint]
+    has_more: bool
+
+
+class Health(ResponseModel):
+    status: Literal["healthy"]
+    version: str
+    uptime: float
+    """Seconds since start"""
+    active_jobs: int
+    """Unfinished jobs that are not paused: queued or holding a trainer"""
+    running_jobs: int
+    """Jobs holding a trainer (running, cancelling, pausing)"""
+    queued_jobs: int
+    """Jobs waiting for a slot"""
+    paused_jobs: int
+    """Paused jobs: no trainer, no slot; resume queues them again"""
+    total_jobs: int
+
+
+# ---- query strings ---------------------------------------------------------------------------------------
+
+
+class NoQuery(QueryModel):
+    """A route without query parameters: any is refused (a typo must not be silently ignored)."""
+
+
+class ListJobsQuery(QueryModel):
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    after: Cursor = None
+    status: JobStatus | None = None
+    """Only jobs in this status"""
+
+
+class LogsQuery(QueryModel):
+    after: Annotated[int, Field(ge=0, le=MAX_SEQ)] = 0
+    """Records after this sequence number"""
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    follow: bool = False
+    """Server-Sent Events instead of a page: live until the job ends"""
+
+
+class EventsQuery(QueryModel):
+    after: Annotated[int, Field(ge=0, le=MAX_SEQ)] = 0
+    """Records after this sequence number"""
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+class DownloadQuery(QueryModel):
+    checkpoint: Annotated[int, Field(ge=0, le=MAX_STEP)] | None = None
+    """A checkpoint step (see the checkpoints); without it, the final adapter"""

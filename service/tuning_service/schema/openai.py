@@ -1,0 +1,296 @@
+"""OpenAI's fine-tuning shapes (docs/openai-compat.md), derived from the native ones wherever they agree.
+
+`OpenAIHyperparameters` is this service's `Hyperparameters` under OpenAI's names (`n_epochs`,
+`learning_rate_multiplier`), built from its fields, so a new hyperparameter appears on both surfaces.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, create_model, model_validator
+
+from tuning_trainer.config import Hyperparameters, Method, Seed
+from tuning_trainer.schema import StrictModel, cross_field
+
+from .base import Page, QueryModel, RequestBody, ResponseModel
+from .jobs import (
+    MAX_CURSOR_CHARS,
+    CreateTuningRequest,
+    Cursor,
+    FileRef,
+    Metadata,
+    ModelName,
+    Suffix,
+)
+
+# learning_rate_multiplier scales our default learning rate; the result is at most 1, like ours.
+BASE_LEARNING_RATE: float = Hyperparameters.model_fields["learning_rate"].default
+MAX_LEARNING_RATE_MULTIPLIER = 1 / BASE_LEARNING_RATE
+# Cursor ids: `ftevent-<job>-<seq>` and `ftckpt-<job>-<step>`; the number is bounded so that it always fits
+# SQLite's 64-bit integers.
+EVENT_ID_PATTERN = r"^ftevent-[A-Za-z0-9_-]+-[0-9]{1,18}$"
+CHECKPOINT_ID_PATTERN = r"^ftckpt-[A-Za-z0-9_-]+-[0-9]{1,18}$"
+OpenAIStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
+
+
+class _NoBoth(StrictModel):
+    @model_validator(mode="after")
+    def _one_learning_rate(self) -> Any:
+        fields = self.model_fields_set
+        if "learning_rate" in fields and "learning_rate_multiplier" in fields:
+            raise cross_field(
+                "learning_rate_multiplier",
+                "give either {parent}.learning_rate_multiplier or {parent}.learning_rate, not both",
+            )
+        return self
+
+
+_NATIVE = Hyperparameters.model_fields
+OpenAIHyperparameters = create_model(  # type: ignore[call-overload]
+    "OpenAIHyperparameters",
+    __base__=_NoBoth,
+    __doc__="OpenAI's names (n_epochs, batch_size, learning_rate_multiplier: a multiple of the default "
+    "learning rate); this service's own hyperparameters are accepted as well, except `epochs` (send "
+    "n_epochs). Give learning_rate or learning_rate_multiplier, not both.",
+    n_epochs=(_NATIVE["epochs"].rebuild_annotation(), _NATIVE["epochs"]),
+    **{name: (f.rebuild_annotation(), f) for name, f in _NATIVE.items() if name != "epochs"},
+    learning_rate_multiplier=(
+        Annotated[float, Field(gt=0, le=MAX_LEARNING_RATE_MULTIPLIER)] | Literal["auto"],
+        Field(
+            "auto",
+            description=f"A multiple of the default learning rate ({BASE_LEARNING_RATE:g}); 'auto': that "
+            "rate",
+        ),
+    ),
+)
+OpenAIHyperparameters.model_config["json_schema_extra"] = {
+    "not": {"required": ["learning_rate", "learning_rate_multiplier"]}
+}
+OpenAIHyperparameters.model_rebuild(force=True)
+
+
+class OpenAISupervised(StrictModel):
+    hyperparameters: OpenAIHyperparameters | None = None  # type: ignore[valid-type]
+
+
+class OpenAIMethod(StrictModel):
+    type: Annotated[
+        Literal["supervised"],
+        Field(
+            description="Supervised fine-tuning (of a LoRA/QLoRA adapter) is the method this service trains",
+            json_schema_extra={
+                "x-rule": '"supervised": this service trains LoRA/QLoRA adapters with supervised fine-tuning '
+                'only; use {"type": "supervised"}'
+            },
+        ),
+    ] = "supervised"
+    supervised: OpenAISupervised | None = None
+
+
+class OpenAICreateJob(RequestBody):
+    """The body of POST /v1/fine_tuning/jobs."""
+
+    model: ModelName
+    training_file: FileRef
+    validation_file: FileRef | Literal[""] | None = None
+    hyperparameters: OpenAIHyperparameters | None = None  # type: ignore[valid-type]
+    method: OpenAIMethod | None = None
+    suffix: Suffix | None = None
+    seed: Seed = CreateTuningRequest.model_fields["seed"].default
+    metadata: Metadata = {}
+    integrations: Annotated[
+        list[Any],
+        Field(
+            max_length=0,
+            description="Not supported: follow training with the job's events or /v1/tunings.logs",
+            json_schema_extra={
+                "x-rule": "empty: integrations (e.g. wandb) are not supported by this service; follow "
+                "training with the job's events or /v1/tunings.logs"
+            },
+        ),
+    ] = []
+    tuning_method: Method | None = None
+    """Extension: the adapter method, qlora (default) or lora"""
+    resume_on_restart: bool = False
+    """Extension: see the native create"""
+
+    def to_native(self) -> CreateTuningRequest:
+        """The same job as a native create request. Every value was validated here (the learning rate a
+        multiplier gives is at most 1 by its limit), so nothing is parsed again."""
+        values: dict[str, Any] = {}
+        supervised = self.method.supervised if self.method is not None else None
+        for hp in (self.hyperparameters, supervised.hyperparameters if supervised else None):
+            if hp is None:
+                continue
+            for name in hp.model_fields_set:
+                value = getattr(hp, name)
+                if name == "n_epochs":
+                    values["epochs"] = value
+                elif name == "learning_rate_multiplier":
+                    if value != "auto":
+                        values["learning_rate"] = min(1.0, value * BASE_LEARNING_RATE)
+                else:
+                    values[name] = value
+        native: dict[str, Any] = {
+            "model": self.model,
+            "training_file": self.training_file,
+            "validation_file": self.validation_file,
+            "hyperparameters": Hyperparameters.model_construct(**values),
+            "suffix": self.suffix,
+            "seed": self.seed,
+            "metadata": self.metadata,
+            "resume_on_restart": self.resume_on_restart,
+        }
+        if self.tuning_method is not None:
+            native["method"] = self.tuning_method
+        return CreateTuningRequest.model_construct(**native)
+
+
+# ---- objects ---------------------------------------------------------------------------------------------
+
+_NumberOrAuto = int | float | Literal["auto"]
+
+
+class OpenAIJobHyperparameters(ResponseModel):
+    n_epochs: _NumberOrAuto
+    batch_size: _NumberOrAuto
+    learning_rate_multiplier: _NumberOrAuto
+
+
+class OpenAIJobError(ResponseModel):
+    code: str | None
+    message: str | None
+    param: str | None
+
+
+class OpenAIJobSupervised(ResponseModel):
+    hyperparameters: OpenAIJobHyperparameters
+
+
+class OpenAIJobMethod(ResponseModel):
+    type: Literal["supervised"]
+    supervised: OpenAIJobSupervised
+
+
+class OpenAIJobExtension(ResponseModel):
+    """What OpenAI's object has no field for: this service's status, the adapter method, the live metrics."""
+
+    status: str
+    method: Method
+    metrics: dict[str, Any] | None
+
+
+class OpenAIJob(ResponseModel):
+    object: Literal["fine_tuning.job"]
+    id: str
+    model: str
+    created_at: int
+    finished_at: int | None
+    fine_tuned_model: Annotated[str | None, Field(examples=["ft:tiny-llama:key_ab12:demo:ftjob-..."])]
+    organization_id: str
+    result_files: list[str]
+    status: OpenAIStatus
+    training_file: str
+    validation_file: str | None
+    hyperparameters: OpenAIJobHyperparameters
+    trained_tokens: int | None
+    error: OpenAIJobError | None
+    seed: int
+    estimated_finish: int | None
+    integrations: list[Any]
+    metadata: dict[str, str] | None
+    user_provided_suffix: str | None
+    method: OpenAIJobMethod
+    tuning: OpenAIJobExtension
+
+
+class OpenAIEvent(ResponseModel):
+    object: Literal["fine_tuning.job.event"]
+    id: str
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    data: dict[str, Any]
+    type: Literal["message", "metrics"]
+
+
+class OpenAICheckpointMetrics(ResponseModel):
+    step: int
+    train_loss: float | None
+    valid_loss: float | None
+    full_valid_loss: float | None
+    train_mean_token_accuracy: float | None
+    valid_mean_token_accuracy: float | None
+    full_valid_mean_token_accuracy: float | None
+
+
+class OpenAICheckpoint(ResponseModel):
+    object: Literal["fine_tuning.job.checkpoint"]
+    id: str
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: OpenAICheckpointMetrics
+
+
+class OpenAIJobList(Page):
+    object: Literal["list"]
+    data: list[OpenAIJob]
+
+
+class OpenAIEventList(Page):
+    object: Literal["list"]
+    data: list[OpenAIEvent]
+
+
+class OpenAICheckpointList(Page):
+    object: Literal["list"]
+    data: list[OpenAICheckpoint]
+
+
+# ---- query strings ---------------------------------------------------------------------------------------
+
+
+class OpenAIListFilesQuery(QueryModel):
+    # OpenAI's default page is large; the cursor makes any size work.
+    limit: Annotated[int, Field(ge=1, le=10000)] = 10000
+    after: Cursor = None
+    order: Literal["desc"] = "desc"
+    """Newest first is the only order"""
+    purpose: Literal["fine-tune"] | None = None
+
+
+class OpenAIListJobsQuery(QueryModel):
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    after: Cursor = None
+    metadata: (
+        Annotated[
+            dict[Annotated[str, Field(min_length=1, max_length=64)], str],
+            Field(json_schema_extra={"x-style": "deepObject"}),
+        ]
+        | None
+    ) = None
+    """metadata[KEY]=VALUE: only jobs with every given pair"""
+
+
+def _cursor(pattern: str, what: str) -> Any:
+    return Annotated[
+        str | None,
+        Field(
+            max_length=MAX_CURSOR_CHARS,
+            pattern=pattern,
+            description=f"The last {what} id of the previous page (another job's gives an empty page)",
+        ),
+    ]
+
+
+class OpenAIEventsQuery(QueryModel):
+    limit: Annotated[int, Field(ge=1, le=1000)] = 20
+    after: _cursor(EVENT_ID_PATTERN, "event") = None  # type: ignore[valid-type]
+
+
+class OpenAICheckpointsQuery(QueryModel):
+    limit: Annotated[int, Field(ge=1, le=1000)] = 10
+    after: _cursor(CHECKPOINT_ID_PATTERN, "checkpoint") = None  # type: ignore[valid-type]
