@@ -25,7 +25,7 @@ async def main(db: Path, tag: str) -> None:
             request_hash=f"{tag}-{n}",
             idempotency_key=f"{tag}-{n}",
             hyperparameters={"epochs": 1},
-                num_gpus=0,
+            num_gpus=0,
             now=time.time(),
         )
         # Records and a status change too: multi-statement transactions, several pages per commit.

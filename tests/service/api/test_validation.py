@@ -128,7 +128,11 @@ def test_missing_fields_and_wrong_types_are_400_naming_the_field(
         ({"batch_size": 2.5}, "hyperparameters.batch_size", "integer"),
         ({"lora_r": 0}, "hyperparameters.lora_r", "must be an integer in [1, 4096], got 0"),
         ({"lr_scheduler_type": "exotic"}, "hyperparameters.lr_scheduler_type", "one of"),
-        ({"warmup_steps": 10}, "hyperparameters.warmup_steps", "Unknown field 'hyperparameters.warmup_steps'"),
+        (
+            {"warmup_steps": 10},
+            "hyperparameters.warmup_steps",
+            "Unknown field 'hyperparameters.warmup_steps'",
+        ),
     ],
 )
 def test_bad_hyperparameters_are_422_naming_the_hyperparameter(

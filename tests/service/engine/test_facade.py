@@ -145,7 +145,9 @@ def test_the_job_is_stored_once_as_admitted(tmp_path: Path) -> None:
     async def body() -> None:
         m, a, _ = await idle_manager(tmp_path, gpus=["0"])
         try:
-            job, _ = await m.create(owner=a, request=request(training_file="./train.jsonl"), idempotency_key=None)
+            job, _ = await m.create(
+                owner=a, request=request(training_file="./train.jsonl"), idempotency_key=None
+            )
             row = await m.store.get_job(job["id"])
             assert row is not None and row["num_gpus"] == 1
             assert job["training_file"] == row["request"]["training_file"] == "train.jsonl"  # normal form

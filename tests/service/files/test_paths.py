@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from pydantic import ValidationError
 
 from tuning_service.errors import APIError, problem_error

@@ -17,10 +17,10 @@ import pytest
 from tests.service.files_support import BAD_JSONL, GOOD_JSONL
 from tests.support.server import DEV_KEY, OTHER_KEY, ServiceProcess
 from tuning_service.errors import APIError
+from tuning_service.openai import compat as oc
 from tuning_service.schema.jobs import CreateTuningRequest
 from tuning_service.schema.openai import OpenAICreateJob
 from tuning_trainer.config import Hyperparameters
-from tuning_service.openai import compat as oc
 
 SHORT = {"n_epochs": 1, "batch_size": 4, "max_seq_length": 64, "logging_steps": 1}
 
@@ -374,7 +374,11 @@ def _wait_for_resumed_steps(svc: ServiceProcess, key: str, job_id: str, timeout:
 
 def test_an_openai_create_is_the_same_native_job() -> None:
     def native(body: dict[str, Any]) -> dict[str, Any]:
-        return OpenAICreateJob.model_validate({"model": "m", "training_file": "f", **body}).to_native().normalised()
+        return (
+            OpenAICreateJob.model_validate({"model": "m", "training_file": "f", **body})
+            .to_native()
+            .normalised()
+        )
 
     defaults = Hyperparameters().model_dump()
     base = native({})
@@ -403,5 +407,10 @@ def test_statuses_map_to_openais() -> None:
 
 def test_invalid_values_become_400() -> None:
     err = oc.openai_error(APIError(422, "file_not_found", "bad", param="training_file", extra={"line": None}))
-    assert (err.status_code, err.code, err.param, err.extra) == (400, "file_not_found", "training_file", {"line": None})
+    assert (err.status_code, err.code, err.param, err.extra) == (
+        400,
+        "file_not_found",
+        "training_file",
+        {"line": None},
+    )
     assert oc.openai_error(APIError(404, "job_not_found", "x", param="id")).status_code == 404

@@ -17,7 +17,6 @@ import pytest
 from tests.service.core_fixtures import run
 from tuning_service.engine.states import IllegalTransition, JobStatus
 from tuning_service.storage.db import BUSY_TIMEOUT_MS, SCHEMA_VERSION
-from tuning_service.engine.states import JobStatus
 from tuning_service.storage.store import Store, new_job_id
 
 
