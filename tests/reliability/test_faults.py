@@ -8,7 +8,8 @@
    `cancelled`, checkpoint kept (fake trainer: the real one spawns no grandchildren of its own; the plain
    real-trainer cancel is tests/service/test_e2e_training.py::test_cancelling_a_running_job_...).
 Point 2 (PID reuse) is tests/service/engine/test_recovery.py::test_reused_pid_is_never_touched; point 4
-(killed by a signal, out of memory, exit without a terminal record) is tests/service/engine/test_supervisor.py.
+(killed by a signal, out of memory, exit without a terminal record) is
+tests/service/engine/test_supervisor.py.
 """
 
 from __future__ import annotations
