@@ -306,14 +306,14 @@ def describe(node: Any, resolver: _Resolver | None = None) -> str:
     if kind == "boolean":
         return "true or false"
     if kind == "string":
-        out = "a string" + _length(n, "minLength", "maxLength", "characters")
+        out = _sized("a string", n, "minLength", "maxLength", "characters")
         if "pattern" in n:
             out += f" matching {n['pattern']}"
         return out
     if kind == "array":
         items = n.get("items")
         each = f" (each {describe(items, resolver)})" if items else ""
-        return "a list" + _length(n, "minItems", "maxItems", "items") + each
+        return _sized("a list", n, "minItems", "maxItems", "items") + each
     if kind == "object":
         return "an object" + _length(n, "minProperties", "maxProperties", "keys")
     return "valid"
@@ -341,6 +341,12 @@ def _range(n: Mapping[str, Any], integer: bool) -> str:
     if lo is not None:
         return f" {'>' if 'exclusiveMinimum' in n else '>='} {_fmt(lo, integer)}"
     return f" {'<' if 'exclusiveMaximum' in n else '<='} {_fmt(hi, integer)}"
+
+
+def _sized(what: str, n: Mapping[str, Any], low: str, high: str, unit: str) -> str:
+    if n.get(low) == 1 and n.get(high) is None:
+        return what.replace("a ", "a non-empty ", 1)
+    return what + _length(n, low, high, unit)
 
 
 def _length(n: Mapping[str, Any], low: str, high: str, unit: str) -> str:

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import Field, create_model, model_validator
 
@@ -46,15 +46,22 @@ class _NoBoth(StrictModel):
         return self
 
 
-_NATIVE = Hyperparameters.model_fields
+def _native(name: str) -> tuple[Any, Any]:
+    """A native hyperparameter as a field of another model: its full annotation (limits in their order)
+    with its default and description."""
+    f = Hyperparameters.model_fields[name]
+    return _HINTS[name], Field(f.default, description=f.description)
+
+
+_HINTS = get_type_hints(Hyperparameters, include_extras=True)
 OpenAIHyperparameters = create_model(  # type: ignore[call-overload]
     "OpenAIHyperparameters",
     __base__=_NoBoth,
     __doc__="OpenAI's names (n_epochs, batch_size, learning_rate_multiplier: a multiple of the default "
     "learning rate); this service's own hyperparameters are accepted as well, except `epochs` (send "
     "n_epochs). Give learning_rate or learning_rate_multiplier, not both.",
-    n_epochs=(_NATIVE["epochs"].rebuild_annotation(), _NATIVE["epochs"]),
-    **{name: (f.rebuild_annotation(), f) for name, f in _NATIVE.items() if name != "epochs"},
+    n_epochs=_native("epochs"),
+    **{name: _native(name) for name in Hyperparameters.model_fields if name != "epochs"},
     learning_rate_multiplier=(
         Annotated[float, Field(gt=0, le=MAX_LEARNING_RATE_MULTIPLIER)] | Literal["auto"],
         Field(
