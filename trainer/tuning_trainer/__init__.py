@@ -5,4 +5,12 @@ Importing this package is cheap: the ML stack is imported only by the modules th
 
 from __future__ import annotations
 
+import logging
+
 __version__ = "0.1.0"
+
+# On CPUs with AVX512-BF16, importing bitsandbytes logs "Failed to load CPU gemm_4bit_forward from
+# kernels-community" (it tries an optional kernel from a hub; the built-in path is used instead). Every entry
+# point imports this package before peft or bitsandbytes, so its warnings are silenced here, once, before
+# they can reach a job's log or a setup's output; its errors still show.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)

@@ -7,7 +7,6 @@ id that cannot be reached (HF_HUB_OFFLINE=1 and not in the local cache) fails at
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from dataclasses import dataclass
@@ -125,7 +124,6 @@ def load_model(cfg: JobConfig, source: ModelSource, device: Any) -> tuple[Any, d
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     hp = cfg.hyperparameters
     dtype = compute_dtype(device)
     use_gc = hp.gradient_checkpointing if hp.gradient_checkpointing is not None else cfg.method == "qlora"
