@@ -213,10 +213,23 @@ def test_sign_in_list_and_watch_a_job_train(
     browser.set_window_size(*LAPTOP)
 
 
-def _open_form(browser: Any, svc: ServiceProcess) -> None:
-    browser.get("about:blank")  # a fresh page: no values left in the form by the test before
-    browser.get(svc.base_url + "/ui/#/new")
+def open_form(browser: Any, base_url: str) -> None:
+    """A fresh new-job form (no values left by the test before), its hyperparameter fields built from the
+    served schema and "More hyperparameters" unfolded."""
+    browser.get("about:blank")
+    browser.get(base_url + "/ui/#/new")
+    if visible(browser, "view-signin"):  # a fresh browser: sign in first (the form follows)
+        sign_in(browser, DEV_KEY)
     wait(browser, lambda: visible(browser, "view-new"), what="new-job form")
+    hp = by_id(browser, "hp-fields")
+    wait(browser, lambda: hp.get_attribute("data-state") == "ready", what="hyperparameter fields")
+    more = css(browser, "#hp-more")
+    if more and more[0].get_attribute("open") is None:
+        css(browser, "#hp-more > summary")[0].click()
+
+
+def _open_form(browser: Any, svc: ServiceProcess) -> None:
+    open_form(browser, svc.base_url)
 
 
 def test_form_shows_the_servers_validation_errors_next_to_the_field(

@@ -1,5 +1,6 @@
 """The dashboard's files as HTTP serves them (no browser needed): content types, cache policy, the strict
-Content-Security-Policy, 404s, nothing inline, and every file shipped as package data."""
+Content-Security-Policy, 404s, nothing inline, every file shipped as package data, and no hand-written copy of
+the hyperparameters' schema in the form's scripts."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-UI_DIR = Path(routes_ui.__file__).parent / "ui"
+UI_DIR = routes_ui.UI_DIR  # the served folder (a path next to api/ui.py would not exist: globs found nothing)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -115,3 +116,17 @@ def test_wrong_method_is_405_naming_get(api_service: ServiceProcess) -> None:
         r = api_service.post(path, {}, key=None)
         assert r.status == 405, (path, r.status)
         assert "GET" in r.headers["allow"], r.headers
+
+
+def test_the_form_holds_no_list_of_hyperparameters(api_service: ServiceProcess) -> None:
+    # The new-job form builds its inputs from the served schema (hp-schema.js, hp-fields.js): apart from the
+    # few it shows first, no hyperparameter's name is written in the form's scripts (a copy would drift).
+    doc = api_service.get("/openapi.json", key=None).json()
+    names = set(doc["components"]["schemas"]["Hyperparameters"]["properties"])
+    common = {"epochs", "learning_rate", "batch_size"}
+    for module in ("hp-schema.js", "hp-fields.js", "new-job.js", "form-errors.js"):
+        text = (UI_DIR / "js" / module).read_text(encoding="utf-8")
+        written = {n for n in names if re.search(rf"\b{re.escape(n)}\b", text)}
+        assert written <= common, (module, sorted(written - common))
+    assert '"./hp-schema.js"' in (UI_DIR / "js" / "hp-fields.js").read_text(encoding="utf-8")
+    assert '"/openapi.json"' in (UI_DIR / "js" / "hp-schema.js").read_text(encoding="utf-8")

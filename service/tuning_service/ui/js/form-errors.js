@@ -27,6 +27,8 @@ export function showError(form, error) {
     return null;
   }
   field.querySelector(".field-error").textContent = text;
+  const folded = field.closest("details");
+  if (folded) folded.open = true; // a field under "More hyperparameters": shown, so that it can take focus
   const inputs = [...field.querySelectorAll("input, select, textarea")];
   for (const input of inputs) input.setAttribute("aria-invalid", "true");
   return inputs.find((i) => i.value) || inputs[0] || null;

@@ -66,7 +66,7 @@ export function defaultText(spec) {
 
 // One property -> {name, label, description, default, kind, ...}; kind is one of
 //   "number": integer/number (min, max, minExclusive, maxExclusive, integer; consts: strings also allowed)
-//   "choice": enum and/or boolean (choices: the JSON values, in order)
+//   "choice": enum and/or boolean (choices: the values, in order)
 //   "list":   an array of strings, or a string (strings: the default string is sent as a string)
 //   "string", or "json" (anything else: the typed text, parsed as JSON when it parses)
 export function describeProperty(doc, name, raw) {
@@ -123,11 +123,13 @@ export function parseValue(spec, text) {
     case "number":
       if (spec.consts.includes(raw)) return raw;
       return Number.isFinite(Number(raw)) ? Number(raw) : raw;
-    case "choice":
-      return JSON.parse(raw); // the option values are the choices as JSON
+    case "choice": {
+      const choice = spec.choices.find((c) => String(c) === raw); // true/false back to booleans
+      return choice === undefined ? raw : choice;
+    }
     case "list":
       // The default string (e.g. "all-linear") as is; anything else is a list of names, as the trainer's
-      // --lora_target_modules flag reads it. An empty item is kept: the server says which one.
+      // command-line flag reads it. An empty item is kept: the server says which one.
       if (spec.strings && raw === spec.default) return raw;
       return raw.split(",").map((part) => part.trim());
     case "string":

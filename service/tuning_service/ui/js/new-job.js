@@ -1,5 +1,6 @@
 // The new-job form: optional uploads to /v1/files.upload, then /v1/tunings.create; every error (upload
-// validation with its line, or the create call's) is shown next to the field its `param` names.
+// validation with its line, or the create call's) is shown next to the field its `param` names. The
+// hyperparameter inputs come from the served schema (hp-fields.js); the JSON box works without them.
 import { ApiError, apiJson, idempotencyKey } from "./api.js";
 import { byId } from "./dom.js";
 import { clearErrors, showError } from "./form-errors.js";
@@ -27,7 +28,8 @@ export function mountNewJob() {
   const hpBox = byId("hp-fields");
   const busy = byId("f-busy");
   const submit = byId("f-submit");
-  if (!hpBox.childElementCount) buildHyperparameterFields(hpBox);
+  // Built from the served schema once; a failed load (a message in the box) is retried on the next visit.
+  if (!["ready", "loading"].includes(hpBox.dataset.state)) buildHyperparameterFields(hpBox);
   clearErrors(form);
   // One key per filled-in form: a retried submit of the same form never creates two jobs.
   let key = idempotencyKey();
