@@ -25,10 +25,10 @@ def test_same_key_same_body_is_one_job_and_one_trainer(fake_service: ServiceProc
     assert job["status"] == "succeeded" and len(launches(fake_service, job["id"])) == 1
 
 
-def test_same_key_different_body_is_422(fake_service: ServiceProcess) -> None:
+def test_same_key_different_body_is_409(fake_service: ServiceProcess) -> None:
     assert _create(fake_service, DEV_KEY, "idem-body").status == 200
     r = _create(fake_service, DEV_KEY, "idem-body", {**BODY, "seed": 7})
-    assert r.status == 422 and r.error["code"] == "idempotency_key_reused"
+    assert r.status == 409 and r.error["code"] == "idempotency_key_reused"
     assert r.error["param"] == "Idempotency-Key"
 
 

@@ -98,7 +98,7 @@ class Lifecycle(RuleBasedStateMachine):
             job, created = self.run(self.m.create(owner=owner, request=request(mode), idempotency_key=key))
         except APIError as exc:
             assert prior is not None and prior[1] != mode, exc.message
-            assert (exc.status_code, exc.code) == (422, "idempotency_key_reused")
+            assert (exc.status_code, exc.code) == (409, "idempotency_key_reused")
             return handle
         if prior is not None:
             assert not created and job["id"] == prior[0] and prior[1] == mode

@@ -47,16 +47,15 @@ JOB_LINKS = links(
 # with `line`), a stored file that failed validation, the idempotency key, the webhook.
 CREATE_ERRORS = {
     400: ("invalid_json", "invalid_request", "invalid_path"),
+    403: ("webhook_url_not_allowed",),
     404: ("file_not_found",),
+    409: ("idempotency_key_reused", "webhook_secret_missing"),
     422: (
         "invalid_value",
         "invalid_hyperparameter",
-        *DATA_CODES,
+        *(c for c in DATA_CODES if c != "file_not_found"),
         "file_unreadable",
         "file_invalid",
-        "idempotency_key_reused",
-        "webhook_secret_missing",
-        "webhook_url_not_allowed",
     ),
 }
 

@@ -6,13 +6,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..schema.jobs import LastEventId, LogPage, LogsQuery
+from ..schema.jobs import LastEventId, LogEvent, LogPage, LogsQuery
 from . import params
 from .auth import authenticate
 from .context import jobs, settings
 from .jobs import JOB_ID
 from .operation import Content, Header, operation
-from .sse import EVENT_STREAM_SCHEMA, event_stream
+from .sse import event_stream
 
 
 @operation(
@@ -26,7 +26,7 @@ from .sse import EVENT_STREAM_SCHEMA, event_stream
     query=LogsQuery,
     headers=(Header("Last-Event-ID", LastEventId),),
     ok=Content(
-        {"application/json": LogPage, "text/event-stream": EVENT_STREAM_SCHEMA},
+        {"application/json": LogPage, "text/event-stream": LogEvent},
         "A page of records, or an event stream with follow=true",
     ),
     errors={404: ("job_not_found",)},
@@ -35,12 +35,12 @@ async def logs(request: Request) -> Response:
     owner = await authenticate(request)
     job_id = params.job_id(request)
     q = params.query(request, LogsQuery)
+    resume = params.last_event_id(request)  # checked even without follow: a documented header
     records = await jobs(request).records(job_id, owner=owner)  # ownership: checked once, here
     if not q.follow:
         page, has_more = await records.page(after=q.after, limit=q.limit)
         last_seq = int(page[-1]["seq"]) if page else q.after
         return JSONResponse({"object": "list", "data": page, "has_more": has_more, "last_seq": last_seq})
-    resume = params.last_event_id(request)
     stream = event_stream(
         records,
         after=resume if resume is not None else q.after,

@@ -36,11 +36,12 @@ QUERY_ERRORS: Mapping[int, tuple[str, ...]] = {400: ("invalid_request",)}
 STATUS_TEXT = {
     400: "Malformed request: not JSON, missing fields, wrong types, a bad query parameter",
     401: "Missing or invalid API key",
+    403: "Refused by this server's policy",
     404: "No such object (or it belongs to another key)",
-    409: "The object is in the wrong state for this action",
+    409: "In conflict with the state of an object (a job's status, an idempotency key's first request, "
+    "an API key's settings)",
     413: "Request body over the limit",
-    422: "Well-formed but refused: a value outside its limits, data file contents (with `line`), a rule "
-    "that depends on this server's state",
+    422: "Well-formed but invalid: a value outside its limits, a data file's contents (with `line`)",
     429: "Too many requests for this API key (per-key rate limit); wait `Retry-After` seconds",
 }
 

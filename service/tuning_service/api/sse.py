@@ -29,13 +29,6 @@ PAGE = 500
 # Tell EventSource clients how long to wait before reconnecting (ms).
 RETRY_MS = 2000
 
-EVENT_STREAM_SCHEMA = {
-    "type": "string",
-    "description": "text/event-stream: first `retry: 2000`, then one event per record: `id: <seq>`, "
-    "`event: <type>`, `data: <the record (LogRecord) as one line of JSON>`; `: heartbeat` comments during "
-    "silence. It ends after the `status` record that makes the job terminal.",
-}
-
 
 def format_event(record: dict[str, Any]) -> bytes:
     # json.dumps never emits a raw newline, so the record is always exactly one `data:` line.

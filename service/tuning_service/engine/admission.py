@@ -2,10 +2,11 @@
 job is stored.
 
 - Its data paths lie inside the files root (files/paths.py: no '..', symlinks resolved): 400 invalid_path.
-- A named upload is the caller's (404 file_not_found) and passed validation (422 file_invalid).
-- A path's file holds valid training data, by the trainer's own rules (the data codes, with `line`).
-- A webhook URL may be reached (422 webhook_url_not_allowed) and can be signed: the key has a secret
-  (422 webhook_secret_missing).
+- The files it names exist: an upload of the caller's, or a regular file under the root (404
+  file_not_found, like any id that is not there); an upload passed validation (422 file_invalid).
+- A path's file holds valid training data, by the trainer's own rules (422 with the data codes and `line`).
+- A webhook URL may be reached by this server's policy (403 webhook_url_not_allowed) and can be signed: the
+  key has a secret (409 webhook_secret_missing, a state of the key that `keys set-webhook` changes).
 The create body itself was validated once, at the route (schema/jobs.py); this returns it with its paths in
 their normal form, and that frozen request is what the job is made of.
 """
@@ -13,6 +14,7 @@ their normal form, and that frozen request is what the job is made of.
 from __future__ import annotations
 
 import asyncio
+import errno
 from pathlib import Path
 
 from tuning_trainer.data import DataError, validate_file
@@ -39,7 +41,7 @@ async def admit(
         await UrlPolicy(settings.webhook_allow_networks).check(request.webhook_url)
         if not await store.key_has_webhook_secret(owner):
             raise APIError(
-                422,
+                409,
                 "webhook_secret_missing",
                 f"This API key ({owner}) has no webhook signing secret yet: run 'python -m tuning_service "
                 f"keys set-webhook {owner}' on the server (it prints the secret once), then retry",
@@ -57,6 +59,17 @@ async def admit(
     return request.model_copy(update=normal) if normal else request
 
 
+# A path that cannot name a file (a name over the file system's limit, a file where a folder should be) is
+# not there, like a missing one.
+_NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP})
+
+
+def _not_found(param: str, shown: str) -> APIError:
+    # DataError names only the file's base name; say what the client asked for, relative to the root.
+    message = f"{param}: {shown!r} was not found under the files root (or is not a regular file)"
+    return APIError(404, "file_not_found", message, param=param, extra={"line": None})
+
+
 def _check_file(path: Path, param: str, shown: str, settings: Settings) -> None:
     try:
         validate_file(
@@ -66,12 +79,13 @@ def _check_file(path: Path, param: str, shown: str, settings: Settings) -> None:
             max_rows=settings.max_rows,
         )
     except DataError as exc:
-        message = exc.message
         if exc.code == "file_not_found":
-            # DataError names only the file's base name; say what the client asked for, relative to the root.
-            message = f"{shown!r} was not found under the files root (or is not a regular file)"
-        raise APIError(422, exc.code, f"{param}: {message}", param=param, extra={"line": exc.line}) from None
-    except OSError as exc:  # unreadable (permissions): never echo the server path
+            raise _not_found(param, shown) from None
+        message = f"{param}: {exc.message}"
+        raise APIError(422, exc.code, message, param=param, extra={"line": exc.line}) from None
+    except OSError as exc:  # never echo the server path
+        if exc.errno in _NOT_THERE:
+            raise _not_found(param, shown) from None
         raise APIError(
             422,
             "file_unreadable",

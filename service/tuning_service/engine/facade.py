@@ -119,7 +119,7 @@ class JobManager:
         )
         if not created and row["request_hash"] != rhash:
             raise APIError(
-                422,
+                409,  # the key is taken: a conflict with the state its first request left, not a bad value
                 "idempotency_key_reused",
                 f"Idempotency-Key {idempotency_key!r} was already used with a different request body "
                 f"(job {row['id']}); use a new key for a new job",

@@ -106,8 +106,8 @@ WebhookUrl = Annotated[
         max_length=MAX_WEBHOOK_URL_CHARS,
         pattern=WEBHOOK_URL_PATTERN,
         description="POSTed a signed event when the job ends (docs/api.md, Webhooks). Needs the API key's "
-        "signing secret (`keys set-webhook`; else 422 webhook_secret_missing); a private, loopback or other "
-        "non-public address, or a host resolving to one, is refused with 422 webhook_url_not_allowed unless "
+        "signing secret (`keys set-webhook`; else 409 webhook_secret_missing); a private, loopback or other "
+        "non-public address, or a host resolving to one, is refused with 403 webhook_url_not_allowed unless "
         "TUNING_WEBHOOK_ALLOW_NETWORKS allows it",
         json_schema_extra={
             "format": "uri",
@@ -325,6 +325,28 @@ class LogRecord(ResponseModel):
     seq: Annotated[int, Field(ge=1)]
     type: RecordType
     time: float
+
+
+class LogEvent(ResponseModel):
+    """One Server-Sent Event of `tunings.logs?follow=true`: a record. The stream opens with `retry: 2000`
+    and sends `: heartbeat` comments during silence; it ends after the `status` record that makes the job
+    terminal."""
+
+    id: Annotated[str, Field(pattern=r"^[0-9]+$")]
+    """The record's seq: send it back as Last-Event-ID to resume after it"""
+    event: RecordType
+    """The record's type"""
+    data: Annotated[
+        str,
+        Field(
+            json_schema_extra={
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": "#/components/schemas/LogRecord"},
+            }
+        ),
+    ]
+    """The record (a LogRecord) as one line of JSON"""
+    retry: int | None = None
 
 
 class LogPage(ResponseModel):

@@ -101,9 +101,9 @@ class UrlPolicy:
 
 
 def _invalid(param: str, message: str) -> APIError:
-    # Not the schema's `invalid_value`: whether an address may be reached depends on this server's
-    # TUNING_WEBHOOK_ALLOW_NETWORKS (and DNS), not on the request's shape.
-    return APIError(422, "webhook_url_not_allowed", message, param=param)
+    # 403, not the schema's 422 invalid_value: whether an address may be reached is this server's policy
+    # (TUNING_WEBHOOK_ALLOW_NETWORKS, and what DNS says now), not a property of the request.
+    return APIError(403, "webhook_url_not_allowed", message, param=param)
 
 
 def _private(param: str, host: str, ip: _IPAddress) -> APIError:

@@ -264,7 +264,7 @@ def test_idempotency_key_returns_the_same_job_for_the_same_body(api_service: Ser
     changed = api_service.post(
         "/v1/tunings.create", {**body, "hyperparameters": {"epochs": 2}}, key=key, headers=headers
     )
-    assert changed.status == 422
+    assert changed.status == 409
     assert changed.error["code"] == "idempotency_key_reused"
     assert changed.error["param"] == "Idempotency-Key"
     assert len(api_service.get("/v1/tunings.list", key=key).json()["data"]) == 1

@@ -60,7 +60,7 @@ def _assert_error(r, status: int, code: str, param: str | None) -> dict:  # type
     assert err["code"] == code, err
     assert err["param"] == param, err
     assert err["message"]
-    assert err["type"] == "invalid_request_error"
+    assert err["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
     return err
 
 
@@ -205,16 +205,16 @@ def test_validation_file_errors_name_the_validation_file(
     assert err["line"] == 3
 
 
-def test_a_missing_training_file_is_422_file_not_found(api_service: ServiceProcess) -> None:
+def test_a_missing_training_file_is_404_file_not_found(api_service: ServiceProcess) -> None:
     r = api_service.post("/v1/tunings.create", {**GOOD, "training_file": "data/nope.jsonl"})
-    err = _assert_error(r, 422, "file_not_found", "training_file")
+    err = _assert_error(r, 404, "file_not_found", "training_file")
     assert "data/nope.jsonl" in err["message"]
     assert str(api_service.files_root) not in r.text
 
 
 def test_a_directory_is_not_a_training_file(api_service: ServiceProcess) -> None:
     r = api_service.post("/v1/tunings.create", {**GOOD, "training_file": "data"})
-    _assert_error(r, 422, "file_not_found", "training_file")
+    _assert_error(r, 404, "file_not_found", "training_file")
 
 
 # ---- unsafe paths (400 invalid_path, nothing echoed) -------------------------------------------------------

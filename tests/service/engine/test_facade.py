@@ -98,7 +98,7 @@ def test_idempotency(tmp_path: Path) -> None:
             with pytest.raises(APIError) as info:
                 await m.create(owner=a, request=request(suffix="other"), idempotency_key="k-1")
             err = info.value
-            assert err.status_code == 422 and err.code == "idempotency_key_reused"
+            assert err.status_code == 409 and err.code == "idempotency_key_reused"
             assert results[0][0]["id"] in err.message
             # Keys are scoped per API key.
             theirs, created = await m.create(owner=b, request=request(), idempotency_key="k-1")
@@ -113,13 +113,13 @@ def test_idempotency(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "status", "code", "param"),
     [
-        ({"training_file": "missing.jsonl"}, 422, "file_not_found", "training_file"),
+        ({"training_file": "missing.jsonl"}, 404, "file_not_found", "training_file"),
         ({"training_file": "../outside.jsonl"}, 400, "invalid_path", "training_file"),
         ({"validation_file": "/etc/passwd"}, 400, "invalid_path", "validation_file"),
         ({"training_file": "file-" + "0" * 24}, 404, "file_not_found", "training_file"),
         ({"training_file": "bad.jsonl"}, 422, "no_assistant_turn", "training_file"),
-        ({"webhook_url": "http://127.0.0.1:9/hook"}, 422, "webhook_url_not_allowed", "webhook_url"),
-        ({"webhook_url": "https://example.com/hook"}, 422, "webhook_secret_missing", "webhook_url"),
+        ({"webhook_url": "http://127.0.0.1:9/hook"}, 403, "webhook_url_not_allowed", "webhook_url"),
+        ({"webhook_url": "https://example.com/hook"}, 409, "webhook_secret_missing", "webhook_url"),
     ],
 )
 def test_admission_refuses_what_the_schema_cannot_see(

@@ -97,7 +97,7 @@ def test_hostile_paths_are_refused_without_echoing_server_paths(layout: tuple[Pa
         (
             "data/missing.jsonl",
             "data/missing.jsonl",
-        ),  # existence is the data check's job (422 file_not_found)
+        ),  # existence is the data check's job (404 file_not_found)
     ],
 )
 def test_paths_inside_the_root_resolve(layout: tuple[Path, Path], raw: str, shown: str) -> None:

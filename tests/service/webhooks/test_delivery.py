@@ -254,7 +254,7 @@ def test_missing_secret_says_how_to_get_one(api_service: ServiceProcess) -> None
         "/v1/tunings.create",
         {"model": "m", "training_file": "data/train.jsonl", "webhook_url": "https://93.184.216.34/x"},
     )
-    assert r.status == 422
+    assert r.status == 409
     assert r.error["code"] == "webhook_secret_missing"
     assert "keys set-webhook" in r.error["message"]
 
