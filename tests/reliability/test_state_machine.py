@@ -29,8 +29,8 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from tests.service.core_fixtures import kill_group, make_settings, request
 from tuning_service.engine.facade import JobManager
-from tuning_service.engine.states import JobStatus, allowed
 from tuning_service.errors import APIError
+from tuning_service.states import JobStatus, allowed
 
 T = TypeVar("T")
 pytestmark = pytest.mark.slow

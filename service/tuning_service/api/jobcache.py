@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.states import JobStatus
+from ..states import JobStatus
 
 # The most bytes of encoded jobs kept (about 1.3 KB a job: some 6,000 jobs).
 CACHE_MAX_BYTES = 8 * 1024 * 1024

@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ..engine.records import JobRecords
-from ..engine.states import TERMINAL_VALUES
 from ..errors import APIError
+from ..states import TERMINAL_VALUES
 
 log = logging.getLogger("tuning_service.sse")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import APIError
+from ..states import JobStatus
 from ..storage.store import Store
-from .states import JobStatus
 
 _CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
 # What makes a checkpoint directory complete enough to resume from (the trainer renames it into place last).

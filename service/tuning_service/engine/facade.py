@@ -19,23 +19,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import procs
 from ..errors import APIError, job_not_found
 from ..files.store import Files
 from ..observability.metrics import JobCollector
 from ..schema.jobs import CreateTuningRequest
 from ..settings import Settings
+from ..states import ACTIVE, NON_TERMINAL, RESUMABLE, JobStatus
 from ..storage.store import Stamp, Store
 from ..webhooks.delivery import Deliverer
 from ..webhooks.outbox import make_append_hook
 from ..webhooks.policy import ROTATION_OVERLAP_SECONDS, new_secret
-from . import checkpoints, procs
+from . import checkpoints
 from .admission import admit
 from .checkpoints import checkpoint_dirs, requeue_fields
 from .jobview import public_job, request_hash
 from .records import JobRecords
 from .recovery import recover
 from .scheduler import Scheduler
-from .states import ACTIVE, NON_TERMINAL, RESUMABLE, JobStatus
 from .supervisor import Supervisor
 
 log = logging.getLogger("tuning_service.jobs")

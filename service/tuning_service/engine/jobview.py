@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from ..schema.jobs import TERMINAL_EVENTS
-from .states import JobStatus
+from ..states import JobStatus
 
 
 def request_hash(request: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ import math
 import signal
 from typing import Any
 
-from .states import JobStatus
+from ..states import JobStatus
 from .tailer import Record
 
 TERMINAL_TYPES = frozenset({"completed", "failed", "interrupted"})

@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..states import JobStatus
 from ..storage.store import Store
-from .states import JobStatus
 
 
 class JobRecords:

@@ -21,10 +21,10 @@ import socket
 import time
 from typing import Any
 
+from .. import procs
+from ..states import JobStatus
 from ..storage.store import Store
-from . import procs
 from .checkpoints import checkpoint_dirs, requeue_fields
-from .states import JobStatus
 from .supervisor import Supervisor
 
 log = logging.getLogger("tuning_service.recovery")

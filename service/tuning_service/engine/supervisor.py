@@ -27,12 +27,13 @@ from typing import Any
 from tuning_trainer.config import Hyperparameters, JobConfig
 from tuning_trainer.launch import cpu_launch_flags
 
+from .. import procs
 from ..files.store import is_file_id
 from ..settings import Settings
+from ..states import JobStatus
 from ..storage.store import Store
-from . import procs, tailer
+from . import tailer
 from .outcome import decide_outcome, progress_fields
-from .states import JobStatus
 
 log = logging.getLogger("tuning_service.supervisor")
 

@@ -39,9 +39,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..engine import procs
-from ..engine.states import ACTIVE_VALUES, STATUS_VALUES
+from .. import procs
 from ..settings import Settings
+from ..states import ACTIVE_VALUES, STATUS_VALUES
 from ..storage.db import Tx
 from ..storage.metrics import MetricsReads, add_job_duration
 

@@ -12,9 +12,9 @@ import re
 import time
 from typing import Any
 
-from ..engine.states import ACTIVE, JobStatus
 from ..errors import APIError
 from ..schema.openai import BASE_LEARNING_RATE, CHECKPOINT_ID_PATTERN, EVENT_ID_PATTERN
+from ..states import ACTIVE, JobStatus
 
 _EVENT_ID_RE = re.compile(EVENT_ID_PATTERN)
 CHECKPOINT_ID_RE = re.compile(CHECKPOINT_ID_PATTERN)

@@ -10,7 +10,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, model_validator
 from tuning_trainer.config import DEFAULT_METHOD, DEFAULT_SEED, Hyperparameters, Method, Seed
 from tuning_trainer.schema import cross_field
 
-from ..engine.states import JobStatus
+from ..states import JobStatus
 from .base import Page, QueryModel, RequestBody, ResponseModel
 
 # ---- field types -----------------------------------------------------------------------------------------

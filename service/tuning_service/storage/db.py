@@ -20,7 +20,7 @@ from typing import Any
 
 import aiosqlite
 
-from ..engine.states import JobStatus, check_transition
+from ..states import JobStatus, check_transition
 
 BUSY_TIMEOUT_MS = 10_000
 SCHEMA_VERSION = 2

@@ -7,7 +7,7 @@ import json
 import secrets
 from typing import Any, NamedTuple
 
-from ..engine.states import ACTIVE, NON_TERMINAL, JobStatus
+from ..states import ACTIVE, NON_TERMINAL, JobStatus
 from .db import Database
 
 _ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in ACTIVE)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuning_service.engine.outcome import decide_outcome, progress_fields
-from tuning_service.engine.states import JobStatus
+from tuning_service.states import JobStatus
 
 
 def row(**kw: Any) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from tests.service.core_fixtures import all_events, make_settings, request, run,
 from tests.support.server import OTHER_KEY, ServiceProcess
 from tuning_service.engine.facade import JobManager
 from tuning_service.engine.outcome import decide_outcome
-from tuning_service.engine.states import JobStatus
 from tuning_service.errors import APIError
+from tuning_service.states import JobStatus
 
 # ---- outcome of a pausing job --------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from tests.service.core_fixtures import (
     wait_status,
     wait_until,
 )
-from tuning_service.engine import procs
+from tuning_service import procs
 from tuning_service.engine.facade import JobManager
 
 TERMINAL = {"succeeded", "failed", "cancelled"}

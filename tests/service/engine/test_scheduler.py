@@ -21,7 +21,7 @@ from tests.service.core_fixtures import (
     wait_until,
 )
 from tuning_service.engine.facade import JobManager
-from tuning_service.engine.states import ACTIVE
+from tuning_service.states import ACTIVE
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 

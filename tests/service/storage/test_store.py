@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.service.core_fixtures import run
-from tuning_service.engine.states import IllegalTransition, JobStatus
+from tuning_service.states import IllegalTransition, JobStatus
 from tuning_service.storage.db import BUSY_TIMEOUT_MS, SCHEMA_VERSION
 from tuning_service.storage.store import Store, new_job_id
 

@@ -15,8 +15,8 @@ from tests.service.webhook_receiver import Receiver
 from tuning_sdk.webhooks import verify_signature
 from tuning_service.engine.facade import JobManager
 from tuning_service.engine.jobview import public_job
-from tuning_service.engine.states import JobStatus
 from tuning_service.schema.jobs import WEBHOOK_EVENTS, WebhookEvent
+from tuning_service.states import JobStatus
 from tuning_service.storage.store import Store
 from tuning_service.webhooks import policy as webhooks
 from tuning_service.webhooks.delivery import Attempt, Deliverer, backoff

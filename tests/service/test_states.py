@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tuning_service.engine.states import (
+from tuning_service.states import (
     ACTIVE,
     NON_TERMINAL,
     TERMINAL,

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from tuning_service.engine import procs
+from tuning_service import procs
 
 
 def test_start_time_identifies_a_process() -> None:
