@@ -30,11 +30,10 @@ from .api import logs as routes_logs
 from .api import metrics as routes_metrics
 from .api import ui as routes_ui
 from .api.auth import setup_keys
-from .api.middleware import RequestMiddleware
+from .api.middleware import BodyLimits, RequestMiddleware
 from .api.ratelimit import RateLimiter
 from .engine.facade import JobManager
 from .errors import APIError
-from .files.store import BodyLimits
 from .observability import logsink
 from .observability.metrics import Snapshots
 from .openai import routes as routes_openai

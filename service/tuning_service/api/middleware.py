@@ -1,5 +1,6 @@
 """One pure-ASGI middleware for what every request needs: a request id, a body size limit, an access log line,
-and a last-resort 500 that never leaks internals.
+and a last-resort 500 that never leaks internals. `BodyLimits` gives upload routes the file limit instead of
+the request limit.
 
 Pure ASGI (not BaseHTTPMiddleware) so that streaming responses pass straight through and client disconnects
 still reach the SSE stream.
@@ -12,6 +13,7 @@ import logging
 import random
 import re
 import time
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -141,3 +143,26 @@ class RequestMiddleware:
                     f"{scope.get('method')} {scope.get('path')} {state['status']} {elapsed * 1000:.1f}ms"
                     f" rid={request_id}"
                 )
+
+
+class BodyLimits:
+    """Wraps the request middleware: upload routes get the file limit (checked while streaming, by
+    `Files.upload`), every other route the request limit."""
+
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        *,
+        middleware: Callable[..., Any],
+        max_body_bytes: int,
+        upload_paths: tuple[str, ...],
+    ) -> None:
+        self.default = middleware(app, max_body_bytes=max_body_bytes)
+        self.uploads = middleware(app, max_body_bytes=2**62)
+        self.upload_paths = frozenset(upload_paths)
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        upload = (
+            scope["type"] == "http" and scope.get("method") == "POST" and scope["path"] in self.upload_paths
+        )
+        await (self.uploads if upload else self.default)(scope, receive, send)

@@ -16,13 +16,12 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message, Receive
 
 from tuning_trainer.data import DataError, validate_file
 from tuning_trainer.schema import VALUE, Problem
@@ -280,26 +279,3 @@ def _counting_receive(receive: Receive, limit: int) -> Receive:
         return message
 
     return counted
-
-
-class BodyLimits:
-    """Wraps the request middleware: upload routes get the file limit (checked while streaming, by
-    `Files.upload`), every other route the request limit."""
-
-    def __init__(
-        self,
-        app: Callable[[Scope, Receive, Send], Awaitable[None]],
-        *,
-        middleware: Callable[..., Any],
-        max_body_bytes: int,
-        upload_paths: tuple[str, ...],
-    ) -> None:
-        self.default = middleware(app, max_body_bytes=max_body_bytes)
-        self.uploads = middleware(app, max_body_bytes=2**62)
-        self.upload_paths = frozenset(upload_paths)
-
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
-        upload = (
-            scope["type"] == "http" and scope.get("method") == "POST" and scope["path"] in self.upload_paths
-        )
-        await (self.uploads if upload else self.default)(scope, receive, send)
