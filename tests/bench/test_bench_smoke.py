@@ -18,6 +18,7 @@ SCRIPTS = {
     "api": ["--engine", "python"],  # the fallback load generator (wrk may not be installed)
     "stream_latency": [],
     "sdk_import": [],
+    "validation": [],
     "memory": [],
     "job_overhead": ["--skip-b3"],
 }
@@ -25,6 +26,7 @@ EXPECTED_IDS = {
     "api": ["B1", "B2", "B1b", "B2b"],
     "stream_latency": ["B4", "B4"],
     "sdk_import": ["B5", "B5h"],
+    "validation": ["B8a", "B8b", "B8c", "B8d"],
     "memory": ["B7"],
     "job_overhead": ["B6", "B6"],
 }
