@@ -7,22 +7,21 @@ with their key even when a key is renamed, and a revoked key stops working at on
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
 from ..errors import APIError
 from ..settings import DEV_KEYS, Settings
+from .context import jobs
+
+if TYPE_CHECKING:
+    from ..engine.facade import JobManager
 
 log = logging.getLogger("tuning_service.auth")
 
 _BEARER_HINT = "send 'Authorization: Bearer <your API key>'"
-
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 def bearer_token(request: Request) -> str:
@@ -68,14 +67,14 @@ class KeyCache:
     microseconds to ask). Unknown keys are never cached.
     """
 
-    def __init__(self, store: Any) -> None:
-        self.store = store
+    def __init__(self, manager: JobManager) -> None:
+        self.manager = manager
         self._version: int | None = None
         self._ids: dict[bytes, str] = {}
 
     def lookup(self, digest: bytes) -> tuple[str | None, int]:
         """(key id or None, the data version it is valid for)."""
-        version = self.store.data_version()
+        version = self.manager.data_version()
         if version != self._version:
             self._ids.clear()
             self._version = version
@@ -93,30 +92,23 @@ class KeyCache:
 _cache: KeyCache | None = None
 
 
-def _key_cache(manager: Any) -> KeyCache | None:
+def _key_cache(manager: JobManager) -> KeyCache:
     global _cache
-    store = getattr(manager, "store", None)
-    if _cache is not None and _cache.store is store:
-        return _cache
-    if not hasattr(store, "data_version"):
-        return None  # a key store without change tracking: look every key up
-    _cache = KeyCache(store)  # a new lifespan (tests, reload) has a new store
+    if _cache is None or _cache.manager is not manager:
+        _cache = KeyCache(manager)  # a new lifespan (tests, reload) has a new manager and database
     return _cache
 
 
-async def verified_key(state: Any, token: str) -> tuple[str | None, int | None]:
+async def verified_key(manager: JobManager, token: str) -> tuple[str | None, int]:
     """(the id of the active key `token`, or None if it is unknown or revoked; the database's data_version
-    read for the check, or None without a key cache)."""
-    manager = state.manager
+    read for the check)."""
     cache = _key_cache(manager)
-    if cache is None:
-        return await _maybe_await(manager.verify_key(token)), None
     digest = hashlib.sha256(token.encode("utf-8")).digest()
     key_id, version = cache.lookup(digest)
     if key_id is None:
-        key_id = await _maybe_await(manager.verify_key(token))
+        key_id = await manager.verify_key(token)
         if key_id:
-            cache.remember(digest, str(key_id), version)
+            cache.remember(digest, key_id, version)
     return key_id, version
 
 
@@ -126,7 +118,7 @@ async def authenticate(request: Request) -> str:
     Also leaves the database's `data_version` it read in the request's state (`data_version`): a handler can
     tell from it that nothing was committed since it last looked (jobcache.py)."""
     token = bearer_token(request)
-    key_id, version = await verified_key(request.app.state, token)
+    key_id, version = await verified_key(jobs(request), token)
     request.scope.setdefault("state", {})["data_version"] = version
     if not key_id or key_id in getattr(request.app.state, "disabled_key_ids", ()):
         # Never echo the key: it may be a real key pasted into the wrong service.
@@ -145,7 +137,7 @@ async def authenticate(request: Request) -> str:
     return str(key_id)
 
 
-async def setup_keys(manager: Any, settings: Settings) -> set[str]:
+async def setup_keys(manager: JobManager, settings: Settings) -> set[str]:
     """Register the keys this start accepts from the environment; return the ids of stale environment keys.
 
     - TUNING_API_KEYS set: those keys (hashed) are accepted, plus keys made with `keys create`.
@@ -155,16 +147,16 @@ async def setup_keys(manager: Any, settings: Settings) -> set[str]:
     were configured) stay in the database, so the jobs they own stay theirs, but are refused: the returned
     ids.
     """
-    keys = await _maybe_await(manager.list_keys())
+    keys = await manager.list_keys()
     env_ids = {str(k["id"]) for k in keys if _is_env_key(k)}
     if settings.api_keys:
-        current = set(await _maybe_await(manager.ensure_env_keys(list(settings.api_keys))))
+        current = set(await manager.ensure_env_keys(list(settings.api_keys)))
         log.info("API keys: %d from TUNING_API_KEYS", len(settings.api_keys))
     elif any(not _revoked(k) and not _is_env_key(k) for k in keys):
         current = set()
         log.info("API keys: the keys created with 'python -m tuning_service keys create'")
     else:
-        current = set(await _maybe_await(manager.ensure_env_keys(list(DEV_KEYS))))
+        current = set(await manager.ensure_env_keys(list(DEV_KEYS)))
         log.warning(
             "No API keys configured: accepting the development keys %s. Anyone who can reach this port can "
             "use them. Set TUNING_API_KEYS or run 'python -m tuning_service keys create --name NAME'.",

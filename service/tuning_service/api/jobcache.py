@@ -9,9 +9,12 @@ the version is the same.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..states import JobStatus
+
+if TYPE_CHECKING:
+    from ..engine.facade import JobManager
 
 # The most bytes of encoded jobs kept (about 1.3 KB a job: some 6,000 jobs).
 CACHE_MAX_BYTES = 8 * 1024 * 1024
@@ -122,7 +125,7 @@ class EncodedPages:
 class JobCaches:
     """Both caches of one lifespan (a new manager means a new database: routes_jobs makes new ones)."""
 
-    def __init__(self, manager: Any) -> None:
+    def __init__(self, manager: JobManager) -> None:
         self.manager = manager
         self.jobs = EncodedJobs()
         self.pages = EncodedPages()

@@ -349,6 +349,11 @@ class JobManager:
             "total_jobs": sum(by_status.values()),
         }
 
+    def data_version(self) -> int:
+        """A number that moves whenever anything is committed to the database, by any process (SQLite's
+        `PRAGMA data_version`): in-memory caches of the API (keys, finished jobs) are exact while it stays."""
+        return self.store.data_version()
+
     def job_collector(self) -> JobCollector:
         """The job-level /metrics series, read from this manager's database at scrape time."""
         return JobCollector(self.store, self.settings)
