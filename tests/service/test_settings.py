@@ -12,17 +12,28 @@ import pytest
 
 from tuning_service.settings import Settings, env_name
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "service.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "service.md"
 
 
-def documented() -> dict[str, str]:
-    """variable -> default column of docs/service.md's settings table."""
-    rows = re.findall(r"^\| `(TUNING_[A-Z_]+)` \| ([^|]+) \|", DOC.read_text(encoding="utf-8"), flags=re.M)
+def documented(path: Path = DOC) -> dict[str, str]:
+    """variable -> default column of a settings table."""
+    rows = re.findall(
+        r"^\| `(TUNING_[A-Z_]+)`[^|]* \| ([^|]+) \|", path.read_text(encoding="utf-8"), flags=re.M
+    )
     return {name: default.strip() for name, default in rows}
 
 
 def test_the_documented_variables_are_the_settings() -> None:
     assert set(documented()) == {env_name(f) for f in Settings.model_fields}
+
+
+def test_the_readmes_shorter_table_names_settings_with_their_defaults() -> None:
+    readme = documented(ROOT / "README.md")
+    assert readme and set(readme) <= {env_name(f) for f in Settings.model_fields}
+    service = documented()
+    for name, default in readme.items():
+        assert default.split()[0] == service[name].split()[0], name
 
 
 @pytest.mark.parametrize(

@@ -62,23 +62,24 @@ class Hyperparameters(StrictModel):
     epochs: Annotated[int, Field(ge=1, le=1000), INTEGRAL] | Literal["auto"] = AUTO
     """Passes over the training data; "auto": clamp(ceil(1500 / examples), 1, 5)"""
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
-    """Peak learning rate of the adapter's optimizer"""
+    """Peak AdamW learning rate"""
     batch_size: Annotated[int, Field(ge=1, le=4096), INTEGRAL] | Literal["auto"] = AUTO
-    """Examples per micro-batch; "auto": the largest power of two <= 2% of the examples, in [1, 8]"""
+    """Examples per micro-batch (per process); "auto": the largest power of two <= 2% of the examples, in
+    [1, 8]"""
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=4096), INTEGRAL] = 1
     """Micro-batches per optimizer step"""
     warmup_ratio: Annotated[float, Field(ge=0, le=1)] = 0.03
-    """Fraction of the steps spent warming the learning rate up"""
+    """Fraction of the total steps spent warming the learning rate up"""
     lr_scheduler_type: Scheduler = "cosine"
     """Learning-rate schedule after the warm-up"""
     weight_decay: Annotated[float, Field(ge=0, le=10)] = 0.0
     """AdamW weight decay"""
     max_grad_norm: Annotated[float, Field(ge=0, le=1e6)] = 1.0
-    """Gradient clipping norm (0: no clipping)"""
+    """Gradient clipping norm (0 turns clipping off)"""
     max_seq_length: Annotated[int, Field(ge=8, le=1_048_576), INTEGRAL] = 1024
     """Tokens per example; longer examples are truncated"""
     max_steps: Annotated[int, Field(ge=1, le=MAX_STEPS), INTEGRAL] | None = None
-    """Stop after this many optimizer steps (null: run every epoch)"""
+    """Stop after this many optimizer steps (overrides epochs, as in HF; null: run every epoch)"""
     lora_r: Annotated[int, Field(ge=1, le=4096), INTEGRAL] = 16
     """LoRA rank"""
     lora_alpha: Annotated[int, Field(ge=1, le=65536), INTEGRAL] = 32
@@ -89,19 +90,20 @@ class Hyperparameters(StrictModel):
         Annotated[str, Field(min_length=1, max_length=MAX_MODULE_NAME_CHARS)]
         | Annotated[list[ModuleName], Field(min_length=1, max_length=MAX_TARGET_MODULES)]
     ) = "all-linear"
-    """"all-linear" (every linear layer except the output head) or a list of module names"""
+    """"all-linear" (every linear layer except the output head) or a list of module names (flag:
+    --lora-target-modules q_proj,v_proj)"""
     train_on_inputs: bool = False
     """Train on the prompt's tokens too (default: only the assistant's answer is trained on)"""
     eval_steps: Annotated[int, Field(ge=1, le=MAX_STEPS), INTEGRAL] | None = None
     """Evaluate every N optimizer steps (null: once per epoch when a validation file is given)"""
     save_steps: Annotated[int, Field(ge=1, le=MAX_STEPS), INTEGRAL] | None = None
-    """Checkpoint every N optimizer steps (null: only when stopped and at the end)"""
+    """Checkpoint every N optimizer steps (null: only when stopped, by SIGTERM/SIGINT, and at the end)"""
     logging_steps: Annotated[int, Field(ge=1, le=MAX_STEPS), INTEGRAL] = 1
-    """Report metrics every N optimizer steps"""
+    """Write a `metrics` record every N optimizer steps"""
     gradient_checkpointing: bool | None = None
     """Recompute activations in the backward pass to save memory (null: on for qlora, off for lora)"""
     packing: bool = False
-    """Concatenate short examples into full-length rows"""
+    """Concatenate examples into rows of max_seq_length"""
 
 
 class JobConfig(StrictModel):

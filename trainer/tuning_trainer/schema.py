@@ -388,3 +388,21 @@ def _short(value: Any) -> str:
 
 def _sentence(text: str) -> str:
     return text.strip().rstrip(".")
+
+
+# ---- documentation ---------------------------------------------------------------------------------------
+
+
+def markdown_table(model: type[BaseModel]) -> str:
+    """A model's fields as a Markdown table (name, default, what is accepted, meaning), written from its JSON
+    Schema: the docs' tables are this text (a test compares them), never a second copy."""
+    schema = json_schema(model)
+    resolver = _Resolver(schema)
+    rows = ["| name | default | accepted | meaning |", "|---|---|---|---|"]
+    for name, prop in schema.get("properties", {}).items():
+        default = json.dumps(prop.get("default"))
+        meaning = " ".join(str(prop.get("description", "")).split()).replace("|", "\\|")
+        accepted = describe(prop, resolver).replace("|", "\\|")
+        rows.append(f"| `{name}` | `{default}` | {accepted} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
