@@ -24,6 +24,7 @@ from ..api.context import files, jobs
 from ..api.files import CONTENT, FILE_ID, UPLOAD, UPLOAD_ERRORS, content_response, file_id
 from ..api.jobs import CREATE_ERRORS, JOB_ID
 from ..api.operation import Header, Json, links, operation
+from ..engine.facade import JobManager
 from ..errors import APIError
 from ..schema.files import DeletedFile, File, FileList
 from ..schema.jobs import IdempotencyKey
@@ -210,56 +211,34 @@ async def list_jobs(request: Request) -> Response:
     return _page([oc.openai_job(j, owner) for j in found], has_more)
 
 
-@openai_operation(
-    "openaiGetJob",
-    "OpenAI: get a job",
-    path={"job_id": JOB_ID},
-    ok=Json(OpenAIJob, "The job"),
-    errors={404: ("job_not_found",)},
+def _job_route(
+    operation_id: str,
+    summary: str,
+    act: Callable[[JobManager], Callable[..., Awaitable[dict[str, Any]]]],
+    conflicts: tuple[str, ...] = (),
+) -> Handler:
+    """A route that does one thing to a job and answers with it as OpenAI's object."""
+
+    async def handler(request: Request) -> Response:
+        owner = await authenticate(request)
+        params.no_query(request)
+        job = await act(jobs(request))(params.job_id(request), owner=owner)
+        return JSONResponse(oc.openai_job(job, owner))
+
+    handler.__name__ = handler.__qualname__ = operation_id
+    errors = {404: ("job_not_found",), **({409: conflicts} if conflicts else {})}
+    describe = openai_operation(
+        operation_id, summary, path={"job_id": JOB_ID}, ok=Json(OpenAIJob, "The job"), errors=errors
+    )
+    return describe(handler)
+
+
+get_job = _job_route("openaiGetJob", "OpenAI: get a job", lambda m: m.get)
+cancel_job = _job_route("openaiCancelJob", "OpenAI: cancel a job", lambda m: m.cancel, ("job_terminal",))
+pause_job = _job_route("openaiPauseJob", "OpenAI: pause a job", lambda m: m.pause, ("job_not_pausable",))
+resume_job = _job_route(
+    "openaiResumeJob", "OpenAI: resume a job", lambda m: m.resume, ("job_not_resumable", "no_checkpoint")
 )
-async def get_job(request: Request) -> Response:
-    owner = await authenticate(request)
-    params.no_query(request)
-    return JSONResponse(oc.openai_job(await jobs(request).get(params.job_id(request), owner=owner), owner))
-
-
-@openai_operation(
-    "openaiCancelJob",
-    "OpenAI: cancel a job",
-    path={"job_id": JOB_ID},
-    ok=Json(OpenAIJob, "The job"),
-    errors={404: ("job_not_found",), 409: ("job_terminal",)},
-)
-async def cancel_job(request: Request) -> Response:
-    owner = await authenticate(request)
-    params.no_query(request)
-    return JSONResponse(oc.openai_job(await jobs(request).cancel(params.job_id(request), owner=owner), owner))
-
-
-@openai_operation(
-    "openaiPauseJob",
-    "OpenAI: pause a job",
-    path={"job_id": JOB_ID},
-    ok=Json(OpenAIJob, "The job"),
-    errors={404: ("job_not_found",), 409: ("job_not_pausable",)},
-)
-async def pause_job(request: Request) -> Response:
-    owner = await authenticate(request)
-    params.no_query(request)
-    return JSONResponse(oc.openai_job(await jobs(request).pause(params.job_id(request), owner=owner), owner))
-
-
-@openai_operation(
-    "openaiResumeJob",
-    "OpenAI: resume a job",
-    path={"job_id": JOB_ID},
-    ok=Json(OpenAIJob, "The job"),
-    errors={404: ("job_not_found",), 409: ("job_not_resumable", "no_checkpoint")},
-)
-async def resume_job(request: Request) -> Response:
-    owner = await authenticate(request)
-    params.no_query(request)
-    return JSONResponse(oc.openai_job(await jobs(request).resume(params.job_id(request), owner=owner), owner))
 
 
 @openai_operation(
