@@ -98,7 +98,7 @@ def main() -> int:
         print(f"   training ended {job.status}: {job.error}")
         if job.error is not None and job.error.log_tail:
             print("   last lines of the trainer's output:")
-            for line in job.error.log_tail.splitlines()[-10:]:
+            for line in job.error.log_tail[-10:]:
                 print(f"     {line}")
         return 1
     except TuningError as exc:

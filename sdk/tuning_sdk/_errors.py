@@ -132,7 +132,7 @@ class AuthenticationError(APIStatusError):
 
 
 class PermissionDeniedError(APIStatusError):
-    """403: the key may not do this."""
+    """403: the key may not do this (e.g. a webhook address the server's policy refuses)."""
 
 
 class NotFoundError(APIStatusError):
@@ -140,11 +140,13 @@ class NotFoundError(APIStatusError):
 
 
 class ConflictError(APIStatusError):
-    """409: the job is in the wrong state for the action (e.g. deleting a running job)."""
+    """409: the job (or key) is in the wrong state for the action: deleting a running job, an idempotency key
+    already used with another body, a webhook without the key's signing secret."""
 
 
 class UnprocessableEntityError(APIStatusError):
-    """422: well-formed but invalid: hyperparameters, data-file content, a reused idempotency key."""
+    """422: well-formed but invalid: hyperparameters, data-file content, an uploaded file that failed
+    validation."""
 
 
 class RateLimitError(APIStatusError):

@@ -2,6 +2,11 @@
 
 Every model is a frozen dataclass built by `from_dict`, which ignores fields it does not know (a newer service
 may send more) and keeps the original object in `raw`, so nothing the service sends is ever lost.
+
+The fields mirror the service's document (`GET /openapi.json`, components/schemas) name for name and type for
+type: a field the document says can be null is ``X | None`` here, one it never sends as null is plain ``X``
+(tests/sdk/test_contract.py holds the two together). Should a server leave such a field out, `from_dict`
+fills in a neutral value (``0``, ``""``, ``False``, ``()``) rather than failing.
 """
 
 from __future__ import annotations
@@ -64,11 +69,12 @@ def _opt_int(value: Any) -> int | None:
     return None
 
 
-def _epoch(value: Any, total: int | None) -> int:
-    """The 1-based epoch in progress. A fractional epoch (the trainer's ``1.26``: a quarter into the second
-    epoch) becomes the epoch it is in, capped at the total (``3.0`` of 3 is the end of the third)."""
+def _epoch(value: Any, total: int | None) -> int | None:
+    """The 1-based epoch in progress (None when not reported). The service sends an integer; a fractional
+    epoch (an older service passing on the trainer's ``1.26``: a quarter into the second epoch) becomes the
+    epoch it is in, capped at the total (``3.0`` of 3 is the end of the third)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return 0
+        return None
     if isinstance(value, int):
         return value
     if value <= 0:
@@ -81,23 +87,29 @@ def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _str_tuple(value: Any) -> tuple[str, ...] | None:
+    """A JSON array of strings as a tuple (immutable, like the model holding it); None if not an array."""
+    return tuple(str(x) for x in value) if isinstance(value, (list, tuple)) else None
+
+
 @dataclass(frozen=True)
 class TrainingMetrics:
     """A job's latest training progress, as reported by the trainer.
 
     Attributes:
-        progress: fraction of the run done, 0..1.
-        current_step / total_steps: optimizer steps done / planned.
-        current_epoch / total_epochs: 1-based epoch in progress (0 before the first step) / planned epochs.
+        progress: fraction of the run done, 0..1 (never None: 0.0 until the trainer reports a step).
+        current_step / total_steps: optimizer steps done / planned (None until the trainer says).
+        current_epoch / total_epochs: 1-based epoch in progress / planned epochs (None until the trainer
+            says).
         train_loss: latest training loss (None before the first step is reported).
         eval_loss: latest validation loss (None without a validation file).
         learning_rate, tokens_per_second, eta_seconds: as last reported.
     """
 
     progress: float = 0.0
-    current_step: int = 0
+    current_step: int | None = None
     total_steps: int | None = None
-    current_epoch: int = 0
+    current_epoch: int | None = None
     total_epochs: int | None = None
     train_loss: float | None = None
     eval_loss: float | None = None
@@ -112,7 +124,7 @@ class TrainingMetrics:
         total_epochs = _opt_int(data.get("total_epochs"))
         return cls(
             progress=min(1.0, max(0.0, progress)),
-            current_step=_opt_int(data.get("current_step")) or 0,
+            current_step=_opt_int(data.get("current_step")),
             total_steps=_opt_int(data.get("total_steps")),
             current_epoch=_epoch(data.get("current_epoch"), total_epochs),
             total_epochs=total_epochs,
@@ -181,28 +193,48 @@ class Hyperparameters:
 
 @dataclass(frozen=True)
 class JobError:
-    """Why a job failed: `code` and `message`, plus the trainer's exit status and the tail of its output."""
+    """Why a job failed: `code` and `message`, plus the trainer's exit status and the tail of its output.
 
-    code: str | None = None
+    Attributes:
+        code: machine-readable (``trainer_killed``, ``trainer_crashed``, ``out_of_memory``, ``invalid_data``,
+            ...).
+        message: for people.
+        param: the offending field, dotted, when one is to blame.
+        exit_code: the trainer's exit status (its protocol code when it reported one).
+        signal: the signal that killed the trainer, by name (``"SIGKILL"``), or None.
+        log_tail: the last lines of the trainer's output, oldest first.
+        hint: what to try (e.g. ``"lower batch_size"`` after ``out_of_memory``).
+        data_code / line: a data-file problem's code (``invalid_json``) and 1-based line.
+        checkpoint_path: the last checkpoint of an interrupted trainer.
+    """
+
+    code: str = ""
     message: str = ""
     param: str | None = None
     exit_code: int | None = None
-    signal: int | None = None
-    log_tail: str | None = None
+    signal: str | None = None
+    log_tail: tuple[str, ...] = ()
+    hint: str | None = None
+    data_code: str | None = None
+    line: int | None = None
+    checkpoint_path: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobError:
         tail = data.get("log_tail")
-        if isinstance(tail, list):
-            tail = "\n".join(str(x) for x in tail)
         return cls(
-            code=_opt_str(data.get("code")),
+            code=_opt_str(data.get("code")) or "",
             message=_opt_str(data.get("message")) or "",
             param=_opt_str(data.get("param")),
             exit_code=_opt_int(data.get("exit_code")),
-            signal=_opt_int(data.get("signal")),
-            log_tail=_opt_str(tail),
+            signal=_opt_str(data.get("signal")),
+            # An array in the document; a single string (a hand-made or older object) is its lines.
+            log_tail=tuple(tail.splitlines()) if isinstance(tail, str) else _str_tuple(tail) or (),
+            hint=_opt_str(data.get("hint")),
+            data_code=_opt_str(data.get("data_code")),
+            line=_opt_int(data.get("line")),
+            checkpoint_path=_opt_str(data.get("checkpoint_path")),
             raw=dict(data),
         )
 
@@ -230,12 +262,12 @@ class TuningJob:
     fine_tuned_model: str | None = None
     adapter_path: str | None = None
     validation_file: str | None = None
-    method: str | None = None
+    method: str = ""
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
     suffix: str | None = None
-    seed: int | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    created_at: int | None = None
+    seed: int = 0
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    created_at: int = 0
     started_at: int | None = None
     finished_at: int | None = None
     duration: float | None = None
@@ -245,7 +277,7 @@ class TuningJob:
     metrics: TrainingMetrics | None = None
     resume_on_restart: bool = False
     webhook_url: str | None = None
-    webhook_events: tuple[str, ...] = ()
+    webhook_events: tuple[str, ...] | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -271,7 +303,6 @@ class TuningJob:
         if isinstance(error, str):
             error = {"message": error}
         metadata = data.get("metadata")
-        events = data.get("webhook_events")
         return cls(
             id=str(data.get("id", "")),
             status=str(data.get("status", "")),
@@ -281,12 +312,12 @@ class TuningJob:
             fine_tuned_model=_opt_str(data.get("fine_tuned_model")),
             adapter_path=_opt_str(data.get("adapter_path")),
             validation_file=_opt_str(data.get("validation_file")),
-            method=_opt_str(data.get("method")),
+            method=_opt_str(data.get("method")) or "",
             hyperparameters=Hyperparameters.from_dict(hp) if isinstance(hp, Mapping) else Hyperparameters(),
             suffix=_opt_str(data.get("suffix")),
-            seed=_opt_int(data.get("seed")),
-            metadata=dict(metadata) if isinstance(metadata, Mapping) else {},
-            created_at=_opt_int(data.get("created_at")),
+            seed=_opt_int(data.get("seed")) or 0,
+            metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, Mapping) else {},
+            created_at=_opt_int(data.get("created_at")) or 0,
             started_at=_opt_int(data.get("started_at")),
             finished_at=_opt_int(data.get("finished_at")),
             duration=_opt_float(data.get("duration")),
@@ -296,7 +327,7 @@ class TuningJob:
             metrics=TrainingMetrics.from_dict(metrics) if isinstance(metrics, Mapping) else None,
             resume_on_restart=data.get("resume_on_restart") is True,
             webhook_url=_opt_str(data.get("webhook_url")),
-            webhook_events=tuple(str(e) for e in events) if isinstance(events, list) else (),
+            webhook_events=_str_tuple(data.get("webhook_events")),
             raw=dict(data),
         )
 
@@ -340,7 +371,7 @@ class LogRecord:
 
     seq: int
     type: str
-    time: float | None = None
+    time: float = 0.0
     data: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -348,7 +379,7 @@ class LogRecord:
         return cls(
             seq=_opt_int(data.get("seq")) or 0,
             type=str(data.get("type", "")),
-            time=_opt_float(data.get("time")),
+            time=_opt_float(data.get("time")) or 0.0,
             data={k: v for k, v in data.items() if k not in _RECORD_BASE},
         )
 

@@ -1,4 +1,5 @@
-"""Typed views of uploaded files and job checkpoints (as in `_models`: frozen, tolerant, `raw` kept)."""
+"""Typed views of uploaded files and job checkpoints (as in `_models`: frozen, tolerant, `raw` kept, and
+mirroring the service's document field for field)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ class FileError:
     """Why an uploaded file failed validation: the data `code`, a `message` and the 1-based `line` (None for
     whole-file problems such as an empty file)."""
 
-    code: str | None = None
+    code: str = ""
     message: str = ""
     line: int | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FileError:
         return cls(
-            code=_opt_str(data.get("code")),
+            code=_opt_str(data.get("code")) or "",
             message=_opt_str(data.get("message")) or "",
             line=_opt_int(data.get("line")),
         )
@@ -49,10 +50,10 @@ class FileObject:
     id: str
     status: str
     filename: str = ""
-    bytes: int | None = None
+    bytes: int = 0
     purpose: str = "fine-tune"
     object: str = "file"
-    created_at: int | None = None
+    created_at: int = 0
     format: str | None = None
     num_examples: int | None = None
     status_details: str | None = None
@@ -71,10 +72,10 @@ class FileObject:
             id=str(data.get("id", "")),
             status=str(data.get("status", "")),
             filename=str(data.get("filename") or ""),
-            bytes=_opt_int(data.get("bytes")),
+            bytes=_opt_int(data.get("bytes")) or 0,
             purpose=str(data.get("purpose") or "fine-tune"),
             object=str(data.get("object", "file")),
-            created_at=_opt_int(data.get("created_at")),
+            created_at=_opt_int(data.get("created_at")) or 0,
             format=_opt_str(data.get("format")),
             num_examples=_opt_int(data.get("num_examples")),
             status_details=_opt_str(data.get("status_details")),
@@ -106,8 +107,9 @@ class FileDeleted:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint a job saved: its `step`, when, and the metrics at that step (``train_loss``,
-    ``eval_loss``, ``learning_rate``, ``epoch``, ... in `metrics`).
+    """A checkpoint a job saved: its `step`, when, where (`path`, relative to the job's folder on the server)
+    and the metrics at that step: `metrics` is the document's CheckpointMetrics as a mapping (``step``,
+    ``train_loss``, ``learning_rate``, ``epoch``, ``eval_loss``; a value is None when it was not reported).
     ``client.tunings.download(job_id, folder, checkpoint=step)`` fetches it.
 
     Example:
@@ -117,10 +119,11 @@ class Checkpoint:
 
     id: str
     step: int
-    created_at: int | None = None
-    path: str | None = None
+    created_at: int = 0
+    path: str = ""
     metrics: Mapping[str, Any] = field(default_factory=dict)
     object: str = "tuning.checkpoint"
+    job_id: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -137,10 +140,11 @@ class Checkpoint:
         return cls(
             id=str(data.get("id", "")),
             step=_opt_int(data.get("step")) or 0,
-            created_at=_opt_int(data.get("created_at")),
-            path=_opt_str(data.get("path")),
+            created_at=_opt_int(data.get("created_at")) or 0,
+            path=_opt_str(data.get("path")) or "",
             metrics=dict(metrics) if isinstance(metrics, Mapping) else {},
             object=str(data.get("object", "tuning.checkpoint")),
+            job_id=_opt_str(data.get("job_id")) or "",
             raw=dict(data),
         )
 

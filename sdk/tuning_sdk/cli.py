@@ -135,7 +135,7 @@ class _TqdmBar:
             )
         if m.total_steps:
             self._bar.total = m.total_steps
-            self._bar.n = m.current_step
+            self._bar.n = m.current_step or 0
         else:
             self._bar.n = int(m.progress * 100)
         self._bar.set_postfix_str(_describe(job, steps=False), refresh=False)
@@ -160,8 +160,8 @@ def _describe(job: TuningJob, *, steps: bool = True) -> str:
         return job.status
     parts = []
     if steps and m.total_steps:
-        parts.append(f"step {m.current_step}/{m.total_steps}")
-    if m.total_epochs:
+        parts.append(f"step {m.current_step or 0}/{m.total_steps}")
+    if m.total_epochs and m.current_epoch is not None:
         parts.append(f"epoch {m.current_epoch}/{m.total_epochs}")
     if m.train_loss is not None:
         parts.append(f"loss {m.train_loss:.4f}")
@@ -206,7 +206,7 @@ def _print_job(job: TuningJob) -> None:
             print(f"{key:<17}{value}")
     if job.error is not None and job.error.log_tail:
         print("log tail:")
-        for line in job.error.log_tail.splitlines():
+        for line in job.error.log_tail:
             print(f"  {line}")
 
 

@@ -2,6 +2,10 @@
 
 Each route holds a list of actions; a request takes the next one (the last repeats). An action gets the
 handler and may answer, misbehave (drop the connection) or stream. Every request is recorded.
+
+Every JSON body the stub answers with is checked against the service's model of that route (objects.py): a
+fixture the service could not have sent is listed in `contract_problems`, and the `stub` fixture fails the
+test with them. A body that is off the contract on purpose is sent with ``conform=False``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.sdk.objects import conformance_problem, job_body
+
+__all__ = ["Handler", "Recorded", "StubServer", "delay", "drop", "error", "job_body", "reply"]
 
 
 @dataclass
@@ -38,9 +46,11 @@ class Recorded:
 Action = Callable[["Handler", Recorded], None]
 
 
-def reply(status: int = 200, body: Any = None, headers: dict[str, str] | None = None) -> Action:
+def reply(
+    status: int = 200, body: Any = None, headers: dict[str, str] | None = None, *, conform: bool = True
+) -> Action:
     def action(h: Handler, req: Recorded) -> None:
-        h.send_json(status, body, headers)
+        h.send_json(status, body, headers, conform=conform)
 
     return action
 
@@ -68,19 +78,6 @@ def delay(seconds: float, then: Action) -> Action:
     return action
 
 
-def job_body(job_id: str = "ftjob-1", status: str = "queued", **extra: Any) -> dict[str, Any]:
-    return {
-        "id": job_id,
-        "object": "tuning.job",
-        "status": status,
-        "model": "tiny-llama",
-        "training_file": "data/train.jsonl",
-        "hyperparameters": {"epochs": 1},
-        "created_at": 1764150000,
-        **extra,
-    }
-
-
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: StubServer
@@ -98,7 +95,15 @@ class Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_DELETE = _handle
 
-    def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    def send_json(
+        self, status: int, body: Any, headers: dict[str, str] | None = None, *, conform: bool = True
+    ) -> None:
+        if conform:
+            problem = conformance_problem(self.command, urlsplit(self.path).path, status, body)
+            if problem is not None:
+                # Sent all the same: the test goes on, and the `stub` fixture fails it at the end (an
+                # exception here would only reach the client as a dropped connection).
+                self.server.contract_problems.append(problem)
         data = b"" if body is None else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -138,6 +143,7 @@ class StubServer(ThreadingHTTPServer):
         self.daemon_threads = True
         self.routes: dict[tuple[str, str], list[Action]] = {}
         self.requests: list[Recorded] = []
+        self.contract_problems: list[str] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True

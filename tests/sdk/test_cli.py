@@ -7,15 +7,25 @@ import socket
 
 import pytest
 
+from tests.sdk.objects import (
+    deleted_job_body,
+    health_body,
+    job_error_body,
+    job_list_body,
+    log_page,
+    metrics_body,
+    record,
+)
 from tests.sdk.stub import Handler, Recorded, StubServer, error, job_body, reply
 from tuning_sdk import cli
 
 
 def test_health(stub: StubServer, run) -> None:
-    stub.route("GET", "/health", reply(200, {"status": "healthy", "version": "1"}))
-    assert run("health") == (0, "status: healthy\nversion: 1\n", "")
+    stub.route("GET", "/health", reply(200, health_body("1")))
+    code, out, _ = run("health")
+    assert code == 0 and out.startswith("status: healthy\nversion: 1\nuptime: 1.5\n")
     code, out, _ = run("health", "--json")
-    assert code == 0 and json.loads(out) == {"status": "healthy", "version": "1"}
+    assert code == 0 and json.loads(out) == health_body("1")
 
 
 def test_create_parses_hyperparameters(stub: StubServer, run) -> None:
@@ -91,8 +101,8 @@ def test_list_get_cancel_delete(stub: StubServer, run) -> None:
     stub.route(
         "GET",
         "/v1/tunings.list",
-        reply(200, {"data": jobs[:2], "has_more": True, "last_id": "ftjob-1"}),
-        reply(200, {"data": jobs[2:], "has_more": False, "last_id": "ftjob-4"}),
+        reply(200, job_list_body(jobs[:2], has_more=True)),
+        reply(200, job_list_body(jobs[2:])),
     )
     code, out, _ = run("jobs", "list", "--limit", "0")
     lines = out.splitlines()
@@ -102,7 +112,7 @@ def test_list_get_cancel_delete(stub: StubServer, run) -> None:
     assert code == 0 and "status           running" in out
     stub.route("POST", "/v1/tunings.cancel/", error(409, "job_terminal", "already ended"))
     assert run("jobs", "cancel", "ftjob-7")[0] == cli.EXIT_REJECTED
-    stub.route("DELETE", "/v1/tunings.delete/", reply(200, {"id": "ftjob-7", "deleted": True}))
+    stub.route("DELETE", "/v1/tunings.delete/", reply(200, deleted_job_body("ftjob-7")))
     assert run("jobs", "delete", "ftjob-7") == (0, "deleted ftjob-7\n", "")
 
 
@@ -121,22 +131,19 @@ def test_not_found_auth_server_connection_codes(stub: StubServer, run, monkeypat
 
 def test_wait_exit_codes_and_plain_progress(stub: StubServer, run, monkeypatch) -> None:
     monkeypatch.setattr(cli, "_progress_bar", lambda stream: cli._PlainBar(stream))
-    metrics = {
-        "progress": 1.0,
-        "current_step": 4,
-        "total_steps": 4,
-        "current_epoch": 1,
-        "total_epochs": 1,
-        "train_loss": 0.5,
-    }
+    metrics = metrics_body(
+        progress=1.0, current_step=4, total_steps=4, current_epoch=1, total_epochs=1, train_loss=0.5
+    )
     stub.route("GET", "/v1/tunings.get/", reply(200, job_body(status="succeeded", metrics=metrics)))
     code, out, err = run("jobs", "wait", "ftjob-1")
     assert code == 0 and "[##############################] 100.0% step 4/4 | epoch 1/1 | loss 0.5000" in err
-    stub.route("GET", "/v1/tunings.get/", reply(200, job_body(status="failed", error={"message": "oom"})))
+    failed = job_body(status="failed", error=job_error_body("out_of_memory", "oom", log_tail=["a", "b"]))
+    stub.route("GET", "/v1/tunings.get/", reply(200, failed))
     code, out, _ = run("jobs", "wait", "ftjob-1", "--no-progress")
-    assert code == cli.EXIT_JOB_FAILED and "error            oom" in out
+    assert code == cli.EXIT_JOB_FAILED and "error            oom (out_of_memory)" in out
+    assert out.endswith("log tail:\n  a\n  b\n")  # log_tail is an array of lines
     stub.route("GET", "/v1/tunings.get/", reply(200, job_body(status="running")))
-    stub.route("GET", "/v1/tunings.logs/", reply(200, {"data": []}))
+    stub.route("GET", "/v1/tunings.logs/", reply(200, log_page([])))
     code, out, _ = run("--json", "jobs", "wait", "ftjob-1", "--timeout", "0.1", "--poll-interval", "0.05")
     assert code == cli.EXIT_WAIT_TIMEOUT and json.loads(out)["error"]["job"]["status"] == "running"
 
@@ -144,10 +151,10 @@ def test_wait_exit_codes_and_plain_progress(stub: StubServer, run, monkeypatch) 
 def test_logs(stub: StubServer, run) -> None:
     def logs(h: Handler, req: Recorded) -> None:
         data = [
-            {"seq": 1, "type": "log", "time": 0, "line": "hello"},
-            {"seq": 2, "type": "metrics", "time": 0, "step": 1, "total_steps": 2, "loss": 1.0},
+            record(1, "log", line="hello"),
+            record(2, "metrics", step=1, total_steps=2, loss=1.0),
         ]
-        h.send_json(200, {"data": data, "has_more": False})
+        h.send_json(200, log_page(data))
 
     stub.route("GET", "/v1/tunings.logs/", logs)
     code, out, _ = run("jobs", "logs", "ftjob-1")
@@ -161,8 +168,8 @@ def test_closed_pipe_is_not_an_error(stub: StubServer) -> None:
     import subprocess
     import sys
 
-    lines = [{"seq": i, "type": "log", "time": 0, "line": "x" * 200} for i in range(1, 2001)]
-    stub.route("GET", "/v1/tunings.logs/", reply(200, {"data": lines, "has_more": False}))
+    lines = [record(i, "log", line="x" * 200) for i in range(1, 2001)]
+    stub.route("GET", "/v1/tunings.logs/", reply(200, log_page(lines)))
     env = {**os.environ, "TUNING_API_KEY": "k", "TUNING_BASE_URL": stub.base_url}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuning_sdk.cli", "jobs", "logs", "ftjob-1"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.sdk.objects import health_body
 from tests.sdk.stub import StubServer, reply
 from tuning_sdk import DEFAULT_BASE_URL, TuningClient, TuningError
 
@@ -11,7 +12,7 @@ from tuning_sdk import DEFAULT_BASE_URL, TuningClient, TuningError
 def test_env_fallbacks(monkeypatch: pytest.MonkeyPatch, stub: StubServer) -> None:
     monkeypatch.setenv("TUNING_API_KEY", "from-env")
     monkeypatch.setenv("TUNING_BASE_URL", stub.base_url + "/")
-    stub.route("GET", "/health", reply(200, {"status": "healthy", "version": "x"}))
+    stub.route("GET", "/health", reply(200, health_body("x")))
     with TuningClient() as client:
         assert client.base_url == stub.base_url
         assert client.health_check()["status"] == "healthy"

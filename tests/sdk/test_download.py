@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.sdk.objects import checkpoint_body, checkpoint_list, log_page, record
 from tests.sdk.stub import Handler, Recorded, StubServer, error, job_body, reply
 from tuning_sdk import ArchiveError, ConflictError, NotFoundError, TuningClient, cli
 from tuning_sdk._transfer import safe_extract
@@ -155,9 +156,8 @@ def test_safe_extract_of_a_local_archive(tmp_path: Path) -> None:
 # ---- events, checkpoints, pause/resume ------------------------------------------------------------------
 
 
-def _events(seqs: list[int], has_more: bool) -> dict[str, object]:
-    data = [{"seq": s, "type": "metrics", "time": 1.0, "step": s} for s in seqs]
-    return {"object": "list", "data": data, "has_more": has_more, "last_seq": seqs[-1] if seqs else 0}
+def _events(seqs: list[int], has_more: bool, after: int = 0) -> dict[str, object]:
+    return log_page([record(s, "metrics", time=1.0, step=s) for s in seqs], has_more, after)
 
 
 def test_events_follow_the_cursor_across_pages(stub: StubServer, client: TuningClient) -> None:
@@ -166,7 +166,7 @@ def test_events_follow_the_cursor_across_pages(stub: StubServer, client: TuningC
         "/v1/tunings.events/",
         reply(200, _events([1, 2], True)),
         reply(200, _events([5, 6], True)),
-        reply(200, _events([], False)),
+        reply(200, _events([], False, after=6)),
     )
     events = client.tunings.events("ftjob-1", limit=2)
     assert len(stub.calls("GET", "/v1/tunings.events/")) == 1  # the first page is fetched by the call
@@ -185,17 +185,8 @@ def test_events_of_an_unknown_job_raise_at_the_call(stub: StubServer, client: Tu
 
 
 def test_checkpoints_pause_resume(stub: StubServer, client: TuningClient) -> None:
-    ckpt = {
-        "object": "tuning.checkpoint",
-        "id": "ftckpt-1-4",
-        "step": 4,
-        "created_at": 1764150003,
-        "path": "checkpoints/checkpoint-4",
-        "metrics": {"step": 4, "train_loss": 1.5, "eval_loss": None},
-    }
-    stub.route(
-        "GET", "/v1/tunings.checkpoints/", reply(200, {"object": "list", "data": [ckpt], "has_more": False})
-    )
+    ckpt = checkpoint_body(4, train_loss=1.5, learning_rate=1e-4, epoch=0.5)
+    stub.route("GET", "/v1/tunings.checkpoints/", reply(200, checkpoint_list([ckpt])))
     stub.route("POST", "/v1/tunings.pause/", reply(200, job_body(status="pausing")))
     stub.route("POST", "/v1/tunings.resume/", error(409, "no_checkpoint", "nothing to resume from"))
     (c,) = client.tunings.checkpoints("ftjob-1")
@@ -213,7 +204,7 @@ def test_wait_on_a_paused_job(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="tuning_sdk")
     # A JSON answer instead of an event stream (e.g. a proxy that buffers): wait polls.
-    stub.route("GET", "/v1/tunings.logs/", reply(200, {"object": "list", "data": []}))
+    stub.route("GET", "/v1/tunings.logs/", reply(200, log_page([])))
     stub.route("GET", "/v1/tunings.get/", reply(200, job_body(status="paused")))
     assert client.tunings.wait("ftjob-1", stop_on_pause=True, timeout=5).status == "paused"
     assert not caplog.records
@@ -243,9 +234,7 @@ def test_cli_job_artifacts(stub: StubServer, run, tmp_path: Path) -> None:
     code, out, _ = run("jobs", "events", "ftjob-1", "--json")
     assert [json.loads(line)["seq"] for line in out.splitlines()] == [1, 2]
 
-    stub.route(
-        "GET", "/v1/tunings.checkpoints/", reply(200, {"object": "list", "data": [], "has_more": False})
-    )
+    stub.route("GET", "/v1/tunings.checkpoints/", reply(200, checkpoint_list([])))
     assert run("jobs", "checkpoints", "ftjob-1") == (0, "no checkpoints\n", "")
 
     stub.route("GET", "/v1/tunings.download/", gz(make_tar(ADAPTER)))
@@ -264,7 +253,7 @@ def test_cli_job_artifacts(stub: StubServer, run, tmp_path: Path) -> None:
     code, _, err = run("jobs", "resume", "ftjob-1")
     assert code == cli.EXIT_REJECTED and "job_not_resumable" in err
 
-    stub.route("GET", "/v1/tunings.logs/", reply(200, {"object": "list", "data": []}))
+    stub.route("GET", "/v1/tunings.logs/", reply(200, log_page([])))
     stub.route("GET", "/v1/tunings.get/", reply(200, job_body(status="paused")))
     code, out, _ = run("--json", "jobs", "wait", "ftjob-1", "--stop-on-pause", "--no-progress")
     assert code == cli.EXIT_PAUSED and json.loads(out)["status"] == "paused"

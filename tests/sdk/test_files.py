@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.sdk import objects
+from tests.sdk.objects import deleted_file_body, file_error_body, file_list_body
 from tests.sdk.stub import Handler, Recorded, StubServer, drop, error, reply
 from tuning_sdk import BadRequestError, ConflictError, FileObject, NotFoundError, TuningClient, cli
 from tuning_sdk._transfer import MultipartFile
@@ -19,20 +21,8 @@ DATA = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", 
 
 
 def file_body(file_id: str = "file-1", status: str = "processed", **extra: Any) -> dict[str, Any]:
-    return {
-        "id": file_id,
-        "object": "file",
-        "bytes": len(DATA),
-        "created_at": 1764150000,
-        "filename": "train.jsonl",
-        "purpose": "fine-tune",
-        "status": status,
-        "status_details": None,
-        "format": "chat",
-        "num_examples": 3,
-        "error": None,
-        **extra,
-    }
+    """A file object of DATA (validated against the service's File, objects.py)."""
+    return objects.file_body(file_id, status, **{"bytes": len(DATA), **extra})
 
 
 def parts(req: Recorded) -> dict[str, tuple[str | None, bytes]]:
@@ -120,10 +110,8 @@ def test_upload_errors(stub: StubServer, client: TuningClient, tmp_path: Path) -
 def test_an_invalid_file_is_returned_with_its_line(stub: StubServer, client: TuningClient) -> None:
     bad = file_body(
         status="error",
-        format=None,
-        num_examples=None,
         status_details="line 2: not valid JSON",
-        error={"code": "invalid_json", "message": "not valid JSON", "line": 2},
+        error=file_error_body("invalid_json", "not valid JSON", 2),
     )
     stub.route("POST", "/v1/files.upload", reply(200, bad))
     f = client.files.upload(io.BytesIO(b"{}\n{"))
@@ -147,12 +135,12 @@ def test_list_get_content_delete(stub: StubServer, client: TuningClient) -> None
     stub.route(
         "GET",
         "/v1/files.list",
-        reply(200, {"object": "list", "data": [file_body("file-2")], "has_more": True, "last_id": "file-2"}),
-        reply(200, {"object": "list", "data": [file_body("file-1")], "has_more": False, "last_id": "file-1"}),
+        reply(200, file_list_body([file_body("file-2")], has_more=True)),
+        reply(200, file_list_body([file_body("file-1")])),
     )
     stub.route("GET", "/v1/files.get/", reply(200, file_body("file-1")))
     stub.route("GET", "/v1/files.content/", _raw(200, DATA))
-    stub.route("DELETE", "/v1/files.delete/", reply(200, {"id": "file-1", "object": "file", "deleted": True}))
+    stub.route("DELETE", "/v1/files.delete/", reply(200, deleted_file_body("file-1")))
     assert [f.id for f in client.files.list(limit=1, purpose="fine-tune")] == ["file-2", "file-1"]
     first, second = stub.calls("GET", "/v1/files.list")
     assert first.query == {"limit": ["1"], "purpose": ["fine-tune"]}
@@ -188,9 +176,7 @@ def test_cli_files(stub: StubServer, run, tmp_path: Path) -> None:
     code, out, _ = run("--json", "files", "upload", str(path))
     assert code == 0 and json.loads(out)["status"] == "processed"
 
-    stub.route(
-        "GET", "/v1/files.list", reply(200, {"object": "list", "data": [file_body()], "has_more": False})
-    )
+    stub.route("GET", "/v1/files.list", reply(200, file_list_body([file_body()])))
     code, out, _ = run("files", "list")
     assert code == 0 and out.splitlines()[0].split()[:3] == ["ID", "STATUS", "FILENAME"] and "file-1" in out
     code, out, _ = run("files", "list", "--json")
@@ -201,14 +187,12 @@ def test_cli_files(stub: StubServer, run, tmp_path: Path) -> None:
     assert run("files", "content", "file-1", "-o", str(target))[0] == 0
     assert target.read_bytes() == DATA
 
-    stub.route("DELETE", "/v1/files.delete/", reply(200, {"id": "file-1", "object": "file", "deleted": True}))
+    stub.route("DELETE", "/v1/files.delete/", reply(200, deleted_file_body("file-1")))
     assert run("files", "delete", "file-1") == (0, "deleted file-1\n", "")
 
 
 def test_cli_files_exit_codes(stub: StubServer, run, tmp_path: Path) -> None:
-    bad = file_body(
-        status="error", error={"code": "empty_file", "message": "the file is empty", "line": None}
-    )
+    bad = file_body(status="error", error=file_error_body("empty_file", "the file is empty", None))
     stub.route("POST", "/v1/files.upload", reply(200, bad))
     path = tmp_path / "empty.jsonl"
     path.write_bytes(b"")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.sdk.objects import health_body
 from tests.sdk.stub import Handler, Recorded, StubServer, delay, drop, error, job_body, reply
 from tuning_sdk import (
     APIConnectionError,
@@ -148,7 +149,7 @@ def test_connection_refused_is_retried_then_raised(sleeps: list[float]) -> None:
 
 
 def test_read_timeout_raises_api_timeout_error(stub: StubServer, sleeps: list[float]) -> None:
-    stub.route("GET", "/health", delay(1.0, reply(200, {"status": "healthy"})))
+    stub.route("GET", "/health", delay(1.0, reply(200, health_body())))
     c = TuningClient(api_key="k", base_url=stub.base_url, timeout=0.2, max_retries=1)
     with pytest.raises(APITimeoutError):
         c.health_check()
@@ -159,7 +160,7 @@ def test_read_timeout_raises_api_timeout_error(stub: StubServer, sleeps: list[fl
 def test_real_sleep_honours_retry_after(stub: StubServer, client: TuningClient) -> None:
     import time
 
-    stub.route("GET", "/health", reply(503, None, {"Retry-After": "1"}), reply(200, {"status": "healthy"}))
+    stub.route("GET", "/health", reply(503, None, {"Retry-After": "1"}), reply(200, health_body()))
     t0 = time.monotonic()
     assert client.health_check()["status"] == "healthy"
     assert time.monotonic() - t0 >= 1.0

@@ -225,7 +225,7 @@ def test_errors_map_to_classes(live_service: ServiceProcess, sdk: TuningClient) 
     with pytest.raises(NotFoundError):
         other.tunings.get(job.id)
     other.close()
-    # The same idempotency key: the same job; with another body: 422.
+    # The same idempotency key: the same job; with another body: 409.
     again = sdk.tunings.create(
         model="tiny-llama",
         training_file="data/train.jsonl",
@@ -241,7 +241,7 @@ def test_errors_map_to_classes(live_service: ServiceProcess, sdk: TuningClient) 
         ).id
         == again.id
     )
-    with pytest.raises(UnprocessableEntityError) as reused:
+    with pytest.raises(ConflictError) as reused:
         sdk.tunings.create(model="tiny-llama", training_file="data/train.jsonl", idempotency_key="k-1")
     assert reused.value.code == "idempotency_key_reused"
     for j in (job, again):

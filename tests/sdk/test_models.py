@@ -5,50 +5,60 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from pydantic import ValidationError
 
+from tests.sdk.objects import (
+    conform,
+    hyperparameters_body,
+    job_body,
+    job_error_body,
+    metrics_body,
+    record,
+    validate,
+)
 from tuning_sdk import Hyperparameters, JobStatus, LogRecord, TrainingMetrics, TuningJob
+from tuning_service.schema import jobs as documented
 
-FULL_JOB = {
-    "id": "ftjob-3f2c",
-    "object": "tuning.job",
-    "status": "failed",
-    "model": "tiny-llama",
-    "fine_tuned_model": None,
-    "adapter_path": None,
-    "training_file": "data/train.jsonl",
-    "validation_file": "data/valid.jsonl",
-    "method": "lora",
-    "hyperparameters": {"epochs": 3, "learning_rate": 0.0002, "batch_size": 4, "brand_new_knob": 7},
-    "suffix": "s",
-    "seed": 42,
-    "metadata": {"team": "nlp"},
-    "created_at": 1764150000,
-    "started_at": 1764150001,
-    "finished_at": 1764150011,
-    "duration": 10.5,
-    "queue_position": None,
-    "trained_tokens": 12345,
-    "error": {
-        "code": "model_not_found",
-        "message": "no such model",
-        "param": "model",
-        "exit_code": 2,
-        "signal": None,
-        "log_tail": "Traceback...",
-    },
-    "metrics": {
-        "progress": 0.42,
-        "current_step": 21,
-        "total_steps": 50,
-        "current_epoch": 1,
-        "total_epochs": 3,
-        "train_loss": 1.23,
-        "eval_loss": None,
-        "learning_rate": 0.00018,
-        "tokens_per_second": 9000.0,
-        "eta_seconds": 3.1,
-        "future_metric": 1,
-    },
+# A failed job as the service sends it (job_body validates it against the service's TuningJob).
+FULL_JOB = job_body(
+    "ftjob-3f2c",
+    "failed",
+    validation_file="data/valid.jsonl",
+    method="lora",
+    hyperparameters=hyperparameters_body(epochs=3, learning_rate=0.0002, batch_size=4),
+    suffix="s",
+    metadata={"team": "nlp"},
+    started_at=1764150001,
+    finished_at=1764150011,
+    duration=10.5,
+    trained_tokens=12345,
+    error=job_error_body(
+        "model_not_found",
+        "no such model",
+        param="model",
+        exit_code=2,
+        log_tail=["Traceback (most recent call last):", "OSError: no such model"],
+        hint="check the model name",
+    ),
+    metrics=metrics_body(
+        progress=0.42,
+        current_step=21,
+        total_steps=50,
+        current_epoch=1,
+        total_epochs=3,
+        train_loss=1.23,
+        learning_rate=0.00018,
+        tokens_per_second=9000.0,
+        eta_seconds=3.1,
+    ),
+)
+
+# The same job from a newer service, with fields this one does not define: off the contract on purpose.
+FUTURE_JOB = {
+    **FULL_JOB,
+    "hyperparameters": {**FULL_JOB["hyperparameters"], "brand_new_knob": 7},
+    "metrics": {**FULL_JOB["metrics"], "future_metric": 1},
+    "error": {**FULL_JOB["error"], "future_detail": "x"},
     "a_field_from_the_future": {"x": 1},
 }
 
@@ -58,39 +68,62 @@ def test_full_job_round_trip() -> None:
     assert job.id == "ftjob-3f2c" and job.status == JobStatus.FAILED and job.is_terminal
     assert not job.is_successful and not job.is_running
     assert job.duration == 10.5 and job.trained_tokens == 12345 and job.metadata == {"team": "nlp"}
-    assert job.hyperparameters.epochs == 3 and job.hyperparameters.extra == {"brand_new_knob": 7}
+    assert (job.method, job.seed, job.created_at) == ("lora", 42, 1764150000)
+    assert job.hyperparameters.epochs == 3 and job.hyperparameters.lora_r == 16
+    assert job.hyperparameters.extra == {}
     assert job.error is not None and job.error.code == "model_not_found" and job.error.exit_code == 2
+    assert job.error.log_tail == ("Traceback (most recent call last):", "OSError: no such model")
+    assert job.error.signal is None and job.error.hint == "check the model name"
     assert str(job.error) == "no such model (model_not_found)"
     m = job.metrics
     assert m is not None
     assert (m.progress, m.current_epoch, m.total_epochs, m.train_loss) == (0.42, 1, 3, 1.23)
-    assert m.raw["future_metric"] == 1
-    assert job.to_dict()["a_field_from_the_future"] == {"x": 1}  # nothing the service sent is lost
+    assert m.eval_loss is None
+    assert job.to_dict() == FULL_JOB
     with pytest.raises(dataclasses.FrozenInstanceError):
         job.status = "running"  # type: ignore[misc]
 
 
+def test_fields_from_a_newer_service_are_kept_not_refused() -> None:
+    with pytest.raises(ValidationError):  # really unknown to this service: the test means something
+        validate(documented.TuningJob, FUTURE_JOB)
+    job, known = TuningJob.from_dict(FUTURE_JOB), TuningJob.from_dict(FULL_JOB)
+    assert dataclasses.replace(job, hyperparameters=known.hyperparameters) == known
+    assert job.hyperparameters.extra == {"brand_new_knob": 7}
+    assert job.metrics is not None and job.metrics.raw["future_metric"] == 1
+    assert job.error is not None and job.error.raw["future_detail"] == "x"
+    assert job.to_dict()["a_field_from_the_future"] == {"x": 1}  # nothing the service sent is lost
+
+
 def test_minimal_and_odd_jobs_parse() -> None:
+    # Off the contract on purpose: a broken or foreign server must not make the SDK raise.
     job = TuningJob.from_dict({"id": "j", "status": "a_status_from_the_future", "model": "m"})
     assert job.metrics is None and job.error is None and not job.is_terminal and job.duration is None
+    assert (job.created_at, job.seed, job.method, job.webhook_events) == (0, 0, "", None)
     job = TuningJob.from_dict({**FULL_JOB, "error": "plain text", "metrics": None, "hyperparameters": None})
-    assert job.error is not None and job.error.message == "plain text"
+    assert job.error is not None and job.error.message == "plain text" and job.error.log_tail == ()
     assert job.metrics is None and job.hyperparameters == Hyperparameters()
+    # An older service's one-string log tail still reads as lines; a numeric signal is not a name.
+    job = TuningJob.from_dict({**FULL_JOB, "error": {"message": "x", "log_tail": "a\nb", "signal": 9}})
+    assert job.error is not None and job.error.log_tail == ("a", "b") and job.error.signal is None
 
 
 def test_webhook_and_restart_fields_are_typed() -> None:
     job = TuningJob.from_dict(
-        {
-            **FULL_JOB,
-            "resume_on_restart": True,
-            "webhook_url": "https://hooks.example.com/t",
-            "webhook_events": ["job.succeeded", "job.checkpoint"],
-        }
+        conform(
+            documented.TuningJob,
+            {
+                **FULL_JOB,
+                "resume_on_restart": True,
+                "webhook_url": "https://hooks.example.com/t",
+                "webhook_events": ["job.succeeded", "job.checkpoint"],
+            },
+        )
     )
     assert job.resume_on_restart is True and job.webhook_url == "https://hooks.example.com/t"
     assert job.webhook_events == ("job.succeeded", "job.checkpoint")
     bare = TuningJob.from_dict(FULL_JOB)  # a job without a webhook has neither field
-    assert (bare.resume_on_restart, bare.webhook_url, bare.webhook_events) == (False, None, ())
+    assert (bare.resume_on_restart, bare.webhook_url, bare.webhook_events) == (False, None, None)
 
 
 def test_success_and_status_helpers() -> None:
@@ -101,8 +134,9 @@ def test_success_and_status_helpers() -> None:
 
 
 def test_metrics_tolerate_missing_and_bad_values() -> None:
+    # Off the contract on purpose (a broken server): odd values become None, never an exception.
     m = TrainingMetrics.from_dict({"progress": "x", "current_step": True, "train_loss": "1.5"})
-    assert m.progress == 0.0 and m.current_step == 0 and m.train_loss == 1.5
+    assert m.progress == 0.0 and m.current_step is None and m.train_loss == 1.5
     assert TrainingMetrics.from_dict({"progress": 1.7}).progress == 1.0
 
 
@@ -113,9 +147,7 @@ def test_hyperparameters_to_dict_sends_only_what_was_set() -> None:
 
 
 def test_log_record() -> None:
-    rec = LogRecord.from_dict(
-        {"seq": 3, "type": "metrics", "time": 1.5, "step": 2, "total_steps": 5, "loss": 0.5}
-    )
+    rec = LogRecord.from_dict(record(3, "metrics", time=1.5, step=2, total_steps=5, loss=0.5))
     assert rec.seq == 3 and rec["step"] == 2 and rec.get("nope", 9) == 9
     assert "step 2/5" in rec.format() and "loss 0.5000" in rec.format()
     assert rec.to_dict() == {
@@ -126,10 +158,11 @@ def test_log_record() -> None:
         "total_steps": 5,
         "loss": 0.5,
     }
-    status = LogRecord.from_dict({"seq": 9, "type": "status", "status": "succeeded"})
+    status = LogRecord.from_dict(record(9, "status", status="succeeded", message=None))
     assert status.is_terminal_status and status.format() == "status: succeeded"
-    assert LogRecord.from_dict({"seq": 4, "type": "log", "line": "hello"}).format() == "hello"
-    assert not LogRecord.from_dict({"seq": 5, "type": "status", "status": "running"}).is_terminal_status
+    assert LogRecord.from_dict(record(4, "log", line="hello")).format() == "hello"
+    assert not LogRecord.from_dict(record(5, "status", status="running", message=None)).is_terminal_status
+    assert LogRecord.from_dict({"seq": 6, "type": "log"}).time == 0.0  # off the contract: no time
 
 
 @pytest.mark.parametrize(
@@ -144,11 +177,12 @@ def test_log_record() -> None:
         (3.0, 3, 3),
         (2, 3, 2),
         (1.5, None, 2),
-        ("x", 3, 0),
+        ("x", 3, None),
+        (None, 3, None),
     ],
 )
 def test_fractional_epochs_become_the_epoch_in_progress(
-    epoch: object, total: int | None, expected: int
+    epoch: object, total: int | None, expected: int | None
 ) -> None:
     assert (
         TrainingMetrics.from_dict({"current_epoch": epoch, "total_epochs": total}).current_epoch == expected

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.sdk.objects import log_page, record
 from tests.sdk.stub import Handler, Recorded, StubServer, error, job_body, reply
 from tuning_sdk import APIConnectionError, NotFoundError, TuningClient
 from tuning_sdk._streaming import ServerSentEvent, iter_lines, iter_sse
@@ -54,8 +55,8 @@ def test_iter_lines_crlf_split_across_chunks() -> None:
 
 def _record(seq: int, total: int) -> dict[str, Any]:
     if seq == total:
-        return {"seq": seq, "type": "status", "time": float(seq), "status": "succeeded"}
-    return {"seq": seq, "type": "metrics", "time": float(seq), "step": seq, "loss": 1.0 / seq}
+        return record(seq, "status", status="succeeded", message="training completed")
+    return record(seq, "metrics", step=seq, loss=1.0 / seq)
 
 
 def _sse(rec: dict[str, Any]) -> str:
@@ -85,7 +86,7 @@ class LogServer:
         if req.query.get("follow") != ["true"]:
             after = int(req.query.get("after", ["0"])[0])
             data = [_record(s, self.total) for s in range(after + 1, self.total + 1)]
-            h.send_json(200, {"object": "list", "data": data[:3], "has_more": len(data) > 3})
+            h.send_json(200, log_page(data[:3], has_more=len(data) > 3, after=after))
             return
         last = req.header("Last-Event-ID")
         self.last_event_ids.append(last)
@@ -152,8 +153,8 @@ def test_stream_of_an_ended_job_finishes_from_the_paged_endpoint(
             h.end_stream()
         else:
             after = int(req.query["after"][0])
-            data = [{"seq": s, "type": "log", "line": f"l{s}"} for s in range(after + 1, 5)]
-            h.send_json(200, {"object": "list", "data": data, "has_more": False})
+            data = [record(s, "log", line=f"l{s}") for s in range(after + 1, 5)]
+            h.send_json(200, log_page(data, after=after))
 
     stub.route("GET", "/v1/tunings.logs/", empty_stream)
     assert [r["line"] for r in client.tunings.stream_logs("ftjob-1", after=1)] == ["l2", "l3", "l4"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.sdk.objects import deleted_job_body, job_error_body, job_list_body, log_page, metrics_body, record
 from tests.sdk.stub import Handler, Recorded, StubServer, job_body, reply
 from tuning_sdk import Hyperparameters, TuningClient, TuningJob, WaitTimeoutError
 from tuning_sdk.resources import tunings
@@ -48,7 +49,7 @@ def test_get_cancel_delete_paths(stub: StubServer, client: TuningClient) -> None
     stub.route(
         "DELETE",
         "/v1/tunings.delete/",
-        reply(200, {"id": "ftjob-9", "object": "tuning.job", "deleted": True}),
+        reply(200, deleted_job_body("ftjob-9")),
     )
     assert client.tunings.get("ftjob-9").is_running
     assert client.tunings.cancel("ftjob-9").status == "cancelling"
@@ -71,16 +72,7 @@ def test_list_follows_cursors_across_pages(stub: StubServer, client: TuningClien
         after = req.query.get("after", [None])[0]
         start = ids.index(after) + 1 if after else 0
         data = [job_body(i, status="succeeded") for i in ids[start : start + limit]]
-        h.send_json(
-            200,
-            {
-                "object": "list",
-                "data": data,
-                "has_more": start + limit < len(ids),
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-            },
-        )
+        h.send_json(200, job_list_body(data, has_more=start + limit < len(ids)))
 
     stub.route("GET", "/v1/tunings.list", page)
     first = client.tunings.list(limit=3, status="succeeded")
@@ -102,19 +94,19 @@ class JobOverTime:
         self.gets = 0
         self.stream_ready = threading.Event()
         stub.route("GET", "/v1/tunings.get/", self.get)
-        stub.route("GET", "/v1/tunings.logs/", self.logs if stream else reply(200, {"data": []}))
+        stub.route("GET", "/v1/tunings.logs/", self.logs if stream else reply(200, log_page([])))
 
     def _job(self) -> dict[str, Any]:
         if self.step < 0:
             return job_body(status="queued")
-        metrics = {
-            "progress": self.step / self.steps,
-            "current_step": self.step,
-            "total_steps": self.steps,
-            "current_epoch": 1,
-            "total_epochs": 1,
-            "train_loss": 2.0 - self.step * 0.1,
-        }
+        metrics = metrics_body(
+            progress=self.step / self.steps,
+            current_step=self.step,
+            total_steps=self.steps,
+            current_epoch=1,
+            total_epochs=1,
+            train_loss=2.0 - self.step * 0.1,
+        )
         status = "succeeded" if self.step >= self.steps else "running"
         return job_body(status=status, metrics=metrics, duration=1.5 if status == "succeeded" else None)
 
@@ -127,9 +119,9 @@ class JobOverTime:
         for seq in range(1, self.steps + 2):
             self.step = seq - 1
             if seq == self.steps + 1:
-                rec = {"seq": seq, "type": "status", "status": "succeeded"}
+                rec = record(seq, "status", status="succeeded", message="training completed")
             else:
-                rec = {"seq": seq, "type": "metrics", "step": seq - 1}
+                rec = record(seq, "metrics", step=seq - 1)
             h.chunk(f"id: {seq}\nevent: {rec['type']}\ndata: {json.dumps(rec)}\n\n")
             time.sleep(0.3)  # slower than MIN_REFRESH_INTERVAL: each record is seen
         h.end_stream()
@@ -170,7 +162,7 @@ def test_wait_returns_failed_jobs_and_times_out(stub: StubServer, client: Tuning
     stub.route(
         "GET",
         "/v1/tunings.get/",
-        reply(200, job_body(status="failed", error={"code": "x", "message": "bad"})),
+        reply(200, job_body(status="failed", error=job_error_body("trainer_crashed", "bad"))),
     )
     failed = client.tunings.wait("ftjob-1")
     assert not failed.is_successful and failed.error is not None and failed.error.message == "bad"
@@ -191,16 +183,19 @@ def test_wait_returns_failed_jobs_and_times_out(stub: StubServer, client: Tuning
 
 
 def test_wait_on_progress_only_on_change(stub: StubServer, client: TuningClient, sleeps: list[float]) -> None:
+    def running(progress: float, step: int, loss: float | None) -> dict[str, Any]:
+        return metrics_body(progress=progress, current_step=step, total_steps=4, train_loss=loss)
+
     jobs = [
         job_body(status="running"),
         # Started, no step yet: no loss to show, no call.
-        job_body(status="running", metrics={"progress": 0.0, "total_steps": 4, "train_loss": None}),
-        job_body(status="running", metrics={"progress": 0.5, "train_loss": 1.0}),
-        job_body(status="running", metrics={"progress": 0.5, "train_loss": 1.0}),
-        job_body(status="succeeded", metrics={"progress": 1.0, "train_loss": 0.5}),
+        job_body(status="running", metrics=running(0.0, 0, None)),
+        job_body(status="running", metrics=running(0.5, 2, 1.0)),
+        job_body(status="running", metrics=running(0.5, 2, 1.0)),
+        job_body(status="succeeded", metrics=running(1.0, 4, 0.5)),
     ]
     stub.route("GET", "/v1/tunings.get/", *[reply(200, j) for j in jobs])
-    stub.route("GET", "/v1/tunings.logs/", reply(200, {"data": []}))
+    stub.route("GET", "/v1/tunings.logs/", reply(200, log_page([])))
     calls: list[float] = []
     client.tunings.wait("ftjob-1", on_progress=lambda j: calls.append(j.metrics.progress))
     assert calls == [0.5, 1.0]

@@ -122,7 +122,11 @@ class Tunings(JobActions):
             UnprocessableEntityError: invalid hyperparameters or data file (``param`` names the field; data
                 errors also give ``line``).
             BadRequestError: malformed request or a path outside the files root.
-            NotFoundError: a file id that does not exist for this key (code ``file_not_found``).
+            NotFoundError: a file id that does not exist for this key, or a data file that is not there
+                (code ``file_not_found``).
+            ConflictError: `idempotency_key` already used with another body (``idempotency_key_reused``), or
+                a `webhook_url` while the key has no signing secret (``webhook_secret_missing``).
+            PermissionDeniedError: a `webhook_url` the service's policy refuses (``webhook_url_not_allowed``).
             AuthenticationError, APIConnectionError: as for every call.
 
         Example:

@@ -1,0 +1,267 @@
+"""The API's objects as the service defines them, for the SDK's stub tests.
+
+The SDK's tests used to hand-write job, file, record and checkpoint dicts, and nothing said they looked like
+what the service sends (a `signal` number, a `log_tail` string: the SDK was tested against shapes the service
+never produced). Here every fixture is built by a factory that validates it with the service's own
+`ResponseModel` (tuning_service.schema, the source of `/openapi.json`), and the stub server checks every JSON
+body it answers with against the model of the route it serves (`conformance_problem`). Tests may import the
+service; the SDK itself may not (tests/sdk/test_packaging.py).
+
+A fixture that is off the contract on purpose (an SDK's tolerance of a newer or broken server) says so:
+``reply(..., conform=False)`` / ``h.send_json(..., conform=False)``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from tuning_service.schema import files as file_schema
+from tuning_service.schema import jobs as job_schema
+from tuning_trainer.config import Hyperparameters
+
+M = TypeVar("M", bound=BaseModel)
+
+CREATED_AT = 1764150000
+
+# The model of each route's 200 JSON body, as the document lists it (test_contract.py checks this table
+# against the running service's /openapi.json). A key ending in "/" is a prefix: the route takes an id.
+RESPONSE_MODELS: dict[tuple[str, str], type[BaseModel]] = {
+    ("POST", "/v1/tunings.create"): job_schema.TuningJob,
+    ("GET", "/v1/tunings.get/"): job_schema.TuningJob,
+    ("POST", "/v1/tunings.cancel/"): job_schema.TuningJob,
+    ("POST", "/v1/tunings.pause/"): job_schema.TuningJob,
+    ("POST", "/v1/tunings.resume/"): job_schema.TuningJob,
+    ("GET", "/v1/tunings.list"): job_schema.TuningJobList,
+    ("DELETE", "/v1/tunings.delete/"): job_schema.DeletedTuningJob,
+    # Without ?follow=true; a followed log is an event stream (its records: `record`).
+    ("GET", "/v1/tunings.logs/"): job_schema.LogPage,
+    ("GET", "/v1/tunings.events/"): job_schema.LogPage,
+    ("GET", "/v1/tunings.checkpoints/"): job_schema.CheckpointList,
+    ("POST", "/v1/files.upload"): file_schema.File,
+    ("GET", "/v1/files.get/"): file_schema.File,
+    ("GET", "/v1/files.list"): file_schema.FileList,
+    ("DELETE", "/v1/files.delete/"): file_schema.DeletedFile,
+    ("GET", "/health"): job_schema.Health,
+}
+
+
+def validate(model: type[M], body: Any) -> M:
+    """`body` as the service's `model` reads it off the wire (JSON, strict: "queued" is a JobStatus there)."""
+    return model.model_validate_json(json.dumps(body, allow_nan=False))
+
+
+def conform(model: type[BaseModel], body: dict[str, Any]) -> dict[str, Any]:
+    """`body`, after checking that the service could have sent it as a `model` (raises ValidationError)."""
+    validate(model, body)
+    return body
+
+
+def response_model(method: str, path: str) -> type[BaseModel] | None:
+    for (m, route), model in RESPONSE_MODELS.items():
+        if m == method and (path == route or (route.endswith("/") and path.startswith(route))):
+            return model
+    return None
+
+
+def conformance_problem(method: str, path: str, status: int, body: Any) -> str | None:
+    """Why a stub's answer is not something the service could send on this route (None when it could).
+    Only success bodies are checked: error envelopes and non-JSON answers are the transport tests'
+    business."""
+    model = response_model(method, path)
+    if model is None or not 200 <= status < 300 or body is None:
+        return None
+    try:
+        validate(model, body)
+    except ValidationError as exc:
+        return f"{method} {path} answered a body that is not a {model.__name__}: {exc}"
+    return None
+
+
+# ---- factories: complete objects, defaults as the service fills them in -----------------------------------
+
+
+def hyperparameters_body(**values: Any) -> dict[str, Any]:
+    """Every hyperparameter, as a job carries them (the service sends the requested values with its defaults
+    filled in)."""
+    return Hyperparameters(**values).model_dump(mode="json")
+
+
+def metrics_body(**fields: Any) -> dict[str, Any]:
+    """A job's `metrics`: each value None until reported, progress 0.0."""
+    body: dict[str, Any] = {
+        "progress": 0.0,
+        "current_step": None,
+        "total_steps": None,
+        "current_epoch": None,
+        "total_epochs": None,
+        "train_loss": None,
+        "eval_loss": None,
+        "learning_rate": None,
+        "tokens_per_second": None,
+        "eta_seconds": None,
+    }
+    body.update(fields)
+    return conform(job_schema.TrainingMetrics, body)
+
+
+def job_error_body(
+    code: str = "training_error", message: str = "training failed", **fields: Any
+) -> dict[str, Any]:
+    """A failed job's `error`."""
+    body: dict[str, Any] = {
+        "code": code,
+        "message": message,
+        "param": None,
+        "exit_code": None,
+        "signal": None,
+        "log_tail": [],
+    }
+    body.update(fields)
+    return conform(job_schema.JobError, body)
+
+
+def job_body(job_id: str = "ftjob-1", status: str = "queued", **fields: Any) -> dict[str, Any]:
+    """A job object in `status`; `fields` replace any field (and are validated with the rest)."""
+    body: dict[str, Any] = {
+        "id": job_id,
+        "object": "tuning.job",
+        "status": status,
+        "model": "tiny-llama",
+        "fine_tuned_model": None,
+        "adapter_path": None,
+        "training_file": "data/train.jsonl",
+        "validation_file": None,
+        "method": "qlora",
+        "hyperparameters": hyperparameters_body(epochs=1),
+        "suffix": None,
+        "seed": 42,
+        "metadata": {},
+        "resume_on_restart": False,
+        "created_at": CREATED_AT,
+        "started_at": None,
+        "finished_at": None,
+        "duration": None,
+        "queue_position": None,
+        "trained_tokens": None,
+        "error": None,
+        "metrics": None,
+    }
+    body.update(fields)
+    return conform(job_schema.TuningJob, body)
+
+
+def job_list_body(jobs: list[dict[str, Any]], has_more: bool = False) -> dict[str, Any]:
+    return conform(
+        job_schema.TuningJobList,
+        {
+            "object": "list",
+            "data": jobs,
+            "has_more": has_more,
+            "first_id": jobs[0]["id"] if jobs else None,
+            "last_id": jobs[-1]["id"] if jobs else None,
+        },
+    )
+
+
+def record(seq: int, type_: str, time: float | None = None, **fields: Any) -> dict[str, Any]:
+    """One record of a job's log (`time` defaults to one second per seq)."""
+    body = {"seq": seq, "type": type_, "time": float(seq) if time is None else time, **fields}
+    return conform(job_schema.LogRecord, body)
+
+
+def log_page(records: list[dict[str, Any]], has_more: bool = False, after: int = 0) -> dict[str, Any]:
+    """A page of records (logs or events) asked for with `?after=`: `last_seq` is the page's last record's,
+    or `after` on an empty page, as the service says."""
+    last_seq = records[-1]["seq"] if records else after
+    return conform(
+        job_schema.LogPage, {"object": "list", "data": records, "has_more": has_more, "last_seq": last_seq}
+    )
+
+
+def checkpoint_body(step: int, job_id: str = "ftjob-1", **metrics: Any) -> dict[str, Any]:
+    """A checkpoint at `step`; `metrics` replace the values at that step (all None but `step` otherwise)."""
+    values: dict[str, Any] = {"step": step, "train_loss": None, "learning_rate": None, "epoch": None}
+    values.update({"eval_loss": None, **metrics})
+    return conform(
+        job_schema.Checkpoint,
+        {
+            "object": "tuning.checkpoint",
+            "id": f"{job_id}-ckpt-{step}",
+            "job_id": job_id,
+            "step": step,
+            "created_at": CREATED_AT + step,
+            "path": f"checkpoints/checkpoint-{step}",
+            "metrics": values,
+        },
+    )
+
+
+def checkpoint_list(checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
+    return conform(job_schema.CheckpointList, {"object": "list", "data": checkpoints, "has_more": False})
+
+
+def deleted_job_body(job_id: str = "ftjob-1") -> dict[str, Any]:
+    return conform(job_schema.DeletedTuningJob, {"id": job_id, "object": "tuning.job", "deleted": True})
+
+
+def file_body(file_id: str = "file-1", status: str = "processed", **fields: Any) -> dict[str, Any]:
+    """A file object; `status="error"` gets an error (replace it with `error=file_error_body(...)`)."""
+    body: dict[str, Any] = {
+        "id": file_id,
+        "object": "file",
+        "bytes": 270,
+        "created_at": CREATED_AT,
+        "filename": "train.jsonl",
+        "purpose": "fine-tune",
+        "status": status,
+        "status_details": None,
+        "format": "chat",
+        "num_examples": 3,
+        "error": None,
+    }
+    if status == "error":
+        err = file_error_body()
+        body.update(status_details=err["message"], format=None, num_examples=None, error=err)
+    body.update(fields)
+    return conform(file_schema.File, body)
+
+
+def file_error_body(
+    code: str = "invalid_json", message: str = "not valid JSON", line: int | None = 1
+) -> dict[str, Any]:
+    return conform(file_schema.FileError, {"code": code, "message": message, "line": line})
+
+
+def file_list_body(files: list[dict[str, Any]], has_more: bool = False) -> dict[str, Any]:
+    return conform(
+        file_schema.FileList,
+        {
+            "object": "list",
+            "data": files,
+            "has_more": has_more,
+            "first_id": files[0]["id"] if files else None,
+            "last_id": files[-1]["id"] if files else None,
+        },
+    )
+
+
+def deleted_file_body(file_id: str = "file-1") -> dict[str, Any]:
+    return conform(file_schema.DeletedFile, {"id": file_id, "object": "file", "deleted": True})
+
+
+def health_body(version: str = "1", **counts: int) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "status": "healthy",
+        "version": version,
+        "uptime": 1.5,
+        "active_jobs": 0,
+        "running_jobs": 0,
+        "queued_jobs": 0,
+        "paused_jobs": 0,
+        "total_jobs": 0,
+    }
+    body.update(counts)
+    return conform(job_schema.Health, body)
