@@ -7,23 +7,24 @@ import math
 import signal
 from typing import Any
 
+from ..schema.jobs import JobError, TrainingMetrics
 from ..states import JobStatus
 from .tailer import Record
 
 TERMINAL_TYPES = frozenset({"completed", "failed", "interrupted"})
 
-_METRIC_KEYS = (
-    "progress",
-    "current_step",
-    "total_steps",
-    "current_epoch",
-    "total_epochs",
-    "train_loss",
-    "eval_loss",
-    "learning_rate",
-    "tokens_per_second",
-    "eta_seconds",
-)
+def new_metrics() -> dict[str, Any]:
+    """A job's metrics before the trainer has said anything: every field of TrainingMetrics, progress 0."""
+    return {**dict.fromkeys(TrainingMetrics.model_fields), "progress": 0.0}
+
+
+def job_error(code: str, message: str, **fields: Any) -> dict[str, Any]:
+    """A failed job's `error`: every field of JobError (null where there is nothing to say), always in the
+    same order, so clients see one stable shape."""
+    error: dict[str, Any] = {**dict.fromkeys(JobError.model_fields), "code": code, "message": message}
+    error["log_tail"] = []
+    error.update(fields)
+    return error
 
 
 def _progress(step: Any, total: Any) -> float | None:
@@ -41,7 +42,7 @@ def progress_fields(row: dict[str, Any], records: list[Record]) -> dict[str, Any
         if type_ == "started":
             total = data.get("total_steps")
             start = data.get("start_step") or 0
-            metrics = dict.fromkeys(_METRIC_KEYS)
+            metrics = new_metrics()
             metrics.update(
                 progress=_progress(start, total) or 0.0,
                 current_step=start,
@@ -60,7 +61,7 @@ def progress_fields(row: dict[str, Any], records: list[Record]) -> dict[str, Any
                 hp.update(data["resolved_auto"])
             fields["hyperparameters"] = hp
         elif type_ == "metrics":
-            metrics = metrics or dict.fromkeys(_METRIC_KEYS)
+            metrics = metrics or new_metrics()
             step, total = data.get("step"), data.get("total_steps", metrics.get("total_steps"))
             metrics.update(
                 current_step=step,
@@ -78,7 +79,7 @@ def progress_fields(row: dict[str, Any], records: list[Record]) -> dict[str, Any
             if isinstance(data.get("tokens_seen"), int):
                 fields["trained_tokens"] = data["tokens_seen"]
         elif type_ == "eval":
-            metrics = metrics or dict.fromkeys(_METRIC_KEYS)
+            metrics = metrics or new_metrics()
             metrics["eval_loss"] = data.get("eval_loss")
         elif type_ == "checkpoint":
             if isinstance(data.get("path"), str):
@@ -87,7 +88,7 @@ def progress_fields(row: dict[str, Any], records: list[Record]) -> dict[str, Any
             terminal = {"type": type_, "time": time_, **data}
             fields["terminal_record"] = terminal
             if type_ == "completed":
-                metrics = metrics or dict.fromkeys(_METRIC_KEYS)
+                metrics = metrics or new_metrics()
                 total = data.get("total_steps", metrics.get("total_steps"))
                 metrics.update(progress=1.0, current_step=total, total_steps=total, eta_seconds=0.0)
                 if data.get("final_loss") is not None:
@@ -147,15 +148,8 @@ def decide_outcome(
         code_out = term["exit_code"]
 
     def error(code: str, message: str, **extra: Any) -> dict[str, Any]:
-        return {
-            "code": code,
-            "message": message,
-            "param": extra.pop("param", None),
-            "exit_code": code_out,
-            "signal": None if sig is None else _signal_name(sig),
-            "log_tail": log_tail,
-            **extra,
-        }
+        signal_name = None if sig is None else _signal_name(sig)
+        return job_error(code, message, exit_code=code_out, signal=signal_name, log_tail=log_tail, **extra)
 
     if kind == "completed":
         req = row["request"]

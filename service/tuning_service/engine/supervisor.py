@@ -33,7 +33,7 @@ from ..settings import Settings
 from ..states import JobStatus
 from ..storage.store import Store
 from . import tailer
-from .outcome import decide_outcome, progress_fields
+from .outcome import decide_outcome, job_error, progress_fields
 
 log = logging.getLogger("tuning_service.supervisor")
 
@@ -223,14 +223,7 @@ class Supervisor:
             row = await tx.job(job_id)
             if row is None or JobStatus(row["status"]).is_terminal():
                 return
-            error: dict[str, Any] = {
-                "code": "launch_failed",
-                "message": message,
-                "param": None,
-                "exit_code": None,
-                "signal": None,
-                "log_tail": [],
-            }
+            error = job_error("launch_failed", message)
             new = {
                 JobStatus.CANCELLING.value: JobStatus.CANCELLED,
                 JobStatus.PAUSING.value: JobStatus.PAUSED,

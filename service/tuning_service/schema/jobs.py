@@ -238,7 +238,7 @@ class JobError(ResponseModel):
     exit_code: int | None
     """The trainer's exit status (its protocol code when it reported one)"""
     signal: str | None
-    """The signal that killed the trainer, by name (e.g. "SIGKILL")"""
+    """The signal that killed the trainer, by name (e.g. "SIGKILL"; "signal N" for a number without one)"""
     log_tail: list[str]
     """The last lines of the trainer's output"""
     hint: str | None = None

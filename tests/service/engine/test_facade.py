@@ -14,12 +14,11 @@ import pytest
 from tests.service.core_fixtures import all_events, make_settings, request, run
 from tuning_service.engine.facade import JobManager
 from tuning_service.errors import APIError
+from tuning_service.schema.jobs import TuningJob
 
-PUBLIC_FIELDS = [
-    "id", "object", "status", "model", "fine_tuned_model", "adapter_path", "training_file", "validation_file",
-    "method", "hyperparameters", "suffix", "seed", "metadata", "resume_on_restart", "created_at",
-    "started_at", "finished_at", "duration", "queue_position", "trained_tokens", "error", "metrics",
-]  # fmt: skip
+# The job object's fields, in order, as the document defines them (the webhook ones only on jobs that have
+# a webhook: they are the model's optional fields).
+PUBLIC_FIELDS = [name for name, f in TuningJob.model_fields.items() if f.is_required()]
 
 
 async def idle_manager(tmp_path: Path, **kw: Any) -> tuple[JobManager, str, str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuning_service.engine.outcome import decide_outcome, progress_fields
+from tuning_service.schema.jobs import JobError, TrainingMetrics
 from tuning_service.states import JobStatus
 
 
@@ -77,8 +78,11 @@ def test_terminal_record_decides() -> None:
         exit_code=1, killed_by_us=False, log_tail=["a"],
     )  # fmt: skip
     assert st is JobStatus.FAILED and msg == "offline"
+    # Every field of JobError, in its order (a stable shape: null where there is nothing to say).
     assert f["error"] == {"code": "model_unavailable", "message": "offline", "param": None, "exit_code": 1,
-                          "signal": None, "log_tail": ["a"], "hint": "h"}  # fmt: skip
+                          "signal": None, "log_tail": ["a"], "hint": "h", "data_code": None, "line": None,
+                          "checkpoint_path": None}  # fmt: skip
+    assert list(f["error"]) == list(JobError.model_fields)
 
 
 def test_interrupted() -> None:
@@ -129,3 +133,12 @@ def test_current_epoch_is_the_epoch_in_progress_as_an_integer() -> None:
         assert f["metrics"]["current_epoch"] == expected and isinstance(f["metrics"]["current_epoch"], int)
     resumed = dict(started, start_step=15)
     assert progress_fields(row(), [("started", 1.0, resumed)])["metrics"]["current_epoch"] == 2
+
+
+def test_metrics_always_have_a_progress() -> None:
+    # An eval record, or a metrics record without total_steps, before the trainer's `started`: the metrics
+    # object is made then, and progress is a number from the first (the document never says null).
+    for record in (("eval", 1.0, {"eval_loss": 1.5}), ("metrics", 1.0, {"step": 3, "loss": 2.0})):
+        fields = progress_fields(row(metrics=None), [record])
+        assert fields["metrics"]["progress"] == 0.0
+        assert list(fields["metrics"]) == list(TrainingMetrics.model_fields)
