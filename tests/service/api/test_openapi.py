@@ -1,15 +1,18 @@
-"""GET /openapi.json describes every route, with schemas and the bearer scheme; GET /docs is a Swagger UI
-whose assets are all served by the service itself (it works with no internet access)."""
+"""GET /openapi.json is assembled from the route table (api/operation.py): it describes every route, with
+schemas and the bearer scheme, and a route without its piece cannot exist; GET /docs is a Swagger UI whose
+assets are all served by the service itself (it works with no internet access)."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
+import pytest
 from starlette.routing import Mount, Route
 
 from tests.support.server import ServiceProcess
 from tuning_service.api import ui as routes_ui
+from tuning_service.api.operation import UndocumentedRoute, document_paths
 from tuning_service.app import app
 
 
@@ -117,3 +120,29 @@ def test_docs_is_a_swagger_ui_with_only_local_assets(api_service: ServiceProcess
 def test_missing_swagger_asset_is_404(api_service: ServiceProcess) -> None:
     assert api_service.get("/docs/assets/nope.js", key=None).status == 404
     assert api_service.get("/docs/assets/../../../../etc/passwd", key=None).status == 404
+
+
+def test_an_undocumented_route_cannot_exist() -> None:
+    # The walker builds the document from the route table: a route without its @operation stops it.
+
+    async def handler(request: object) -> None:  # pragma: no cover - never called
+        return None
+
+    with pytest.raises(UndocumentedRoute, match=r"/v1/new\.thing"):
+        document_paths([*app.routes, Route("/v1/new.thing", handler, methods=["GET"])])
+    # Routes that are not API (include_in_schema=False) and mounts are left out on purpose.
+    paths, _ = document_paths([*app.routes, Route("/hidden", handler, include_in_schema=False)])
+    assert "/hidden" not in paths
+
+
+def test_every_operation_documents_its_query_and_its_errors(api_service: ServiceProcess) -> None:
+    doc = api_service.get("/openapi.json", key=None).json()
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            # Every route refuses unknown query parameters: each documents a 400 with invalid_request.
+            assert "400" in op["responses"], (path, method)
+            if op.get("security") is None:  # the document's default: a bearer key
+                assert {"401", "429"} <= set(op["responses"]), (path, method)
+    create = doc["paths"]["/v1/tunings.create"]["post"]
+    assert {"400", "403", "404", "409", "413", "422"} <= set(create["responses"])
+    assert [p["name"] for p in create["parameters"]] == ["Idempotency-Key"]
