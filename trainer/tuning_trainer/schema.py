@@ -315,7 +315,13 @@ def describe(node: Any, resolver: _Resolver | None = None) -> str:
         each = f" (each {describe(items, resolver)})" if items else ""
         return _sized("a list", n, "minItems", "maxItems", "items") + each
     if kind == "object":
-        return "an object" + _length(n, "minProperties", "maxProperties", "keys")
+        out = "an object" + _length(n, "minProperties", "maxProperties", "keys")
+        inner = []
+        if isinstance(n.get("propertyNames"), Mapping):
+            inner.append(f"keys: {describe({'type': 'string', **n['propertyNames']}, resolver)}")
+        if isinstance(n.get("additionalProperties"), Mapping):
+            inner.append(f"values: {describe(n['additionalProperties'], resolver)}")
+        return out + (f" ({'; '.join(inner)})" if inner else "")
     return "valid"
 
 
@@ -398,11 +404,19 @@ def markdown_table(model: type[BaseModel]) -> str:
     Schema: the docs' tables are this text (a test compares them), never a second copy."""
     schema = json_schema(model)
     resolver = _Resolver(schema)
+    required = set(schema.get("required", ()))
     rows = ["| name | default | accepted | meaning |", "|---|---|---|---|"]
     for name, prop in schema.get("properties", {}).items():
-        default = json.dumps(prop.get("default"))
-        meaning = " ".join(str(prop.get("description", "")).split()).replace("|", "\\|")
+        branches = [resolver.resolve(b) for b in prop.get("anyOf", [prop])]
+        about = prop.get("description") or next((b["description"] for b in branches if "description" in b), "")
+        if name in required:
+            default = "required"
+        elif any("properties" in b for b in branches):
+            default = "its fields' defaults"  # a nested object (its own table)
+        else:
+            default = f"`{json.dumps(prop.get('default'))}`"
+        meaning = " ".join(str(about).split()).replace("|", "\\|")
         accepted = describe(prop, resolver).replace("|", "\\|")
-        rows.append(f"| `{name}` | `{default}` | {accepted} | {meaning} |")
+        rows.append(f"| `{name}` | {default} | {accepted} | {meaning} |")
     return "\n".join(rows) + "\n"
 
