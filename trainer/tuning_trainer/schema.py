@@ -408,7 +408,8 @@ def markdown_table(model: type[BaseModel]) -> str:
     rows = ["| name | default | accepted | meaning |", "|---|---|---|---|"]
     for name, prop in schema.get("properties", {}).items():
         branches = [resolver.resolve(b) for b in prop.get("anyOf", [prop])]
-        about = prop.get("description") or next((b["description"] for b in branches if "description" in b), "")
+        inner = (b["description"] for b in branches if "description" in b)
+        about = prop.get("description") or next(inner, "")
         if name in required:
             default = "required"
         elif any("properties" in b for b in branches):

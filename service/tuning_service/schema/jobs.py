@@ -169,7 +169,8 @@ class CreateTuningRequest(RequestBody):
     validation_file: FileRef | Literal[""] | None = None
     """Optional JSONL data for the eval loss (a file id or a path, as training_file; "" means none)"""
     hyperparameters: Hyperparameters = Hyperparameters()
-    """Training hyperparameters, each with its default and limit (the Hyperparameters schema; docs/trainer.md)"""
+    """Training hyperparameters, each with its default and limit (the Hyperparameters schema;
+    docs/trainer.md)"""
     method: Method = DEFAULT_METHOD
     """The adapter method: qlora (a 4-bit base) or lora"""
     suffix: Suffix | None = None
