@@ -80,8 +80,8 @@ def problem(data: Any) -> Any:
         ({"name": "a", "tags": {"long": "v"}}, VALUE, "tags",
          "tags keys must be strings of at most 3 characters, got 'long'"),
         ({"name": "a", "tags": {"a": "", "b": "", "c": ""}}, VALUE, "tags",
-         "tags must be an object of at most 2 keys (keys: a string of at most 3 characters; values: a string),"
-         " got an object of 3 keys"),
+         "tags must be an object of at most 2 keys (keys: a string of at most 3 characters; values: a "
+         "string), got an object of 3 keys"),
         ({"name": "a", "a": 1, "b": 2}, VALUE, "b", "give body.a or body.b, not both"),
         ([1, 2], TYPE, None, "the request body must be an object, got a list"),
     ],
