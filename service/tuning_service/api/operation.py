@@ -86,11 +86,37 @@ class Operation:
     security: list[dict[str, list[str]]] | None = None
 
 
-def operation(operation_id: str, summary: str, **kwargs: Any) -> Callable[[F], F]:
+def operation(
+    operation_id: str,
+    summary: str,
+    *,
+    tag: str,
+    ok: Json | Content,
+    errors: Mapping[int, tuple[str, ...]] | None = None,
+    description: str | None = None,
+    query: type[BaseModel] | None = None,
+    body: Json | Content | None = None,
+    headers: tuple[Header, ...] = (),
+    path: Mapping[str, Mapping[str, Any]] | None = None,
+    security: list[dict[str, list[str]]] | None = None,
+) -> Callable[[F], F]:
     """Attach the route's piece of the document to its handler."""
+    op = Operation(
+        operation_id,
+        summary,
+        tag,
+        ok,
+        errors=dict(errors or {}),
+        description=description,
+        query=query,
+        body=body,
+        headers=headers,
+        path=dict(path or {}),
+        security=security,
+    )
 
     def attach(handler: F) -> F:
-        handler.__openapi__ = Operation(operation_id, summary, **kwargs)  # type: ignore[attr-defined]
+        handler.__openapi__ = op  # type: ignore[attr-defined]
         return handler
 
     return attach

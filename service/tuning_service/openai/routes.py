@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -58,7 +58,7 @@ JOB_LINKS = links(
 )
 
 
-def _openai(errors: dict[int, tuple[str, ...]]) -> dict[int, tuple[str, ...]]:
+def _openai(errors: Mapping[int, tuple[str, ...]]) -> dict[int, tuple[str, ...]]:
     """OpenAI's statuses for a native route's codes: what is 422 natively is 400 here."""
     out: dict[int, tuple[str, ...]] = {}
     for status, codes in errors.items():
@@ -78,9 +78,11 @@ def openai_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def openai_operation(operation_id: str, summary: str, **kwargs: Any) -> Callable[[Handler], Handler]:
-    kwargs["errors"] = _openai(kwargs.get("errors", {}))
-    describe = operation(operation_id, summary, tag="openai", **kwargs)
+def openai_operation(
+    operation_id: str, summary: str, *, errors: Mapping[int, tuple[str, ...]] | None = None, **kwargs: Any
+) -> Callable[[Handler], Handler]:
+    """@operation for an OpenAI route: tagged `openai`, its errors in OpenAI's statuses and envelope."""
+    describe = operation(operation_id, summary, tag="openai", errors=_openai(errors or {}), **kwargs)
     return lambda handler: describe(openai_errors(handler))
 
 
