@@ -3,10 +3,10 @@ the fields the service sends, checked by the contract tests), query strings and 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from tuning_trainer.schema import StrictModel
@@ -53,10 +53,7 @@ class QueryModel(BaseModel):
 class Page(ResponseModel):
     """A page of a list, newest first; `after=<last_id>` fetches the next one."""
 
-    object: Any  # "list"
+    object: Literal["list"]
     has_more: bool
     first_id: str | None
     last_id: str | None
-
-
-SchemaGenerator = GenerateJsonSchema

@@ -41,7 +41,6 @@ class File(ResponseModel):
 
 
 class FileList(Page):
-    object: Literal["list"]
     data: list[File]
 
 

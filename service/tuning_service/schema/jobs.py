@@ -288,7 +288,6 @@ class TuningJob(ResponseModel):
 
 
 class TuningJobList(Page):
-    object: Literal["list"]
     data: list[TuningJob]
 
 

@@ -243,17 +243,14 @@ class OpenAICheckpoint(ResponseModel):
 
 
 class OpenAIJobList(Page):
-    object: Literal["list"]
     data: list[OpenAIJob]
 
 
 class OpenAIEventList(Page):
-    object: Literal["list"]
     data: list[OpenAIEvent]
 
 
 class OpenAICheckpointList(Page):
-    object: Literal["list"]
     data: list[OpenAICheckpoint]
 
 
