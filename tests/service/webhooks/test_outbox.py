@@ -265,7 +265,7 @@ def test_a_name_is_refused_if_any_of_its_addresses_is_private(monkeypatch: pytes
     _fake_dns(monkeypatch, ["93.184.216.34", "10.0.0.7"])
     with pytest.raises(APIError) as info:
         run(policy.check("https://hooks.example.com/x"))
-    assert info.value.status_code == 422 and info.value.param == "webhook_url"
+    assert info.value.status_code == 403 and info.value.param == "webhook_url"
     assert "10.0.0.7" in info.value.message
     # At delivery time the same answer refuses the attempt for good, without connecting anywhere.
     from tuning_service.webhooks.delivery import post
