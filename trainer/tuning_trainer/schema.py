@@ -55,10 +55,18 @@ class StrictModel(BaseModel):
 
 
 class _Generator(GenerateJsonSchema):
-    """No generated titles: every property would otherwise carry its own name back as "Title Case"."""
+    """No generated titles (every property would otherwise carry its own name back as "Title Case"), and
+    descriptions on one line (attribute docstrings keep their line breaks and indentation)."""
 
     def field_title_should_be_set(self, schema: Any) -> bool:
         return False
+
+    def generate(self, schema: Any, mode: Any = "validation") -> Any:
+        return _one_line(super().generate(schema, mode))
+
+    def generate_definitions(self, inputs: Any) -> Any:
+        keys, defs = super().generate_definitions(inputs)
+        return _one_line(keys), _one_line(defs)
 
     def model_schema(self, schema: Any) -> Any:
         out = super().model_schema(schema)
@@ -66,6 +74,15 @@ class _Generator(GenerateJsonSchema):
         if isinstance(out, dict) and cls is not None and "title" in out and not cls.model_config.get("title"):
             out.pop("title")
         return out
+
+
+def _one_line(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: " ".join(v.split()) if k == "description" and isinstance(v, str) else _one_line(v)
+                for k, v in node.items()}  # fmt: skip
+    if isinstance(node, list):
+        return [_one_line(v) for v in node]
+    return node
 
 
 SCHEMA_GENERATOR = _Generator

@@ -169,6 +169,8 @@ def test_the_document_speaks_json_schema_only(doc: dict[str, Any]) -> None:
     # pydantic's own spellings of a limit would mean a limit the document's readers cannot see.
     assert not keys & {"ge", "le", "gt", "lt", "max_length", "min_length"}
     for key, value in _walk(doc):
+        if key == "description":  # one line each (attribute docstrings keep their line breaks otherwise)
+            assert "\n" not in value and "  " not in value, value
         if key == "pattern":
             assert "\\s" not in value and "(?=" not in value and "(?!" not in value, value
         if key == "$ref":
