@@ -3,7 +3,7 @@ the query strings and headers of the job routes. docs/api.md is the prose; this 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BeforeValidator, ConfigDict, Field, model_validator
 
@@ -29,9 +29,10 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 MAX_WEBHOOK_URL_CHARS = 2048
 MAX_CURSOR_CHARS = 128
 
-TERMINAL_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
-WEBHOOK_EVENTS = (*TERMINAL_EVENTS, "job.checkpoint")
 WebhookEvent = Literal["job.succeeded", "job.failed", "job.cancelled", "job.checkpoint"]
+WEBHOOK_EVENTS: tuple[str, ...] = get_args(WebhookEvent)
+# A job's end: one event per terminal status (states.py), the default of a webhook.
+TERMINAL_EVENTS: tuple[str, ...] = tuple(f"job.{s.value}" for s in JobStatus if s.is_terminal())
 
 # Character classes are spelled out, never `\s`: Python's and JavaScript's `\s` differ (\x85, \x1c-\x1f,
 # \ufeff), and the document's patterns must mean the same in every engine. "Control" is C0, DEL and C1.

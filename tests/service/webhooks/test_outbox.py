@@ -15,7 +15,7 @@ from tests.service.webhook_receiver import Receiver
 from tuning_sdk.webhooks import verify_signature
 from tuning_service.engine.facade import JobManager
 from tuning_service.engine.jobview import public_job
-from tuning_service.schema.jobs import WEBHOOK_EVENTS, WebhookEvent
+from tuning_service.schema.jobs import TERMINAL_EVENTS, WEBHOOK_EVENTS, WebhookEvent
 from tuning_service.states import JobStatus
 from tuning_service.storage.store import Store
 from tuning_service.webhooks import policy as webhooks
@@ -196,6 +196,8 @@ def test_bad_allow_networks_setting_is_named() -> None:
 
 def test_the_events_are_one_definition() -> None:
     assert WebhookEvent.__args__ == WEBHOOK_EVENTS  # type: ignore[attr-defined]
+    # Every terminal status has its event (the default ones), and nothing else is terminal.
+    assert set(TERMINAL_EVENTS) == set(WEBHOOK_EVENTS) - {"job.checkpoint"}
 
 
 def test_https_is_verified_against_the_urls_host_while_connecting_to_the_checked_address(
