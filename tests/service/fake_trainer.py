@@ -80,7 +80,7 @@ def main() -> int:
         total_epochs=1,
         num_examples=8,
         start_step=start,
-        config={"hyperparameters": {**cfg["hyperparameters"], "epochs": 1, "batch_size": 2}},
+        config={**cfg, "hyperparameters": {**cfg["hyperparameters"], "epochs": 1, "batch_size": 2}},
         resolved_auto={"epochs": 1, "batch_size": 2},
     )
 

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter
 
 from tests.conftest import REPO_ROOT, accelerate_cmd
+from tuning_trainer.records import TrainerRecord
 
 
 def trainer_env() -> dict[str, str]:
@@ -67,11 +69,19 @@ def run_module(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
     )
 
 
+# What a run writes must be exactly the protocol's records (tuning_trainer/records.py), in every test that
+# reads them: strict, no field missing or unknown.
+PROTOCOL: TypeAdapter[Any] = TypeAdapter(TrainerRecord)
+
+
 def events(out: Path) -> list[dict[str, Any]]:
     path = out / "events.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for record in records:
+        PROTOCOL.validate_python(record)
+    return records
 
 
 def of_type(records: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:

@@ -16,35 +16,6 @@ from tests.trainer.conftest import events, launch, of_type
 # Each module fixture is one real training run (~15 s idle); leave room for a busy machine.
 pytestmark = pytest.mark.timeout(600)
 
-METRIC_FIELDS = {
-    "step",
-    "total_steps",
-    "epoch",
-    "loss",
-    "learning_rate",
-    "grad_norm",
-    "tokens_per_second",
-    "tokens_seen",
-    "elapsed_seconds",
-    "eta_seconds",
-    "peak_memory_mb",
-}
-STARTED_FIELDS = {
-    "total_steps",
-    "total_epochs",
-    "num_examples",
-    "num_eval_examples",
-    "trainable_params",
-    "total_params",
-    "config",
-    "resolved_auto",
-    "versions",
-    "device",
-    "start_step",
-    "truncated_examples",
-}
-
-
 class Run:
     def __init__(self, out: Path, proc: subprocess.CompletedProcess[str]) -> None:
         self.out = out
@@ -121,14 +92,13 @@ def test_run_completes_with_a_complete_event_stream(run: Run) -> None:
     assert types[0] == "started" and types[-1] == "completed"
     assert sum(t in ("completed", "failed", "interrupted") for t in types) == 1
     assert all(isinstance(r["time"], float) for r in run.events)
+    # (conftest.events validated every record against the protocol's models: tuning_trainer/records.py.)
     started = run.one("started")
-    assert started.keys() >= STARTED_FIELDS
     assert started["start_step"] == 0 and started["num_examples"] == 300
     assert 0 < started["trainable_params"] < started["total_params"]
     assert {"torch", "transformers", "peft", "accelerate", "bitsandbytes"} <= started["versions"].keys()
     metrics = of_type(run.events, "metrics")
     assert [m["step"] for m in metrics] == list(range(1, started["total_steps"] + 1))
-    assert all(m.keys() >= METRIC_FIELDS for m in metrics)
     assert all(m["tokens_per_second"] > 0 and m["peak_memory_mb"] > 0 for m in metrics)
     assert metrics[-1]["tokens_seen"] > metrics[0]["tokens_seen"] > 0
     completed = run.one("completed")

@@ -435,6 +435,8 @@ def markdown_table(model: type[BaseModel]) -> str:
             default = f"`{json.dumps(prop.get('default'))}`"
         meaning = " ".join(str(about).split()).replace("|", "\\|")
         accepted = describe(prop, resolver).replace("|", "\\|")
+        if name in required and any(b.get("type") == "null" for b in branches):
+            accepted += " or null"
         rows.append(f"| `{name}` | {default} | {accepted} | {meaning} |")
     return "\n".join(rows) + "\n"
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, RootModel, model_validator
 
+from tuning_trainer import records
 from tuning_trainer.config import DEFAULT_METHOD, DEFAULT_SEED, Hyperparameters, Method, Seed
+from tuning_trainer.records import lenient
 from tuning_trainer.schema import cross_field
 
 from ..states import JobStatus
@@ -300,33 +302,97 @@ class DeletedTuningJob(ResponseModel):
 
 # ---- records ---------------------------------------------------------------------------------------------
 
-RecordType = Literal[
-    # the trainer's (docs/trainer-protocol.md)
-    "started",
-    "metrics",
-    "eval",
-    "checkpoint",
-    "completed",
-    "failed",
-    "interrupted",
-    # the service's
-    "status",
-    "log",
-    "webhook",
-    "resumed_after_restart",
-]
 
-
-class LogRecord(ResponseModel):
-    """One record of a job: the trainer's (started, metrics, eval, checkpoint, completed, failed,
-    interrupted: docs/trainer-protocol.md) or the service's (status changes, `log` lines of the trainer's
-    output, webhook attempts, resumed_after_restart), with the type's own fields."""
+class _Sequenced(ResponseModel):
+    """A record as the API shows it: numbered in the job's order. Readers ignore fields they do not know
+    (a newer trainer may write more)."""
 
     model_config = ConfigDict(extra="allow")
 
     seq: Annotated[int, Field(ge=1)]
-    type: RecordType
+    """1, 2, 3... per job: resume a stream after it (Last-Event-ID, after=)"""
+
+
+# The trainer's records (tuning_trainer/records.py, docs/trainer-protocol.md), derived: every field but type
+# and time optional here, as the service relays what the trainer wrote.
+StartedRecord = lenient(records.Started, name="StartedRecord", base=_Sequenced)
+MetricsRecord = lenient(records.Metrics, name="MetricsRecord", base=_Sequenced)
+EvalRecord = lenient(records.Eval, name="EvalRecord", base=_Sequenced)
+CheckpointRecord = lenient(records.Checkpoint, name="CheckpointRecord", base=_Sequenced)
+CompletedRecord = lenient(records.Completed, name="CompletedRecord", base=_Sequenced)
+FailedRecord = lenient(records.Failed, name="FailedRecord", base=_Sequenced)
+InterruptedRecord = lenient(records.Interrupted, name="InterruptedRecord", base=_Sequenced)
+
+
+class StatusRecord(_Sequenced):
+    """The job's status changed (every change has one; the terminal one is the stream's last record)."""
+
+    type: Literal["status"]
     time: float
+    status: JobStatus
+    message: str | None = None
+
+
+class LogLineRecord(_Sequenced):
+    """A line of the trainer's output (stdout and stderr), or the service's note about its records."""
+
+    type: Literal["log"]
+    time: float
+    line: str
+
+
+class WebhookRecord(_Sequenced):
+    """An attempt to deliver a webhook event of this job (docs/api.md, Webhooks)."""
+
+    type: Literal["webhook"]
+    time: float
+    delivery_id: str
+    event: WebhookEvent
+    url: str
+    attempt: int
+    outcome: Literal["delivered", "retrying", "failed", "gave_up"]
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+    next_attempt_at: float | None
+
+
+class ResumedAfterRestartRecord(_Sequenced):
+    """The service restarted without the trainer: the job (resume_on_restart) was queued again to continue
+    from this checkpoint."""
+
+    type: Literal["resumed_after_restart"]
+    time: float
+    step: int
+    checkpoint: str
+
+
+class LogRecord(RootModel[Any]):
+    """One record of a job: the trainer's (started, metrics, eval, checkpoint, completed, failed,
+    interrupted: docs/trainer-protocol.md) or the service's (status changes, `log` lines of the trainer's
+    output, webhook attempts, resumed_after_restart), by its `type`."""
+
+    root: Annotated[
+        StartedRecord  # type: ignore[valid-type]
+        | MetricsRecord  # type: ignore[valid-type]
+        | EvalRecord  # type: ignore[valid-type]
+        | CheckpointRecord  # type: ignore[valid-type]
+        | CompletedRecord  # type: ignore[valid-type]
+        | FailedRecord  # type: ignore[valid-type]
+        | InterruptedRecord  # type: ignore[valid-type]
+        | StatusRecord
+        | LogLineRecord
+        | WebhookRecord
+        | ResumedAfterRestartRecord,
+        Field(discriminator="type"),
+    ]
+
+
+# The types LogRecord's union knows (tests/service/schema/test_document.py checks that they agree).
+RecordType = Literal[
+    "started", "metrics", "eval", "checkpoint", "completed", "failed", "interrupted",  # the trainer's
+    "status", "log", "webhook", "resumed_after_restart",  # the service's
+]  # fmt: skip
 
 
 class LogEvent(ResponseModel):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -190,22 +191,20 @@ def test_each_route_lists_the_error_codes_it_answers_with(doc: dict[str, Any]) -
                 assert ", ".join(codes) in response["description"]
 
 
+# The one edit: a new optional hyperparameter, with its limit, default and description, in
+# tuning_trainer/config.py (a copy of the trainer package, first on the path of the service below).
+NEW_FIELD = '''
+    new_knob: Annotated[int, Field(ge=1, le=9), INTEGRAL] = 3
+    """Added by this test"""
+'''
+
 ONE_EDIT = r"""
-import json, os, sys
-from typing import Annotated
-from pydantic import Field
-import tuning_trainer.config as config
-from tuning_trainer.schema import INTEGRAL
-
-# The one edit: a new optional hyperparameter, with its limit, default and description.
-class Hyperparameters(config.Hyperparameters):
-    new_knob: Annotated[int, Field(ge=1, le=9), INTEGRAL] = Field(3, description="Added by this test")
-
-config.Hyperparameters = Hyperparameters
-
+import json
 from starlette.testclient import TestClient
+import tuning_trainer.config
 from tuning_service.app import create_app
 
+assert "new_knob" in tuning_trainer.config.Hyperparameters.model_fields, tuning_trainer.config.__file__
 H = {"Authorization": "Bearer test-key-001"}
 out = {}
 with TestClient(create_app()) as client:
@@ -230,8 +229,19 @@ print(json.dumps(out))
 
 
 def test_adding_a_hyperparameter_is_one_edit(tmp_path: Any, light_service_env: Any, repo_root: Any) -> None:
+    trainer = shutil.copytree(
+        repo_root / "trainer" / "tuning_trainer",
+        tmp_path / "edited" / "tuning_trainer",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    source = (trainer / "config.py").read_text(encoding="utf-8")
+    assert "\n\nclass JobConfig(" in source
+    (trainer / "config.py").write_text(
+        source.replace("\n\nclass JobConfig(", NEW_FIELD + "\n\nclass JobConfig(", 1)
+    )
     env = {
         **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "edited"), os.environ.get("PYTHONPATH", "")]),
         "TUNING_DATA_DIR": str(tmp_path / "data"),
         "TUNING_FILES_ROOT": str(light_service_env.files_root),
         "TUNING_MODELS_DIR": str(light_service_env.models_dir),

@@ -1,0 +1,167 @@
+"""The records of `events.jsonl`, one model per type: the trainer protocol's one definition
+(docs/trainer-protocol.md's table is generated from these; the service's API documents its records as these).
+
+The trainer writes plain dicts (events.py: one line, flushed, per record; no validation on the training loop's
+path), and tests/trainer validates every record of real runs with these models, strictly: a field the trainer
+adds or drops fails there until it is written here. Readers must still tolerate unknown fields and types
+(an older service, a newer trainer): `lenient()` is a record's model for them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, create_model
+
+from .config import JobConfig, Method
+from .schema import StrictModel
+
+
+class _Record(StrictModel):
+    time: float
+    """Unix seconds"""
+
+
+class Started(_Record):
+    """A run starts (again, after a resume: `start_step` > 0). The last `started` and what follows it
+    describe the current run."""
+
+    type: Literal["started"]
+    total_steps: int
+    total_epochs: int
+    steps_per_epoch: int
+    start_step: int
+    """Non-zero on a resume"""
+    num_examples: int
+    num_eval_examples: int
+    truncated_examples: int
+    dropped_examples: int
+    """Examples with no trainable token left after truncation"""
+    num_tokens: int
+    format: Literal["chat", "completion", "text", "alpaca"]
+    chat_template: Literal["model", "fallback"]
+    trainable_params: int
+    total_params: int
+    model: dict[str, str]
+    """kind (local or hub) and location"""
+    method: Method
+    model_setup: dict[str, Any]
+    """Compute dtype, quantization, gradient checkpointing, parameter counts"""
+    config: JobConfig
+    """The resolved job ("auto" replaced)"""
+    resolved_auto: dict[str, Any]
+    """What "auto" became, e.g. {"epochs": 5, "batch_size": 4}; {} when nothing was auto"""
+    versions: dict[str, str | None]
+    """python, torch, transformers, peft, accelerate, bitsandbytes, tuning_trainer"""
+    device: str
+    """e.g. cpu, cuda:0 (NVIDIA H100 80GB HBM3)"""
+    num_processes: int
+    mixed_precision: str
+
+
+class Metrics(_Record):
+    """Every `logging_steps` optimizer steps, and at the last one."""
+
+    type: Literal["metrics"]
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float | None
+    """null when not finite (a diverged loss)"""
+    learning_rate: float
+    grad_norm: float | None
+    tokens_per_second: float
+    tokens_seen: int
+    elapsed_seconds: float
+    eta_seconds: float
+    peak_memory_mb: float
+    """CUDA: max allocated; CPU: peak RSS of the process"""
+
+
+class Eval(_Record):
+    """The validation loss, every `eval_steps` (or at each epoch's end) when there is a validation file."""
+
+    type: Literal["eval"]
+    step: int
+    epoch: float
+    eval_loss: float | None
+
+
+class Checkpoint(_Record):
+    """A complete checkpoint is on disk (renamed into place last)."""
+
+    type: Literal["checkpoint"]
+    step: int
+    path: str
+
+
+class Completed(_Record):
+    """The run ended with the adapter saved (a terminal record)."""
+
+    type: Literal["completed"]
+    adapter_path: str
+    final_loss: float | None
+    final_eval_loss: float | None
+    """null without a validation file"""
+    duration_seconds: float
+    total_steps: int
+    tokens_seen: int
+    exit_code: Literal[0]
+
+
+class Failed(_Record):
+    """The run failed (a terminal record): `code` says why (invalid_config, invalid_data, model_not_found,
+    model_unavailable, out_of_memory, training_error)."""
+
+    type: Literal["failed"]
+    code: str
+    message: str
+    exit_code: int
+    hint: str | None = None
+    """Out of memory: what to lower"""
+    param: str | None = None
+    """The config field (invalid_config)"""
+    config_code: str | None = None
+    """invalid_config: the config problem's own code (missing_field, unknown_field, not_found)"""
+    data_code: str | None = None
+    """invalid_data: the data problem's code (invalid_json, no_assistant_turn, ...)"""
+    line: int | None = None
+    """invalid_data: the 1-based line"""
+    file: Literal["training_file", "validation_file"] | None = None
+    """invalid_data: which file"""
+
+
+class Interrupted(_Record):
+    """A signal stopped the run after a checkpoint (a terminal record)."""
+
+    type: Literal["interrupted"]
+    step: int
+    total_steps: int
+    checkpoint_path: str
+    signal: str
+    """SIGTERM or SIGINT"""
+    exit_code: Literal[4]
+
+
+RECORDS: tuple[type[_Record], ...] = (Started, Metrics, Eval, Checkpoint, Completed, Failed, Interrupted)
+TrainerRecord = Annotated[
+    Started | Metrics | Eval | Checkpoint | Completed | Failed | Interrupted, Field(discriminator="type")
+]
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # absent, not null: "optional" is what is meant
+
+
+def lenient(model: type[_Record], *, name: str, base: type[BaseModel]) -> Any:
+    """The same record as its readers see it: every field but `type` and `time` optional (an older trainer
+    may write less), `base`'s config (which should allow unknown fields: a newer trainer may write more).
+    Derived from `model`, never written twice."""
+    fields: dict[str, Any] = {}
+    for field_name, f in model.model_fields.items():
+        if field_name in ("type", "time"):
+            fields[field_name] = (f.annotation, f)
+        else:
+            optional = Field(None, description=f.description, json_schema_extra=_no_default)
+            fields[field_name] = (f.annotation, optional)
+    return create_model(name, __base__=base, __doc__=model.__doc__, **fields)
