@@ -265,3 +265,18 @@ def test_adding_a_hyperparameter_is_one_edit(tmp_path: Any, light_service_env: A
     assert status == 422 and error["code"] == "invalid_hyperparameter"
     assert error["param"] == "hyperparameters.new_knob" and "[1, 9]" in error["message"]
     assert out["openai_refused"] == [400, "hyperparameters.new_knob"]
+
+
+def test_the_record_types_are_one_list(doc: dict[str, Any]) -> None:
+    from typing import get_args
+
+    from tuning_service.engine.outcome import TERMINAL_TYPES
+    from tuning_service.schema.jobs import RecordType
+    from tuning_trainer.events import TERMINAL
+    from tuning_trainer.records import RECORDS
+
+    documented = set(doc["components"]["schemas"]["LogRecord"]["discriminator"]["mapping"])
+    assert documented == set(get_args(RecordType))  # the SSE event's `event` names the same types
+    trainers = {m.model_fields["type"].annotation.__args__[0] for m in RECORDS}  # type: ignore[union-attr]
+    assert trainers <= documented
+    assert set(TERMINAL) == set(TERMINAL_TYPES) <= trainers
