@@ -143,8 +143,13 @@ def test_checkpoint_events_when_asked(svc: ServiceProcess, secret: str, receiver
         webhook_events=["job.checkpoint", "job.cancelled"],
     )
     assert job["webhook_events"] == ["job.cancelled", "job.checkpoint"]
-    svc.wait_for(job["id"], "running")
-    time.sleep(0.3)
+    # "running" is set when the job is claimed, before the trainer process exists; wait until the trainer
+    # has reported a step (its SIGTERM handler is installed before its `started` record), or a SIGTERM on a
+    # loaded machine can land before the handler and the trainer dies without a checkpoint.
+    deadline = time.monotonic() + 60
+    while (svc.get(f"/v1/tunings.get/{job['id']}").json()["metrics"] or {}).get("current_step") in (None, 0):
+        assert time.monotonic() < deadline, "the fake trainer never reported a step"
+        time.sleep(0.05)
     svc.post(f"/v1/tunings.cancel/{job['id']}")  # the fake trainer checkpoints on SIGTERM
     svc.wait_for(job["id"], "cancelled")
     received = receiver.wait(2)
