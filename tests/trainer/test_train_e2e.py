@@ -16,6 +16,7 @@ from tests.trainer.conftest import events, launch, of_type
 # Each module fixture is one real training run (~15 s idle); leave room for a busy machine.
 pytestmark = pytest.mark.timeout(600)
 
+
 class Run:
     def __init__(self, out: Path, proc: subprocess.CompletedProcess[str]) -> None:
         self.out = out

@@ -439,4 +439,3 @@ def markdown_table(model: type[BaseModel]) -> str:
             accepted += " or null"
         rows.append(f"| `{name}` | {default} | {accepted} | {meaning} |")
     return "\n".join(rows) + "\n"
-

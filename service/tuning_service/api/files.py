@@ -67,15 +67,7 @@ async def list_files(request: Request) -> JSONResponse:
     owner = await authenticate(request)
     q = params.query(request, ListFilesQuery)
     found, has_more = await files(request).list(owner=owner, purpose=q.purpose, after=q.after, limit=q.limit)
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": found,
-            "has_more": has_more,
-            "first_id": found[0]["id"] if found else None,
-            "last_id": found[-1]["id"] if found else None,
-        }
-    )
+    return JSONResponse(FileList.body(found, has_more))
 
 
 @operation(

@@ -13,6 +13,7 @@ from .tailer import Record
 
 TERMINAL_TYPES = frozenset({"completed", "failed", "interrupted"})
 
+
 def new_metrics() -> dict[str, Any]:
     """A job's metrics before the trainer has said anything: every field of TrainingMetrics, progress 0."""
     return {**dict.fromkeys(TrainingMetrics.model_fields), "progress": 0.0}

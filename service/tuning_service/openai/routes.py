@@ -26,6 +26,7 @@ from ..api.jobs import CREATE_ERRORS, JOB_ID
 from ..api.operation import Header, Json, links, operation
 from ..engine.facade import JobManager
 from ..errors import APIError
+from ..schema.base import Page
 from ..schema.files import DeletedFile, File, FileList
 from ..schema.jobs import IdempotencyKey
 from ..schema.openai import (
@@ -87,15 +88,7 @@ def openai_operation(
 
 
 def _page(data: list[dict[str, Any]], has_more: bool) -> JSONResponse:
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": data,
-            "has_more": has_more,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
-    )
+    return JSONResponse(Page.body(data, has_more))
 
 
 # ---- files -----------------------------------------------------------------------------------------------

@@ -57,3 +57,14 @@ class Page(ResponseModel):
     has_more: bool
     first_id: str | None
     last_id: str | None
+
+    @staticmethod
+    def body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+        """The page around `data` as the routes send it (a plain dict, like every response body)."""
+        return {
+            "object": "list",
+            "data": data,
+            "has_more": has_more,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
