@@ -141,8 +141,8 @@ class TrainingMetrics:
 class Hyperparameters:
     """Training hyperparameters. Leave a field ``None`` to take the service's default.
 
-    The first three are the common ones; ``epochs`` and ``batch_size`` also accept ``"auto"`` (resolved from
-    the data set size). Names the SDK does not know yet can be passed in ``extra``.
+    The first three are the common ones; ``epochs``, ``batch_size`` and ``max_tokens_per_batch`` also accept
+    ``"auto"`` (resolved from the data set size), ``gradient_checkpointing`` too (from a memory estimate). Names the SDK does not know yet can be passed in ``extra``.
 
     Example:
         >>> Hyperparameters(epochs=3, learning_rate=2e-4).to_dict()
@@ -167,8 +167,11 @@ class Hyperparameters:
     eval_steps: int | None = None
     save_steps: int | None = None
     logging_steps: int | None = None
-    gradient_checkpointing: bool | None = None
+    gradient_checkpointing: bool | str | None = None
     packing: bool | None = None
+    max_tokens_per_batch: int | str | None = None
+    attn_implementation: str | None = None
+    torch_compile: bool | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""dataset.py: tokenisation of the four formats, the loss mask, truncation, packing, collation."""
+"""dataset.py: tokenisation of the four formats, the loss mask, truncation (batching: test_batching.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ import pytest
 from tuning_trainer.dataset import (
     FALLBACK_CHAT_TEMPLATE,
     IGNORE_INDEX,
-    collate,
     encode_chat,
     ensure_chat_template,
-    pack,
     tokenize_file,
 )
 
@@ -125,16 +123,6 @@ def test_truncation_is_counted_and_answerless_examples_are_dropped(tokenizer: An
     assert (data.truncated, data.dropped, len(data.examples)) == (2, 1, 2)
     assert all(len(ex["input_ids"]) <= 32 for ex in data.examples)
     assert data.stats()["truncated_examples"] == 2
-
-
-def test_pack_and_collate() -> None:
-    examples = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}, {"input_ids": [4, 5], "labels": [4, 5]}]
-    rows = pack(examples, 4)
-    assert rows == [{"input_ids": [1, 2, 3, 4], "labels": [-100, 2, 3, 4]}, {"input_ids": [5], "labels": [5]}]
-    batch = collate(examples, pad_token_id=0)
-    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    assert batch["labels"].tolist() == [[-100, 2, 3], [4, 5, -100]]
 
 
 def test_the_shipped_training_file_tokenises_without_loss(tokenizer: Any) -> None:

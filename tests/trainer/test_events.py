@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+from tuning_trainer import events
 from tuning_trainer.events import EventWriter, read_events
 
 
@@ -44,3 +46,15 @@ def test_reader_ignores_a_partial_last_line(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text('{"type": "started", "time": 1}\n{"type": "metr')
     assert [r["type"] for r in read_events(path)] == ["started"]
+
+
+def test_only_checkpoint_and_terminal_records_are_fsynced(tmp_path: Path, monkeypatch: Any) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(events.os, "fsync", synced.append)
+    w = EventWriter(tmp_path / "events.jsonl")
+    for type_ in ("started", "metrics", "metrics", "eval", "checkpoint", "metrics", "completed"):
+        w.write(type_)
+    w.close()
+    types = [r["type"] for r in read_events(tmp_path / "events.jsonl")]
+    assert len(types) == 7  # every record is written (and flushed)
+    assert len(synced) == 2  # the checkpoint and the terminal one reach the disk before the writer goes on

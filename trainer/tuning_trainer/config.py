@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
-from .schema import INTEGRAL, StrictModel, first_problem, json_schema
+from .schema import INTEGRAL, StrictModel, cross_field, first_problem, json_schema
 
 Method = Literal["qlora", "lora"]
 METHODS: tuple[str, ...] = ("qlora", "lora")
@@ -84,8 +84,9 @@ class Hyperparameters(StrictModel):
     """LoRA rank"""
     lora_alpha: Annotated[int, Field(ge=1, le=65536), INTEGRAL] = 32
     """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)"""
-    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    """Dropout on the LoRA branch"""
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Dropout on the LoRA branch (0 by default, as in Unsloth and torchtune: it costs a mask per layer and
+    rarely helps a short fine-tune)"""
     lora_target_modules: (
         Annotated[str, Field(min_length=1, max_length=MAX_MODULE_NAME_CHARS)]
         | Annotated[list[ModuleName], Field(min_length=1, max_length=MAX_TARGET_MODULES)]
@@ -100,10 +101,30 @@ class Hyperparameters(StrictModel):
     """Checkpoint every N optimizer steps (null: only when stopped, by SIGTERM/SIGINT, and at the end)"""
     logging_steps: Annotated[int, Field(ge=1, le=MAX_STEPS), INTEGRAL] = 1
     """Write a `metrics` record every N optimizer steps"""
-    gradient_checkpointing: bool | None = None
-    """Recompute activations in the backward pass to save memory (null: on for qlora, off for lora)"""
+    gradient_checkpointing: bool | Literal["auto"] = AUTO
+    """Recompute activations in the backward pass to save memory; "auto": on only where the memory estimate
+    without it exceeds 90% of the device's memory"""
     packing: bool = False
-    """Concatenate examples into rows of max_seq_length"""
+    """Fill each micro-batch with whole examples up to max_tokens_per_batch tokens (best fit), instead of
+    batch_size examples; examples never attend to each other either way"""
+    max_tokens_per_batch: Annotated[int, Field(ge=8, le=16_777_216), INTEGRAL] | Literal["auto"] = AUTO
+    """Token budget of a packed micro-batch (packing only); "auto": batch_size x max_seq_length. At least
+    max_seq_length, so that every example fits"""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = AUTO
+    """Attention kernel; "auto": flash_attention_2 on a GPU where flash-attn is installed, else sdpa"""
+    torch_compile: bool = False
+    """Compile the model with torch.compile (slower first steps, faster later ones)"""
+
+    @model_validator(mode="after")
+    def _budget_fits_an_example(self) -> Hyperparameters:
+        budget = self.max_tokens_per_batch
+        if isinstance(budget, int) and budget < self.max_seq_length:
+            raise cross_field(
+                "max_tokens_per_batch",
+                f"{{parent}}.max_tokens_per_batch ({budget}) must be at least max_seq_length "
+                f"({self.max_seq_length}): a packed micro-batch holds whole examples",
+            )
+        return self
 
 
 class JobConfig(StrictModel):
@@ -178,7 +199,8 @@ def resolve_auto(hp: Hyperparameters, num_examples: int) -> tuple[Hyperparameter
 
     The documented rule (docs/trainer-protocol.md):
       - epochs = clamp(ceil(1500 / num_examples), 1, 5): small sets get more passes, large sets one to a few;
-      - batch_size = largest power of two <= 2% of the examples, clamped to [1, 8].
+      - batch_size = largest power of two <= 2% of the examples, clamped to [1, 8];
+      - max_tokens_per_batch (with packing) = batch_size x max_seq_length.
     Returns the hyperparameters with them resolved and what was resolved, e.g. {"epochs": 5, "batch_size": 4}.
     """
     n = max(1, num_examples)
@@ -188,4 +210,6 @@ def resolve_auto(hp: Hyperparameters, num_examples: int) -> tuple[Hyperparameter
     if hp.batch_size == AUTO:
         target = max(1, min(8, int(n * 0.02)))
         resolved["batch_size"] = 1 << (target.bit_length() - 1)
+    if hp.packing and hp.max_tokens_per_batch == AUTO:
+        resolved["max_tokens_per_batch"] = resolved.get("batch_size", hp.batch_size) * hp.max_seq_length
     return hp.model_copy(update=resolved), resolved

@@ -1,4 +1,5 @@
 """Tokenisation of the four JSONL formats with the loss mask (assistant / completion tokens only by default).
+How examples are then batched and laid out: batching.py.
 
 Runs after data.validate_file() has accepted the file, so records here are known to be well formed.
 Labels use -100 for positions that carry no loss (prompts, system/user turns, padding).
@@ -10,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .batching import IGNORE_INDEX
 from .data import iter_records
-
-IGNORE_INDEX = -100
 
 # Used when a tokenizer has no chat template of its own. It marks assistant turns with {% generation %} so the
 # assistant-only mask comes from the template itself, and it is saved with the adapter's tokenizer so that
@@ -161,7 +161,8 @@ def tokenize_file(
         if len(ids) > max_seq_length:
             out.truncated += 1
             ids, labels = ids[:max_seq_length], labels[:max_seq_length]
-        targets = sum(1 for t in labels if t != IGNORE_INDEX)
+        # The first token is never a target (nothing precedes it): an example trains on labels[1:].
+        targets = sum(1 for t in labels[1:] if t != IGNORE_INDEX)
         if targets == 0:
             out.dropped += 1
             continue
@@ -169,34 +170,3 @@ def tokenize_file(
         out.num_tokens += len(ids)
         out.num_target_tokens += targets
     return out
-
-
-def pack(examples: list[dict[str, list[int]]], max_seq_length: int) -> list[dict[str, list[int]]]:
-    """Concatenate examples into rows of exactly max_seq_length tokens (the last row may be shorter)."""
-    ids: list[int] = []
-    labels: list[int] = []
-    for ex in examples:
-        ids += ex["input_ids"]
-        labels += ex["labels"]
-    rows = []
-    for start in range(0, len(ids), max_seq_length):
-        row_labels = labels[start : start + max_seq_length]
-        if any(t != IGNORE_INDEX for t in row_labels):
-            rows.append({"input_ids": ids[start : start + max_seq_length], "labels": row_labels})
-    return rows
-
-
-def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, Any]:
-    """Right-pad a batch into tensors: input_ids, attention_mask, labels."""
-    import torch
-
-    width = max(len(ex["input_ids"]) for ex in examples)
-    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, ex in enumerate(examples):
-        n = len(ex["input_ids"])
-        ids[row, :n] = torch.tensor(ex["input_ids"], dtype=torch.long)
-        labels[row, :n] = torch.tensor(ex["labels"], dtype=torch.long)
-        attention[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": attention, "labels": labels}

@@ -118,28 +118,82 @@ def load_tokenizer(location: str) -> Any:
     return tokenizer
 
 
-def load_model(cfg: JobConfig, source: ModelSource, device: Any) -> tuple[Any, dict[str, Any]]:
-    """Load the base model for cfg.method and wrap it in a fresh LoRA adapter. Returns (peft model, info)."""
+def resolve_attn_implementation(requested: str, device: Any, dtype: Any) -> str:
+    """The attention kernel for "auto" (or a check of the one asked for): FlashAttention-2 on a GPU where
+    flash-attn is installed and the compute dtype is a half type, else PyTorch's sdpa."""
+    import importlib.util
+
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    has_fa2 = importlib.util.find_spec("flash_attn") is not None
+    half = dtype in (torch.bfloat16, torch.float16)
+    if requested == "auto":
+        return "flash_attention_2" if device.type == "cuda" and has_fa2 and half else "sdpa"
+    if requested == "flash_attention_2" and not (device.type == "cuda" and has_fa2 and half):
+        raise TrainerError(
+            "invalid_config",
+            "attn_implementation flash_attention_2 needs a GPU, the flash-attn package and a bf16/fp16 "
+            'compute dtype; use "auto" or "sdpa"',
+            EXIT_USER_ERROR,
+            extra={"param": "hyperparameters.attn_implementation"},
+        )
+    if requested == "flex_attention" and device.type != "cuda":
+        # Measured with torch 2.13: flex attention compiles, every new batch shape recompiles with dynamic
+        # shapes, and the CPU code generator's C++ for that does not build. Training shapes always vary.
+        raise TrainerError(
+            "invalid_config",
+            "attn_implementation flex_attention needs a GPU (on CPU, torch cannot compile it for varying "
+            'batch shapes); use "auto" or "sdpa"',
+            EXIT_USER_ERROR,
+            extra={"param": "hyperparameters.attn_implementation"},
+        )
+    return requested
+
+
+def layout_for(attn_implementation: str) -> str:
+    """The batch layout (batching.py) each kernel is fastest with: one unpadded row for the kernels whose cost
+    follows the examples' own lengths, rows of the longest example's width for those whose cost follows the
+    row width squared."""
+    return "varlen" if attn_implementation in ("flash_attention_2", "flex_attention") else "rows"
+
+
+def load_model(
+    cfg: JobConfig,
+    source: ModelSource,
+    device: Any,
+    *,
+    attn_implementation: str = "sdpa",
+    gradient_checkpointing: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """Load the base model for cfg.method and wrap it in a fresh LoRA adapter. Returns (peft model, info).
+
+    Nothing of the base is upcast: the frozen weights, the embeddings and the output head stay in the compute
+    dtype (peft's prepare_model_for_kbit_training would make every non-quantized one fp32: 4 GB more for an
+    8B Llama's 128k-vocabulary embeddings and head), and the RMS norms compute in fp32 inside the model
+    anyway. Only the LoRA weights are fp32 (peft's default), for the optimizer's sake.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     hp = cfg.hyperparameters
     dtype = compute_dtype(device)
-    use_gc = hp.gradient_checkpointing if hp.gradient_checkpointing is not None else cfg.method == "qlora"
     device_map: Any = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
-    kwargs: dict[str, Any] = {"device_map": device_map}
+    kwargs: dict[str, Any] = {
+        "device_map": device_map,
+        "dtype": dtype,
+        "attn_implementation": attn_implementation,
+    }
     if cfg.method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_quant_storage=torch.uint8,
+            # On a GPU stored in the compute dtype rather than uint8, so that FSDP can shard the 4-bit
+            # weights with the rest (it needs one dtype); the same bytes either way.
+            bnb_4bit_quant_storage=dtype if device.type == "cuda" else torch.uint8,
         )
-        kwargs["dtype"] = dtype
-    else:
-        kwargs["dtype"] = dtype
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     except OSError as exc:
@@ -150,16 +204,12 @@ def load_model(cfg: JobConfig, source: ModelSource, device: Any) -> tuple[Any, d
         raise TrainerError(
             MODEL_NOT_FOUND, f"model {source.location!r} could not be loaded: {exc}", EXIT_USER_ERROR
         ) from None
-    repacking_disabled = 0
-    if cfg.method == "qlora":
-        repacking_disabled = disable_cpu_4bit_repacking(model)
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=use_gc,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif use_gc:
+    repacking_disabled = disable_cpu_4bit_repacking(model) if cfg.method == "qlora" else 0
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # The frozen embeddings' output needs a gradient for the checkpointed layers to backpropagate into.
         model.enable_input_require_grads()
     model.config.use_cache = False
     lora = LoraConfig(
@@ -177,7 +227,8 @@ def load_model(cfg: JobConfig, source: ModelSource, device: Any) -> tuple[Any, d
         "trainable_params": trainable,
         "total_params": total,
         "compute_dtype": str(dtype).replace("torch.", ""),
-        "gradient_checkpointing": use_gc,
+        "gradient_checkpointing": gradient_checkpointing,
+        "attn_implementation": attn_implementation,
         "quantization": "nf4-double-quant" if cfg.method == "qlora" else None,
         "cpu_4bit_repacking_disabled": repacking_disabled,
     }

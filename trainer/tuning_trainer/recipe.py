@@ -16,13 +16,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint
+from . import checkpoint, memory
+from .batching import Example, Layout, efficiency, lay_out, make_plan, trained_tokens
 from .config import JobConfig, resolve_auto
 from .data import DatasetSummary
-from .dataset import collate, ensure_chat_template, pack, tokenize_file
+from .dataset import ensure_chat_template, tokenize_file
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, INVALID_DATA, TrainerError
 from .events import EventWriter
-from .modelling import ModelSource, load_model, load_tokenizer
+from .modelling import (
+    ModelSource,
+    compute_dtype,
+    layout_for,
+    load_model,
+    load_tokenizer,
+    resolve_attn_implementation,
+)
 from .signals import StopFlag
 
 
@@ -51,6 +59,15 @@ def _default_mixed_precision(torch: Any) -> str | None:
     if on_cpu or chosen != "no" or not torch.cuda.is_available():
         return None
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _fused_adamw(torch: Any, device: Any) -> bool:
+    """AdamW's fused kernel (one launch for every parameter) where this torch has it for the device."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return False
+    return device.type in _get_fused_kernels_supported_devices()
 
 
 class Recipe:
@@ -105,8 +122,8 @@ class Recipe:
                 extra={"data_code": "no_trainable_tokens", "line": None, "file": "training_file"},
             )
         self.train_stats = train.stats()
-        self.train_examples = pack(train.examples, hp.max_seq_length) if hp.packing else train.examples
-        self.eval_examples: list[dict[str, list[int]]] = []
+        self.examples: list[Example] = train.examples
+        self.eval_examples: list[Example] = []
         if self.cfg.validation_file and self.eval_summary is not None:
             ev = tokenize_file(
                 self.cfg.validation_file,
@@ -117,23 +134,30 @@ class Recipe:
             )
             self.eval_examples = ev.examples
 
-        hp, self.resolved_auto = resolve_auto(hp, len(self.train_examples))
+        hp, self.resolved_auto = resolve_auto(hp, len(self.examples))
         # From here on the job is the resolved one (its `started` record and config.json show it).
         self.hp, self.cfg = hp, self.cfg.model_copy(update={"hyperparameters": hp})
         assert isinstance(hp.batch_size, int) and isinstance(hp.epochs, int)
         self.world = acc.num_processes
         self.rank = acc.process_index
-        # Each process takes every world-th example of the shuffled order; the tail that does not divide
-        # evenly is left out of that epoch so that all processes take the same number of steps.
-        self.per_rank = len(self.train_examples) // self.world
-        if self.per_rank == 0:
+        self.lengths = [len(ex["input_ids"]) for ex in self.examples]
+        self.trained = [trained_tokens(ex) for ex in self.examples]
+        budget = hp.max_tokens_per_batch if isinstance(hp.max_tokens_per_batch, int) else 0
+        self.plan = make_plan(
+            self.lengths,
+            packing=hp.packing,
+            batch_size=hp.batch_size,
+            max_tokens_per_batch=budget,
+            world=self.world,
+        )
+        if self.plan.per_rank == 0:
             raise TrainerError(
                 INVALID_DATA,
-                f"{len(self.train_examples)} examples cannot be shared by {self.world} processes",
+                f"{len(self.plan.units)} micro-batches cannot be shared by {self.world} processes",
                 EXIT_USER_ERROR,
                 extra={"data_code": "too_few_examples", "line": None, "file": "training_file"},
             )
-        self.batches_per_epoch = math.ceil(self.per_rank / hp.batch_size)
+        self.batches_per_epoch = self.plan.batches_per_epoch
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / hp.gradient_accumulation_steps)
         if hp.max_steps is not None:
             self.total_steps = hp.max_steps
@@ -142,18 +166,40 @@ class Recipe:
             self.total_steps = self.steps_per_epoch * hp.epochs
             self.total_epochs = hp.epochs
 
-        self.model, info = load_model(self.cfg, self.source, acc.device)
-        self.model_info = info
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        device = acc.device
+        self.attn_implementation = resolve_attn_implementation(
+            hp.attn_implementation, device, compute_dtype(device)
+        )
+        self.layout: Layout = "varlen" if layout_for(self.attn_implementation) == "varlen" else "rows"
+        self.efficiency = efficiency(self.plan, self.examples, self.layout, self.cfg.seed)
+        use_gc, self.memory_estimate = self._gradient_checkpointing()
+        model, info = load_model(
+            self.cfg,
+            self.source,
+            device,
+            attn_implementation=self.attn_implementation,
+            gradient_checkpointing=use_gc,
+        )
+        from .objective import TokenLoss
+
+        self.peft_model = model
+        self.model_info = {**info, "estimated_peak_memory_mb": round(self.memory_estimate.peak_bytes / 2**20)}
+        objective: Any = TokenLoss(model)
+        if hp.torch_compile:
+            # The decoder only: the chunked loss loops in Python over a varying number of chunks.
+            objective._parts[0].compile(dynamic=True)
+        params = [p for p in model.parameters() if p.requires_grad]
         self.params = params
-        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        optimizer = torch.optim.AdamW(
+            params, lr=hp.learning_rate, weight_decay=hp.weight_decay, fused=_fused_adamw(torch, device)
+        )
         self.scheduler = get_scheduler(
             hp.lr_scheduler_type,
             optimizer=optimizer,
             num_warmup_steps=math.ceil(hp.warmup_ratio * self.total_steps),
             num_training_steps=self.total_steps,
         )
-        self.model, self.optimizer = acc.prepare(self.model, optimizer)
+        self.model, self.optimizer = acc.prepare(objective, optimizer)
 
         self.step = 0
         self.tokens_seen = 0
@@ -161,7 +207,7 @@ class Recipe:
         if self.cfg.resume_from:
             state = checkpoint.load(
                 Path(self.cfg.resume_from),
-                model=acc.unwrap_model(self.model),
+                model=self.peft_model,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
             )
@@ -179,6 +225,51 @@ class Recipe:
         self.start_step = self.step
         self._write_started()
 
+    def _largest_batch(self) -> tuple[int, int, int, int]:
+        """(positions, rows, width, trained tokens) of the first epoch's largest micro-batch: the one that
+        sets the peak."""
+        best = (0, 0, 0, 0)
+        for rank_batches in self.plan.epoch(0, self.cfg.seed):
+            for batch in rank_batches:
+                laid = lay_out([self.examples[i] for i in batch], self.layout, 0)
+                if laid.slots > best[0]:
+                    best = (laid.slots, len(laid.input_ids), len(laid.input_ids[0]), laid.trained)
+        return best
+
+    def _gradient_checkpointing(self) -> tuple[bool, memory.MemoryEstimate]:
+        """Whether to checkpoint ("auto": only where the estimate says the run needs it), and the estimate."""
+        from transformers import AutoConfig
+
+        torch, dev, hp = self.torch, self.accelerator.device, self.hp
+        shape = memory.Shape.from_config(AutoConfig.from_pretrained(self.source.location).to_dict())
+        slots, rows, width, trained = self._largest_batch()
+        if dev.type == "cuda":
+            device_bytes = torch.cuda.get_device_properties(dev).total_memory
+        else:
+            device_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+        def estimate(gc: bool) -> memory.MemoryEstimate:
+            return memory.estimate_memory(
+                shape,
+                method=self.cfg.method,
+                lora_r=hp.lora_r,
+                lora_target_modules=hp.lora_target_modules,
+                dtype_bytes=compute_dtype(dev).itemsize,
+                micro_batch_tokens=slots,
+                rows=rows,
+                width=width,
+                trained_tokens=trained,
+                attn_implementation=self.attn_implementation,
+                gradient_checkpointing=gc,
+                on_gpu=dev.type == "cuda",
+            )
+
+        if hp.gradient_checkpointing == "auto":
+            use = memory.needs_checkpointing(estimate(False), device_bytes)
+        else:
+            use = bool(hp.gradient_checkpointing)
+        return use, estimate(use)
+
     def _device(self) -> str:
         dev = self.accelerator.device
         if dev.type == "cuda":
@@ -195,11 +286,15 @@ class Recipe:
             total_epochs=self.total_epochs,
             steps_per_epoch=self.steps_per_epoch,
             start_step=self.start_step,
-            num_examples=len(self.train_examples),
+            num_examples=len(self.examples),
             num_eval_examples=len(self.eval_examples),
             truncated_examples=self.train_stats["truncated_examples"],
             dropped_examples=self.train_stats["dropped_examples"],
             num_tokens=self.train_stats["num_tokens"],
+            trainable_tokens=sum(self.trained),
+            padding_efficiency=self.efficiency.padding_efficiency,
+            micro_batch_tokens=self.efficiency.micro_batch_tokens,
+            attn_implementation=self.attn_implementation,
             format=self.train_summary.format,
             chat_template="fallback" if self.fallback_template else "model",
             trainable_params=self.model_info["trainable_params"],
@@ -215,24 +310,20 @@ class Recipe:
             mixed_precision=str(self.accelerator.mixed_precision),
         )
         self._log(
-            f"started: {len(self.train_examples)} examples, {self.total_steps} steps "
+            f"started: {len(self.examples)} examples, {self.total_steps} steps "
             f"({self.total_epochs} epochs), from step {self.start_step}, "
             f"{self.model_info['trainable_params']:,} trainable / {self.model_info['total_params']:,} params "
-            f"on {self._device()}"
+            f"on {self._device()}, {self.attn_implementation} attention, padding efficiency "
+            f"{self.efficiency.padding_efficiency:.1%}"
         )
 
     # ---- train -------------------------------------------------------------------------------------------
 
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        gen = self.torch.Generator().manual_seed(self.cfg.seed + epoch)
-        order = self.torch.randperm(len(self.train_examples), generator=gen).tolist()
-        mine = order[self.rank :: self.world][: self.per_rank]
-        bs = int(self.hp.batch_size)
-        return [mine[i : i + bs] for i in range(0, len(mine), bs)]
+    def _tensors(self, indices: list[int]) -> dict[str, Any]:
+        from .objective import batch_tensors
 
-    def _batch(self, examples: list[dict[str, list[int]]]) -> dict[str, Any]:
-        batch = collate(examples, self.tokenizer.pad_token_id)
-        return {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        laid = lay_out([self.examples[i] for i in indices], self.layout, self.tokenizer.pad_token_id)
+        return batch_tensors(laid, self.accelerator.device)
 
     def _stop_requested(self) -> bool:
         flag = self.stop.requested
@@ -241,6 +332,13 @@ class Recipe:
             flag = bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
         return flag
 
+    def _sum_over_ranks(self, *values: Any) -> list[float]:
+        """Tensors summed over every process, as floats: the one host sync of a logging step."""
+        t = self.torch.stack([v.detach().double().reshape(()) for v in values])
+        if self.world > 1:
+            t = self.accelerator.reduce(t, reduction="sum")
+        return [float(x) for x in t.tolist()]
+
     def _peak_memory_mb(self) -> float:
         if self.accelerator.device.type == "cuda":
             return self.torch.cuda.max_memory_allocated(self.accelerator.device) / 2**20
@@ -248,64 +346,82 @@ class Recipe:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def train(self) -> int:
+        """The loop. The loss of a step is the mean over the trained tokens of all its micro-batches on all
+        processes (as HF's `num_items_in_batch`): each micro-batch's summed loss is divided by the step's
+        trained-token count, which every process knows from the plan without communicating. Nothing here
+        waits for the device except a logging step, a stop check across processes and the end."""
         torch = self.torch
         acc = self.accelerator
         hp = self.hp
         ga = hp.gradient_accumulation_steps
         self.model.train()
         loop_start = time.monotonic()
-        window_start, window_tokens = loop_start, 0
-        last_loss = float("nan")
+        window_start = loop_start
+        zero = torch.zeros((), device=acc.device, dtype=torch.float32)
+        window_loss, window_correct, window_trained, window_tokens = zero.clone(), zero.clone(), 0, 0
+        last_loss: tuple[Any, int] = (zero, 0)
         self.last_eval_loss: float | None = None
         self.last_eval_step = -1
         first_epoch = self.step // self.steps_per_epoch
         if self._stop_requested():
             return self._interrupt()
         for epoch in range(first_epoch, self.total_epochs):
-            batches = self._epoch_batches(epoch)
+            every_rank = self.plan.epoch(epoch, self.cfg.seed)
+            mine = every_rank[self.rank]
             first_group = self.step - epoch * self.steps_per_epoch if epoch == first_epoch else 0
             for group_index in range(first_group, self.steps_per_epoch):
-                group = batches[group_index * ga : (group_index + 1) * ga]
-                losses = []
-                step_tokens = 0
-                for i, indices in enumerate(group):
-                    batch = self._batch([self.train_examples[j] for j in indices])
+                lo, hi = group_index * ga, (group_index + 1) * ga
+                in_step = [i for rank in every_rank for batch in rank[lo:hi] for i in batch]
+                step_trained = sum(self.trained[i] for i in in_step)
+                step_tokens = sum(self.lengths[i] for i in in_step)
+                scale = self.world / max(1, step_trained)  # DDP averages over processes: undo it
+                group = [self._tensors(indices) for indices in mine[lo:hi]]  # ahead of the compute
+                step_loss = zero.clone()
+                for i, batch in enumerate(group):
                     sync = i == len(group) - 1
                     with acc.no_sync(self.model) if not sync else nullcontext(), acc.autocast():
-                        out = self.model(**batch)
-                        acc.backward(out.loss / len(group))
-                    losses.append(out.loss.detach().float())
-                    step_tokens += int(batch["attention_mask"].sum().item())
+                        loss_sum, correct = self.model(**batch)
+                        acc.backward(loss_sum * scale)
+                    step_loss += loss_sum.detach().float()
+                    window_correct += correct
                 if hp.max_grad_norm > 0:
-                    grad_norm = acc.clip_grad_norm_(self.params, hp.max_grad_norm)
+                    grad_norm: Any = acc.clip_grad_norm_(self.params, hp.max_grad_norm)
                 else:
+                    grad_norm = None
+                log_now = self.step + 1 == self.total_steps or (self.step + 1) % hp.logging_steps == 0
+                if grad_norm is None and log_now:
                     norms = [torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None]
                     grad_norm = torch.linalg.vector_norm(torch.stack(norms))
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
-                loss_t = torch.stack(losses).mean()
-                tokens_t = torch.tensor([step_tokens], device=acc.device)
-                if self.world > 1:
-                    loss_t = acc.reduce(loss_t, reduction="mean")
-                    tokens_t = acc.reduce(tokens_t, reduction="sum")
-                last_loss = float(loss_t.item())
-                self.tokens_seen += int(tokens_t.item())
-                window_tokens += int(tokens_t.item())
-                if self.step % hp.logging_steps == 0 or self.step == self.total_steps:
+                window_loss += step_loss
+                window_trained += step_trained
+                window_tokens += step_tokens
+                self.tokens_seen += step_tokens
+                last_loss = (step_loss, step_trained)
+                if log_now:
+                    loss_sum_all, correct_all = self._sum_over_ranks(window_loss, window_correct)
                     now = time.monotonic()
                     done = self.step - self.start_step
                     per_step = (now - loop_start) / max(1, done)
                     self._metrics(
                         epoch=epoch + (group_index + 1) / self.steps_per_epoch,
-                        loss=last_loss,
-                        grad_norm=float(grad_norm.item()) if hasattr(grad_norm, "item") else float(grad_norm),
+                        loss=loss_sum_all / max(1, window_trained),
+                        token_accuracy=correct_all / max(1, window_trained),
+                        grad_norm=float(grad_norm),
                         tokens_per_second=window_tokens / max(1e-9, now - window_start),
                         elapsed=self.elapsed_before + now - self.started_at,
                         eta=per_step * (self.total_steps - self.step),
                     )
-                    window_start, window_tokens = now, 0
+                    window_start = now
+                    window_loss, window_correct, window_trained, window_tokens = (
+                        zero.clone(),
+                        zero.clone(),
+                        0,
+                        0,
+                    )
                 at_epoch_end = group_index == self.steps_per_epoch - 1
                 if self.eval_examples and (
                     (hp.eval_steps is not None and self.step % hp.eval_steps == 0)
@@ -324,13 +440,15 @@ class Recipe:
         if self.eval_examples and self.last_eval_step != self.step:
             # max_steps ended the run between evaluations: the final adapter still gets its eval_loss.
             self._evaluate(self.step / self.steps_per_epoch)
-        return self._complete(last_loss)
+        (final_sum,) = self._sum_over_ranks(last_loss[0])
+        return self._complete(final_sum / max(1, last_loss[1]))
 
     def _metrics(
         self,
         *,
         epoch: float,
         loss: float,
+        token_accuracy: float,
         grad_norm: float,
         tokens_per_second: float,
         elapsed: float,
@@ -343,6 +461,7 @@ class Recipe:
             total_steps=self.total_steps,
             epoch=round(epoch, 4),
             loss=loss,
+            token_accuracy=round(token_accuracy, 6),
             learning_rate=lr,
             grad_norm=grad_norm,
             tokens_per_second=round(tokens_per_second, 1),
@@ -352,8 +471,8 @@ class Recipe:
             peak_memory_mb=round(self._peak_memory_mb(), 1),
         )
         self._log(
-            f"step {self.step}/{self.total_steps} epoch {epoch:.2f} loss {loss:.4f} lr {lr:.3g} "
-            f"grad_norm {grad_norm:.3f} {tokens_per_second:.0f} tok/s eta {eta:.0f}s"
+            f"step {self.step}/{self.total_steps} epoch {epoch:.2f} loss {loss:.4f} acc {token_accuracy:.3f} "
+            f"lr {lr:.3g} grad_norm {grad_norm:.3f} {tokens_per_second:.0f} tok/s eta {eta:.0f}s"
         )
 
     def _evaluate(self, epoch: float) -> float:
@@ -361,26 +480,37 @@ class Recipe:
         acc = self.accelerator
         self.model.eval()
         loss_sum = torch.zeros((), device=acc.device, dtype=torch.float64)
-        count = torch.zeros((), device=acc.device, dtype=torch.float64)
-        mine = self.eval_examples[self.rank :: self.world]
+        correct = torch.zeros((), device=acc.device, dtype=torch.float64)
+        mine = list(range(len(self.eval_examples)))[self.rank :: self.world]
         bs = int(self.hp.batch_size)
         with torch.no_grad():
             for i in range(0, len(mine), bs):
-                batch = self._batch(mine[i : i + bs])
+                laid = lay_out(
+                    [self.eval_examples[j] for j in mine[i : i + bs]],
+                    self.layout,
+                    self.tokenizer.pad_token_id,
+                )
+                from .objective import batch_tensors
+
                 with acc.autocast():
-                    out = self.model(**batch)
-                n = (batch["labels"][:, 1:] != -100).sum()
-                loss_sum += out.loss.double() * n
-                count += n
-        if self.world > 1:
-            loss_sum = acc.reduce(loss_sum, reduction="sum")
-            count = acc.reduce(count, reduction="sum")
+                    batch_loss, batch_correct = self.model(**batch_tensors(laid, acc.device))
+                loss_sum += batch_loss.double()
+                correct += batch_correct.double()
+        total_loss, total_correct = self._sum_over_ranks(loss_sum, correct)
+        trained = sum(trained_tokens(ex) for ex in self.eval_examples)
         self.model.train()
-        eval_loss = float((loss_sum / count.clamp(min=1)).item())
+        eval_loss = total_loss / max(1, trained)
+        accuracy = total_correct / max(1, trained)
         self.last_eval_loss = eval_loss
         self.last_eval_step = self.step
-        self.events.write("eval", step=self.step, epoch=round(epoch, 4), eval_loss=eval_loss)
-        self._log(f"eval at step {self.step}: eval_loss {eval_loss:.4f}")
+        self.events.write(
+            "eval",
+            step=self.step,
+            epoch=round(epoch, 4),
+            eval_loss=eval_loss,
+            eval_token_accuracy=round(accuracy, 6),
+        )
+        self._log(f"eval at step {self.step}: eval_loss {eval_loss:.4f} eval_token_accuracy {accuracy:.3f}")
         return eval_loss
 
     def _checkpoint(self) -> Path:
@@ -389,7 +519,7 @@ class Recipe:
         if self.is_main:
             checkpoint.save(
                 path,
-                model=self.accelerator.unwrap_model(self.model),
+                model=self.peft_model,
                 tokenizer=self.tokenizer,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
@@ -425,8 +555,7 @@ class Recipe:
         adapter_dir = self.output_dir / "adapter"
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            model = self.accelerator.unwrap_model(self.model)
-            model.save_pretrained(adapter_dir)
+            self.peft_model.save_pretrained(adapter_dir)
             self.tokenizer.save_pretrained(adapter_dir)
         self.events.write(
             "completed",

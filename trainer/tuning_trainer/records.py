@@ -38,6 +38,14 @@ class Started(_Record):
     dropped_examples: int
     """Examples with no trainable token left after truncation"""
     num_tokens: int
+    trainable_tokens: int
+    """Tokens with a loss, over the training file (the rest are prompts, or other turns)"""
+    padding_efficiency: float
+    """Real tokens / token positions processed (padding included) over one epoch; 1.0 without padding"""
+    micro_batch_tokens: int
+    """Mean token positions per micro-batch (padding included)"""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
+    """The attention kernel ("auto" resolved)"""
     format: Literal["chat", "completion", "text", "alpaca"]
     chat_template: Literal["model", "fallback"]
     trainable_params: int
@@ -67,7 +75,10 @@ class Metrics(_Record):
     total_steps: int
     epoch: float
     loss: float | None
-    """null when not finite (a diverged loss)"""
+    """Mean over the trained tokens of the steps since the previous metrics record (null when not finite:
+    a diverged loss)"""
+    token_accuracy: float
+    """Share of those tokens the model predicted right (argmax), over every process"""
     learning_rate: float
     grad_norm: float | None
     tokens_per_second: float
@@ -85,6 +96,8 @@ class Eval(_Record):
     step: int
     epoch: float
     eval_loss: float | None
+    eval_token_accuracy: float
+    """Share of the validation file's trained tokens predicted right (argmax)"""
 
 
 class Checkpoint(_Record):
