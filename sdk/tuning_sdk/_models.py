@@ -103,6 +103,8 @@ class TrainingMetrics:
             says).
         train_loss: latest training loss (None before the first step is reported).
         eval_loss: latest validation loss (None without a validation file).
+        train_token_accuracy / eval_token_accuracy: share of the trained (validation) tokens predicted
+            right, as last reported.
         learning_rate, tokens_per_second, eta_seconds: as last reported.
     """
 
@@ -113,6 +115,8 @@ class TrainingMetrics:
     total_epochs: int | None = None
     train_loss: float | None = None
     eval_loss: float | None = None
+    train_token_accuracy: float | None = None
+    eval_token_accuracy: float | None = None
     learning_rate: float | None = None
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
@@ -130,6 +134,8 @@ class TrainingMetrics:
             total_epochs=total_epochs,
             train_loss=_opt_float(data.get("train_loss")),
             eval_loss=_opt_float(data.get("eval_loss")),
+            train_token_accuracy=_opt_float(data.get("train_token_accuracy")),
+            eval_token_accuracy=_opt_float(data.get("eval_token_accuracy")),
             learning_rate=_opt_float(data.get("learning_rate")),
             tokens_per_second=_opt_float(data.get("tokens_per_second")),
             eta_seconds=_opt_float(data.get("eta_seconds")),
@@ -142,7 +148,8 @@ class Hyperparameters:
     """Training hyperparameters. Leave a field ``None`` to take the service's default.
 
     The first three are the common ones; ``epochs``, ``batch_size`` and ``max_tokens_per_batch`` also accept
-    ``"auto"`` (resolved from the data set size), ``gradient_checkpointing`` too (from a memory estimate). Names the SDK does not know yet can be passed in ``extra``.
+    ``"auto"`` (resolved from the data set size), ``gradient_checkpointing`` too (from a memory estimate).
+    Names the SDK does not know yet can be passed in ``extra``.
 
     Example:
         >>> Hyperparameters(epochs=3, learning_rate=2e-4).to_dict()

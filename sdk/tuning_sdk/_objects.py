@@ -109,7 +109,8 @@ class FileDeleted:
 class Checkpoint:
     """A checkpoint a job saved: its `step`, when, where (`path`, relative to the job's folder on the server)
     and the metrics at that step: `metrics` is the document's CheckpointMetrics as a mapping (``step``,
-    ``train_loss``, ``learning_rate``, ``epoch``, ``eval_loss``; a value is None when it was not reported).
+    ``train_loss``, ``train_token_accuracy``, ``learning_rate``, ``epoch``, ``eval_loss``,
+    ``eval_token_accuracy``; a value is None when it was not reported).
     ``client.tunings.download(job_id, folder, checkpoint=step)`` fetches it.
 
     Example:

@@ -169,6 +169,8 @@ def test_sign_in_list_and_watch_a_job_train(
     assert points(browser, "chart-tps") == total
     evals = TRAIN["max_steps"] // TRAIN["eval_steps"]
     wait(browser, lambda: points(browser, "chart-loss") == total + evals, what="train and eval points")
+    assert points(browser, "chart-acc") == total + evals  # token accuracy, train and eval, every step
+    assert len(css(browser, "#chart-acc circle")) == evals
 
     def statuses() -> list[str]:
         lines = [li.text for li in css(browser, "#job-log li")]

@@ -125,7 +125,7 @@ def test_every_property_has_an_input_with_the_documents_limits_default_and_help(
         if number and not words:
             assert c.get_dom_attribute("type") == "number", name
             assert c.get_dom_attribute("step") == ("1" if number["type"] == "integer" else "any"), name
-        if words:  # a number or a word ("auto"): the words are offered as suggestions
+        if number and words:  # a number or a word ("auto"): the words are offered as suggestions
             options = css(browser, f"#{c.get_dom_attribute('list')} option")
             assert [o.get_attribute("value") for o in options] == words, name
 
@@ -134,6 +134,7 @@ def test_every_property_has_an_input_with_the_documents_limits_default_and_help(
         if any(b.get("type") == "boolean" for b in branches(document, prop)):
             choices += [True, False]
         if choices:
+            choices = [*words, *choices]  # a choice or a word ("auto"): the words come first
             assert c.tag_name == "select", name
             options = css(browser, f"#f-hp-{name} option")
             first, rest = options[0], options[1:]

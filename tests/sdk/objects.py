@@ -91,18 +91,7 @@ def hyperparameters_body(**values: Any) -> dict[str, Any]:
 
 def metrics_body(**fields: Any) -> dict[str, Any]:
     """A job's `metrics`: each value None until reported, progress 0.0."""
-    body: dict[str, Any] = {
-        "progress": 0.0,
-        "current_step": None,
-        "total_steps": None,
-        "current_epoch": None,
-        "total_epochs": None,
-        "train_loss": None,
-        "eval_loss": None,
-        "learning_rate": None,
-        "tokens_per_second": None,
-        "eta_seconds": None,
-    }
+    body: dict[str, Any] = {**dict.fromkeys(job_schema.TrainingMetrics.model_fields), "progress": 0.0}
     body.update(fields)
     return conform(job_schema.TrainingMetrics, body)
 
@@ -183,8 +172,8 @@ def log_page(records: list[dict[str, Any]], has_more: bool = False, after: int =
 
 def checkpoint_body(step: int, job_id: str = "ftjob-1", **metrics: Any) -> dict[str, Any]:
     """A checkpoint at `step`; `metrics` replace the values at that step (all None but `step` otherwise)."""
-    values: dict[str, Any] = {"step": step, "train_loss": None, "learning_rate": None, "epoch": None}
-    values.update({"eval_loss": None, **metrics})
+    values: dict[str, Any] = {**dict.fromkeys(job_schema.CheckpointMetrics.model_fields), "step": step}
+    values.update(metrics)
     return conform(
         job_schema.Checkpoint,
         {

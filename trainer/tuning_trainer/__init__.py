@@ -13,4 +13,7 @@ __version__ = "0.1.0"
 # kernels-community" (it tries an optional kernel from a hub; the built-in path is used instead). Every entry
 # point imports this package before peft or bitsandbytes, so its warnings are silenced here, once, before
 # they can reach a job's log or a setup's output; its errors still show.
-logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+# Offline (HF_HUB_OFFLINE=1, as jobs run), the `kernels` package behind it warns once per process that it
+# "skips the publisher trust check for kernels-community/..." (transformers 5.25 requires `kernels`).
+for _name in ("bitsandbytes", "kernels"):
+    logging.getLogger(_name).setLevel(logging.ERROR)

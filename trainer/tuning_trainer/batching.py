@@ -34,15 +34,13 @@ Example = dict[str, list[int]]  # input_ids, labels (IGNORE_INDEX where there is
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     """The indices of `lengths` grouped into bins whose lengths sum to at most `capacity`: longest first, each
-    into the fullest bin it still fits (a new one when none does). Deterministic: ties go to the earlier
-    bin."""
+    into the fullest bin it still fits (a new one when none does; an item longer than `capacity` has a bin
+    to itself). Deterministic: ties go to the earlier bin."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     bins: list[list[int]] = []
     free: list[tuple[int, int]] = []  # (room left, bin), sorted: the first with room >= n is the best fit
     for i in order:
         n = lengths[i]
-        if n > capacity:
-            raise ValueError(f"an item of {n} tokens does not fit a bin of {capacity}")
         at = bisect_left(free, (n, -1))
         if at < len(free):
             room, b = free.pop(at)

@@ -1,7 +1,13 @@
 """Checkpoints: adapter + optimizer + scheduler + RNG + data position, saved atomically, loaded for resume.
 
 Layout of `checkpoints/checkpoint-N/`: the PEFT adapter files (loadable on their own with
-PeftModel.from_pretrained), the tokenizer files, and `trainer_state.pt` holding everything else.
+PeftModel.from_pretrained), the tokenizer files, `trainer_state.pt` holding the optimizer, scheduler and data
+position, and `rng_state_R.pt` for each process R (every process draws its own random numbers, e.g. dropout
+masks, and continues its own stream on a resume).
+
+Saving is three steps so that every process can add its part: the main process `begin`s a staging folder,
+each process writes its RNG state into it (`save_rng`), and the main process `save`s the rest and renames
+the folder into place.
 """
 
 from __future__ import annotations
@@ -71,6 +77,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         np.random.set_state(state["numpy"])
 
 
+def staging(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def begin(path: Path) -> Path:
+    """Main process: a fresh staging folder for checkpoint `path` (a leftover half-written one goes)."""
+    tmp = staging(path)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_rng(path: Path, rank: int) -> None:
+    """Every process: its RNG state into the staging folder of checkpoint `path`."""
+    import torch
+
+    torch.save(_rng_state(), staging(path) / f"rng_state_{rank}.pt")
+
+
 def save(
     path: Path,
     *,
@@ -80,21 +106,14 @@ def save(
     scheduler: Any,
     state: dict[str, Any],
 ) -> Path:
-    """Write a checkpoint into `path` atomically (a half-written checkpoint is never left under its name)."""
+    """Main process, after `begin` and every process's `save_rng`: write the rest into the staging folder and
+    rename it into place (a half-written checkpoint is never left under its name)."""
     import torch
 
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = staging(path)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    payload = {
-        **state,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(),
-    }
+    payload = {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
     torch.save(payload, tmp / STATE_FILE)
     if path.exists():
         shutil.rmtree(path)
@@ -102,8 +121,9 @@ def save(
     return path
 
 
-def load(path: Path, *, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """Load adapter weights into the already-wrapped model (never wrapping it again) and restore the rest."""
+def load(path: Path, *, model: Any, optimizer: Any, scheduler: Any, rank: int = 0) -> dict[str, Any]:
+    """Load adapter weights into the already-wrapped model (never wrapping it again) and restore the rest,
+    this process's RNG state included."""
     import torch
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -121,5 +141,10 @@ def load(path: Path, *, model: Any, optimizer: Any, scheduler: Any) -> dict[str,
     state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state.pop("optimizer"))
     scheduler.load_state_dict(state.pop("scheduler"))
-    _set_rng_state(state.pop("rng"))
+    rng_file = path / f"rng_state_{rank}.pt"
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+    elif "rng" in state:  # a checkpoint written before the per-process files
+        _set_rng_state(state["rng"])
+    state.pop("rng", None)
     return state

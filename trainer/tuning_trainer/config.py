@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
-from .schema import INTEGRAL, StrictModel, cross_field, first_problem, json_schema
+from .schema import INTEGRAL, StrictModel, first_problem, json_schema
 
 Method = Literal["qlora", "lora"]
 METHODS: tuple[str, ...] = ("qlora", "lora")
@@ -108,23 +108,12 @@ class Hyperparameters(StrictModel):
     """Fill each micro-batch with whole examples up to max_tokens_per_batch tokens (best fit), instead of
     batch_size examples; examples never attend to each other either way"""
     max_tokens_per_batch: Annotated[int, Field(ge=8, le=16_777_216), INTEGRAL] | Literal["auto"] = AUTO
-    """Token budget of a packed micro-batch (packing only); "auto": batch_size x max_seq_length. At least
-    max_seq_length, so that every example fits"""
+    """Token budget of a packed micro-batch (packing only; an example longer than it trains alone);
+    "auto": batch_size x max_seq_length"""
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = AUTO
     """Attention kernel; "auto": flash_attention_2 on a GPU where flash-attn is installed, else sdpa"""
     torch_compile: bool = False
     """Compile the model with torch.compile (slower first steps, faster later ones)"""
-
-    @model_validator(mode="after")
-    def _budget_fits_an_example(self) -> Hyperparameters:
-        budget = self.max_tokens_per_batch
-        if isinstance(budget, int) and budget < self.max_seq_length:
-            raise cross_field(
-                "max_tokens_per_batch",
-                f"{{parent}}.max_tokens_per_batch ({budget}) must be at least max_seq_length "
-                f"({self.max_seq_length}): a packed micro-batch holds whole examples",
-            )
-        return self
 
 
 class JobConfig(StrictModel):

@@ -102,6 +102,18 @@ class Recipe:
         self.torch = torch
         self.accelerator = acc = Accelerator(mixed_precision=_default_mixed_precision(torch))
         self.is_main = acc.is_main_process
+        launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if launched != acc.num_processes:
+            # e.g. `accelerate launch --multi_gpu` on a machine without GPUs: the processes start, but no
+            # process group joins them, and each would train alone and write the same output folder.
+            raise TrainerError(
+                "invalid_config",
+                f"launched as {launched} processes (WORLD_SIZE={launched}) but they formed no process group "
+                f"(this one sees {acc.num_processes}); on a machine without GPUs launch with "
+                "ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N",
+                EXIT_USER_ERROR,
+                extra={"param": "num_processes"},
+            )
         set_seed(self.cfg.seed)
         hp = self.hp
 
@@ -210,6 +222,7 @@ class Recipe:
                 model=self.peft_model,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
+                rank=self.rank,
             )
             if state.get("total_steps") != self.total_steps:
                 raise TrainerError(
@@ -515,7 +528,13 @@ class Recipe:
 
     def _checkpoint(self) -> Path:
         path = checkpoint.checkpoint_path(self.output_dir, self.step)
-        self.accelerator.wait_for_everyone()
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if self.is_main:
+            checkpoint.begin(path)
+        acc.wait_for_everyone()
+        checkpoint.save_rng(path, self.rank)
+        acc.wait_for_everyone()
         if self.is_main:
             checkpoint.save(
                 path,
@@ -576,7 +595,7 @@ class Recipe:
         acc = getattr(self, "accelerator", None)
         if acc is not None:
             acc.end_training()
-            if self.world > 1 and self.torch.distributed.is_initialized():
+            if self.torch.distributed.is_initialized():
                 self.torch.distributed.destroy_process_group()
 
     def run(self) -> int:

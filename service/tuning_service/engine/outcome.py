@@ -70,6 +70,7 @@ def progress_fields(row: dict[str, Any], records: list[Record]) -> dict[str, Any
                 current_epoch=_epoch_in_progress(data.get("epoch"), metrics.get("total_epochs"))
                 or metrics.get("current_epoch"),
                 train_loss=data.get("loss", metrics.get("train_loss")),
+                train_token_accuracy=data.get("token_accuracy", metrics.get("train_token_accuracy")),
                 learning_rate=data.get("learning_rate", metrics.get("learning_rate")),
                 tokens_per_second=data.get("tokens_per_second", metrics.get("tokens_per_second")),
                 eta_seconds=data.get("eta_seconds", metrics.get("eta_seconds")),
@@ -82,6 +83,7 @@ def progress_fields(row: dict[str, Any], records: list[Record]) -> dict[str, Any
         elif type_ == "eval":
             metrics = metrics or new_metrics()
             metrics["eval_loss"] = data.get("eval_loss")
+            metrics["eval_token_accuracy"] = data.get("eval_token_accuracy")
         elif type_ == "checkpoint":
             if isinstance(data.get("path"), str):
                 fields["checkpoint_path"] = data["path"]

@@ -186,11 +186,12 @@ def openai_checkpoint(job: dict[str, Any], org: str, ckpt: dict[str, Any]) -> di
         "step_number": step,
         "metrics": {
             "step": step,
+            # The trainer evaluates on the whole validation file, so "valid" and "full valid" are one value.
             "train_loss": m.get("train_loss"),
             "valid_loss": m.get("eval_loss"),
-            "full_valid_loss": None,
-            "train_mean_token_accuracy": None,
-            "valid_mean_token_accuracy": None,
-            "full_valid_mean_token_accuracy": None,
+            "full_valid_loss": m.get("eval_loss"),
+            "train_mean_token_accuracy": m.get("train_token_accuracy"),
+            "valid_mean_token_accuracy": m.get("eval_token_accuracy"),
+            "full_valid_mean_token_accuracy": m.get("eval_token_accuracy"),
         },
     }

@@ -45,7 +45,8 @@ from . import compat as oc
 log = logging.getLogger("tuning_service.openai")
 
 Handler = Callable[[Request], Awaitable[Response]]
-_METADATA_QUERY = re.compile(r"^metadata\[(.{1,64})\]$", re.DOTALL)  # any key (newlines too)
+# Any key (newlines too) but brackets: metadata[a][b] is a nested object, which the filter is not.
+_METADATA_QUERY = re.compile(r"^metadata\[([^\[\]]{1,64})\]$", re.DOTALL)
 FILE_LINKS = links("file_id", GetFile="openaiGetFile", GetFileContent="openaiFileContent",
                    DeleteFile="openaiDeleteFile")  # fmt: skip
 JOB_LINKS = links(

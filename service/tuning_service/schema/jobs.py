@@ -229,6 +229,10 @@ class TrainingMetrics(ResponseModel):
     total_epochs: int | None
     train_loss: float | None
     eval_loss: float | None
+    train_token_accuracy: float | None
+    """Share of the trained tokens predicted right (argmax), over the latest logging window"""
+    eval_token_accuracy: float | None
+    """The same over the validation file, at the latest evaluation"""
     learning_rate: float | None
     tokens_per_second: float | None
     eta_seconds: float | None
@@ -429,9 +433,12 @@ class CheckpointMetrics(ResponseModel):
 
     step: int
     train_loss: float | None
+    train_token_accuracy: float | None
     learning_rate: float | None
     epoch: float | None
     eval_loss: float | None
+    """At this step, over the whole validation file (null when there was no evaluation at this step)"""
+    eval_token_accuracy: float | None
 
 
 class Checkpoint(ResponseModel):

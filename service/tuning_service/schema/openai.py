@@ -271,7 +271,7 @@ class OpenAIListJobsQuery(QueryModel):
     after: Cursor = None
     metadata: (
         Annotated[
-            dict[Annotated[str, Field(min_length=1, max_length=64)], str],
+            dict[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\[\]]*$")], str],
             Field(json_schema_extra={"x-style": "deepObject"}),
         ]
         | None

@@ -50,8 +50,9 @@ class RecordTables(Database):
 
     async def metrics_at(self, job_id: str, step: int) -> dict[str, Any]:
         """The last metrics (and eval) values reported at or before `step`."""
-        out: dict[str, Any] = {"step": step, "train_loss": None, "learning_rate": None, "epoch": None,
-                               "eval_loss": None}  # fmt: skip
+        out: dict[str, Any] = {"step": step, "train_loss": None, "train_token_accuracy": None,
+                               "learning_rate": None, "epoch": None, "eval_loss": None,
+                               "eval_token_accuracy": None}  # fmt: skip
         for type_ in ("metrics", "eval"):
             row = await self.one(
                 "SELECT data FROM job_events WHERE job_id = ? AND type = ?"
@@ -64,11 +65,13 @@ class RecordTables(Database):
             if type_ == "metrics":
                 out.update(
                     train_loss=data.get("loss"),
+                    train_token_accuracy=data.get("token_accuracy"),
                     learning_rate=data.get("learning_rate"),
                     epoch=data.get("epoch"),
                 )
             elif data.get("step") == step:
                 out["eval_loss"] = data.get("eval_loss")
+                out["eval_token_accuracy"] = data.get("eval_token_accuracy")
         return out
 
     async def last_seq(self, job_id: str) -> int | None:

@@ -8,6 +8,7 @@ const STATS = [
   ["epoch", "Epoch", (j, m) => (m.current_epoch == null ? NONE : `${m.current_epoch} / ${m.total_epochs ?? "?"}`)],
   ["train_loss", "Train loss", (j, m) => fmtNum(m.train_loss)],
   ["eval_loss", "Eval loss", (j, m) => fmtNum(m.eval_loss)],
+  ["train_token_accuracy", "Token accuracy", (j, m) => fmtNum(m.train_token_accuracy, 3)],
   ["learning_rate", "Learning rate", (j, m) => fmtNum(m.learning_rate, 3)],
   ["tokens_per_second", "Tokens/s", (j, m) => fmtInt(m.tokens_per_second)],
   ["eta", "ETA", (j) => fmtDuration(etaSeconds(j))],

@@ -42,6 +42,14 @@ export function mountJob({ id }) {
         { key: "eval", label: "eval", color: VERMILLION, dash: "7 4", markers: true },
       ],
     }),
+    acc: createChart(byId("chart-acc"), {
+      title: "Token accuracy",
+      series: [
+        { key: "train", label: "train", color: BLUE },
+        { key: "eval", label: "eval", color: VERMILLION, dash: "7 4", markers: true },
+      ],
+      format: (v) => fmtNum(v, 3),
+    }),
     lr: createChart(byId("chart-lr"), {
       title: "Learning rate",
       series: [{ key: "lr", label: "learning rate", color: GREEN, dash: "2 3" }],
@@ -81,12 +89,15 @@ export function mountJob({ id }) {
     switch (r.type) {
       case "metrics":
         charts.loss.add("train", r.step, r.loss);
+        charts.acc.add("train", r.step, r.token_accuracy);
         charts.lr.add("lr", r.step, r.learning_rate);
         charts.tps.add("tps", r.step, r.tokens_per_second);
         return;
       case "eval":
         charts.loss.add("eval", r.step, r.eval_loss);
-        log.append(`eval: step ${r.step}, eval loss ${fmtNum(r.eval_loss)}`, "event");
+        charts.acc.add("eval", r.step, r.eval_token_accuracy);
+        log.append(`eval: step ${r.step}, eval loss ${fmtNum(r.eval_loss)}, ` +
+          `token accuracy ${fmtNum(r.eval_token_accuracy, 3)}`, "event");
         return;
       case "log":
         log.append(r.line);
