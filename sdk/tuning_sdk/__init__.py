@@ -35,12 +35,14 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._models import (
+        EstimateMemory,
         Hyperparameters,
         JobDeleted,
         JobError,
         JobStatus,
         LogRecord,
         TrainingMetrics,
+        TuningEstimate,
         TuningJob,
     )
     from ._objects import Checkpoint, FileDeleted, FileError, FileObject
@@ -56,7 +58,9 @@ _LAZY = {
     "JobStatus": "_models",
     "LogRecord": "_models",
     "TrainingMetrics": "_models",
+    "TuningEstimate": "_models",
     "TuningJob": "_models",
+    "EstimateMemory": "_models",
     "Checkpoint": "_objects",
     "FileDeleted": "_objects",
     "FileError": "_objects",
@@ -90,6 +94,7 @@ __all__ = [
     "Checkpoint",
     "ConflictError",
     "CursorPage",
+    "EstimateMemory",
     "FileDeleted",
     "FileError",
     "FileObject",
@@ -105,6 +110,7 @@ __all__ = [
     "TrainingMetrics",
     "TuningClient",
     "TuningError",
+    "TuningEstimate",
     "TuningJob",
     "UnprocessableEntityError",
     "WaitTimeoutError",

@@ -19,12 +19,14 @@ from enum import Enum
 from typing import Any
 
 __all__ = [
+    "EstimateMemory",
     "Hyperparameters",
     "JobDeleted",
     "JobError",
     "JobStatus",
     "LogRecord",
     "TrainingMetrics",
+    "TuningEstimate",
     "TuningJob",
 ]
 
@@ -286,6 +288,8 @@ class TuningJob:
     error: JobError | None = None
     metrics: TrainingMetrics | None = None
     resume_on_restart: bool = False
+    num_gpus: int = 1
+    distributed: str = "ddp"
     webhook_url: str | None = None
     webhook_events: tuple[str, ...] | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -336,6 +340,8 @@ class TuningJob:
             error=JobError.from_dict(error) if isinstance(error, Mapping) else None,
             metrics=TrainingMetrics.from_dict(metrics) if isinstance(metrics, Mapping) else None,
             resume_on_restart=data.get("resume_on_restart") is True,
+            num_gpus=_opt_int(data.get("num_gpus")) or 1,
+            distributed=_opt_str(data.get("distributed")) or "ddp",
             webhook_url=_opt_str(data.get("webhook_url")),
             webhook_events=_str_tuple(data.get("webhook_events")),
             raw=dict(data),
@@ -344,6 +350,104 @@ class TuningJob:
     def to_dict(self) -> dict[str, Any]:
         """The job as the service sent it (unknown fields included)."""
         return dict(self.raw)
+
+
+@dataclass(frozen=True)
+class EstimateMemory:
+    """A dry run's peak memory estimate per device (GPU, or the machine's RAM on CPU), in MiB.
+
+    Attributes:
+        peak_mb: the estimated peak; device_mb: the device's memory; fits: the peak is within 95% of it.
+        breakdown_mb: weights, adapter, activation, attention, loss, overhead.
+    """
+
+    peak_mb: int = 0
+    device_mb: int = 0
+    fits: bool = False
+    breakdown_mb: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EstimateMemory:
+        breakdown = data.get("breakdown_mb")
+        return cls(
+            peak_mb=_opt_int(data.get("peak_mb")) or 0,
+            device_mb=_opt_int(data.get("device_mb")) or 0,
+            fits=bool(data.get("fits", False)),
+            breakdown_mb=dict(breakdown) if isinstance(breakdown, Mapping) else {},
+        )
+
+
+@dataclass(frozen=True)
+class TuningEstimate:
+    """What ``tunings.create(..., dry_run=True)`` returns: the job as the trainer would run it (no job is
+    made). The counts, steps and padding efficiency are the ones the real job's ``started`` record reports.
+
+    Attributes:
+        num_examples, num_eval_examples, num_tokens, trainable_tokens, truncated_examples, dropped_examples:
+            the data, tokenised with the model's tokenizer.
+        total_steps, total_epochs, steps_per_epoch, resolved_auto, hyperparameters: the plan ("auto"
+            resolved).
+        padding_efficiency, micro_batch_tokens, attn_implementation, gradient_checkpointing: how it batches.
+        tokens_to_process, num_processes, device: the work and where it runs.
+        memory: the estimated peak per device and whether it fits.
+        estimated_seconds: from this service's past jobs of the same model shape, method and device (None
+            where there are none); based_on_jobs: how many.
+    """
+
+    object: str = "tuning.estimate"
+    model: str = ""
+    method: str = ""
+    num_examples: int = 0
+    num_eval_examples: int = 0
+    num_tokens: int = 0
+    trainable_tokens: int = 0
+    truncated_examples: int = 0
+    dropped_examples: int = 0
+    total_steps: int = 0
+    total_epochs: int = 0
+    steps_per_epoch: int = 0
+    resolved_auto: Mapping[str, Any] = field(default_factory=dict)
+    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+    padding_efficiency: float = 0.0
+    micro_batch_tokens: int = 0
+    attn_implementation: str = ""
+    gradient_checkpointing: bool = False
+    tokens_to_process: int = 0
+    num_processes: int = 0
+    device: str = ""
+    shape: Mapping[str, Any] = field(default_factory=dict)
+    memory: EstimateMemory = field(default_factory=EstimateMemory)
+    estimated_seconds: float | None = None
+    based_on_jobs: int = 0
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TuningEstimate:
+        ints = {
+            name: _opt_int(data.get(name)) or 0
+            for name in (
+                "num_examples", "num_eval_examples", "num_tokens", "trainable_tokens", "truncated_examples",
+                "dropped_examples", "total_steps", "total_epochs", "steps_per_epoch", "micro_batch_tokens",
+                "tokens_to_process", "num_processes", "based_on_jobs",
+            )
+        }  # fmt: skip
+        hp, memory = data.get("hyperparameters"), data.get("memory")
+        return cls(
+            object=str(data.get("object", "tuning.estimate")),
+            model=str(data.get("model", "")),
+            method=str(data.get("method", "")),
+            resolved_auto=dict(data.get("resolved_auto") or {}),
+            hyperparameters=Hyperparameters.from_dict(hp) if isinstance(hp, Mapping) else Hyperparameters(),
+            padding_efficiency=_opt_float(data.get("padding_efficiency")) or 0.0,
+            attn_implementation=str(data.get("attn_implementation", "")),
+            gradient_checkpointing=bool(data.get("gradient_checkpointing", False)),
+            device=str(data.get("device", "")),
+            shape=dict(data.get("shape") or {}),
+            memory=EstimateMemory.from_dict(memory) if isinstance(memory, Mapping) else EstimateMemory(),
+            estimated_seconds=_opt_float(data.get("estimated_seconds")),
+            raw=dict(data),
+            **ints,
+        )
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from ._errors import (
     TuningError,
     WaitTimeoutError,
 )
-from ._models import TuningJob
+from ._models import TuningEstimate, TuningJob
 from ._transfer import ArchiveError
 from ._version import __version__
 
@@ -181,6 +181,34 @@ def _fmt_time(ts: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
+def _print_estimate(est: TuningEstimate) -> None:
+    mem = est.memory
+    seconds = (
+        f"~{est.estimated_seconds:,.0f} s (from {est.based_on_jobs} past jobs)"
+        if est.estimated_seconds is not None
+        else "unknown (this service has not trained this model shape on this device yet)"
+    )
+    auto = ", ".join(f"{k}={v}" for k, v in est.resolved_auto.items()) or "none"
+    examples = f"{est.num_examples:,} ({est.truncated_examples} truncated, {est.dropped_examples} dropped)"
+    batches = f"{est.micro_batch_tokens:,} token slots each, padding efficiency {est.padding_efficiency:.1%}"
+    checkpointing = "on" if est.gradient_checkpointing else "off"
+    fits = "fits" if mem.fits else "DOES NOT FIT"
+    rows = [
+        ("model", f"{est.model} ({est.method})"),
+        ("examples", examples),
+        ("tokens", f"{est.num_tokens:,} ({est.trainable_tokens:,} trained)"),
+        ("steps", f"{est.total_steps:,} ({est.total_epochs} epochs of {est.steps_per_epoch})"),
+        ("auto", auto),
+        ("batches", batches),
+        ("attention", f"{est.attn_implementation}, gradient checkpointing {checkpointing}"),
+        ("device", f"{est.device} x {est.num_processes}"),
+        ("memory", f"{mem.peak_mb:,} MiB peak of {mem.device_mb:,} MiB: {fits}"),
+        ("time", seconds),
+    ]
+    for name, value in rows:
+        print(f"{name + ':':<11}{value}")
+
+
 def _print_job(job: TuningJob) -> None:
     rows: list[tuple[str, Any]] = [
         ("id", job.id),
@@ -283,7 +311,7 @@ def _run(args: argparse.Namespace, client: TuningClient) -> int:
     if action in _cli_artifacts.JOB_ACTIONS:
         return _cli_artifacts.run_job_action(args, client, _print_job)
     if action == "create":
-        job = client.tunings.create(
+        request: dict[str, Any] = dict(
             model=args.model,
             training_file=args.training_file,
             hyperparameters=args.hp or None,
@@ -293,10 +321,20 @@ def _run(args: argparse.Namespace, client: TuningClient) -> int:
             seed=args.seed,
             metadata=args.metadata or None,
             resume_on_restart=True if args.resume_on_restart else None,
+            num_gpus=args.num_gpus,
+            distributed=args.distributed,
             webhook_url=args.webhook_url,
             webhook_events=args.webhook_event or None,
             idempotency_key=args.idempotency_key,
         )
+        if args.dry_run:
+            estimate = client.tunings.create(**request, dry_run=True)
+            if args.json:
+                _print_json(dict(estimate.raw))
+            else:
+                _print_estimate(estimate)
+            return EXIT_OK
+        job = client.tunings.create(**request)
         if args.wait:
             if not args.json:
                 print(f"created {job.id}; waiting for it to finish (Ctrl-C stops waiting, not the job)")
@@ -427,7 +465,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="if the service restarts and the trainer is gone, continue from the newest checkpoint "
         "(set --hp save_steps=N)",
     )
+    create.add_argument(
+        "--num-gpus", type=int, metavar="N", help="GPUs for the job, one training process each (default 1)"
+    )
+    create.add_argument(
+        "--distributed", choices=("ddp", "fsdp"), help="how several GPUs share the work (default ddp)"
+    )
     create.add_argument("--wait", action="store_true", help="wait for the job to end, with a progress bar")
+    create.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="create no job: show what it would do (examples, tokens, steps, padding efficiency, peak "
+        "memory per GPU and whether it fits, and the time where the service can tell)",
+    )
     waiting(create)
 
     lst = acts.add_parser("list", help="list jobs, newest first")

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     """Trainers running at once"""
     gpus: CommaList = []
     """Comma-separated GPU ids to lease to jobs (`CUDA_VISIBLE_DEVICES`); empty: CPU"""
+    cpu_processes: Annotated[int, Field(ge=1, le=64)] = 1
+    """Without GPUs: training processes per job (gloo ranks sharing the CPU threads); more than 1 runs the
+    multi-GPU code path on CPU, for testing it without GPUs"""
     cancel_grace_seconds: float = 30.0
     """After SIGTERM, how long a trainer may take to checkpoint before SIGKILL"""
     log_level: str = "INFO"

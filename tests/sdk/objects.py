@@ -14,9 +14,9 @@ A fixture that is off the contract on purpose (an SDK's tolerance of a newer or 
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, RootModel, ValidationError
 
 from tuning_service.schema import files as file_schema
 from tuning_service.schema import jobs as job_schema
@@ -28,8 +28,13 @@ CREATED_AT = 1764150000
 
 # The model of each route's 200 JSON body, as the document lists it (test_contract.py checks this table
 # against the running service's /openapi.json). A key ending in "/" is a prefix: the route takes an id.
+# A create answers a job, or with "dry_run": true an estimate (the document's oneOf).
+CreateAnswer = RootModel[
+    Annotated[job_schema.TuningJob | job_schema.TuningEstimate, Field(union_mode="left_to_right")]
+]
+CreateAnswer.__name__ = "TuningJob|TuningEstimate"
 RESPONSE_MODELS: dict[tuple[str, str], type[BaseModel]] = {
-    ("POST", "/v1/tunings.create"): job_schema.TuningJob,
+    ("POST", "/v1/tunings.create"): CreateAnswer,
     ("GET", "/v1/tunings.get/"): job_schema.TuningJob,
     ("POST", "/v1/tunings.cancel/"): job_schema.TuningJob,
     ("POST", "/v1/tunings.pause/"): job_schema.TuningJob,
@@ -129,6 +134,8 @@ def job_body(job_id: str = "ftjob-1", status: str = "queued", **fields: Any) -> 
         "seed": 42,
         "metadata": {},
         "resume_on_restart": False,
+        "num_gpus": 1,
+        "distributed": "ddp",
         "created_at": CREATED_AT,
         "started_at": None,
         "finished_at": None,
@@ -140,6 +147,44 @@ def job_body(job_id: str = "ftjob-1", status: str = "queued", **fields: Any) -> 
     }
     body.update(fields)
     return conform(job_schema.TuningJob, body)
+
+
+def estimate_body(**fields: Any) -> dict[str, Any]:
+    """A dry run's answer (tuning.estimate); `fields` replace any field."""
+    body: dict[str, Any] = {
+        "object": "tuning.estimate",
+        "model": "tiny-llama",
+        "method": "lora",
+        "num_examples": 300,
+        "num_eval_examples": 0,
+        "num_tokens": 11399,
+        "trainable_tokens": 3474,
+        "truncated_examples": 2,
+        "dropped_examples": 0,
+        "resolved_auto": {"epochs": 5, "batch_size": 4},
+        "total_steps": 15,
+        "total_epochs": 5,
+        "steps_per_epoch": 3,
+        "padding_efficiency": 0.8147,
+        "micro_batch_tokens": 4664,
+        "attn_implementation": "sdpa",
+        "device": "cpu",
+        "num_processes": 1,
+        "gradient_checkpointing": False,
+        "tokens_to_process": 56995,
+        "hyperparameters": hyperparameters_body(epochs=5, batch_size=4),
+        "shape": {"hidden": 64, "layers": 2, "vocab": 512},
+        "memory": {
+            "peak_mb": 54,
+            "device_mb": 24105,
+            "fits": True,
+            "breakdown_mb": {"weights": 0, "loss": 8},
+        },
+        "estimated_seconds": None,
+        "based_on_jobs": 0,
+    }
+    body.update(fields)
+    return conform(job_schema.TuningEstimate, body)
 
 
 def job_list_body(jobs: list[dict[str, Any]], has_more: bool = False) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import pytest
 
 from tests.sdk.objects import (
     deleted_job_body,
+    estimate_body,
     health_body,
     job_error_body,
     job_list_body,
@@ -57,6 +58,10 @@ def test_create_parses_hyperparameters(stub: StubServer, run) -> None:
         "job.failed",
         "--webhook-event",
         "job.checkpoint",
+        "--num-gpus",
+        "2",
+        "--distributed",
+        "fsdp",
     )
     assert code == 0 and json.loads(out)["id"] == "ftjob-1"
     body = stub.calls("POST", "/v1/tunings.create")[0].json()
@@ -69,6 +74,27 @@ def test_create_parses_hyperparameters(stub: StubServer, run) -> None:
     assert body["metadata"] == {"team": "nlp"} and body["seed"] == 3 and body["resume_on_restart"] is True
     assert body["webhook_url"] == "https://hooks.example.com/t"
     assert body["webhook_events"] == ["job.failed", "job.checkpoint"]
+    assert (body["num_gpus"], body["distributed"]) == (2, "fsdp")
+
+
+def test_create_dry_run_shows_the_estimate_and_makes_no_job(stub: StubServer, run) -> None:
+    stub.route(
+        "POST", "/v1/tunings.create", reply(200, estimate_body(estimated_seconds=93.4, based_on_jobs=2))
+    )
+    code, out, _ = run(
+        "jobs", "create", "--model", "tiny-llama", "--training-file", "data/train.jsonl", "--dry-run"
+    )
+    assert code == 0, out
+    assert stub.calls("POST", "/v1/tunings.create")[0].json()["dry_run"] is True
+    assert "300 (2 truncated, 0 dropped)" in out and "padding efficiency 81.5%" in out
+    assert "54 MiB peak of 24,105 MiB: fits" in out and "~93 s (from 2 past jobs)" in out
+    assert "epochs=5, batch_size=4" in out
+    code, out, _ = run("--json", "jobs", "create", "--model", "m", "--training-file", "f", "--dry-run")
+    assert code == 0 and json.loads(out)["object"] == "tuning.estimate"
+    stub.route("POST", "/v1/tunings.create", reply(200, estimate_body(memory={
+        "peak_mb": 90000, "device_mb": 81000, "fits": False, "breakdown_mb": {}})))  # fmt: skip
+    code, out, _ = run("jobs", "create", "--model", "m", "--training-file", "f", "--dry-run")
+    assert code == 0 and "DOES NOT FIT" in out and "unknown (this service has not trained" in out
 
 
 def test_create_rejected_gives_exit_3_and_the_field(stub: StubServer, run) -> None:

@@ -41,6 +41,7 @@ from tests.sdk.stub import StubServer, reply
 from tests.support.server import DEV_KEY, ServiceEnv, ServiceProcess, write_jsonl
 from tuning_sdk import (
     Checkpoint,
+    EstimateMemory,
     FileDeleted,
     FileError,
     FileObject,
@@ -51,6 +52,7 @@ from tuning_sdk import (
     LogRecord,
     TrainingMetrics,
     TuningClient,
+    TuningEstimate,
     TuningJob,
 )
 from tuning_service.schema import files as file_schema
@@ -72,6 +74,8 @@ COUNTERPARTS: dict[str, type] = {
     "FileError": FileError,
     "DeletedFile": FileDeleted,
     "Checkpoint": Checkpoint,
+    "TuningEstimate": TuningEstimate,
+    "EstimateMemory": EstimateMemory,
 }
 # Objects the SDK keeps as a plain mapping of what was sent (so no field of theirs can go missing); the real
 # objects are still checked key by key against the schema.
@@ -702,9 +706,10 @@ def test_the_stubs_route_table_is_the_documents(produced: Produced) -> None:
             continue  # the OpenAI-compatible routes, /openapi.json, /docs, /metrics
         for method, op in ops.items():
             schema = (op["responses"]["200"].get("content", {}).get("application/json") or {}).get("schema")
-            if schema and "$ref" in schema:
+            refs = [schema] if schema and "$ref" in schema else (schema or {}).get("oneOf", [])
+            if refs:
                 route = path.split("{", 1)[0]
-                documented[(method.upper(), route)] = schema["$ref"].rsplit("/", 1)[-1]
+                documented[(method.upper(), route)] = "|".join(r["$ref"].rsplit("/", 1)[-1] for r in refs)
     assert {key: model.__name__ for key, model in RESPONSE_MODELS.items()} == documented
 
 

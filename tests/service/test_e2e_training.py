@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.server import ServiceEnv, ServiceProcess
+from tests.support.server import DEV_KEY, ServiceEnv, ServiceProcess
 
 pytestmark = pytest.mark.slow
 
@@ -165,3 +165,107 @@ def test_a_job_finishes_across_a_service_restart(service_env: ServiceEnv) -> Non
         print(f"trainer alive while the service was down: {alive_while_down}")
     finally:
         svc.shutdown()
+
+
+def test_a_job_runs_as_two_processes_on_cpu_when_the_service_says_so(service_env: ServiceEnv) -> None:
+    """TUNING_CPU_PROCESSES=2: the supervisor launches the multi-process command (gloo ranks) and the tiny
+    model trains that way; a job still asks for one GPU's worth (there are none): num_gpus 2 is refused."""
+    svc = service_env.start("two-processes", extra_env={"TUNING_CPU_PROCESSES": "2"})
+    try:
+        refused = svc.post("/v1/tunings.create", {"model": "tiny-llama", "training_file": "data/train.jsonl",
+                                                 "num_gpus": 2})  # fmt: skip
+        assert refused.status == 422 and refused.error["param"] == "num_gpus", refused.text
+        assert "no GPUs" in refused.error["message"]
+        job = svc.create_job(model="tiny-llama", method="lora", hyperparameters={**SMALL, "batch_size": 2})
+        assert (job["num_gpus"], job["distributed"]) == (1, "ddp")
+        done = svc.wait_for(job["id"], {"succeeded", "failed"}, timeout=300)
+        assert done["status"] == "succeeded", (done, svc.output()[-3000:])
+        records = svc.get(f"/v1/tunings.events/{job['id']}?limit=1000").json()["data"]
+        (started,) = [r for r in records if r["type"] == "started"]
+        assert started["num_processes"] == 2 and started["device"].startswith("cpu")
+        # Two ranks x 2 examples: 12 steps of 4 examples, every step's metrics written once (rank 0 only).
+        assert [r["step"] for r in records if r["type"] == "metrics"] == list(range(1, 13))
+    finally:
+        _reap(svc.data_dir / "jobs")
+        svc.shutdown()
+
+
+def test_a_dry_run_reports_what_the_job_then_does(live_service: ServiceProcess) -> None:
+    """`dry_run: true` (SDK `create(..., dry_run=True)`) makes no job and answers with the trainer's own plan:
+    every value it shares with the `started` record is the one the real job then reports. Once this service
+    has trained that model shape on this device, the estimate has seconds too."""
+    from tuning_sdk import TuningClient, TuningEstimate
+    from tuning_trainer.records import RunPlanFacts
+
+    hp = {"epochs": "auto", "batch_size": "auto", "max_seq_length": 24, "max_steps": 4, "packing": True}
+    request = dict(
+        model="tiny-llama",
+        training_file="data/train.jsonl",
+        validation_file="data/valid.jsonl",
+        method="lora",
+        hyperparameters=hp,
+    )
+    client = TuningClient(api_key=DEV_KEY, base_url=live_service.base_url, timeout=120)
+    try:
+        before = len(live_service.get("/v1/tunings.list?limit=100").json()["data"])
+        estimate = client.tunings.create(**request, dry_run=True)  # type: ignore[arg-type]
+        assert isinstance(estimate, TuningEstimate) and estimate.object == "tuning.estimate"
+        assert len(live_service.get("/v1/tunings.list?limit=100").json()["data"]) == before  # no job
+        wire = dict(estimate.raw)
+        assert wire["truncated_examples"] > 0 and set(wire["resolved_auto"]) >= {"epochs", "batch_size"}
+        assert estimate.memory.fits and estimate.memory.peak_mb > 0 and estimate.device == "cpu"
+        assert (estimate.estimated_seconds is None) == (estimate.based_on_jobs == 0)
+
+        job = client.tunings.create(**request)  # type: ignore[arg-type]
+        done = live_service.wait_for(job.id, {"succeeded", "failed"}, timeout=300)
+        assert done["status"] == "succeeded", (done, live_service.output()[-3000:])
+        records = live_service.get(f"/v1/tunings.events/{job.id}?limit=1000").json()["data"]
+        (started,) = [r for r in records if r["type"] == "started"]
+        shared = set(RunPlanFacts.model_fields)
+        assert {k: wire[k] for k in shared} == {k: started[k] for k in shared}
+        assert wire["hyperparameters"] == started["config"]["hyperparameters"]
+        assert wire["memory"]["peak_mb"] == started["model_setup"]["estimated_peak_memory_mb"]
+        assert wire["shape"] == started["model_setup"]["shape"]
+
+        again = client.tunings.create(**request, dry_run=True)  # type: ignore[arg-type]
+        assert (
+            again.based_on_jobs >= 1 and again.estimated_seconds is not None and again.estimated_seconds > 0
+        )
+    finally:
+        client.close()
+
+
+def test_a_dry_run_refuses_what_create_would_or_the_run_could_not_do(live_service: ServiceProcess) -> None:
+    base = {"model": "tiny-llama", "training_file": "data/train.jsonl", "dry_run": True}
+    cases = [
+        # The model is only looked for by the trainer's planning: a dry run finds out at once (neither in the
+        # models folder nor in the hub cache, and the hub offline).
+        ({"model": "someone/no-such-model"}, 404, "model_unavailable", "model"),
+        ({"training_file": "data/missing.jsonl"}, 404, "file_not_found", "training_file"),
+        # Known only once the data is tokenised.
+        ({"hyperparameters": {"max_seq_length": 8}}, 422, "no_trainable_tokens", "training_file"),
+        # Known only on the device: there is no FlashAttention on a CPU.
+        (
+            {"hyperparameters": {"attn_implementation": "flash_attention_2"}},
+            422,
+            "invalid_hyperparameter",
+            "hyperparameters.attn_implementation",
+        ),
+        ({"num_gpus": 2}, 422, "not_enough_gpus", "num_gpus"),
+    ]
+    for change, status, code, param in cases:
+        r = live_service.post("/v1/tunings.create", {**base, **change})
+        assert (r.status, r.error["code"], r.error["param"]) == (status, code, param), (change, r.text)
+    # The same through the OpenAI route (its extension field), answered with the native estimate.
+    r = live_service.post(
+        "/v1/fine_tuning/jobs",
+        {
+            "model": "tiny-llama",
+            "training_file": "data/train.jsonl",
+            "dry_run": True,
+            "tuning_method": "lora",
+        },
+    )
+    assert r.status == 200 and r.json()["object"] == "tuning.estimate" and r.json()["method"] == "lora", (
+        r.text
+    )

@@ -156,3 +156,41 @@ def test_processes_without_a_process_group_are_refused(
 
 def test_accelerate_cmd_stays_single_process() -> None:
     assert "--cpu" in accelerate_cmd() and "--multi_gpu" not in accelerate_cmd()
+
+
+def _gpus() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpus() < 2, reason="FSDP needs 2 GPUs (accelerate runs an FSDP launch on CPU as DDP)")
+@pytest.mark.parametrize("method", ["qlora", "lora"])
+def test_fsdp_on_two_gpus_trains_checkpoints_and_resumes(
+    tmp_path: Path, tiny_model_dir: Path, train_file: Path, method: str
+) -> None:
+    """The service's FSDP launch (launch.FSDP): the weights sharded (QLoRA's 4-bit storage in the compute
+    dtype), the adapter gathered whole on rank 0, each rank's optimizer shard in the checkpoint, and a resume
+    that continues to the same adapter file set."""
+    from tuning_trainer.launch import launch_flags
+
+    flags, extra_env = launch_flags(gpus=2, distributed="fsdp")
+    env = {**trainer_env(), **extra_env}
+    args = [*job(tiny_model_dir, train_file, tmp_path / "out", 2), "--method", method, "--save-steps", "6"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", "tuning_trainer", *args]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = events(tmp_path / "out")
+    (started,) = of_type(records, "started")
+    assert started["num_processes"] == 2 and started["device"].startswith("cuda")
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    ckpt = of_type(records, "checkpoint")[0]["path"]
+    assert {p.name for p in Path(ckpt).glob("optimizer_*.pt")} == {"optimizer_0.pt", "optimizer_1.pt"}
+    resumed = subprocess.run(
+        [*cmd[:-len(args)], *args, "--output-dir", str(tmp_path / "resumed"), "--resume-from", ckpt],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -13,7 +13,8 @@ import pytest
 from tuning_trainer import memory, objective
 from tuning_trainer.batching import IGNORE_INDEX, lay_out
 from tuning_trainer.config import Hyperparameters, JobConfig
-from tuning_trainer.modelling import ModelSource, layout_for, load_model
+from tuning_trainer.modelling import ModelSource, load_model
+from tuning_trainer.runplan import layout_for
 
 torch = pytest.importorskip("torch")
 

@@ -14,9 +14,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, JobConfig
-from .data import DataError, DatasetSummary, validate_file
-from .errors import EXIT_USER_ERROR, INVALID_CONFIG, INVALID_DATA, TrainerError, classify
+from .config import ConfigError
+from .data import summarise_job_files
+from .errors import EXIT_USER_ERROR, INVALID_CONFIG, TrainerError, classify
 from .events import EventWriter
 from .signals import StopFlag
 
@@ -60,26 +60,6 @@ def _guess_output_dir(argv: list[str]) -> str | None:
     return None
 
 
-def _validate_data(cfg: JobConfig) -> tuple[DatasetSummary, DatasetSummary | None]:
-    summaries: list[DatasetSummary | None] = []
-    for field_name, path in (("training_file", cfg.training_file), ("validation_file", cfg.validation_file)):
-        if path is None:
-            summaries.append(None)
-            continue
-        try:
-            summaries.append(validate_file(path))
-        except DataError as exc:
-            raise TrainerError(
-                INVALID_DATA,
-                f"{field_name} {Path(path).name}: {exc.message}",
-                EXIT_USER_ERROR,
-                extra={"data_code": exc.code, "line": exc.line, "file": field_name},
-            ) from None
-    train, valid = summaries
-    assert train is not None
-    return train, valid
-
-
 def run(argv: list[str]) -> int:
     stop = StopFlag().install()
     try:
@@ -98,7 +78,7 @@ def run(argv: list[str]) -> int:
 
     events = EventWriter(Path(cfg.output_dir) / "events.jsonl", enabled=_is_main_process())
     try:
-        train_summary, eval_summary = _validate_data(cfg)
+        train_summary, eval_summary = summarise_job_files(cfg)
         from .modelling import resolve_model
 
         source = resolve_model(cfg.model)

@@ -6,7 +6,7 @@ position, and `rng_state_R.pt` for each process R (every process draws its own r
 masks, and continues its own stream on a resume).
 
 Saving is three steps so that every process can add its part: the main process `begin`s a staging folder,
-each process writes its RNG state into it (`save_rng`), and the main process `save`s the rest and renames
+each process writes its RNG state (and under FSDP its optimizer shard) into it (`save_rank_state`), and the main process `save`s the rest and renames
 the folder into place.
 """
 
@@ -90,11 +90,14 @@ def begin(path: Path) -> Path:
     return tmp
 
 
-def save_rng(path: Path, rank: int) -> None:
-    """Every process: its RNG state into the staging folder of checkpoint `path`."""
+def save_rank_state(path: Path, rank: int, *, sharded_optimizer: Any = None) -> None:
+    """Every process: its RNG state into the staging folder of checkpoint `path`, and under FSDP its shard of
+    the optimizer state (each process holds the moments of its shard of the weights)."""
     import torch
 
     torch.save(_rng_state(), staging(path) / f"rng_state_{rank}.pt")
+    if sharded_optimizer is not None:
+        torch.save(sharded_optimizer.state_dict(), staging(path) / f"optimizer_{rank}.pt")
 
 
 def save(
@@ -105,15 +108,19 @@ def save(
     optimizer: Any,
     scheduler: Any,
     state: dict[str, Any],
+    adapter_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Main process, after `begin` and every process's `save_rng`: write the rest into the staging folder and
-    rename it into place (a half-written checkpoint is never left under its name)."""
+    """Main process, after `begin` and every process's `save_rank_state`: write the rest into the staging
+    folder and rename it into place (a half-written checkpoint is never left under its name). Under FSDP,
+    `adapter_state` holds the gathered adapter weights and `optimizer` is None (each rank saved its shard)."""
     import torch
 
     tmp = staging(path)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=adapter_state)
     tokenizer.save_pretrained(tmp)
-    payload = {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    payload = {**state, "scheduler": scheduler.state_dict()}
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
     torch.save(payload, tmp / STATE_FILE)
     if path.exists():
         shutil.rmtree(path)
@@ -139,7 +146,12 @@ def load(path: Path, *, model: Any, optimizer: Any, scheduler: Any, rank: int = 
             extra={"param": "resume_from"},
         )
     state: dict[str, Any] = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(state.pop("optimizer"))
+    shard = path / f"optimizer_{rank}.pt"
+    if shard.is_file():  # FSDP: this rank's shard (the same world size shards the same way)
+        optimizer.load_state_dict(torch.load(shard, map_location="cpu", weights_only=False))
+        state.pop("optimizer", None)
+    else:
+        optimizer.load_state_dict(state.pop("optimizer"))
     scheduler.load_state_dict(state.pop("scheduler"))
     rng_file = path / f"rng_state_{rank}.pt"
     if rng_file.is_file():

@@ -15,7 +15,10 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import JobConfig
 
 FORMATS = ("chat", "completion", "text", "alpaca")
 ROLES = ("system", "user", "assistant", "tool")
@@ -49,6 +52,10 @@ CODES = (
     TOO_MANY_ROWS,
     FILE_NOT_FOUND,
 )
+# Found only once the data is tokenised (the trainer's setup, the dry run): codes of `invalid_data` failures.
+NO_TRAINABLE_TOKENS = "no_trainable_tokens"
+TOO_FEW_EXAMPLES = "too_few_examples"
+PLAN_CODES = (NO_TRAINABLE_TOKENS, TOO_FEW_EXAMPLES)
 
 
 class DataError(ValueError):
@@ -220,3 +227,27 @@ def validate_file(
     if fmt is None:
         raise DataError(EMPTY_FILE, "file has no examples (it is empty or blank)")
     return DatasetSummary(format=fmt, num_examples=count, num_bytes=size, num_characters=chars)
+
+
+def summarise_job_files(cfg: JobConfig) -> tuple[DatasetSummary, DatasetSummary | None]:
+    """Validate a job's training and validation files (the trainer, before any heavy import, and the dry
+    run). A bad file becomes an `invalid_data` TrainerError naming the file field and the line."""
+    from .errors import EXIT_USER_ERROR, INVALID_DATA, TrainerError
+
+    summaries: list[DatasetSummary | None] = []
+    for field_name, path in (("training_file", cfg.training_file), ("validation_file", cfg.validation_file)):
+        if path is None:
+            summaries.append(None)
+            continue
+        try:
+            summaries.append(validate_file(path))
+        except DataError as exc:
+            raise TrainerError(
+                INVALID_DATA,
+                f"{field_name} {Path(path).name}: {exc.message}",
+                EXIT_USER_ERROR,
+                extra={"data_code": exc.code, "line": exc.line, "file": field_name},
+            ) from None
+    train, valid = summaries
+    assert train is not None
+    return train, valid

@@ -118,43 +118,9 @@ def load_tokenizer(location: str) -> Any:
     return tokenizer
 
 
-def resolve_attn_implementation(requested: str, device: Any, dtype: Any) -> str:
-    """The attention kernel for "auto" (or a check of the one asked for): FlashAttention-2 on a GPU where
-    flash-attn is installed and the compute dtype is a half type, else PyTorch's sdpa."""
-    import importlib.util
-
-    import torch
-
-    has_fa2 = importlib.util.find_spec("flash_attn") is not None
-    half = dtype in (torch.bfloat16, torch.float16)
-    if requested == "auto":
-        return "flash_attention_2" if device.type == "cuda" and has_fa2 and half else "sdpa"
-    if requested == "flash_attention_2" and not (device.type == "cuda" and has_fa2 and half):
-        raise TrainerError(
-            "invalid_config",
-            "attn_implementation flash_attention_2 needs a GPU, the flash-attn package and a bf16/fp16 "
-            'compute dtype; use "auto" or "sdpa"',
-            EXIT_USER_ERROR,
-            extra={"param": "hyperparameters.attn_implementation"},
-        )
-    if requested == "flex_attention" and device.type != "cuda":
-        # Measured with torch 2.13: flex attention compiles, every new batch shape recompiles with dynamic
-        # shapes, and the CPU code generator's C++ for that does not build. Training shapes always vary.
-        raise TrainerError(
-            "invalid_config",
-            "attn_implementation flex_attention needs a GPU (on CPU, torch cannot compile it for varying "
-            'batch shapes); use "auto" or "sdpa"',
-            EXIT_USER_ERROR,
-            extra={"param": "hyperparameters.attn_implementation"},
-        )
-    return requested
-
-
-def layout_for(attn_implementation: str) -> str:
-    """The batch layout (batching.py) each kernel is fastest with: one unpadded row for the kernels whose cost
-    follows the examples' own lengths, rows of the longest example's width for those whose cost follows the
-    row width squared."""
-    return "varlen" if attn_implementation in ("flash_attention_2", "flex_attention") else "rows"
+def fsdp_launch() -> bool:
+    """True in a process started by `accelerate launch --use_fsdp` (launch.FSDP)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
 
 
 def load_model(
@@ -178,12 +144,11 @@ def load_model(
 
     hp = cfg.hyperparameters
     dtype = compute_dtype(device)
-    device_map: Any = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
-    kwargs: dict[str, Any] = {
-        "device_map": device_map,
-        "dtype": dtype,
-        "attn_implementation": attn_implementation,
-    }
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
+    if not fsdp_launch():
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
+    # Under FSDP no device_map: transformers sees the launch (ACCELERATE_USE_FSDP) and, with
+    # cpu_ram_efficient_loading, loads the weights on rank 0's CPU only; accelerate shards and places them.
     if cfg.method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,

@@ -33,6 +33,8 @@ class TokenLoss(torch.nn.Module):
         super().__init__()
         self.model = model  # the peft model: what is saved, as before
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # FSDP's transformer auto-wrap policy looks for the decoder layer classes on the module it wraps.
+        self._no_split_modules = getattr(base, "_no_split_modules", None)
         # Parts of self.model, kept in a tuple so that they are not registered (and listed) a second time.
         self._parts = (base.get_decoder(), base.get_output_embeddings())
         config = base.config

@@ -12,25 +12,20 @@ import platform
 import resource
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, memory
-from .batching import Example, Layout, efficiency, lay_out, make_plan, trained_tokens
-from .config import JobConfig, resolve_auto
+from . import checkpoint
+from .batching import Example, lay_out, trained_tokens
+from .config import JobConfig
 from .data import DatasetSummary
-from .dataset import ensure_chat_template, tokenize_file
-from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, INVALID_DATA, TrainerError
+from .dataset import ensure_chat_template
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, TrainerError
 from .events import EventWriter
-from .modelling import (
-    ModelSource,
-    compute_dtype,
-    layout_for,
-    load_model,
-    load_tokenizer,
-    resolve_attn_implementation,
-)
+from .modelling import ModelSource, load_model, load_tokenizer
+from .runplan import device_of, plan_run
 from .signals import StopFlag
 
 
@@ -115,76 +110,40 @@ class Recipe:
                 extra={"param": "num_processes"},
             )
         set_seed(self.cfg.seed)
-        hp = self.hp
 
         self.tokenizer = load_tokenizer(self.source.location)
         self.fallback_template = ensure_chat_template(self.tokenizer)
-        train = tokenize_file(
-            self.cfg.training_file,
-            self.train_summary.format,
-            self.tokenizer,
-            max_seq_length=hp.max_seq_length,
-            train_on_inputs=hp.train_on_inputs,
-        )
-        if not train.examples:
-            raise TrainerError(
-                INVALID_DATA,
-                f"no training example has a trainable token within max_seq_length={hp.max_seq_length}",
-                EXIT_USER_ERROR,
-                extra={"data_code": "no_trainable_tokens", "line": None, "file": "training_file"},
-            )
-        self.train_stats = train.stats()
-        self.examples: list[Example] = train.examples
-        self.eval_examples: list[Example] = []
-        if self.cfg.validation_file and self.eval_summary is not None:
-            ev = tokenize_file(
-                self.cfg.validation_file,
-                self.eval_summary.format,
-                self.tokenizer,
-                max_seq_length=hp.max_seq_length,
-                train_on_inputs=hp.train_on_inputs,
-            )
-            self.eval_examples = ev.examples
-
-        hp, self.resolved_auto = resolve_auto(hp, len(self.examples))
-        # From here on the job is the resolved one (its `started` record and config.json show it).
-        self.hp, self.cfg = hp, self.cfg.model_copy(update={"hyperparameters": hp})
-        assert isinstance(hp.batch_size, int) and isinstance(hp.epochs, int)
         self.world = acc.num_processes
         self.rank = acc.process_index
-        self.lengths = [len(ex["input_ids"]) for ex in self.examples]
-        self.trained = [trained_tokens(ex) for ex in self.examples]
-        budget = hp.max_tokens_per_batch if isinstance(hp.max_tokens_per_batch, int) else 0
-        self.plan = make_plan(
-            self.lengths,
-            packing=hp.packing,
-            batch_size=hp.batch_size,
-            max_tokens_per_batch=budget,
-            world=self.world,
-        )
-        if self.plan.per_rank == 0:
-            raise TrainerError(
-                INVALID_DATA,
-                f"{len(self.plan.units)} micro-batches cannot be shared by {self.world} processes",
-                EXIT_USER_ERROR,
-                extra={"data_code": "too_few_examples", "line": None, "file": "training_file"},
-            )
-        self.batches_per_epoch = self.plan.batches_per_epoch
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / hp.gradient_accumulation_steps)
-        if hp.max_steps is not None:
-            self.total_steps = hp.max_steps
-            self.total_epochs = math.ceil(hp.max_steps / self.steps_per_epoch)
-        else:
-            self.total_steps = self.steps_per_epoch * hp.epochs
-            self.total_epochs = hp.epochs
-
         device = acc.device
-        self.attn_implementation = resolve_attn_implementation(
-            hp.attn_implementation, device, compute_dtype(device)
+        from transformers import AutoConfig
+
+        self.device = device_of(torch, device)
+        run = plan_run(
+            self.cfg,
+            self.tokenizer,
+            self.train_summary,
+            self.eval_summary,
+            world=self.world,
+            device=self.device,
+            model_config=AutoConfig.from_pretrained(self.source.location).to_dict(),
         )
-        self.layout: Layout = "varlen" if layout_for(self.attn_implementation) == "varlen" else "rows"
-        self.efficiency = efficiency(self.plan, self.examples, self.layout, self.cfg.seed)
-        use_gc, self.memory_estimate = self._gradient_checkpointing()
+        # From here on the job is the resolved one (its `started` record and config.json show it).
+        self.run_plan = run
+        self.hp, self.cfg = run.hp, run.cfg
+        hp = self.hp
+        self.resolved_auto = run.resolved_auto
+        self.examples: list[Example] = run.examples
+        self.eval_examples: list[Example] = run.eval_examples
+        self.train_stats = run.train_stats
+        self.lengths, self.trained, self.plan = run.lengths, run.trained, run.plan
+        self.batches_per_epoch = run.plan.batches_per_epoch
+        self.steps_per_epoch = run.steps_per_epoch
+        self.total_steps, self.total_epochs = run.total_steps, run.total_epochs
+        self.attn_implementation, self.layout = run.attn_implementation, run.layout
+        self.efficiency = run.efficiency
+        self.memory_estimate = run.memory
+        use_gc = run.gradient_checkpointing
         model, info = load_model(
             self.cfg,
             self.source,
@@ -195,7 +154,11 @@ class Recipe:
         from .objective import TokenLoss
 
         self.peft_model = model
-        self.model_info = {**info, "estimated_peak_memory_mb": round(self.memory_estimate.peak_bytes / 2**20)}
+        self.model_info = {
+            **info,
+            "estimated_peak_memory_mb": round(self.memory_estimate.peak_bytes / 2**20),
+            "shape": asdict(run.shape),  # what the dry run matches past jobs' speed by
+        }
         objective: Any = TokenLoss(model)
         if hp.torch_compile:
             # The decoder only: the chunked loss loops in Python over a varying number of chunks.
@@ -212,6 +175,9 @@ class Recipe:
             num_training_steps=self.total_steps,
         )
         self.model, self.optimizer = acc.prepare(objective, optimizer)
+        from accelerate.utils import DistributedType
+
+        self.fsdp = acc.distributed_type == DistributedType.FSDP
 
         self.step = 0
         self.tokens_seen = 0
@@ -237,57 +203,6 @@ class Recipe:
             self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
         self.start_step = self.step
         self._write_started()
-
-    def _largest_batch(self) -> tuple[int, int, int, int]:
-        """(positions, rows, width, trained tokens) of the first epoch's largest micro-batch: the one that
-        sets the peak."""
-        best = (0, 0, 0, 0)
-        for rank_batches in self.plan.epoch(0, self.cfg.seed):
-            for batch in rank_batches:
-                laid = lay_out([self.examples[i] for i in batch], self.layout, 0)
-                if laid.slots > best[0]:
-                    best = (laid.slots, len(laid.input_ids), len(laid.input_ids[0]), laid.trained)
-        return best
-
-    def _gradient_checkpointing(self) -> tuple[bool, memory.MemoryEstimate]:
-        """Whether to checkpoint ("auto": only where the estimate says the run needs it), and the estimate."""
-        from transformers import AutoConfig
-
-        torch, dev, hp = self.torch, self.accelerator.device, self.hp
-        shape = memory.Shape.from_config(AutoConfig.from_pretrained(self.source.location).to_dict())
-        slots, rows, width, trained = self._largest_batch()
-        if dev.type == "cuda":
-            device_bytes = torch.cuda.get_device_properties(dev).total_memory
-        else:
-            device_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-        def estimate(gc: bool) -> memory.MemoryEstimate:
-            return memory.estimate_memory(
-                shape,
-                method=self.cfg.method,
-                lora_r=hp.lora_r,
-                lora_target_modules=hp.lora_target_modules,
-                dtype_bytes=compute_dtype(dev).itemsize,
-                micro_batch_tokens=slots,
-                rows=rows,
-                width=width,
-                trained_tokens=trained,
-                attn_implementation=self.attn_implementation,
-                gradient_checkpointing=gc,
-                on_gpu=dev.type == "cuda",
-            )
-
-        if hp.gradient_checkpointing == "auto":
-            use = memory.needs_checkpointing(estimate(False), device_bytes)
-        else:
-            use = bool(hp.gradient_checkpointing)
-        return use, estimate(use)
-
-    def _device(self) -> str:
-        dev = self.accelerator.device
-        if dev.type == "cuda":
-            return f"cuda:{dev.index or 0} ({self.torch.cuda.get_device_name(dev)})"
-        return str(dev)
 
     def _write_started(self) -> None:
         if self.is_main:
@@ -318,7 +233,7 @@ class Recipe:
             config=self.cfg.to_dict(),
             resolved_auto=self.resolved_auto,
             versions=library_versions(),
-            device=self._device(),
+            device=self.device.label,
             num_processes=self.world,
             mixed_precision=str(self.accelerator.mixed_precision),
         )
@@ -326,7 +241,7 @@ class Recipe:
             f"started: {len(self.examples)} examples, {self.total_steps} steps "
             f"({self.total_epochs} epochs), from step {self.start_step}, "
             f"{self.model_info['trainable_params']:,} trainable / {self.model_info['total_params']:,} params "
-            f"on {self._device()}, {self.attn_implementation} attention, padding efficiency "
+            f"on {self.device.label}, {self.attn_implementation} attention, padding efficiency "
             f"{self.efficiency.padding_efficiency:.1%}"
         )
 
@@ -533,14 +448,16 @@ class Recipe:
         if self.is_main:
             checkpoint.begin(path)
         acc.wait_for_everyone()
-        checkpoint.save_rng(path, self.rank)
+        checkpoint.save_rank_state(path, self.rank, sharded_optimizer=self.optimizer if self.fsdp else None)
+        adapter_state = self._adapter_state()
         acc.wait_for_everyone()
         if self.is_main:
             checkpoint.save(
                 path,
+                adapter_state=adapter_state,
                 model=self.peft_model,
                 tokenizer=self.tokenizer,
-                optimizer=self.optimizer,
+                optimizer=None if self.fsdp else self.optimizer,
                 scheduler=self.scheduler,
                 state={
                     "step": self.step,
@@ -556,6 +473,14 @@ class Recipe:
             self._log(f"checkpoint saved: {path}")
         self.accelerator.wait_for_everyone()
         return path
+
+    def _adapter_state(self) -> dict[str, Any] | None:
+        """None (peft reads the adapter from the model itself), or under FSDP the adapter's weights gathered
+        whole on the main process: every process must call this (it is a collective)."""
+        if not self.fsdp:
+            return None
+        full = self.accelerator.get_state_dict(self.model)  # TokenLoss's: the peft model under "model."
+        return {k.removeprefix("model."): v for k, v in full.items() if "lora_" in k}
 
     def _interrupt(self) -> int:
         path = self._checkpoint()
@@ -573,8 +498,9 @@ class Recipe:
     def _complete(self, final_loss: float) -> int:
         adapter_dir = self.output_dir / "adapter"
         self.accelerator.wait_for_everyone()
+        adapter_state = self._adapter_state()
         if self.is_main:
-            self.peft_model.save_pretrained(adapter_dir)
+            self.peft_model.save_pretrained(adapter_dir, state_dict=adapter_state)
             self.tokenizer.save_pretrained(adapter_dir)
         self.events.write(
             "completed",

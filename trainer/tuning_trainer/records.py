@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from .config import JobConfig, Method
+from .config import Hyperparameters, JobConfig, Method
 from .schema import StrictModel
 
 
@@ -22,16 +22,13 @@ class _Record(StrictModel):
     """Unix seconds"""
 
 
-class Started(_Record):
-    """A run starts (again, after a resume: `start_step` > 0). The last `started` and what follows it
-    describe the current run."""
+class RunPlanFacts(StrictModel):
+    """What a run will do, known before any weight is loaded (runplan.py): the `started` record reports
+    these, and the dry run's estimate (estimate.py) reports the same values for the same job."""
 
-    type: Literal["started"]
     total_steps: int
     total_epochs: int
     steps_per_epoch: int
-    start_step: int
-    """Non-zero on a resume"""
     num_examples: int
     num_eval_examples: int
     truncated_examples: int
@@ -46,6 +43,20 @@ class Started(_Record):
     """Mean token positions per micro-batch (padding included)"""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
     """The attention kernel ("auto" resolved)"""
+    resolved_auto: dict[str, Any]
+    """What "auto" became, e.g. {"epochs": 5, "batch_size": 4}; {} when nothing was auto"""
+    device: str
+    """e.g. cpu, cuda:0 (NVIDIA H100 80GB HBM3)"""
+    num_processes: int
+
+
+class Started(_Record, RunPlanFacts):
+    """A run starts (again, after a resume: `start_step` > 0). The last `started` and what follows it
+    describe the current run."""
+
+    type: Literal["started"]
+    start_step: int
+    """Non-zero on a resume"""
     format: Literal["chat", "completion", "text", "alpaca"]
     chat_template: Literal["model", "fallback"]
     trainable_params: int
@@ -54,17 +65,39 @@ class Started(_Record):
     """kind (local or hub) and location"""
     method: Method
     model_setup: dict[str, Any]
-    """Compute dtype, quantization, gradient checkpointing, parameter counts"""
+    """Compute dtype, quantization, gradient checkpointing, parameter counts, the estimated peak memory and
+    the model's shape"""
     config: JobConfig
     """The resolved job ("auto" replaced)"""
-    resolved_auto: dict[str, Any]
-    """What "auto" became, e.g. {"epochs": 5, "batch_size": 4}; {} when nothing was auto"""
     versions: dict[str, str | None]
     """python, torch, transformers, peft, accelerate, bitsandbytes, tuning_trainer"""
-    device: str
-    """e.g. cpu, cuda:0 (NVIDIA H100 80GB HBM3)"""
-    num_processes: int
     mixed_precision: str
+
+
+class EstimateMemory(StrictModel):
+    """Estimated peak memory per device (memory.py's formula, docs/trainer.md)."""
+
+    peak_mb: int
+    device_mb: int
+    """The device's memory: a GPU's, or the machine's RAM on CPU"""
+    fits: bool
+    """The peak is within 95% of the device's memory"""
+    breakdown_mb: dict[str, int]
+    """weights, adapter, activation, attention, loss, overhead"""
+
+
+class Estimate(RunPlanFacts):
+    """The dry run's answer (python -m tuning_trainer.estimate)."""
+
+    gradient_checkpointing: bool
+    """Whether the run checkpoints activations ("auto" resolved by the memory estimate)"""
+    tokens_to_process: int
+    """Input tokens the run will process, every process and step included"""
+    hyperparameters: Hyperparameters
+    """The job's hyperparameters with "auto" resolved"""
+    shape: dict[str, Any]
+    """The model's dimensions (hidden, intermediate, layers, heads, kv_heads, head_dim, vocab, tied)"""
+    memory: EstimateMemory
 
 
 class Metrics(_Record):

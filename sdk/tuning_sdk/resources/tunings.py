@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 from .. import _http
 from .._errors import (
@@ -16,7 +16,7 @@ from .._errors import (
     TuningError,
     WaitTimeoutError,
 )
-from .._models import Hyperparameters, JobDeleted, LogRecord, TuningJob
+from .._models import Hyperparameters, JobDeleted, LogRecord, TuningEstimate, TuningJob
 from .._pagination import CursorPage
 from .._streaming import iter_response_events
 from ._job_actions import JobActions
@@ -77,6 +77,7 @@ class Tunings(JobActions):
 
     # ---- CRUD ----------------------------------------------------------------------------------------
 
+    @overload
     def create(
         self,
         model: str,
@@ -91,8 +92,52 @@ class Tunings(JobActions):
         webhook_url: str | None = None,
         webhook_events: Sequence[str] | None = None,
         resume_on_restart: bool | None = None,
+        num_gpus: int | None = None,
+        distributed: str | None = None,
         idempotency_key: str | None = None,
-    ) -> TuningJob:
+        dry_run: Literal[False] = False,
+    ) -> TuningJob: ...
+
+    @overload
+    def create(
+        self,
+        model: str,
+        training_file: str,
+        *,
+        hyperparameters: Mapping[str, Any] | Hyperparameters | None = None,
+        validation_file: str | None = None,
+        method: str | None = None,
+        suffix: str | None = None,
+        seed: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Sequence[str] | None = None,
+        resume_on_restart: bool | None = None,
+        num_gpus: int | None = None,
+        distributed: str | None = None,
+        idempotency_key: str | None = None,
+        dry_run: Literal[True],
+    ) -> TuningEstimate: ...
+
+    def create(
+        self,
+        model: str,
+        training_file: str,
+        *,
+        hyperparameters: Mapping[str, Any] | Hyperparameters | None = None,
+        validation_file: str | None = None,
+        method: str | None = None,
+        suffix: str | None = None,
+        seed: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        webhook_url: str | None = None,
+        webhook_events: Sequence[str] | None = None,
+        resume_on_restart: bool | None = None,
+        num_gpus: int | None = None,
+        distributed: str | None = None,
+        idempotency_key: str | None = None,
+        dry_run: bool = False,
+    ) -> TuningJob | TuningEstimate:
         """Create a fine-tuning job. The service validates it (data file included) and queues it.
 
         Args:
@@ -112,11 +157,19 @@ class Tunings(JobActions):
             resume_on_restart: if the service restarts and the trainer is gone with it, queue the job again
                 to continue from its newest checkpoint instead of failing it with ``service_restart``
                 (checkpoints come from the ``save_steps`` hyperparameter). Default: off.
+            num_gpus: GPUs for the job, one training process each (default 1; more than the service leases
+                is refused with 422 naming ``num_gpus``).
+            distributed: how several GPUs share the work: ``"ddp"`` (default) or ``"fsdp"`` (the weights
+                sharded, for a base that does not fit one GPU).
             idempotency_key: makes the create safe to repeat (the SDK generates one per call when omitted,
                 reused across its automatic retries).
+            dry_run: create no job: the service runs the trainer's planning on the data (the model's own
+                tokenizer) and returns a `TuningEstimate`: example and token counts, steps, padding
+                efficiency, peak memory per GPU and whether it fits, and the seconds where it has trained
+                that model shape on its device before. Bad data or a missing model fail as a create would.
 
         Returns:
-            The new job (usually ``queued``).
+            The new job (usually ``queued``); with ``dry_run=True`` a `TuningEstimate`.
 
         Raises:
             UnprocessableEntityError: invalid hyperparameters or data file (``param`` names the field; data
@@ -149,10 +202,13 @@ class Tunings(JobActions):
             "webhook_url": webhook_url,
             "webhook_events": list(webhook_events) if webhook_events is not None else None,
             "resume_on_restart": resume_on_restart,
+            "num_gpus": num_gpus,
+            "distributed": distributed,
+            "dry_run": dry_run or None,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         data = self._t.request("POST", "/v1/tunings.create", json_body=body, idempotency_key=idempotency_key)
-        return TuningJob.from_dict(data)
+        return TuningEstimate.from_dict(data) if dry_run else TuningJob.from_dict(data)
 
     def get(self, job_id: str) -> TuningJob:
         """Fetch a job's current state.

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tuning_trainer.data import CODES as DATA_CODES
+from tuning_trainer.data import PLAN_CODES
 
 from ..errors import APIError, job_not_found
 from ..schema.jobs import (
@@ -18,6 +19,7 @@ from ..schema.jobs import (
     DeletedTuningJob,
     IdempotencyKey,
     ListJobsQuery,
+    TuningEstimate,
     TuningJob,
     TuningJobList,
 )
@@ -44,19 +46,24 @@ JOB_LINKS = links(
     DownloadJob="downloadTuning",
 )
 # What a create can be refused with beyond the request's shape: the data files (the trainer's data codes,
-# with `line`), a stored file that failed validation, the idempotency key, the webhook.
+# with `line`), a stored file that failed validation, the idempotency key, the webhook; and a dry run's
+# (engine/estimate.py): the model, the data once tokenised, the run itself.
 CREATE_ERRORS = {
     400: ("invalid_json", "invalid_request", "invalid_path"),
     403: ("webhook_url_not_allowed",),
-    404: ("file_not_found",),
+    404: ("file_not_found", "model_not_found", "model_unavailable"),
     409: ("idempotency_key_reused", "webhook_secret_missing"),
     422: (
         "invalid_value",
         "invalid_hyperparameter",
         *(c for c in DATA_CODES if c != "file_not_found"),
+        *PLAN_CODES,
+        "not_enough_gpus",
         "file_unreadable",
         "file_invalid",
     ),
+    500: ("estimate_failed",),
+    504: ("estimate_timeout",),
 }
 
 
@@ -66,10 +73,13 @@ CREATE_ERRORS = {
     tag="tunings",
     description="Validates the data files and hyperparameters, then queues the job. Send an "
     "`Idempotency-Key` header to make retries safe: the same key and body return the same job "
-    "(`Idempotent-Replayed: true`).",
+    '(`Idempotent-Replayed: true`). With `"dry_run": true` no job is made: the answer is a '
+    "tuning.estimate, from the trainer's own planning of the job.",
     body=Json(CreateTuningRequest),
     headers=(Header("Idempotency-Key", IdempotencyKey),),
-    ok=Json(TuningJob, "The queued job", links=JOB_LINKS),
+    ok=Json(
+        TuningJob, "The queued job (a tuning.estimate for a dry run)", links=JOB_LINKS, also=(TuningEstimate,)
+    ),
     errors=CREATE_ERRORS,
 )
 async def create(request: Request) -> JSONResponse:
@@ -77,6 +87,8 @@ async def create(request: Request) -> JSONResponse:
     params.no_query(request)
     idempotency_key = params.idempotency_key(request)
     body = await params.read_body(request, CreateTuningRequest)
+    if body.dry_run:
+        return JSONResponse(await jobs(request).estimate(owner=owner, request=body))
     job, created = await jobs(request).create(owner=owner, request=body, idempotency_key=idempotency_key)
     if created:
         log.info("job %s created (model=%s, method=%s)", job["id"], job["model"], job["method"])

@@ -53,6 +53,8 @@ class Json:
     model: type[BaseModel]
     description: str = ""
     links: Mapping[str, Any] | None = None
+    also: tuple[type[BaseModel], ...] = ()
+    """Other objects the response may be instead (told apart by their `object` constant)"""
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ def _schema_of(value: Any, models: _Models) -> Any:
 
 
 def _content(spec: Json | Content, models: _Models) -> dict[str, Any]:
+    if isinstance(spec, Json) and spec.also:
+        return {"application/json": {"schema": {"oneOf": [models.ref(m) for m in (spec.model, *spec.also)]}}}
     if isinstance(spec, Json):
         return {"application/json": {"schema": models.ref(spec.model)}}
     return {

@@ -33,6 +33,7 @@ from ..webhooks.policy import ROTATION_OVERLAP_SECONDS, new_secret
 from . import checkpoints
 from .admission import admit
 from .checkpoints import checkpoint_dirs, requeue_fields
+from .estimate import Estimator
 from .jobview import public_job, request_hash
 from .records import JobRecords
 from .recovery import recover
@@ -53,6 +54,7 @@ class JobManager:
         self.supervisor = Supervisor(settings, store, notify=self._notify)
         self.scheduler = Scheduler(settings, store, self.supervisor)
         self.files = Files(settings, store)
+        self.estimator = Estimator(settings, store)
         # Webhook outbox + delivery loop; the append hook also feeds the job duration histogram (metrics.py).
         self.webhooks = Deliverer(settings, store, self.supervisor.id)
         store.on_append = make_append_hook(public_job, self.webhooks.enqueued)
@@ -115,7 +117,7 @@ class JobManager:
             request_hash=rhash,
             idempotency_key=idempotency_key,
             hyperparameters=hyperparameters,
-            num_gpus=1 if self.settings.gpus else 0,
+            num_gpus=request.num_gpus if self.settings.gpus else 0,  # the GPUs it leases
             now=time.time(),
         )
         if not created and row["request_hash"] != rhash:
@@ -131,6 +133,13 @@ class JobManager:
             self.scheduler.wake()
             self._notify()
         return await self._public(row), created
+
+    async def estimate(self, *, owner: str, request: CreateTuningRequest) -> dict[str, Any]:
+        """A dry run: create's admission, then the trainer's own plan for the job (estimate.py); no job."""
+        request = await admit(
+            request, owner=owner, settings=self.settings, files=self.files, store=self.store
+        )
+        return await self.estimator.estimate(request)
 
     async def _owned(self, job_id: str, owner: str) -> dict[str, Any]:
         row = await self.store.get_job(job_id)

@@ -32,6 +32,8 @@ def public_job(row: dict[str, Any], queue_position: int | None = None) -> dict[s
         "seed": req["seed"],
         "metadata": req.get("metadata") or {},
         "resume_on_restart": bool(req.get("resume_on_restart")),
+        "num_gpus": int(req.get("num_gpus", 1)),
+        "distributed": req.get("distributed", "ddp"),
         "created_at": int(row["created_at"]),
         "started_at": None if started is None else int(started),
         "finished_at": None if finished is None else int(finished),

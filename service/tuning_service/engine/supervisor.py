@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning_trainer.config import Hyperparameters, JobConfig
-from tuning_trainer.launch import cpu_launch_flags
+from tuning_trainer.launch import launch_flags
 
 from .. import procs
 from ..files.store import is_file_id
@@ -47,41 +47,30 @@ def make_identity() -> str:
     return f"{socket.gethostname()}:{pid}:{procs.start_time(pid)}:{os.urandom(3).hex()}"
 
 
-def launcher_prefix(settings: Settings, num_gpus: int) -> list[str]:
-    """The command up to (not including) `--config PATH`."""
+def launch_command(settings: Settings, row: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The command up to (not including) `--config PATH`, and the trainer's environment: one process per
+    leased GPU (DDP, or FSDP when the job asks), or on CPU `cpu_processes` of them
+    (tuning_trainer/launch.py)."""
+    lease = list(row["gpu_lease"] or [])
+    env = dict(os.environ)  # HF_HUB_OFFLINE and the like are inherited
+    env["TUNING_MODELS_DIR"] = str(settings.models_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    if lease:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(lease)
     if settings.trainer_command:
         cmd = json.loads(settings.trainer_command)
         if not isinstance(cmd, list) or not cmd or not all(isinstance(c, str) for c in cmd):
             raise ValueError("TUNING_TRAINER_COMMAND must be a non-empty JSON list of strings")
-        return cmd
-    if num_gpus > 0:
-        flags = [
-            "--num_processes",
-            str(num_gpus),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-        ]
-        if num_gpus > 1:
-            flags.append("--multi_gpu")
-    else:
-        threads = settings.cpu_threads or max(
-            1, (os.cpu_count() or 1) // max(1, settings.max_concurrent_jobs)
-        )
-        flags = cpu_launch_flags(threads)
-    return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", "tuning_trainer"]
-
-
-def trainer_env(settings: Settings, gpu_lease: list[str]) -> dict[str, str]:
-    env = dict(os.environ)  # HF_HUB_OFFLINE and the like are inherited
-    env["TUNING_MODELS_DIR"] = str(settings.models_dir)
-    env["PYTHONUNBUFFERED"] = "1"
-    if gpu_lease:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_lease)
-    return env
+        return cmd, env
+    threads = settings.cpu_threads or max(1, (os.cpu_count() or 1) // max(1, settings.max_concurrent_jobs))
+    flags, extra_env = launch_flags(
+        gpus=len(lease),
+        distributed=(row["request"] or {}).get("distributed", "ddp"),
+        cpu_processes=settings.cpu_processes,
+        threads=threads,
+    )
+    env.update(extra_env)
+    return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", "tuning_trainer"], env
 
 
 def trainer_config(settings: Settings, row: dict[str, Any], job_dir: Path) -> dict[str, Any]:
@@ -185,11 +174,8 @@ class Supervisor:
             (job_dir / "config.json").write_text(
                 json.dumps(config, indent=2, sort_keys=True), encoding="utf-8"
             )
-            cmd = [
-                *launcher_prefix(self.settings, len(row["gpu_lease"] or [])),
-                "--config",
-                str(job_dir / "config.json"),
-            ]
+            prefix, env = launch_command(self.settings, row)
+            cmd = [*prefix, "--config", str(job_dir / "config.json")]
             with open(job_dir / "output.log", "ab") as out:
                 popen = subprocess.Popen(
                     cmd,
@@ -197,7 +183,7 @@ class Supervisor:
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     cwd=str(self.settings.files_root),
-                    env=trainer_env(self.settings, row["gpu_lease"] or []),
+                    env=env,
                     start_new_session=True,  # own session + process group: signalled as a group, outlives us
                     close_fds=True,
                 )

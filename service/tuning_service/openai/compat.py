@@ -87,7 +87,13 @@ def openai_job(job: dict[str, Any], org: str) -> dict[str, Any]:
         "user_provided_suffix": job.get("suffix"),
         "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
         # What OpenAI's object has no field for: our status, the adapter type and the live metrics.
-        "tuning": {"status": job["status"], "method": job["method"], "metrics": job.get("metrics")},
+        "tuning": {
+            "status": job["status"],
+            "method": job["method"],
+            "metrics": job.get("metrics"),
+            "num_gpus": job["num_gpus"],
+            "distributed": job["distributed"],
+        },
     }
 
 

@@ -28,7 +28,7 @@ from ..engine.facade import JobManager
 from ..errors import APIError
 from ..schema.base import Page
 from ..schema.files import DeletedFile, File, FileList
-from ..schema.jobs import IdempotencyKey
+from ..schema.jobs import IdempotencyKey, TuningEstimate
 from ..schema.openai import (
     OpenAICheckpointList,
     OpenAICheckpointsQuery,
@@ -45,8 +45,9 @@ from . import compat as oc
 log = logging.getLogger("tuning_service.openai")
 
 Handler = Callable[[Request], Awaitable[Response]]
-# Any key (newlines too) but brackets: metadata[a][b] is a nested object, which the filter is not.
-_METADATA_QUERY = re.compile(r"^metadata\[([^\[\]]{1,64})\]$", re.DOTALL)
+# The key is all that lies between "metadata[" and the last "]": a metadata key may be any string, brackets
+# included (metadata[a][b] is the key "a][b", not a nested object: the metadata of a job is flat).
+_METADATA_QUERY = re.compile(r"^metadata\[(.{1,64})\]$", re.DOTALL)
 FILE_LINKS = links("file_id", GetFile="openaiGetFile", GetFileContent="openaiFileContent",
                    DeleteFile="openaiDeleteFile")  # fmt: skip
 JOB_LINKS = links(
@@ -166,7 +167,12 @@ async def file_content(request: Request) -> Response:
     "OpenAI: create a fine-tuning job",
     body=Json(OpenAICreateJob),
     headers=(Header("Idempotency-Key", IdempotencyKey),),
-    ok=Json(OpenAIJob, "The job", links=JOB_LINKS),
+    ok=Json(
+        OpenAIJob,
+        "The job (the native tuning.estimate for a dry run)",
+        links=JOB_LINKS,
+        also=(TuningEstimate,),
+    ),
     errors={**CREATE_ERRORS, 400: (*CREATE_ERRORS[400], "unsupported_method", "unsupported_integration")},
 )
 async def create_job(request: Request) -> Response:
@@ -174,6 +180,8 @@ async def create_job(request: Request) -> Response:
     params.no_query(request)
     idempotency_key = params.idempotency_key(request)
     body = await params.read_body(request, OpenAICreateJob)
+    if body.dry_run:
+        return JSONResponse(await jobs(request).estimate(owner=owner, request=body.to_native()))
     job, created = await jobs(request).create(
         owner=owner, request=body.to_native(), idempotency_key=idempotency_key
     )

@@ -9,8 +9,8 @@ from pydantic import BeforeValidator, ConfigDict, Field, RootModel, model_valida
 
 from tuning_trainer import records
 from tuning_trainer.config import DEFAULT_METHOD, DEFAULT_SEED, Hyperparameters, Method, Seed
-from tuning_trainer.records import lenient
-from tuning_trainer.schema import cross_field
+from tuning_trainer.records import Estimate, lenient
+from tuning_trainer.schema import INTEGRAL, cross_field
 
 from ..states import JobStatus
 from .base import Page, QueryModel, RequestBody, ResponseModel
@@ -103,6 +103,33 @@ Metadata = Annotated[
     ],
     Field(max_length=MAX_METADATA_PAIRS, description="Free-form string pairs stored with the job"),
 ]
+MAX_GPUS_PER_JOB = 64
+NumGpus = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_GPUS_PER_JOB,
+        description="GPUs for the job, one training process each; refused (422) above the GPUs this service "
+        "leases (TUNING_GPUS), and above 1 on a service without GPUs",
+    ),
+    INTEGRAL,
+]
+Distributed = Annotated[
+    Literal["ddp", "fsdp"],
+    Field(
+        description="How a job on several GPUs shares the work: ddp (a full copy of the model per GPU) or "
+        "fsdp (the weights sharded across them, for a base that does not fit one GPU; QLoRA's 4-bit weights "
+        "are stored in the compute dtype so that they shard)"
+    ),
+]
+DryRun = Annotated[
+    bool,
+    Field(
+        description="Create no job: answer 200 with a tuning.estimate (the data tokenised with the model's "
+        "tokenizer, the steps, padding efficiency, peak memory per GPU and whether it fits, and the seconds "
+        "where this service has trained that model shape on this device before)"
+    ),
+]
 WebhookUrl = Annotated[
     str,
     Field(
@@ -186,6 +213,9 @@ class CreateTuningRequest(RequestBody):
     """If the service restarts and the trainer is gone with it, queue the job again to continue from its
     newest checkpoint (instead of failing with `service_restart`); set hyperparameters.save_steps to have
     checkpoints to resume from"""
+    num_gpus: NumGpus = 1
+    distributed: Distributed = "ddp"
+    dry_run: DryRun = False
 
     @model_validator(mode="after")
     def _events_need_a_url(self) -> CreateTuningRequest:
@@ -212,6 +242,10 @@ class CreateTuningRequest(RequestBody):
                 out["webhook_events"] = [e for e in WEBHOOK_EVENTS if e in self.webhook_events]
         if self.resume_on_restart:
             out["resume_on_restart"] = True
+        if self.num_gpus != 1:
+            out["num_gpus"] = self.num_gpus
+        if self.distributed != "ddp":
+            out["distributed"] = self.distributed
         return out
 
 
@@ -278,6 +312,9 @@ class TuningJob(ResponseModel):
     seed: int
     metadata: dict[str, str]
     resume_on_restart: bool
+    num_gpus: int
+    """GPUs (training processes) the job runs on: 1 on a service without GPUs"""
+    distributed: Literal["ddp", "fsdp"]
     created_at: int
     """Unix seconds"""
     started_at: int | None
@@ -292,6 +329,20 @@ class TuningJob(ResponseModel):
     """Only on jobs created with a webhook_url"""
     webhook_events: list[WebhookEvent] | None = None
     """Only on jobs created with a webhook_url"""
+
+
+class TuningEstimate(ResponseModel, Estimate):
+    """What a create with "dry_run": true answers: the job as the trainer would run it, with no job made.
+    The fields it shares with the trainer's `started` record are computed by the same code (runplan.py)."""
+
+    object: Literal["tuning.estimate"]
+    model: str
+    method: Method
+    estimated_seconds: float | None
+    """Input tokens to process ÷ the median tokens/s of this service's latest succeeded jobs of the same
+    model shape, method, device and process count; null where it has run none"""
+    based_on_jobs: int
+    """How many past jobs estimated_seconds comes from"""
 
 
 class TuningJobList(Page):

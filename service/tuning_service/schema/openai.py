@@ -18,9 +18,12 @@ from .jobs import (
     MAX_CURSOR_CHARS,
     CreateTuningRequest,
     Cursor,
+    Distributed,
+    DryRun,
     FileRef,
     Metadata,
     ModelName,
+    NumGpus,
     Suffix,
 )
 
@@ -121,6 +124,12 @@ class OpenAICreateJob(RequestBody):
     """Extension: the adapter method, qlora (default) or lora"""
     resume_on_restart: bool = False
     """Extension: see the native create"""
+    num_gpus: NumGpus = 1
+    """Extension: see the native create"""
+    distributed: Distributed = "ddp"
+    """Extension: see the native create"""
+    dry_run: DryRun = False
+    """Extension: see the native create (the answer is the native tuning.estimate)"""
 
     def to_native(self) -> CreateTuningRequest:
         """The same job as a native create request. Every value was validated here (the learning rate a
@@ -148,6 +157,9 @@ class OpenAICreateJob(RequestBody):
             "seed": self.seed,
             "metadata": self.metadata,
             "resume_on_restart": self.resume_on_restart,
+            "num_gpus": self.num_gpus,
+            "distributed": self.distributed,
+            "dry_run": self.dry_run,
         }
         if self.tuning_method is not None:
             native["method"] = self.tuning_method
@@ -181,11 +193,14 @@ class OpenAIJobMethod(ResponseModel):
 
 
 class OpenAIJobExtension(ResponseModel):
-    """What OpenAI's object has no field for: this service's status, the adapter method, the live metrics."""
+    """What OpenAI's object has no field for: this service's status, the adapter method, the live metrics,
+    the GPUs."""
 
     status: str
     method: Method
     metrics: dict[str, Any] | None
+    num_gpus: int
+    distributed: Literal["ddp", "fsdp"]
 
 
 class OpenAIJob(ResponseModel):
@@ -271,7 +286,7 @@ class OpenAIListJobsQuery(QueryModel):
     after: Cursor = None
     metadata: (
         Annotated[
-            dict[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\[\]]*$")], str],
+            dict[Annotated[str, Field(min_length=1, max_length=64)], str],
             Field(json_schema_extra={"x-style": "deepObject"}),
         ]
         | None

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.service.core_fixtures import (
     all_events,
     group_pids,
@@ -21,6 +23,7 @@ from tests.service.core_fixtures import (
     wait_until,
 )
 from tuning_service.engine.facade import JobManager
+from tuning_service.errors import APIError
 from tuning_service.states import ACTIVE
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -95,12 +98,15 @@ def test_gpu_leases_set_cuda_visible_devices(tmp_path: Path) -> None:
             slow = request("complete?steps=10&delay=0.03")
             a, _ = await m.create(owner=owner, request=slow, idempotency_key=None)
             b, _ = await m.create(owner=owner, request=slow, idempotency_key=None)
-            # A two-GPU job (the API has no num_gpus yet: set on the row while the job is held paused).
-            c, _ = await m.create(owner=owner, request=slow, idempotency_key=None)
-            await m.pause(c["id"], owner=owner)
-            async with m.store.transaction() as tx:
-                await tx.update(c["id"], num_gpus=2)
-            await m.resume(c["id"], owner=owner)
+            # More GPUs than the service leases: refused before anything is stored.
+            with pytest.raises(APIError) as refused:
+                await m.create(owner=owner, request=request("complete", num_gpus=3), idempotency_key=None)
+            assert (refused.value.status_code, refused.value.param) == (422, "num_gpus")
+            assert "leases 2 GPUs" in refused.value.message
+            # A two-GPU job.
+            two = request("complete?steps=10&delay=0.03", num_gpus=2)
+            c, _ = await m.create(owner=owner, request=two, idempotency_key=None)
+            assert c["num_gpus"] == 2
             await wait_until(lambda: _count(m, "running", 2), 10, "two running jobs")
             # Two GPUs, two one-GPU jobs: the two-GPU job waits although the job limit is 4.
             assert (await m.get(c["id"], owner=owner))["queue_position"] == 1

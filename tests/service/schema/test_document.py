@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.support.server import ServiceProcess
+from tuning_service.schema.jobs import MAX_GPUS_PER_JOB
 
 Field = tuple[str, dict[str, Any]]  # (dotted name, the numeric schema branch)
 
@@ -80,9 +81,12 @@ def _limits(b: dict[str, Any]) -> list[tuple[Any, Any, str]]:
 
 @pytest.fixture(scope="module")
 def service(light_service_env: Any) -> Iterator[ServiceProcess]:
-    """A real service that queues jobs without running them, without a rate limit (hundreds of requests)."""
+    """A real service that queues jobs without running them, without a rate limit (hundreds of requests),
+    and leases as many GPUs as a job may ask for (num_gpus at its limit is then a valid job here)."""
+    gpus = ",".join(str(i) for i in range(MAX_GPUS_PER_JOB))
     svc = light_service_env.start(
-        "limits", extra_env={"TUNING_MAX_CONCURRENT_JOBS": "0", "TUNING_RATE_LIMIT_RPS": "0"}
+        "limits",
+        extra_env={"TUNING_MAX_CONCURRENT_JOBS": "0", "TUNING_RATE_LIMIT_RPS": "0", "TUNING_GPUS": gpus},
     )
     yield svc
     svc.shutdown()
