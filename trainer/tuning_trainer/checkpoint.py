@@ -6,8 +6,8 @@ position, and `rng_state_R.pt` for each process R (every process draws its own r
 masks, and continues its own stream on a resume).
 
 Saving is three steps so that every process can add its part: the main process `begin`s a staging folder,
-each process writes its RNG state (and under FSDP its optimizer shard) into it (`save_rank_state`), and the main process `save`s the rest and renames
-the folder into place.
+each process writes its RNG state (and under FSDP its optimizer shard, `optimizer_R.pt`) into it
+(`save_rank_state`), and the main process `save`s the rest and renames the folder into place.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ and `gradient_checkpointing: "auto"` both use it, before any weight is loaded).
     loss         one chunk of fp32 logits and its gradient (objective.py), or the whole set when it is small
     overhead     the CUDA context and allocator slack (a constant, then 10%)
 
-It is an estimate (the docs give its measured error on a GPU); the `fits` verdict keeps a 5% margin.
+It is an estimate, not a measurement (the `started` record carries it as model_setup.estimated_peak_memory_mb
+beside the measured peak_memory_mb of the metrics records); the `fits` verdict keeps a 5% margin.
 """
 
 from __future__ import annotations
