@@ -158,6 +158,28 @@ def test_chunked_head_equals_one_chunk(tiny_model_dir: Path, monkeypatch: pytest
         torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_the_fused_frozen_head_equals_the_checkpointed_chunks(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frozen-head path (gradient in the forward pass) against the general one (each chunk recomputed
+    under activation checkpointing, for a head that is trained, quantized or soft-capped)."""
+    model = _model(tiny_model_dir)
+    examples = _examples(model.config.vocab_size)
+    monkeypatch.setattr(objective, "CHUNK_BYTES", 5 * 4 * model.config.vocab_size)
+    calls: list[int] = []
+    fused = objective._FrozenHeadLoss.apply
+    monkeypatch.setattr(objective._FrozenHeadLoss, "apply", lambda *a: calls.append(1) or fused(*a))
+    loss, acc, grads = _ours(model, examples, "rows")
+    assert calls, "the frozen output head did not take the fused path"
+    monkeypatch.setattr(objective, "_frozen_linear", lambda module: False)
+    ref_loss, ref_acc, ref_grads = _ours(model, examples, "rows")
+    assert len(calls) == 1
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
+    assert acc == ref_acc
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_memory_estimate_uses_the_objectives_chunk() -> None:
     assert memory.CHUNK_BYTES == objective.CHUNK_BYTES
 

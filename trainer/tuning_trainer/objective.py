@@ -2,9 +2,10 @@
 
 The forward returns the summed cross-entropy over the trained tokens and how many of them the model predicted
 right. The full logits are never held: the decoder's hidden states are gathered at the trained positions only
-(prompts cost no output-head FLOPs), and the output head plus the cross-entropy run in chunks under activation
-checkpointing, so each chunk's fp32 logits live only while that chunk is computed, in the forward and again in
-the backward. At Llama-3's 128k vocabulary that is the difference between 4 * tokens * 128k bytes held through
+(prompts cost no output-head FLOPs), and the output head plus the cross-entropy run in chunks, so each chunk's
+fp32 logits live only while that chunk is computed. A frozen head (the LoRA case) gets its hidden-state
+gradient in the forward pass (_FrozenHeadLoss); any other head recomputes each chunk in the backward pass
+under activation checkpointing. At Llama-3's 128k vocabulary that is the difference between 4 * tokens * 128k bytes held through
 the backward (4.2 GB at 8k tokens) and one chunk's (CHUNK_BYTES).
 
 Imports torch: only the trainer's training process loads this module.
@@ -54,6 +55,11 @@ class TokenLoss(torch.nn.Module):
         trained = hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)
         n = trained.shape[0]
         chunk = max(1, CHUNK_BYTES // (4 * self.vocab_size))
+        head = self._parts[1]
+        if trained.requires_grad and self.softcap is None and _frozen_linear(head):
+            # The usual case (LoRA never trains the output head): the gradient with respect to the hidden
+            # states is computed in the forward pass, chunk by chunk, so nothing is recomputed.
+            return _FrozenHeadLoss.apply(trained, head.weight, target_ids, chunk, self.logit_scale)
         if n <= chunk:
             return self._chunk(trained, target_ids)
         loss = hidden.new_zeros((), dtype=torch.float32)
@@ -79,6 +85,52 @@ class TokenLoss(torch.nn.Module):
         with torch.no_grad():
             correct = (logits.argmax(dim=-1) == targets).sum()
         return loss, correct
+
+
+def _frozen_linear(module: Any) -> bool:
+    """A plain linear layer (not quantized, not LoRA-wrapped) without a bias, its weight frozen."""
+    return type(module) is torch.nn.Linear and module.bias is None and not module.weight.requires_grad
+
+
+class _FrozenHeadLoss(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T` (scaled by `scale` where the model scales its logits)
+    against `targets`, and the number of argmax hits, for a frozen output head: Liger's fused linear
+    cross-entropy without the weight gradient.
+
+    Each chunk's fp32 logits exist only while the chunk is computed. The forward pass also computes the
+    gradient with respect to `hidden`, (softmax - onehot) @ weight, which is all the backward pass needs:
+    two matrix products per chunk, as for HF's head (logits, then the hidden states' gradient), and one
+    fewer than recomputing each checkpointed chunk in the backward. The gradient kept is tokens x hidden.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hidden: Any, weight: Any, targets: Any, chunk: int, scale: float | None
+    ) -> tuple[Any, Any]:
+        grad = torch.empty_like(hidden)
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            part, target = hidden[start : start + chunk], targets[start : start + chunk]
+            logits = (part @ weight.t()).float()
+            if scale is not None:
+                logits.mul_(scale)
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += (lse - logits.gather(1, target.unsqueeze(1)).squeeze(1)).sum()
+            correct += (logits.argmax(dim=-1) == target).sum()
+            probs = logits.sub_(lse.unsqueeze(1)).exp_()  # in place: one chunk of fp32 logits at a time
+            probs[torch.arange(target.shape[0], device=target.device), target] -= 1.0
+            if scale is not None:
+                probs.mul_(scale)
+            grad[start : start + chunk] = probs.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(correct)
+        return loss, correct
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Any, _grad_correct: Any) -> tuple[Any, None, None, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss.to(grad.dtype), None, None, None, None
 
 
 def batch_tensors(batch: Any, device: Any) -> dict[str, Any]:
