@@ -5,8 +5,8 @@ right. The full logits are never held: the decoder's hidden states are gathered 
 (prompts cost no output-head FLOPs), and the output head plus the cross-entropy run in chunks, so each chunk's
 fp32 logits live only while that chunk is computed. A frozen head (the LoRA case) gets its hidden-state
 gradient in the forward pass (_FrozenHeadLoss); any other head recomputes each chunk in the backward pass
-under activation checkpointing. At Llama-3's 128k vocabulary that is the difference between 4 * tokens * 128k bytes held through
-the backward (4.2 GB at 8k tokens) and one chunk's (CHUNK_BYTES).
+under activation checkpointing. At Llama-3's 128k vocabulary that is the difference between 4 * tokens *
+128k bytes held through the backward (4.2 GB at 8k tokens) and one chunk's (CHUNK_BYTES).
 
 Imports torch: only the trainer's training process loads this module.
 """

@@ -321,6 +321,7 @@ class Recipe:
                     norms = [torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None]
                     grad_norm = torch.linalg.vector_norm(torch.stack(norms))
                 self.optimizer.step()
+                step_lr = float(self.scheduler.get_last_lr()[0])  # the rate this step trained at
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
@@ -339,6 +340,7 @@ class Recipe:
                         loss=loss_sum_all / max(1, window_trained),
                         token_accuracy=correct_all / max(1, window_trained),
                         grad_norm=float(grad_norm),
+                        learning_rate=step_lr,
                         tokens_per_second=window_tokens / max(1e-9, now - window_start),
                         elapsed=self.elapsed_before + now - self.started_at,
                         eta=per_step * (self.total_steps - self.step),
@@ -378,11 +380,11 @@ class Recipe:
         loss: float,
         token_accuracy: float,
         grad_norm: float,
+        learning_rate: float,
         tokens_per_second: float,
         elapsed: float,
         eta: float,
     ) -> None:
-        lr = float(self.scheduler.get_last_lr()[0])
         self.events.write(
             "metrics",
             step=self.step,
@@ -390,7 +392,7 @@ class Recipe:
             epoch=round(epoch, 4),
             loss=loss,
             token_accuracy=round(token_accuracy, 6),
-            learning_rate=lr,
+            learning_rate=learning_rate,
             grad_norm=grad_norm,
             tokens_per_second=round(tokens_per_second, 1),
             tokens_seen=self.tokens_seen,
@@ -400,7 +402,7 @@ class Recipe:
         )
         self._log(
             f"step {self.step}/{self.total_steps} epoch {epoch:.2f} loss {loss:.4f} acc {token_accuracy:.3f} "
-            f"lr {lr:.3g} grad_norm {grad_norm:.3f} {tokens_per_second:.0f} tok/s eta {eta:.0f}s"
+            f"lr {learning_rate:.3g} grad_norm {grad_norm:.3f} {tokens_per_second:.0f} tok/s eta {eta:.0f}s"
         )
 
     def _evaluate(self, epoch: float) -> float:

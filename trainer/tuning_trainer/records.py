@@ -113,6 +113,7 @@ class Metrics(_Record):
     token_accuracy: float
     """Share of those tokens the model predicted right (argmax), over every process"""
     learning_rate: float
+    """The rate this step trained at (0 on the first warm-up step, as HF logs it)"""
     grad_norm: float | None
     tokens_per_second: float
     tokens_seen: int
