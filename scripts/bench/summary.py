@@ -41,19 +41,6 @@ def main() -> None:
                     "PASS" if r["pass"] else "MISS",
                 ]
             )
-        if path.stem == "trainer_cpu" and data.get("ratio"):
-            ratio = data["ratio"]
-            rows.append(
-                [
-                    "T",
-                    "trainer vs HF Trainer+peft (CPU): tokens/s ratio, peak memory ratio",
-                    f"{fmt(ratio.get('tokens_per_s'))}x, {fmt(ratio.get('peak_memory_mb'))}x",
-                    "-",
-                    "-",
-                    "(GPU targets; CPU for reference)",
-                    "-",
-                ]
-            )
     rows.sort(key=lambda r: r[0])
     head = ["id", "what", "value", "baseline", "ratio", "target", "result"]
     if args.markdown:
