@@ -10,7 +10,7 @@ and `gradient_checkpointing: "auto"` both use it, before any weight is loaded).
     attention    eager attention keeps its scores per head (rows x width^2); sdpa with a document mask keeps
                  the mask; flash/flex keep neither
     loss         one chunk of fp32 logits and its gradient (objective.py), or the whole set when it is small
-    overhead     the CUDA context and allocator slack (a constant, then 10%)
+    overhead     the CUDA context (on CPU: the process's own libraries), a constant, then 10% allocator slack
 
 It is an estimate, not a measurement (the `started` record carries it as model_setup.estimated_peak_memory_mb
 beside the measured peak_memory_mb of the metrics records); the `fits` verdict keeps a 5% margin.
@@ -25,6 +25,9 @@ from typing import Any
 
 GIB = 2**30
 CUDA_OVERHEAD = int(0.75 * GIB)
+# On CPU the peak is the process's RSS, which also holds Python, torch, transformers and peft themselves:
+# measured ~0.45 GB here (docs/benchmarks.md, the trainer bench's peak RSS against this estimate).
+CPU_PROCESS_OVERHEAD = int(0.5 * GIB)
 CHUNK_BYTES = 64 * 2**20  # objective.CHUNK_BYTES (a test keeps them equal)
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -156,7 +159,7 @@ def estimate_memory(
     chunk = max(1, CHUNK_BYTES // (4 * shape.vocab))
     loss = 3 * 4 * shape.vocab * min(trained_tokens, chunk) + trained_tokens * h * dtype_bytes
     subtotal = weights + adapter + activations + attention + loss
-    overhead = (CUDA_OVERHEAD if on_gpu else 0) + subtotal // 10
+    overhead = (CUDA_OVERHEAD if on_gpu else CPU_PROCESS_OVERHEAD) + subtotal // 10
     return MemoryEstimate(
         weights_bytes=weights,
         adapter_bytes=adapter,
