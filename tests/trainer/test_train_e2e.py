@@ -124,7 +124,8 @@ def test_qlora_setup_is_recorded(qlora_run: Run) -> None:
     assert started["method"] == "qlora" and started["model_setup"]["quantization"] == "nf4-double-quant"
     # "auto": the estimate for the tiny model is far below this machine's memory, so no recomputation.
     assert started["model_setup"]["gradient_checkpointing"] is False
-    assert 0 < started["model_setup"]["estimated_peak_memory_mb"] < 100
+    # On CPU: the process's own libraries (memory.CPU_PROCESS_OVERHEAD, 512 MiB) and a few MiB of training.
+    assert 512 < started["model_setup"]["estimated_peak_memory_mb"] < 600
     assert started["attn_implementation"] == "sdpa"  # "auto" on CPU
     assert 0 < started["padding_efficiency"] <= 1 and started["micro_batch_tokens"] > 0
     assert 0 < started["trainable_tokens"] < started["num_tokens"]  # assistant tokens only
