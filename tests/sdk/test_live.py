@@ -256,8 +256,12 @@ def test_stream_logs_resumes_across_a_server_restart(service_env, caplog: pytest
     svc = service_env.start("sdk-restart")
     try:
         with TuningClient(api_key=DEV_KEY, base_url=svc.base_url) as c:
+            # Long enough to outlast the restart (the tiny model trains ~100 steps/s): a job that ends while
+            # the old service drains its streams would end this stream normally, with nothing to resume.
             job = c.tunings.create(
-                model="tiny-llama", training_file="data/train.jsonl", hyperparameters={"max_steps": 150}
+                model="tiny-llama",
+                training_file="data/train.jsonl",
+                hyperparameters={"max_steps": 1500, "logging_steps": 25},
             )
             seqs: list[int] = []
             restarted = threading.Event()
