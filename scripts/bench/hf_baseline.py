@@ -168,11 +168,10 @@ class _Collate:
 def cmd_run(settings_path: str) -> None:
     settings = json.loads(Path(settings_path).read_text())
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from torch.utils.data import SequentialSampler
     from transformers import (
         AutoModelForCausalLM,
-        BitsAndBytesConfig,
         DataCollatorForSeq2Seq,
         DataCollatorWithFlattening,
         Trainer,
@@ -181,6 +180,8 @@ def cmd_run(settings_path: str) -> None:
         set_seed,
     )
     from transformers.utils import logging as hf_logging
+
+    from tuning_trainer.modelling import lora_config, quantization_config
 
     hf_logging.set_verbosity_error()
     job = settings["job"]
@@ -199,14 +200,8 @@ def cmd_run(settings_path: str) -> None:
         "attn_implementation": run.attn_implementation,
         "device_map": {"": 0} if cuda else {"": "cpu"},
     }
-    if cfg.method == "qlora":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-            bnb_4bit_quant_storage=dtype if cuda else torch.uint8,
-        )
+    if cfg.method == "qlora":  # the same 4-bit base as ours
+        kwargs["quantization_config"] = quantization_config(dtype, device)
     model: Any = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -214,15 +209,7 @@ def cmd_run(settings_path: str) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model.config.use_cache = False
-    lora = LoraConfig(
-        r=hp.lora_r,
-        lora_alpha=hp.lora_alpha,
-        lora_dropout=hp.lora_dropout,
-        target_modules=hp.lora_target_modules,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+    model = get_peft_model(model, lora_config(hp))
 
     items = [
         {"indices": s["indices"], "examples": [run.examples[i] for i in s["indices"]]} for s in desc["steps"]

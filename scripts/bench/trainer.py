@@ -589,34 +589,22 @@ def bench(
 
     rows: list[Row] = []
     shape = preset.shape
-    if "hf" in ratios:
+    for row_id, side, label in (("T1", "hf", "HF Trainer+peft"), ("T2", "hf_flat", "HF + flattening")):
+        if side not in ratios:
+            continue
+        per_round = ratios[side]["per_round"]["tokens_per_second"]
         rows.append(
             Row(
-                "T1",
-                f"input tokens/s ours ÷ HF Trainer+peft, worst round ({shape})",
-                min(ratios["hf"]["per_round"]["tokens_per_second"]),
+                row_id,
+                f"input tokens/s ours ÷ {label}, worst round ({shape})",
+                min(per_round),
                 "x",
                 None,
                 "",
                 ">=",
                 1.0,
                 "value",
-                {"per_round": ratios["hf"]["per_round"]["tokens_per_second"]},
-            )
-        )
-    if "hf_flat" in ratios:
-        rows.append(
-            Row(
-                "T2",
-                f"input tokens/s ours ÷ HF + flattening, worst round ({shape})",
-                min(ratios["hf_flat"]["per_round"]["tokens_per_second"]),
-                "x",
-                None,
-                "",
-                ">=",
-                1.0,
-                "value",
-                {"per_round": ratios["hf_flat"]["per_round"]["tokens_per_second"]},
+                {"per_round": per_round},
             )
         )
     if "hf" in ratios and shape == "8b-vocab":

@@ -123,6 +123,36 @@ def fsdp_launch() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
 
 
+def quantization_config(dtype: Any, device: Any) -> Any:
+    """QLoRA's 4-bit base: NF4 with double quantization, computing in `dtype`."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        # On a GPU stored in the compute dtype rather than uint8, so that FSDP can shard the 4-bit
+        # weights with the rest (it needs one dtype); the same bytes either way.
+        bnb_4bit_quant_storage=dtype if device.type == "cuda" else torch.uint8,
+    )
+
+
+def lora_config(hp: Any) -> Any:
+    """The adapter the hyperparameters ask for."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=hp.lora_target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
 def load_model(
     cfg: JobConfig,
     source: ModelSource,
@@ -138,9 +168,8 @@ def load_model(
     8B Llama's 128k-vocabulary embeddings and head), and the RMS norms compute in fp32 inside the model
     anyway. Only the LoRA weights are fp32 (peft's default), for the optimizer's sake.
     """
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
 
     hp = cfg.hyperparameters
     dtype = compute_dtype(device)
@@ -150,15 +179,7 @@ def load_model(
     # Under FSDP no device_map: transformers sees the launch (ACCELERATE_USE_FSDP) and, with
     # cpu_ram_efficient_loading, loads the weights on rank 0's CPU only; accelerate shards and places them.
     if cfg.method == "qlora":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-            # On a GPU stored in the compute dtype rather than uint8, so that FSDP can shard the 4-bit
-            # weights with the rest (it needs one dtype); the same bytes either way.
-            bnb_4bit_quant_storage=dtype if device.type == "cuda" else torch.uint8,
-        )
+        kwargs["quantization_config"] = quantization_config(dtype, device)
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     except OSError as exc:
@@ -177,15 +198,7 @@ def load_model(
         # The frozen embeddings' output needs a gradient for the checkpointed layers to backpropagate into.
         model.enable_input_require_grads()
     model.config.use_cache = False
-    lora = LoraConfig(
-        r=hp.lora_r,
-        lora_alpha=hp.lora_alpha,
-        lora_dropout=hp.lora_dropout,
-        target_modules=hp.lora_target_modules,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
+    model = get_peft_model(model, lora_config(hp))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = _count_params(model)
     info = {
