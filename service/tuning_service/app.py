@@ -34,6 +34,8 @@ from .api.middleware import BodyLimits, RequestMiddleware
 from .api.ratelimit import RateLimiter
 from .engine.facade import JobManager
 from .errors import APIError
+from .inference import Inference
+from .inference import routes as routes_inference
 from .observability import logsink
 from .observability.metrics import Snapshots
 from .openai import routes as routes_openai
@@ -57,6 +59,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.settings = settings
     app.state.rate_limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     app.state.manager = manager
+    app.state.inference = Inference(settings, manager.store)
     app.state.started_monotonic = started
     # Per-worker HTTP counters shared with sibling workers through <data_dir>/metrics (metrics.py).
     app.state.metrics_snapshots = Snapshots(settings.metrics_dir)
@@ -74,6 +77,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         await app.state.metrics_snapshots.stop()
+        await app.state.inference.stop()
         await manager.stop()
         log.info(
             "tuning service stopped (running trainers keep running and are re-attached on the next start)"
@@ -128,6 +132,7 @@ def create_app() -> Starlette:
             *routes_job_actions.routes,
             *routes_files.routes,
             *routes_openai.routes,
+            *routes_inference.routes,
             *routes_metrics.routes,
             # The dashboard (/ui, and / leading to it): static files, no API.
             *routes_ui.root_routes,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -94,6 +94,22 @@ class Settings(BaseSettings):
     webhook_allow_networks: CommaList = []
     """Networks a webhook may reach besides public addresses (CIDRs, e.g. 127.0.0.0/8 in tests)"""
 
+    inference_engine: Literal["transformers", "vllm"] = "transformers"
+    """What serves /v1/chat/completions: transformers + peft (embedded, any device), or vLLM where it is
+    installed (a GPU; LoRA adapters loaded at run time)"""
+    inference_max_adapters: Annotated[int, Field(ge=1, le=256)] = 8
+    """Fine-tune adapters kept loaded per base model (the least recently used one makes room)"""
+    inference_idle_seconds: Annotated[float, Field(gt=0)] = 600.0
+    """A model unused this long is unloaded; the inference worker exits when nothing is loaded"""
+    inference_gpu: Literal["lease", "share"] = "lease"
+    """With GPUs: `lease` gives the inference worker a GPU of its own while it runs (a job waits for it like
+    for another job's), `share` runs it on the first GPU beside training (where memory allows)"""
+    inference_qlora_base: Literal["4bit", "full"] = "4bit"
+    """A QLoRA fine-tune is served on the 4-bit base it was trained on, or on the unquantized base"""
+    inference_max_waiting: Annotated[int, Field(ge=1)] = 64
+    """Generation requests waiting for the engine at once (per service process); beyond: 503 with
+    Retry-After"""
+
     @field_validator("api_keys", "gpus", "webhook_allow_networks", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
@@ -122,6 +138,10 @@ class Settings(BaseSettings):
     @property
     def metrics_dir(self) -> Path:
         return self.data_dir / "metrics"
+
+    @property
+    def inference_dir(self) -> Path:
+        return self.data_dir / "inference"
 
     @property
     def log_path(self) -> Path:

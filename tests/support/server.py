@@ -232,6 +232,24 @@ class ServiceProcess:
         for pid in self.trainer_pids():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
+        # The inference worker runs in its own session; a service stopped gracefully stops it, a killed one
+        # does not.
+        pid = self.inference_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def inference_pid(self) -> int | None:
+        """The inference worker's pid while it runs (its pid file, checked against /proc), else None."""
+        try:
+            pid = int((self.data_dir / "inference" / "worker.pid").read_text().split()[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError, IndexError):
+            return None
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return None
+        return pid
 
     def restart(self) -> None:
         self.stop()

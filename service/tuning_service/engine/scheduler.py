@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 
+from ..inference.worker import release_dead_leases
 from ..settings import Settings
 from ..storage.store import Store
 from .recovery import adopt_orphans
@@ -78,6 +79,7 @@ class Scheduler:
         if now - self._last_adopt >= ADOPT_INTERVAL_SECONDS:
             self._last_adopt = now
             await adopt_orphans(self.store, self.supervisor)
+            await release_dead_leases(self.store)
         launched = 0
         while True:
             # Claim and launch run to completion even if this task is cancelled (shutdown): a job claimed

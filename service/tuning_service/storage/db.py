@@ -34,6 +34,7 @@ ADDED_COLUMNS = (
     ("api_keys", "webhook_secret", "TEXT"),  # whsec_...: signs deliveries, so it is kept (not a hash)
     ("api_keys", "webhook_secret_previous", "TEXT"),  # after a rotation, also signs until ..._until
     ("api_keys", "webhook_secret_previous_until", "REAL"),
+    ("jobs", "model_deleted_at", "REAL"),  # DELETE /v1/models/<fine-tune>: its adapter is gone
 )
 
 DDL = """
@@ -118,6 +119,14 @@ CREATE TABLE IF NOT EXISTS job_durations (   -- the job duration histogram of /m
     buckets TEXT NOT NULL,                   -- JSON list: jobs per metrics.JOB_DURATION_BUCKETS bucket, +Inf
     count INTEGER NOT NULL,
     sum REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS gpu_leases (        -- GPUs held by something other than a job (the inference
+    gpu TEXT PRIMARY KEY,                        -- worker, inference/worker.py), which claim_next skips
+    holder TEXT NOT NULL,
+    pid INTEGER,                                 -- the holder's process: a dead one's lease is released
+    proc_start_time INTEGER,
+    since REAL NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS webhook_deliveries (  -- the webhook outbox (webhooks.py), no FK: a job may be

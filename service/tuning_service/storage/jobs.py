@@ -211,6 +211,7 @@ class JobTables(Database):
             lease: list[str] = []
             if gpus:
                 leased = {g for r in active for g in (r["gpu_lease"] or [])}
+                leased |= {str(r["gpu"]) for r in await tx.all("SELECT gpu FROM gpu_leases")}
                 free = [g for g in gpus if g not in leased]
                 need = max(1, int(head["num_gpus"] or 1))
                 if len(free) < need:
