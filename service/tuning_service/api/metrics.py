@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import APIError
-from ..observability.metrics import ProcessCollector
+from ..observability.metrics import InferenceCollector, ProcessCollector
 from . import params
 from .auth import bearer_token
 from .context import jobs, settings
@@ -49,6 +49,9 @@ async def metrics(request: Request) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(jobs(request).job_collector())
     registry.register(ProcessCollector(getattr(request.app.state, "metrics_snapshots", None)))
+    # The worker's counters, if one runs (a scrape never starts it).
+    stats = await request.app.state.inference.worker.call({"op": "stats"})
+    registry.register(InferenceCollector(stats))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -247,7 +247,9 @@ async def _collect(events: AsyncGenerator[dict[str, Any], None], got: sh.Collect
         got.add(event)
 
 
-async def _stream(writer: sh.ChunkWriter, events: AsyncGenerator[dict[str, Any], None]) -> AsyncIterator[bytes]:
+async def _stream(
+    writer: sh.ChunkWriter, events: AsyncGenerator[dict[str, Any], None]
+) -> AsyncIterator[bytes]:
     # Starlette cancels this generator when the client goes away; closing `events` closes the worker
     # connection, which stops the generation.
     try:

@@ -329,3 +329,41 @@ class JobCollector(Collector):
         for status, buckets, total in self.store.job_durations():
             h.add_metric([status], _cumulative(JOB_DURATION_BUCKETS, buckets), total)
         yield h
+
+
+# ---- the inference worker --------------------------------------------------------------------------------
+
+# Counters of the worker's engine (tuning_trainer/serve/engine.py Stats): series name -> (stats key, help).
+INFERENCE_COUNTERS = {
+    "tuning_inference_requests": ("requests", "Generation requests the inference worker has taken"),
+    "tuning_inference_requests_cancelled": ("cancelled", "Generations stopped because the client hung up"),
+    "tuning_inference_requests_failed": ("failed", "Generation requests that ended in an error"),
+    "tuning_inference_prompt_tokens": ("prompt_tokens", "Prompt tokens processed"),
+    "tuning_inference_completion_tokens": ("completion_tokens", "Tokens generated"),
+    "tuning_inference_model_loads": ("model_loads", "Base models loaded"),
+    "tuning_inference_adapter_loads": ("adapter_loads", "Fine-tune adapters loaded onto a base"),
+    "tuning_inference_adapter_switches": ("adapter_switches", "Requests that changed the active adapter"),
+    "tuning_inference_adapter_evictions": ("adapter_evictions", "Adapters dropped (least recently used, or "
+                                           "their model deleted)"),
+}  # fmt: skip
+
+
+class InferenceCollector(Collector):
+    """The inference worker's counters as of this scrape (the running worker's: they start at 0 with each
+    worker, as a process's counters do), and whether one runs."""
+
+    def __init__(self, stats: dict[str, Any] | None) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats or {}
+        yield GaugeMetricFamily(
+            "tuning_inference_worker_up", "1 while an inference worker runs", value=1.0 if stats else 0.0
+        )
+        for name, (key, text) in INFERENCE_COUNTERS.items():
+            yield CounterMetricFamily(name, text, value=float(stats.get(key) or 0))
+        yield GaugeMetricFamily(
+            "tuning_inference_models_loaded",
+            "Base models in memory",
+            value=float(len(stats.get("loaded") or ())),
+        )

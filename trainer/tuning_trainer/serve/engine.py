@@ -234,9 +234,6 @@ class TransformersEngine:
                 loaded.model, adapter.path, adapter_name=adapter.name, is_trainable=False
             )
         else:
-            if len(loaded.adapters) >= self.max_adapters:
-                oldest = next(iter(loaded.adapters))
-                self._drop_adapter(loaded, oldest)
             loaded.model.load_adapter(adapter.path, adapter_name=adapter.name, is_trainable=False)
         loaded.model.eval()
         try:
@@ -245,6 +242,9 @@ class TransformersEngine:
             tokenizer = loaded.tokenizer
         ensure_chat_template(tokenizer)
         loaded.adapters[adapter.name] = tokenizer
+        # Room is made after loading: peft keeps at least one adapter on a model.
+        while len(loaded.adapters) > self.max_adapters:
+            self._drop_adapter(loaded, next(iter(loaded.adapters)))
         self.stats.adapter_loads += 1
         self.stats.switch_seconds += time.monotonic() - started
         log.info("adapter %s loaded from %s", adapter.name, adapter.path)

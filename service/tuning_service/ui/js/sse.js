@@ -1,8 +1,41 @@
-// A Server-Sent Events reader over fetch(): EventSource cannot send an Authorization header.
-// It parses the stream itself, remembers the last event id and, after a dropped connection, reconnects with
-// Last-Event-ID so that no record is lost or repeated. It stops when the server ends the stream and
-// `isFinished()` agrees (the job reached a terminal state), when aborted, or on a 4xx.
+// Server-Sent Events over fetch(): EventSource cannot send an Authorization header (nor POST).
+// `readEventStream` parses a response body. `followEvents` follows a job's log with it: it remembers the last
+// event id and, after a dropped connection, reconnects with Last-Event-ID so that no record is lost or
+// repeated. It stops when the server ends the stream and `isFinished()` agrees (the job reached a terminal
+// state), when aborted, or on a 4xx.
 import { ApiError, apiFetch } from "./api.js";
+
+// Reads a text/event-stream body to its end: one `onEvent({ id, type, data })` per event (`data` is the list
+// of its data lines, `id` null when it set none). A line may arrive split across reads (and a character
+// across chunks: the decoder joins those), so text is buffered up to each newline.
+export async function readEventStream(body, { onEvent, onRetry = () => {} }) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let event = { id: null, type: "", data: [] };
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return; // an event not ended by a blank line is dropped, as the spec says
+    buffer += value;
+    let nl;
+    while ((nl = buffer.indexOf("\n")) >= 0) {
+      const line = buffer.slice(0, nl).replace(/\r$/, "");
+      buffer = buffer.slice(nl + 1);
+      if (line === "") {
+        if (event.data.length || event.id !== null) onEvent(event);
+        event = { id: null, type: "", data: [] };
+        continue;
+      }
+      if (line.startsWith(":")) continue; // a heartbeat comment
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "data") event.data.push(val);
+      else if (field === "event") event.type = val;
+      else if (field === "id") event.id = val;
+      else if (field === "retry" && /^\d+$/.test(val)) onRetry(Number(val));
+    }
+  }
+}
 
 // `after`: the last event id already seen (a restarted follow continues there instead of replaying).
 export function followEvents(path, { onEvent, onState = () => {}, isFinished = () => true, signal, after = null }) {
@@ -28,32 +61,10 @@ export function followEvents(path, { onEvent, onState = () => {}, isFinished = (
     if (lastId !== null) headers["Last-Event-ID"] = lastId;
     const response = await apiFetch(path, { query: { follow: "true" }, headers, signal });
     onState(lastId === null ? "live" : "resumed");
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = "";
-    let event = { id: null, type: "", data: [] };
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buffer += value;
-      let nl;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, nl).replace(/\r$/, "");
-        buffer = buffer.slice(nl + 1);
-        if (line === "") {
-          dispatch(event);
-          event = { id: null, type: "", data: [] };
-          continue;
-        }
-        if (line.startsWith(":")) continue; // a heartbeat comment
-        const colon = line.indexOf(":");
-        const field = colon < 0 ? line : line.slice(0, colon);
-        const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
-        if (field === "data") event.data.push(val);
-        else if (field === "event") event.type = val;
-        else if (field === "id") event.id = val;
-        else if (field === "retry" && /^\d+$/.test(val)) retryMs = Number(val);
-      }
-    }
+    await readEventStream(response.body, {
+      onEvent: dispatch,
+      onRetry: (ms) => { retryMs = ms; },
+    });
   }
 
   const done = (async () => {
