@@ -309,12 +309,13 @@ class TransformersEngine:
         )
         completion_tokens = 0
         for p, ids in enumerate(prompts):
-            completion_tokens += self._decode(gen, loaded, tokenizer, ids, budget[p], first_index=p * n)
+            made = self._decode(gen, loaded, tokenizer, ids, budget[p], first_index=p * n)
+            completion_tokens += made
+            self.stats.prompt_tokens += len(ids)
+            self.stats.completion_tokens += made
             if gen.cancelled.is_set():
                 self.stats.cancelled += 1
                 return
-        self.stats.prompt_tokens += prompt_tokens
-        self.stats.completion_tokens += completion_tokens
         loaded.last_used = time.monotonic()
         gen.emit(
             {
