@@ -27,8 +27,14 @@ from tests.support.server import DEV_KEY, OTHER_KEY, ServiceProcess, write_jsonl
 
 pytestmark = pytest.mark.slow
 
-HP = {"epochs": 3, "batch_size": 8, "max_seq_length": 64, "max_steps": 60, "logging_steps": 20,
-      "learning_rate": 0.002}  # fmt: skip
+HP = {
+    "epochs": 3,
+    "batch_size": 8,
+    "max_seq_length": 64,
+    "max_steps": 60,
+    "logging_steps": 20,
+    "learning_rate": 0.002,
+}
 COW = [{"role": "user", "content": "What does the cow say?"}]
 
 
@@ -37,19 +43,35 @@ def served(service_env) -> Any:
     """A service with three succeeded fine-tunes of DEV_KEY: `a` (LoRA on the training data), `b` (LoRA on
     data whose every answer is "I do not know.") and `q` (QLoRA on the training data)."""
     rows = [json.loads(line) for line in (service_env.files_root / "data" / "train.jsonl").open()]
-    unknowing = [{"messages": [*r["messages"][:-1], {"role": "assistant", "content": "I do not know."}]}
-                 for r in rows]  # fmt: skip
+    unknowing = [
+        {"messages": [*r["messages"][:-1], {"role": "assistant", "content": "I do not know."}]} for r in rows
+    ]
     write_jsonl(service_env.files_root / "data" / "unknowing.jsonl", unknowing)
     svc = service_env.start("inference", extra_env={"TUNING_INFERENCE_IDLE_SECONDS": "120"})
     try:
         jobs = {
-            "a": svc.create_job(model="tiny-llama", training_file="data/train.jsonl", method="lora", suffix="a",
-                                hyperparameters=HP),
-            "b": svc.create_job(model="tiny-llama", training_file="data/unknowing.jsonl", method="lora",
-                                suffix="b", hyperparameters=HP),
-            "q": svc.create_job(model="tiny-llama", training_file="data/train.jsonl", method="qlora", suffix="q",
-                                hyperparameters={**HP, "max_steps": 10}),
-        }  # fmt: skip
+            "a": svc.create_job(
+                model="tiny-llama",
+                training_file="data/train.jsonl",
+                method="lora",
+                suffix="a",
+                hyperparameters=HP,
+            ),
+            "b": svc.create_job(
+                model="tiny-llama",
+                training_file="data/unknowing.jsonl",
+                method="lora",
+                suffix="b",
+                hyperparameters=HP,
+            ),
+            "q": svc.create_job(
+                model="tiny-llama",
+                training_file="data/train.jsonl",
+                method="qlora",
+                suffix="q",
+                hyperparameters={**HP, "max_steps": 10},
+            ),
+        }
         done = {k: svc.wait_for(j["id"], {"succeeded", "failed"}, timeout=300) for k, j in jobs.items()}
         for k, job in done.items():
             assert job["status"] == "succeeded", (k, job, svc.output()[-3000:])
@@ -70,7 +92,9 @@ def openai_id(svc: ServiceProcess, job: dict[str, Any]) -> str:
 
 
 def chat(svc: ServiceProcess, model: str, messages: list[dict[str, str]] = COW, **kw: Any) -> str:
-    out = client(svc).chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=24, **kw)
+    out = client(svc).chat.completions.create(
+        model=model, messages=messages, temperature=0, max_tokens=24, **kw
+    )
     return str(out.choices[0].message.content)
 
 
@@ -112,9 +136,13 @@ def test_the_openai_client_chats_with_a_fine_tune_and_the_stream_joins_to_the_wh
     assert text and whole.model == model and whole.choices[0].finish_reason in ("stop", "length")
     assert whole.usage.completion_tokens > 0 and whole.usage.prompt_tokens > 0
     stream = client(svc).chat.completions.create(
-        model=model, messages=COW, temperature=0, max_tokens=24, stream=True,
+        model=model,
+        messages=COW,
+        temperature=0,
+        max_tokens=24,
+        stream=True,
         stream_options={"include_usage": True},
-    )  # fmt: skip
+    )
     chunks = list(stream)
     joined = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert joined == text
@@ -127,7 +155,9 @@ def test_the_openai_client_chats_with_a_fine_tune_and_the_stream_joins_to_the_wh
 
 def _score(svc: ServiceProcess, model: str, prompt: str, answer: str) -> float:
     """Log-likelihood of `answer` after `prompt` (the prompt scored with echo, max_tokens 0)."""
-    out = client(svc).completions.create(model=model, prompt=prompt + answer, max_tokens=0, echo=True, logprobs=0)
+    out = client(svc).completions.create(
+        model=model, prompt=prompt + answer, max_tokens=0, echo=True, logprobs=0
+    )
     lp = out.choices[0].logprobs
     return sum(v for v, at in zip(lp.token_logprobs, lp.text_offset, strict=True) if at >= len(prompt))
 
@@ -194,7 +224,12 @@ def _post(svc: ServiceProcess, path: str, body: dict[str, Any], key: str = DEV_K
         ({"stream_options": {"include_usage": True}}, 400, "invalid_value", "stream_options"),
         ({"top_logprobs": 2}, 400, "invalid_value", "top_logprobs"),
         ({"max_tokens": 100_000}, 400, "context_length_exceeded", "max_tokens"),
-        ({"messages": [{"role": "user", "content": "moo " * 2000}]}, 400, "context_length_exceeded", "messages"),
+        (
+            {"messages": [{"role": "user", "content": "moo " * 2000}]},
+            400,
+            "context_length_exceeded",
+            "messages",
+        ),
         ({"messages": []}, 400, "invalid_value", "messages"),
         ({"model": "no-such-model"}, 404, "model_not_found", "model"),
     ],
@@ -218,8 +253,14 @@ def test_another_keys_fine_tune_is_not_found_for_chat_and_completions(served) ->
 
 # A long generation to interrupt: 16 prompts x 8 seeded high-temperature samples of up to 450 tokens, run
 # one prompt after another (several seconds here, against ~0.3 s for one prompt).
-LONG = {"model": "tiny-llama", "prompt": ["The cow says"] * 16, "temperature": 2.0, "seed": 0, "n": 8,
-        "max_tokens": 450}  # fmt: skip
+LONG = {
+    "model": "tiny-llama",
+    "prompt": ["The cow says"] * 16,
+    "temperature": 2.0,
+    "seed": 0,
+    "n": 8,
+    "max_tokens": 450,
+}
 LONG_TOKENS = 16 * 8 * 450
 
 
@@ -237,8 +278,12 @@ def test_a_client_that_hangs_up_stops_its_generation(served, stream: bool) -> No
     cancelled = metric(svc, "tuning_inference_requests_cancelled")
     generated = metric(svc, "tuning_inference_completion_tokens")
     conn = http.client.HTTPConnection("127.0.0.1", svc.port, timeout=60)
-    conn.request("POST", "/v1/completions", json.dumps({**LONG, "stream": stream}),
-                 {"Authorization": f"Bearer {DEV_KEY}", "Content-Type": "application/json"})  # fmt: skip
+    conn.request(
+        "POST",
+        "/v1/completions",
+        json.dumps({**LONG, "stream": stream}),
+        {"Authorization": f"Bearer {DEV_KEY}", "Content-Type": "application/json"},
+    )
     if stream:
         resp = conn.getresponse()
         assert resp.status == 200
@@ -287,8 +332,10 @@ def test_deleting_a_fine_tune_removes_its_adapter(served) -> None:
     deleted = client(svc).models.delete(model)
     assert (deleted.id, deleted.deleted) == (model, True)
     assert not Path(jobs["q"]["adapter_path"] or "/nonexistent").exists()
-    for resp in (svc.get(f"/v1/models/{model}"), _post(svc, "/v1/chat/completions", {"model": model,
-                                                                                       "messages": COW})):
+    for resp in (
+        svc.get(f"/v1/models/{model}"),
+        _post(svc, "/v1/chat/completions", {"model": model, "messages": COW}),
+    ):
         assert (resp.status, resp.error["code"]) == (404, "model_not_found")
     assert model not in {m.id for m in client(svc).models.list().data}
     assert svc.delete(f"/v1/models/{model}").status == 404

@@ -133,10 +133,15 @@ def test_greedy_decoding_equals_transformers_generate(engine, tiny, tiny_model_d
     events = run(engine, request(tiny_model_dir, max_tokens=16, logprobs=0))
     start = events[0]
     assert start["type"] == "start" and start["prompt_tokens"] == len(ids)
-    ours = [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(lp["token"]))[0] for lp in token_logprobs(events)]
+    ours = [
+        tokenizer.convert_tokens_to_ids(tokenizer.tokenize(lp["token"]))[0] for lp in token_logprobs(events)
+    ]
     reference = hf_greedy(model, ids, 16)
-    eos = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
-              else [model.generation_config.eos_token_id])  # fmt: skip
+    eos = set(
+        model.generation_config.eos_token_id
+        if isinstance(model.generation_config.eos_token_id, list)
+        else [model.generation_config.eos_token_id]
+    )
     reference = reference[: next((i for i, t in enumerate(reference) if t in eos), len(reference))]
     assert texts(events)[0] == tokenizer.decode(reference, skip_special_tokens=True)
     assert len(ours) == len(reference)
@@ -164,8 +169,18 @@ def test_logprobs_equal_a_plain_forward_pass(engine, tiny, tiny_model_dir):
 def test_echo_scores_the_prompt_like_a_forward_pass(engine, tiny, tiny_model_dir):
     model, tokenizer = tiny
     prompt = "The cow says moo."
-    events = run(engine, request(tiny_model_dir, kind="completion", messages=None, prompts=[prompt],
-                                 max_tokens=0, echo=True, logprobs=1))  # fmt: skip
+    events = run(
+        engine,
+        request(
+            tiny_model_dir,
+            kind="completion",
+            messages=None,
+            prompts=[prompt],
+            max_tokens=0,
+            echo=True,
+            logprobs=1,
+        ),
+    )
     echo = next(e for e in events if e["type"] == "echo")
     ids = list(tokenizer(prompt)["input_ids"])
     with torch.no_grad():
@@ -186,8 +201,9 @@ def test_sampling_is_reproducible_by_seed_and_n_gives_independent_choices(engine
     assert len(set(a.values())) > 1  # three samples, not one repeated
     assert a != c
     # A nucleus this small keeps only the most likely token: greedy.
-    nucleus = texts(run(engine, request(tiny_model_dir, max_tokens=20, sampling={"temperature": 1.0,
-                                                                                   "top_p": 1e-6})))  # fmt: skip
+    nucleus = texts(
+        run(engine, request(tiny_model_dir, max_tokens=20, sampling={"temperature": 1.0, "top_p": 1e-6}))
+    )
     greedy = texts(run(engine, request(tiny_model_dir, max_tokens=20)))
     assert nucleus == greedy
 
@@ -205,7 +221,11 @@ def test_a_prompt_over_the_context_and_max_tokens_over_it_are_errors_naming_the_
     long_prompt = "moo " * 2000
     err = run(engine, request(tiny_model_dir, kind="completion", messages=None, prompts=[long_prompt]))[-1]
     assert (err["type"], err["status"], err["code"], err["param"]) == (
-        "error", 400, "context_length_exceeded", "prompt")  # fmt: skip
+        "error",
+        400,
+        "context_length_exceeded",
+        "prompt",
+    )
     err = run(engine, request(tiny_model_dir, messages=[{"role": "user", "content": long_prompt}]))[-1]
     assert (err["code"], err["param"]) == ("context_length_exceeded", "messages")
     err = run(engine, request(tiny_model_dir, max_tokens=100_000))[-1]
@@ -215,8 +235,11 @@ def test_a_prompt_over_the_context_and_max_tokens_over_it_are_errors_naming_the_
 
 def test_a_cancelled_generation_stops_between_tokens(engine, tiny_model_dir):
     before = engine.snapshot()["cancelled"]
-    events = run(engine, request(tiny_model_dir, max_tokens=400, sampling={"temperature": 1.0, "seed": 1}),
-                 cancel_after=2)  # fmt: skip
+    events = run(
+        engine,
+        request(tiny_model_dir, max_tokens=400, sampling={"temperature": 1.0, "seed": 1}),
+        cancel_after=2,
+    )
     assert not any(e["type"] == "done" for e in events)
     assert engine.snapshot()["cancelled"] == before + 1
 
@@ -225,7 +248,7 @@ def test_adapters_match_a_fresh_peft_model_and_the_base_stays_bare(engine, tiny,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model, tokenizer = tiny
+    _, tokenizer = tiny
     a, b = adapters
     ids = prompt_ids(tokenizer)
     spec = {"a": {"name": "job-a", "path": str(a)}, "b": {"name": "job-b", "path": str(b)}}

@@ -9,6 +9,8 @@ client knows what to switch on and the schemathesis suite checks every answer ag
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -300,5 +302,7 @@ def document_paths(routes: Iterable[BaseRoute]) -> tuple[dict[str, Any], dict[st
         if not isinstance(op, Operation):
             raise UndocumentedRoute(f"{route.path} ({route.endpoint.__name__}) has no @operation")
         for method in sorted((route.methods or set()) - {"HEAD"}):
-            paths.setdefault(route.path, {})[method.lower()] = _fragment(op, route, models)
+            # `{model:path}` is Starlette's convertor; the document names the parameter only.
+            path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+            paths.setdefault(path, {})[method.lower()] = _fragment(op, route, models)
     return paths, models.components()

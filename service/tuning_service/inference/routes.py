@@ -43,14 +43,14 @@ T = TypeVar("T")
 
 MODEL_PATH = {
     "description": "A model id (a fine-tune's contains ':' and may contain '/')",
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:/-]{1,512}$"},
 }
 ENGINE_ERRORS = {
     503: ("engine_crashed", "engine_unavailable", "engine_overloaded", "no_gpu_available"),
     500: ("model_load_failed", "generation_failed"),
 }
 GENERATE_ERRORS = {
-    400: ("invalid_request", "invalid_value", "context_length_exceeded"),
+    400: ("invalid_json", "invalid_request", "invalid_value", "context_length_exceeded"),
     404: ("model_not_found",),
     **ENGINE_ERRORS,
 }

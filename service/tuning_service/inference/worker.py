@@ -196,7 +196,7 @@ class InferenceWorker:
                 start_new_session=True,  # its own process group: stopped whole, never by a terminal's ^C
             )
         self.pid_file.write_text(f"{proc.pid} {procs.start_time(proc.pid)}\n")
-        if gpu is not None:
+        if gpu is not None and self.settings.inference_gpu == "lease":  # the lease now names its process
             await self.store.lease_free_gpu(
                 gpus=[gpu],
                 holder=HOLDER,

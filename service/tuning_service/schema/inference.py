@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from tuning_trainer.schema import INTEGRAL, StrictModel, cross_field
 
@@ -34,8 +34,9 @@ ModelId = Annotated[
         examples=["tiny-llama", "ft:tiny-llama:key_ab12:demo:ftjob-..."],
     ),
 ]
+_StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 Stop = Annotated[
-    str | list[Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]],
+    _StopText | Annotated[list[_StopText], Field(max_length=MAX_STOP)],
     Field(description=f"Up to {MAX_STOP} sequences; the text ends before the first one generated"),
 ]
 
@@ -60,6 +61,20 @@ class StreamOptions(StrictModel):
     """Send one last chunk, with empty `choices`, carrying the request's `usage`"""
 
 
+def _absent(name: str) -> dict[str, Any]:
+    """JSON Schema: `name` is absent or null (a request body's null is "the default")."""
+    return {"anyOf": [{"not": {"required": [name]}}, {"properties": {name: {"type": "null"}}}]}
+
+
+def _rules(*rules: dict[str, Any]) -> ConfigDict:
+    """The model validators' rules between fields, as JSON Schema (`allOf`), so that the document says
+    exactly what is accepted."""
+    return ConfigDict(**StrictModel.model_config, json_schema_extra={"allOf": list(rules)})
+
+
+_STREAMED = {"required": ["stream"], "properties": {"stream": {"const": True}}}
+
+
 class _Sampling(RequestBody):
     """What chat completions and completions share."""
 
@@ -82,12 +97,7 @@ class _Sampling(RequestBody):
     """Accepted and not used"""
 
     @model_validator(mode="after")
-    def _stops(self) -> Any:
-        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        if len(stops) > MAX_STOP:
-            raise cross_field("stop", f"stop takes at most {MAX_STOP} sequences")
-        if any(not s or len(s) > MAX_STOP_CHARS for s in stops):
-            raise cross_field("stop", f"stop sequences must be 1 to {MAX_STOP_CHARS} characters")
+    def _stream_options(self) -> Any:
         if self.stream_options is not None and not self.stream:
             raise cross_field("stream_options", "stream_options is only allowed with stream: true")
         return self
@@ -109,6 +119,16 @@ class _Sampling(RequestBody):
 
 
 class ChatCompletionRequest(_Sampling):
+    model_config = _rules(
+        {"anyOf": [_absent("stream_options"), _STREAMED]},
+        {"anyOf": [_absent("max_tokens"), _absent("max_completion_tokens")]},
+        {
+            "anyOf": [
+                _absent("top_logprobs"),
+                {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+            ]
+        },
+    )
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     """Rendered with the model's chat template (a fine-tune's: the one saved with its adapter)"""
     max_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
@@ -133,6 +153,20 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
+    model_config = _rules(
+        {"anyOf": [_absent("stream_options"), _STREAMED]},
+        # max_tokens 0 scores the prompt: only with echo, and not streamed.
+        {
+            "anyOf": [
+                {"not": {"required": ["max_tokens"]}},
+                {"properties": {"max_tokens": {"anyOf": [{"type": "null"}, {"minimum": 1}]}}},
+                {
+                    "required": ["echo"],
+                    "properties": {"echo": {"const": True}, "stream": {"not": {"const": True}}},
+                },
+            ]
+        },
+    )
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
     """A prompt, or several (each gets `n` choices, in order)"""
     max_tokens: Annotated[int, Field(ge=0), INTEGRAL] = 16

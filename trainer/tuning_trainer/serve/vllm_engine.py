@@ -1,7 +1,9 @@
 """The vLLM inference engine: the TransformersEngine's interface and events, served by vLLM's async engine.
 
-Targets vLLM's V1 `AsyncLLM` (`vllm.v1.engine.async_llm`, vLLM >= 0.8; the engine behind `vllm serve` since
-0.10), built from `AsyncEngineArgs`; a vLLM without it falls back to `vllm.AsyncLLMEngine` (the same calls).
+Targets vLLM's V1 `AsyncLLM` (`vllm.v1.engine.async_llm`: the default engine since vLLM 0.8, the only one in
+current releases), built with `from_engine_args(AsyncEngineArgs(...))` and driven with `generate` (token-id
+prompts, `SamplingParams` with `output_kind=DELTA`, a `LoRARequest`), `abort`, `add_lora`, `remove_lora`
+and `shutdown`; a vLLM without it falls back to `vllm.AsyncLLMEngine`, which takes the same calls.
 vLLM is imported on the engine's own thread at the first request, never when this module is imported: the
 worker listens on its socket before anything heavy loads, and without vLLM installed `VLLMEngine(...)`
 raises an ImportError naming the fix.
@@ -41,7 +43,8 @@ returns. Requests run concurrently (vLLM batches them), where the transformers e
   frees its GPU memory); `idle()` is true once nothing is loaded, running or waiting for that long.
 
 Engines are built on the event loop's thread, as vLLM's own server builds them (inside its running loop):
-a load stalls the other requests' streaming for its duration, as a load does in the transformers engine.
+a load (a minute or more with vLLM's compilation) stalls the other requests' streaming, their cancels and
+`evict` for its duration, as a load holds up everything in the transformers engine.
 """
 
 from __future__ import annotations
@@ -226,6 +229,8 @@ class _Running:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     base: _Base | None = None
     adapter: str | None = None
+    started: bool = False
+    """holding its base (counted as running, no longer as queued)"""
 
 
 class VLLMEngine:
@@ -249,6 +254,7 @@ class VLLMEngine:
         self._loop = asyncio.new_event_loop()
         self._lock = asyncio.Lock()  # loads, swaps and restarts of engines, one at a time
         self._loading = False
+        self._jobs: dict[asyncio.Future[None], Generation] = {}
         self._thread = threading.Thread(target=self._run, name="vllm-engine", daemon=True)
         self._thread.start()
         atexit.register(self._shutdown_engines)
@@ -305,6 +311,7 @@ class VLLMEngine:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._loop.create_task(self._housekeeping())
+        self._loop.create_task(self._watch_cancels())
         try:
             self._loop.run_forever()
         finally:
@@ -340,28 +347,31 @@ class VLLMEngine:
                     log.info("unloading %s after %.0f s idle", spec.location, now - base.last_used)
                     await self._unload(spec)
 
+    async def _watch_cancels(self) -> None:
+        """Cancel the job of each request whose client hung up (its streams abort their vLLM requests)."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            for job, gen in list(self._jobs.items()):
+                if gen.cancelled.is_set():
+                    del self._jobs[job]  # once: a second cancel would cut its streams' aborts short
+                    job.cancel()
+
     async def _serve(self, gen: Generation) -> None:
         self.stats.requests += 1
         run = _Running()
-        started = False
+        job: asyncio.Future[None] | None = None
         try:
             if gen.cancelled.is_set():
                 self.stats.cancelled += 1
                 return
             job = asyncio.ensure_future(self._generate(gen, run))
-            while not job.done():
-                await asyncio.wait({job}, timeout=CANCEL_POLL_SECONDS)
-                if run.base is not None and not started:
-                    started = True
-                    with self._counts:
-                        self._queued -= 1
-                        self._running += 1
-                if not job.done() and gen.cancelled.is_set():
-                    job.cancel()  # each of its streams aborts its vLLM request on the way out
-                    await asyncio.wait({job})
-                    self.stats.cancelled += 1
-                    return
-            job.result()
+            self._jobs[job] = gen
+            try:
+                await job
+            except asyncio.CancelledError:
+                if not gen.cancelled.is_set() or not job.cancelled():
+                    raise  # the loop is closing
+                self.stats.cancelled += 1
         except RequestError as exc:
             self.stats.failed += 1
             gen.emit(exc.event())
@@ -370,8 +380,10 @@ class VLLMEngine:
             log.exception("generation failed")
             gen.emit(RequestError(500, "generation_failed", f"{type(exc).__name__}: {exc}").event())
         finally:
+            if job is not None:
+                self._jobs.pop(job, None)
             with self._counts:
-                if started:
+                if run.started:
                     self._running -= 1
                 else:
                     self._queued -= 1
@@ -432,6 +444,10 @@ class VLLMEngine:
             base.drained.clear()
             base.last_used = time.monotonic()
             run.base = base
+            with self._counts:
+                self._queued -= 1
+                self._running += 1
+            run.started = True
             tokenizer, switched = await self._activate(base, gen.adapter)
             if gen.adapter is not None:
                 base.using[gen.adapter.name] += 1
@@ -633,9 +649,7 @@ class VLLMEngine:
             )
             for p, ids in enumerate(prompts)
         ]
-        completion_tokens = sum(await _all(streams))
-        self.stats.prompt_tokens += prompt_tokens
-        self.stats.completion_tokens += completion_tokens
+        completion_tokens = sum(await _all(streams))  # each stream counts its tokens in stats
         base.last_used = time.monotonic()
         gen.emit(
             {
@@ -682,8 +696,8 @@ class VLLMEngine:
         top = gen.logprobs or 0
         rows = [_Choice(first_index + j) for j in range(n)]
         scoring = gen.echo and gen.logprobs is not None
-        echoed = False
-        if gen.echo and not scoring:
+        echoed = not gen.echo
+        if gen.echo and not scoring:  # nothing to wait for: the text goes first
             self._echo(gen, tokenizer, ids, rows, None)
             echoed = True
         finished = False
@@ -701,6 +715,9 @@ class VLLMEngine:
                         finished = True
             except ValueError as exc:  # vLLM refused the request (its validation errors are ValueErrors)
                 raise RequestError(400, "invalid_request", str(exc)) from None
+            except asyncio.CancelledError:  # what a cancelled generation made still counts
+                self._count(ids, rows)
+                raise
         finally:
             if not finished:  # cancelled, or failed: make sure vLLM stops working on it
                 aclose = getattr(stream, "aclose", None)
@@ -713,7 +730,13 @@ class VLLMEngine:
         for row in rows:
             if not row.done:  # vLLM ended the request without a reason (not expected)
                 row.finish(gen, "length")
-        return sum(r.generated for r in rows)
+        return self._count(ids, rows)
+
+    def _count(self, ids: list[int], rows: list[_Choice]) -> int:
+        made = sum(r.generated for r in rows)
+        self.stats.prompt_tokens += len(ids)
+        self.stats.completion_tokens += made
+        return made
 
     @staticmethod
     def _echo(gen: Generation, tokenizer: Any, ids: list[int], rows: list[_Choice], echo: Any) -> None:
