@@ -76,24 +76,48 @@ class InferenceWorker:
             )
         self._waiting += 1
         try:
-            reader, writer = await self._connect()
-            try:
-                writer.write(json.dumps({"op": "generate", **request}).encode() + b"\n")
-                await writer.drain()
-                while True:
-                    raw = await reader.readline()
-                    if not raw:
-                        raise self._crashed()
-                    event = json.loads(raw)
-                    yield event
-                    if event["type"] in ("done", "error"):
-                        return
-            finally:
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+            for attempt in (1, 2):
+                reader, writer = await self._connect()
+                got_any = False
+                try:
+                    while True:
+                        try:
+                            raw = await self._exchange(reader, writer, None if got_any else request)
+                        except OSError:  # reset by a worker that died (EOF is the other way to say it)
+                            raw = b""
+                        if not raw:
+                            break
+                        got_any = True
+                        event = json.loads(raw)
+                        yield event
+                        if event["type"] in ("done", "error"):
+                            return
+                finally:
+                    writer.close()
+                    with contextlib.suppress(Exception):
+                        await writer.wait_closed()
+                # Nothing was served: a worker that was dying (or died idle) took the connection. Once it is
+                # gone, a new one gets the request; a worker that dies during a request is a 503.
+                if got_any or attempt == 2:
+                    raise self._crashed()
+                await self._wait_gone()
         finally:
             self._waiting -= 1
+
+    async def _wait_gone(self, seconds: float = 5.0) -> None:
+        deadline = time.monotonic() + seconds
+        while self.pid() is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    @staticmethod
+    async def _exchange(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: dict[str, Any] | None
+    ) -> bytes:
+        """Send the request (the first time), then read the next event line."""
+        if request is not None:
+            writer.write(json.dumps({"op": "generate", **request}).encode() + b"\n")
+            await writer.drain()
+        return await reader.readline()
 
     async def call(self, op: dict[str, Any], *, start: bool = False) -> dict[str, Any] | None:
         """A one-line exchange (`stats`, `evict`); None when no worker runs (and `start` is false)."""
