@@ -58,7 +58,7 @@ class InferenceWorker:
         self.socket = socket_path(settings)
         self.pid_file = self.dir / "worker.pid"
         self.log_file = self.dir / "worker.log"
-        self._start_lock = asyncio.Lock()
+        self._starting: asyncio.Future[None] | None = None
         self._waiting = 0
         self.started_here = 0
 
@@ -166,20 +166,27 @@ class InferenceWorker:
             return await asyncio.open_unix_connection(str(self.socket), limit=2**24)
         except OSError:
             pass
-        async with self._start_lock:
-            lock_fd = await asyncio.to_thread(self._lock)
-            try:
-                if not await self._reachable():
-                    await self._start()
-            finally:
-                fcntl.flock(lock_fd, fcntl.LOCK_UN)
-                os.close(lock_fd)
+        # One start at a time in this process, and never abandoned half-way: a request cancelled while it
+        # waits (its client hung up) must not leave a launched worker untracked or the file lock held.
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.ensure_future(self._start_once())
+            self._starting.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await asyncio.shield(self._starting)
         try:
             return await asyncio.open_unix_connection(str(self.socket), limit=2**24)
         except OSError as exc:
             raise APIError(
                 503, "engine_unavailable", f"the inference worker cannot be reached: {exc}"
             ) from None
+
+    async def _start_once(self) -> None:
+        lock_fd = await asyncio.to_thread(self._lock)
+        try:
+            if not await self._reachable():
+                await self._start()
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
 
     def _lock(self) -> int:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """A stand-in for `python -m tuning_trainer.serve` that speaks its protocol without a model (a narrow test
 double for the service's worker manager). FAKE_WORKER_MODE: `ok` answers "hello" in two deltas; `crash`
-dies in the middle of a generation; `exit` fails at start-up with a message on stderr."""
+dies in the middle of a generation; `exit` fails at start-up with a message on stderr; `slow` binds its socket after 0.6 s."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import os
 import socketserver
 import sys
+import time
 
 mode = os.environ.get("FAKE_WORKER_MODE", "ok")
 
@@ -45,6 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--socket")
     args, _ = parser.parse_known_args()
+    if mode == "slow":  # a worker still importing torch: no socket yet
+        time.sleep(0.6)
     if mode == "exit":
         print("fake worker: cannot start (CUDA out of memory)", file=sys.stderr)
         sys.exit(3)

@@ -189,3 +189,33 @@ def test_a_long_data_folder_gets_a_socket_path_that_fits(tmp_path: Path) -> None
     path = socket_path(make_settings(deep))
     assert len(str(path)) <= worker_mod.MAX_SOCKET_PATH and str(path).startswith("/tmp/")
     assert socket_path(make_settings(deep)) == path
+
+
+def test_a_request_cancelled_while_the_worker_starts_leaves_one_tracked_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import psutil
+
+    monkeypatch.setenv("FAKE_WORKER_MODE", "slow")
+
+    async def body() -> None:
+        worker, store = await _setup(tmp_path)
+        try:
+            hung_up = asyncio.ensure_future(_events(worker))
+            await asyncio.sleep(0.2)  # the worker is launched, its socket not there yet
+            hung_up.cancel()
+            assert (await _events(worker))[-1]["type"] == "done"
+            fakes = [p for p in psutil.process_iter(["cmdline"])
+                     if str(worker.socket) in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+            assert [p.pid for p in fakes] == [worker.pid()] and worker.started_here == 1
+            assert (tmp_path / "data" / "inference" / "worker.lock").exists()
+            # The file lock was released: a second manager of the same folder starts nothing, it connects.
+            other = InferenceWorker(worker.settings, store)
+            assert (await _events(other))[-1]["type"] == "done" and other.started_here == 0
+        finally:
+            await worker.stop()
+            await store.close()
+
+    run(body())
