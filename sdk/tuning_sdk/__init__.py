@@ -1,4 +1,5 @@
-"""Python SDK of the tuning service: submit, watch, stream and manage LoRA/QLoRA fine-tuning jobs.
+"""Python SDK of the tuning service: submit, watch, stream and manage LoRA/QLoRA fine-tuning jobs, then try
+the fine-tuned models (chat completions, completions, models).
 
 Needs nothing but the standard library and urllib3.
 
@@ -34,6 +35,23 @@ from ._errors import (
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from ._inference import (
+        AssistantMessage,
+        ChatChoice,
+        ChatCompletion,
+        ChatCompletionChunk,
+        ChoiceLogprobs,
+        ChunkChoice,
+        Completion,
+        CompletionChoice,
+        CompletionLogprobs,
+        Delta,
+        Model,
+        ModelDeleted,
+        TokenLogprob,
+        TopLogprob,
+        Usage,
+    )
     from ._models import (
         EstimateMemory,
         Hyperparameters,
@@ -47,6 +65,7 @@ if TYPE_CHECKING:
     )
     from ._objects import Checkpoint, FileDeleted, FileError, FileObject
     from ._pagination import CursorPage
+    from ._streaming import Stream
     from ._transfer import ArchiveError
 
 # The models load with the first name asked for (PEP 562), like the resources that return them
@@ -67,6 +86,22 @@ _LAZY = {
     "FileObject": "_objects",
     "CursorPage": "_pagination",
     "ArchiveError": "_transfer",
+    "AssistantMessage": "_inference",
+    "ChatChoice": "_inference",
+    "ChatCompletion": "_inference",
+    "ChatCompletionChunk": "_inference",
+    "ChoiceLogprobs": "_inference",
+    "ChunkChoice": "_inference",
+    "Completion": "_inference",
+    "CompletionChoice": "_inference",
+    "CompletionLogprobs": "_inference",
+    "Delta": "_inference",
+    "Model": "_inference",
+    "ModelDeleted": "_inference",
+    "TokenLogprob": "_inference",
+    "TopLogprob": "_inference",
+    "Usage": "_inference",
+    "Stream": "_streaming",
 }
 
 
@@ -89,11 +124,21 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "ArchiveError",
+    "AssistantMessage",
     "AuthenticationError",
     "BadRequestError",
+    "ChatChoice",
+    "ChatCompletion",
+    "ChatCompletionChunk",
     "Checkpoint",
+    "ChoiceLogprobs",
+    "ChunkChoice",
+    "Completion",
+    "CompletionChoice",
+    "CompletionLogprobs",
     "ConflictError",
     "CursorPage",
+    "Delta",
     "EstimateMemory",
     "FileDeleted",
     "FileError",
@@ -104,15 +149,21 @@ __all__ = [
     "JobError",
     "JobStatus",
     "LogRecord",
+    "Model",
+    "ModelDeleted",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
+    "Stream",
+    "TokenLogprob",
+    "TopLogprob",
     "TrainingMetrics",
     "TuningClient",
     "TuningError",
     "TuningEstimate",
     "TuningJob",
     "UnprocessableEntityError",
+    "Usage",
     "WaitTimeoutError",
     "WebhookSignatureError",
     "__version__",

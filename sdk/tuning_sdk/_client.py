@@ -16,7 +16,10 @@ from ._errors import TuningError
 from ._http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, Transport
 
 if TYPE_CHECKING:
+    from .resources.chat import Chat
+    from .resources.completions import Completions
     from .resources.files import Files
+    from .resources.models import Models
     from .resources.tunings import Tunings
 
 DEFAULT_BASE_URL = "http://localhost:8000"
@@ -89,6 +92,27 @@ class TuningClient:
         from .resources.files import Files
 
         return Files(self._transport)
+
+    @cached_property
+    def models(self) -> Models:
+        """The models to try: the service's base models and this key's fine-tunes: list, retrieve, delete."""
+        from .resources.models import Models
+
+        return Models(self._transport)
+
+    @cached_property
+    def chat(self) -> Chat:
+        """Chat completions (OpenAI's shape): ``client.chat.completions.create(model=..., messages=...)``."""
+        from .resources.chat import Chat
+
+        return Chat(self._transport)
+
+    @cached_property
+    def completions(self) -> Completions:
+        """Text completions (OpenAI's legacy shape): ``client.completions.create(model=..., prompt=...)``."""
+        from .resources.completions import Completions
+
+        return Completions(self._transport)
 
     def health_check(self) -> dict[str, Any]:
         """The service's health (no key needed).

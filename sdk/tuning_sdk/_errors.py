@@ -42,6 +42,7 @@ __all__ = [
     "UnprocessableEntityError",
     "WaitTimeoutError",
     "make_status_error",
+    "make_stream_error",
 ]
 
 
@@ -124,7 +125,8 @@ class APIStatusError(TuningError):
 
 
 class BadRequestError(APIStatusError):
-    """400: malformed request (not JSON, wrong types, a path outside the files root)."""
+    """400: malformed request (not JSON, wrong types, a path outside the files root, a prompt longer than the
+    model's context: ``context_length_exceeded``)."""
 
 
 class AuthenticationError(APIStatusError):
@@ -132,11 +134,12 @@ class AuthenticationError(APIStatusError):
 
 
 class PermissionDeniedError(APIStatusError):
-    """403: the key may not do this (e.g. a webhook address the server's policy refuses)."""
+    """403: the key may not do this (e.g. a webhook address the server's policy refuses, deleting a base
+    model: ``model_not_deletable``)."""
 
 
 class NotFoundError(APIStatusError):
-    """404: unknown id (or a job that belongs to another key)."""
+    """404: unknown id (or a job that belongs to another key; an unknown model: ``model_not_found``)."""
 
 
 class ConflictError(APIStatusError):
@@ -154,7 +157,8 @@ class RateLimitError(APIStatusError):
 
 
 class InternalServerError(APIStatusError):
-    """5xx: a fault on the service's side; retried automatically."""
+    """5xx: a fault on the service's side (e.g. 503 ``engine_crashed``, ``engine_unavailable``,
+    ``no_gpu_available``); retried automatically, except inside a stream that has begun."""
 
 
 class WaitTimeoutError(TuningError, TimeoutError):
@@ -213,6 +217,49 @@ def make_status_error(
         body=err,
         headers=headers,
     )
+
+
+# The HTTP status an error sent inside an event stream (after the 200 went out) stands for, by its code; other
+# codes go by the error's `type`, then 500.
+STREAM_ERROR_STATUS: Mapping[str, int] = {
+    "invalid_json": 400,
+    "invalid_request": 400,
+    "invalid_value": 400,
+    "context_length_exceeded": 400,
+    "model_not_found": 404,
+    "rate_limited": 429,
+    "internal_error": 500,
+    "model_load_failed": 500,
+    "generation_failed": 500,
+    "engine_crashed": 503,
+    "engine_unavailable": 503,
+    "engine_overloaded": 503,
+    "no_gpu_available": 503,
+}
+_TYPE_STATUS: Mapping[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "conflict_error": 409,
+    "rate_limit_error": 429,
+}
+
+
+def make_stream_error(error: Any, headers: Mapping[str, str] | None = None) -> APIStatusError:
+    """The error for ``data: {"error": {...}}`` inside an event stream: the class the same error would have
+    had as an HTTP status (``engine_crashed`` is a 503: `InternalServerError`), through `make_status_error`.
+    `headers` are the stream's response headers (its ``X-Request-ID``)."""
+    err = dict(error) if isinstance(error, Mapping) else {"message": str(error)}
+    status = err.get("status_code", err.get("status"))
+    if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
+        code, kind = err.get("code"), err.get("type")
+        status = STREAM_ERROR_STATUS.get(code) if isinstance(code, str) else None
+        if status is None:
+            status = _TYPE_STATUS.get(kind, 500) if isinstance(kind, str) else 500
+    if not isinstance(err.get("message"), str) or not err["message"]:
+        err["message"] = "the stream reported an error"
+    return make_status_error(status, {"error": err}, headers)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

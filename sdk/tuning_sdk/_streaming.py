@@ -1,19 +1,25 @@
-"""Server-Sent Events: a parser that follows the WHATWG rules, and a reader over an open urllib3 response.
+"""Server-Sent Events: a parser that follows the WHATWG rules, a reader over an open urllib3 response, and
+`Stream`, the iterator of an OpenAI-style stream (``data: {json}`` events ending with ``data: [DONE]``).
 
 Reconnection (with ``Last-Event-ID``) is the caller's job, because only the caller knows what "done" means:
-see `resources/tunings.py`, which resumes a job's log stream after the last record it yielded.
+see `resources/tunings.py`, which resumes a job's log stream after the last record it yielded. A `Stream` of
+generated text is never resumed or retried: a second request would generate the text again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import json
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
-from ._errors import APIConnectionError, APITimeoutError
+from ._errors import APIConnectionError, APITimeoutError, TuningError, make_stream_error
 from ._http import is_timeout
 
-__all__ = ["SSEDecoder", "ServerSentEvent", "iter_lines", "iter_response_events", "iter_sse"]
+__all__ = ["SSEDecoder", "ServerSentEvent", "Stream", "iter_lines", "iter_response_events", "iter_sse"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -142,3 +148,119 @@ def iter_response_events(resp: Any) -> Iterator[ServerSentEvent | None]:
         if is_timeout(exc):
             raise APITimeoutError(f"event stream read timed out: {exc}", cause=exc) from exc
         raise APIConnectionError(f"event stream dropped: {exc}", cause=exc) from exc
+
+
+def _drain(events: Iterator[Any]) -> None:
+    """Read what is left of a stream that is over (after ``[DONE]`` or an error event: the end of the body,
+    as openai-python does), so that its connection goes back to the pool whole. Nothing there matters any
+    more, failures included."""
+    try:
+        for _ in events:
+            pass
+    except Exception:
+        pass
+
+
+class Stream(Generic[T]):
+    """The chunks of a streamed chat completion or completion, parsed as they arrive.
+
+    Iterate it (once); it ends after the server's ``data: [DONE]``. Use it as a context manager, or call
+    `close`, to stop early: that closes the HTTP connection, and the service stops generating. An error the
+    service sends inside the stream (``data: {"error": {...}}``, e.g. ``engine_crashed``) raises the
+    `APIStatusError` subclass of its status (`InternalServerError` for a 503) from the iteration; a
+    connection that drops, or ends before ``[DONE]``, raises `APIConnectionError`. Nothing is retried once
+    the stream has begun.
+
+    Attributes:
+        response: the open urllib3 response (its ``headers``: ``X-Request-ID``, ...).
+
+    Example:
+        >>> with client.chat.completions.create(model="tiny-llama", messages=msgs, stream=True) as stream:
+        ...     for chunk in stream:
+        ...         print(chunk.text, end="", flush=True)
+    """
+
+    def __init__(self, response: Any, parse: Callable[[Mapping[str, Any]], T]) -> None:
+        self.response = response
+        self._parse = parse
+        self._closed = False
+        self._iterator = self._chunks()
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream has ended, failed or been closed (its connection is given back)."""
+        return self._closed
+
+    def _headers(self) -> dict[str, str]:
+        return dict(getattr(self.response, "headers", None) or {})
+
+    def _chunks(self) -> Generator[T, None, None]:
+        events = iter_response_events(self.response)
+        try:
+            for event in events:
+                if event is None:
+                    continue  # a comment: a heartbeat
+                data = event.data.strip()
+                if data == "[DONE]":
+                    _drain(events)
+                    return
+                try:
+                    obj = json.loads(data)
+                except ValueError:
+                    raise TuningError(f"the stream sent an event that is not JSON: {data[:200]!r}") from None
+                if not isinstance(obj, Mapping):
+                    raise TuningError(f"the stream sent an event that is not a JSON object: {data[:200]!r}")
+                if event.event == "error" or isinstance(obj.get("error"), Mapping):
+                    _drain(events)
+                    raise make_stream_error(obj.get("error", obj), self._headers())
+                yield self._parse(obj)
+            raise APIConnectionError("the stream ended before its last event (data: [DONE])")
+        finally:
+            self._release()
+
+    def __iter__(self) -> Iterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        return next(self._iterator)
+
+    def _release(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            # Not read to its end: close the connection (the service sees the client leave and stops);
+            # handed back to the pool with unread bytes, it would corrupt the next request sent over it.
+            if not self.response.closed and self.response.length_remaining != 0:
+                self.response.close()
+        finally:
+            self.response.release_conn()
+
+    def close(self) -> None:
+        """Stop reading: close the connection (the service stops generating). Safe to call twice."""
+        try:
+            self._iterator.close()  # runs the generator's clean-up if it had started
+        except ValueError:  # being iterated in another thread right now: close the connection under it
+            pass
+        self._release()
+
+    def __enter__(self) -> Stream[T]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # An abandoned stream (never iterated to its end, never closed) still gives its connection up.
+        try:
+            self._release()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"Stream(closed={self._closed})"

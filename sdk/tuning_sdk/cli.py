@@ -8,6 +8,9 @@
     tuning jobs events ID | checkpoints ID | pause ID | resume ID
     tuning jobs download ID DIR [--checkpoint STEP] [--overwrite]
     tuning files upload PATH | list | get ID | delete ID | content ID [-o FILE]
+    tuning models list | get ID | delete ID
+    tuning chat MODEL [--prompt TEXT [--json]] [--system TEXT] [--temperature T] [--max-tokens N]
+                [--seed N] [--compare-base]
 
 Global options go before the command: ``tuning --json jobs get ID``. ``--base-url``/``--api-key`` default to
 ``TUNING_BASE_URL``/``TUNING_API_KEY``.
@@ -23,7 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from . import _cli_artifacts
+from . import _cli_artifacts, _cli_chat
 from ._client import TuningClient
 from ._errors import (
     APIConnectionError,
@@ -54,11 +57,11 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES_HELP = f"""exit codes:
   {EXIT_OK}    success (for wait / create --wait: the job succeeded)
   {EXIT_JOB_FAILED}    the job ended failed or cancelled (wait / create --wait)
-  {EXIT_USAGE}    bad command line or configuration (e.g. no API key)
+  {EXIT_USAGE}    bad command line or configuration (e.g. no API key; chat --compare-base on a base model)
   {EXIT_REJECTED}    the service rejected the request (400, 409, 413, 422, ...), or an uploaded file
        failed validation (files upload)
   {EXIT_AUTH}    authentication or permission error (401, 403)
-  {EXIT_NOT_FOUND}    no such job, file or checkpoint (404)
+  {EXIT_NOT_FOUND}    no such job, file, checkpoint or model (404)
   {EXIT_CONNECTION}    the service could not be reached (connection error or timeout)
   {EXIT_SERVER}    the service failed (5xx), or a download was corrupt, cut short or unsafe
   {EXIT_WAIT_TIMEOUT}    wait --timeout expired (the job keeps running)
@@ -306,6 +309,10 @@ def _run(args: argparse.Namespace, client: TuningClient) -> int:
         return EXIT_OK
     if cmd == "files":
         return _cli_artifacts.run_files(args, client)
+    if cmd == "models":
+        return _cli_chat.run_models(args, client)
+    if cmd == "chat":
+        return _cli_chat.run_chat(args, client)
 
     action = args.action
     if action in _cli_artifacts.JOB_ACTIONS:
@@ -498,9 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _cli_artifacts.add_job_commands(acts)
     file_leaves = _cli_artifacts.add_file_commands(sub)
+    model_leaves = _cli_chat.add_model_commands(sub)
+    chat = _cli_chat.add_chat_command(sub)
 
     # `--json` is accepted after the command too (`tuning jobs list --json`).
-    leaves = [sub.choices["health"], *acts.choices.values(), *file_leaves]
+    leaves = [sub.choices["health"], *acts.choices.values(), *file_leaves, *model_leaves, chat]
     for leaf in leaves:
         leaf.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
     return parser

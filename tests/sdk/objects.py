@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, Field, RootModel, ValidationError
 
 from tuning_service.schema import files as file_schema
+from tuning_service.schema import inference as inference_schema
 from tuning_service.schema import jobs as job_schema
 from tuning_trainer.config import Hyperparameters
 
@@ -33,6 +34,15 @@ CreateAnswer = RootModel[
     Annotated[job_schema.TuningJob | job_schema.TuningEstimate, Field(union_mode="left_to_right")]
 ]
 CreateAnswer.__name__ = "TuningJob|TuningEstimate"
+# A chat completion, or (the document lists it with the answer) the chunks of a streamed one: the stub's JSON
+# answers are the former, its event streams send the latter (`chat_chunk_body`).
+ChatAnswer = RootModel[
+    Annotated[
+        inference_schema.ChatCompletion | inference_schema.ChatCompletionChunk,
+        Field(union_mode="left_to_right"),
+    ]
+]
+ChatAnswer.__name__ = "ChatCompletion|ChatCompletionChunk"
 RESPONSE_MODELS: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/v1/tunings.create"): CreateAnswer,
     ("GET", "/v1/tunings.get/"): job_schema.TuningJob,
@@ -50,6 +60,14 @@ RESPONSE_MODELS: dict[tuple[str, str], type[BaseModel]] = {
     ("GET", "/v1/files.list"): file_schema.FileList,
     ("DELETE", "/v1/files.delete/"): file_schema.DeletedFile,
     ("GET", "/health"): job_schema.Health,
+    # The inference routes (OpenAI's shapes). A model id may hold "/": `/v1/models/{model:path}`. A chat
+    # completion or completion with "stream": true is an event stream (its chunks: `chat_chunk_body`,
+    # `completion_body`).
+    ("GET", "/v1/models"): inference_schema.ModelList,
+    ("GET", "/v1/models/"): inference_schema.Model,
+    ("DELETE", "/v1/models/"): inference_schema.DeletedModel,
+    ("POST", "/v1/chat/completions"): ChatAnswer,
+    ("POST", "/v1/completions"): inference_schema.Completion,
 }
 
 
@@ -299,3 +317,136 @@ def health_body(version: str = "1", **counts: int) -> dict[str, Any]:
     }
     body.update(counts)
     return conform(job_schema.Health, body)
+
+
+# ---- inference: models, chat completions, completions ----------------------------------------------------
+
+FINE_TUNE_ID = "ft:meta-llama/Llama-2-7b-hf:key_ab12:demo:ftjob-abc"
+
+
+def model_body(model_id: str = "tiny-llama", **fields: Any) -> dict[str, Any]:
+    """A model object: a base model, or (with `parent=`) a fine-tune owned by a key."""
+    body: dict[str, Any] = {
+        "id": model_id,
+        "object": "model",
+        "created": CREATED_AT,
+        "owned_by": "system",
+        "parent": None,
+        "job_id": None,
+        "method": None,
+    }
+    body.update(fields)
+    return conform(inference_schema.Model, body)
+
+
+def fine_tune_body(
+    model_id: str = FINE_TUNE_ID, parent: str = "meta-llama/Llama-2-7b-hf", **fields: Any
+) -> dict[str, Any]:
+    body = {"owned_by": "key_ab12", "parent": parent, "job_id": "ftjob-abc", "method": "qlora", **fields}
+    return model_body(model_id, **body)
+
+
+def model_list_body(models: list[dict[str, Any]]) -> dict[str, Any]:
+    return conform(inference_schema.ModelList, {"object": "list", "data": models})
+
+
+def deleted_model_body(model_id: str = FINE_TUNE_ID) -> dict[str, Any]:
+    return conform(inference_schema.DeletedModel, {"id": model_id, "object": "model", "deleted": True})
+
+
+def usage_body(prompt_tokens: int = 5, completion_tokens: int = 3) -> dict[str, Any]:
+    return conform(
+        inference_schema.Usage,
+        {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    )
+
+
+def token_logprob_body(token: str, logprob: float, top: dict[str, float] | None = None) -> dict[str, Any]:
+    """A chat token's log probability, with its alternatives (`top`: token -> log probability)."""
+    tops = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in (top or {}).items()]
+    return conform(
+        inference_schema.TokenLogprob,
+        {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": tops},
+    )
+
+
+def chat_completion_body(
+    content: str = "Hello there!", model: str = "tiny-llama", **fields: Any
+) -> dict[str, Any]:
+    """A (non-streamed) chat completion with one choice; `fields` replace any field."""
+    body: dict[str, Any] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": CREATED_AT,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": usage_body(),
+        "system_fingerprint": "fp_tuning",
+    }
+    body.update(fields)
+    return conform(inference_schema.ChatCompletion, body)
+
+
+def chat_chunk_body(
+    content: str | None = None,
+    *,
+    role: str | None = None,
+    finish_reason: str | None = None,
+    model: str = "tiny-llama",
+    choices: list[dict[str, Any]] | None = None,
+    usage: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One chunk of a streamed chat completion: a delta of `content` (and `role`) for choice 0."""
+    delta = {k: v for k, v in (("role", role), ("content", content)) if v is not None}
+    if choices is None:
+        choices = [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": CREATED_AT,
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+        "system_fingerprint": "fp_tuning",
+    }
+    return conform(inference_schema.ChatCompletionChunk, body)
+
+
+def completion_body(
+    text: str = " a king.",
+    model: str = "tiny-llama",
+    *,
+    finish_reason: str | None = "length",
+    logprobs: dict[str, Any] | None = None,
+    usage: dict[str, Any] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A completion (or, with `usage=None` and `finish_reason=None`, a streamed chunk of one)."""
+    body: dict[str, Any] = {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": CREATED_AT,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}],
+        "usage": usage,
+        "system_fingerprint": "fp_tuning",
+    }
+    body.update(fields)
+    return conform(inference_schema.Completion, body)
+
+
+def sse(*events: dict[str, Any] | str, done: bool = True) -> str:
+    """Events as the service streams them: `data: {json}` and a blank line each, then `data: [DONE]`."""
+    text = "".join(f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n" for e in events)
+    return text + ("data: [DONE]\n\n" if done else "")

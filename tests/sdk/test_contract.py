@@ -15,6 +15,11 @@ and these tests hold the two together:
 - `JobStatus` is the document's enum;
 - the stub server's table of what each route answers (objects.py, which checks every hand-written fixture)
   is the document's.
+
+The inference objects (models, chat completions, completions: OpenAI's shapes, schema/inference.py) are
+held to the document the same way; of them, the real service here produces the models (the fine-tune of the
+succeeded job): generating text needs an engine and a real model, so the completions are checked against the
+document's schemas, and every stub fixture of them against the service's own models (objects.py).
 """
 
 from __future__ import annotations
@@ -40,7 +45,17 @@ from tests.sdk.objects import RESPONSE_MODELS, deleted_job_body, validate
 from tests.sdk.stub import StubServer, reply
 from tests.support.server import DEV_KEY, ServiceEnv, ServiceProcess, write_jsonl
 from tuning_sdk import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
     Checkpoint,
+    ChoiceLogprobs,
+    ChunkChoice,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    Delta,
     EstimateMemory,
     FileDeleted,
     FileError,
@@ -50,12 +65,20 @@ from tuning_sdk import (
     JobError,
     JobStatus,
     LogRecord,
+    Model,
+    ModelDeleted,
+    NotFoundError,
+    TokenLogprob,
+    TopLogprob,
     TrainingMetrics,
     TuningClient,
     TuningEstimate,
     TuningJob,
+    Usage,
 )
+from tuning_sdk.resources.models import _model_path
 from tuning_service.schema import files as file_schema
+from tuning_service.schema import inference as inference_schema
 from tuning_service.schema import jobs as job_schema
 
 FAKE_TRAINER = Path(__file__).resolve().parents[1] / "service" / "fake_trainer.py"
@@ -76,6 +99,22 @@ COUNTERPARTS: dict[str, type] = {
     "Checkpoint": Checkpoint,
     "TuningEstimate": TuningEstimate,
     "EstimateMemory": EstimateMemory,
+    # The inference routes (schema/inference.py).
+    "Model": Model,
+    "DeletedModel": ModelDeleted,
+    "ChatCompletion": ChatCompletion,
+    "ChatChoice": ChatChoice,
+    "AssistantMessage": AssistantMessage,
+    "ChatCompletionChunk": ChatCompletionChunk,
+    "ChunkChoice": ChunkChoice,
+    "Delta": Delta,
+    "ChoiceLogprobs": ChoiceLogprobs,
+    "TokenLogprob": TokenLogprob,
+    "TopLogprob": TopLogprob,
+    "Completion": Completion,
+    "CompletionChoice": CompletionChoice,
+    "CompletionLogprobs": CompletionLogprobs,
+    "Usage": Usage,
 }
 # Objects the SDK keeps as a plain mapping of what was sent (so no field of theirs can go missing); the real
 # objects are still checked key by key against the schema.
@@ -95,6 +134,12 @@ NOT_MIRRORED = {
     "Error": "the error envelope: APIStatusError (code, message, param, line; the whole object in .body)",
     "ErrorDetail": "see Error",
     "JobConfig": "the trainer's job, in a started record: LogRecord.data['config'], as sent",
+    "ModelList": "models.list returns list[Model] (the list is not paginated)",
+    "ChatCompletionRequest": "a request body: chat.completions.create's keyword arguments",
+    "ChatMessage": "a request body's part: chat.completions.create takes messages as dicts, as openai does",
+    "TextPart": "see ChatMessage",
+    "StreamOptions": "a request body's part: chat.completions.create(stream_options={...})",
+    "CompletionRequest": "a request body: completions.create's keyword arguments",
 }
 # LogRecord is a union of one schema per record type (the trainer's, from tuning_trainer/records.py, and the
 # service's): the SDK has one LogRecord for them all, their common fields as attributes, the rest in `data`
@@ -355,6 +400,8 @@ class Produced:
     deleted_job: dict[str, Any]
     deleted_file: dict[str, Any]
     sdk: dict[str, Any]  # what the SDK's own calls returned for the same objects
+    svc: ServiceProcess  # still running, for the tests of the inference routes
+    client: TuningClient
 
 
 def _ok(r: Any) -> Any:
@@ -500,7 +547,9 @@ def _produce(svc: ServiceProcess, client: TuningClient, receiver: Receiver, tmp:
     deleted_job = _ok(svc.delete(f"/v1/tunings.delete/{jobs['cancelled']['id']}"))
     sdk["deleted job"] = client.tunings.delete(jobs["out of memory"]["id"])
     deleted_file = _ok(svc.delete(f"/v1/files.delete/{files['file error']['id']}"))
-    return Produced(doc, jobs, files, records, events, checkpoints, deleted_job, deleted_file, sdk)
+    return Produced(
+        doc, jobs, files, records, events, checkpoints, deleted_job, deleted_file, sdk, svc, client
+    )
 
 
 # ---- the objects, decoded ---------------------------------------------------------------------------------
@@ -696,14 +745,17 @@ def test_job_status_is_the_documents_enum(produced: Produced) -> None:
     assert terminal == {"succeeded", "failed", "cancelled"}
 
 
+INFERENCE_ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions")
+
+
 def test_the_stubs_route_table_is_the_documents(produced: Produced) -> None:
     """objects.RESPONSE_MODELS (which checks every stub answer) says what the document says, for every route
-    of the native API that answers a JSON object."""
+    of the native API and of the inference API that answers a JSON object."""
     paths: Mapping[str, Any] = produced.doc.doc["paths"]
     documented: dict[tuple[str, str], str] = {}
     for path, ops in paths.items():
-        if not (path.startswith(("/v1/tunings.", "/v1/files.")) or path == "/health"):
-            continue  # the OpenAI-compatible routes, /openapi.json, /docs, /metrics
+        if not (path.startswith(("/v1/tunings.", "/v1/files.", *INFERENCE_ROUTES)) or path == "/health"):
+            continue  # the OpenAI-compatible fine-tuning routes, /openapi.json, /docs, /metrics
         for method, op in ops.items():
             schema = (op["responses"]["200"].get("content", {}).get("application/json") or {}).get("schema")
             refs = [schema] if schema and "$ref" in schema else (schema or {}).get("oneOf", [])
@@ -730,3 +782,39 @@ def test_the_stub_reports_an_answer_the_service_could_not_send() -> None:
             assert len(server.contract_problems) == 1
     finally:
         server.stop()
+
+
+# ---- the inference routes ----------------------------------------------------------------------------------
+
+
+def test_models_decode_field_by_field(produced: Produced) -> None:
+    """GET /v1/models and /v1/models/{id} of the real service: the succeeded job's fine-tune and its base (a
+    fake model whose name holds '?', '&' and '='; the fine-tune's id holds ':' too) travel in the path
+    unharmed, decode field by field, and deleting the fine-tune works."""
+    svc, client = produced.svc, produced.client
+    listed = _ok(svc.get("/v1/models"))
+    validate(inference_schema.ModelList, listed)
+    models = client.models.list()
+    assert models == [Model.from_dict(w) for w in listed["data"]]
+    for wire in listed["data"]:
+        model = Model.from_dict(wire)
+        _assert_same(produced, f"model {wire['id']}", "Model", wire, model)
+        assert client.models.retrieve(wire["id"]) == model
+    job = produced.jobs["succeeded"]
+    (tuned,) = [m for m in models if m.job_id == job["id"]]
+    assert (tuned.parent, tuned.owned_by, tuned.method) == (job["model"], DEV_KEY_ID, job["method"])
+    assert tuned.is_fine_tune and tuned.id.startswith("ft:") and tuned.id.endswith(job["id"])
+    assert client.models.retrieve(job["fine_tuned_model"]) == tuned  # the native job's name for it
+    (base,) = [m for m in models if m.id == job["model"]]
+    assert (base.owned_by, base.parent, base.job_id, base.is_fine_tune) == ("system", None, None, False)
+
+    deleted = _ok(svc.delete(f"/v1/models/{_model_path(tuned.id)}"))
+    validate(inference_schema.DeletedModel, deleted)
+    _assert_same(produced, "deleted model", "DeletedModel", deleted, ModelDeleted.from_dict(deleted))
+    assert ModelDeleted.from_dict(deleted) == ModelDeleted(id=tuned.id, deleted=True, object="model")
+    with pytest.raises(NotFoundError) as info:
+        client.models.retrieve(tuned.id)
+    assert info.value.code == "model_not_found"
+    with pytest.raises(NotFoundError):
+        client.models.delete(tuned.id)
+    assert tuned.id not in [m.id for m in client.models.list()]

@@ -82,3 +82,23 @@ def test_hierarchy() -> None:
     assert not issubclass(APIConnectionError, APIStatusError)
     err = APIConnectionError("down")
     assert err.status_code is None and err.code is None and err.request_id is None and err.param is None
+
+
+def test_errors_inside_a_stream_map_as_their_http_status_would() -> None:
+    """An error the service sends inside a completion stream (its 200 already went out) carries no status:
+    the SDK maps its code to the status the generation routes answer it with (the service's own table), so
+    it raises the class the same error would have had before the stream began."""
+    from tuning_sdk._errors import make_stream_error
+    from tuning_service.inference.routes import GENERATE_ERRORS
+
+    for status, codes in GENERATE_ERRORS.items():
+        for code in codes:
+            err = make_stream_error({"code": code, "message": "m", "param": None, "type": "api_error"})
+            assert err.status_code == status and err.code == code, code
+            assert type(err) is type(make_status_error(status, {}))
+    err = make_stream_error({"code": "engine_crashed", "message": "died"}, {"X-Request-ID": "req-9"})
+    assert isinstance(err, InternalServerError) and err.status_code == 503 and err.request_id == "req-9"
+    # Whatever else a server sends there still gives an error with a message.
+    assert make_stream_error("boom").message == "boom" and make_stream_error("boom").status_code == 500
+    assert make_stream_error({}).message == "the stream reported an error"
+    assert make_stream_error({"message": "x", "type": "not_found_error"}).status_code == 404

@@ -390,3 +390,115 @@ def test_rate_limit_is_retried_after_retry_after(light_service_env) -> None:
             assert time.monotonic() - t0 >= 1.0  # it did wait for tokens rather than fail
     finally:
         svc.stop()
+
+
+def test_trying_a_fine_tune_chat_completions_models_and_the_cli(live_service: ServiceProcess) -> None:
+    """A fine-tune trained here, then tried through the SDK and `tuning chat` against the real inference
+    worker: the typed objects are the service's own (validated with its schema), a stream joins to the whole
+    answer, echo + logprobs scores a text, a stream closed early leaves the client usable, errors map."""
+    from tests.sdk.objects import validate
+    from tuning_sdk import ChatCompletion, ChatCompletionChunk, Completion, PermissionDeniedError, Stream
+    from tuning_service.schema import inference as documented
+
+    sdk = TuningClient(api_key=DEV_KEY, base_url=live_service.base_url, timeout=300)
+    job = sdk.tunings.create(
+        model="tiny-llama",
+        training_file="data/train.jsonl",
+        hyperparameters={"epochs": 1, "batch_size": 8, "max_steps": 4},
+        method="lora",
+        suffix="chat",
+    )
+    final = sdk.tunings.wait(job.id, timeout=SLOW)
+    assert final.is_successful and final.fine_tuned_model, final.error
+
+    # Models: the base and the fine-tune, found by the native job's name too.
+    listed = {m.id: m for m in sdk.models.list()}
+    assert listed["tiny-llama"].owned_by == "system" and listed["tiny-llama"].parent is None
+    tuned = sdk.models.retrieve(final.fine_tuned_model)
+    assert tuned.parent == "tiny-llama" and tuned.job_id == job.id and tuned.id in listed
+    with pytest.raises(PermissionDeniedError) as denied:
+        sdk.models.delete("tiny-llama")
+    assert denied.value.code == "model_not_deletable"
+
+    # Chat: whole, then streamed (the same text at temperature 0), with the service's own shapes.
+    messages = [{"role": "user", "content": "What does the cow say?"}]
+    whole = sdk.chat.completions.create(model=tuned.id, messages=messages, temperature=0, max_tokens=12)
+    assert isinstance(whole, ChatCompletion) and whole.model == tuned.id
+    validate(documented.ChatCompletion, whole.to_dict())
+    assert whole.usage.completion_tokens > 0 and whole.choices[0].finish_reason in ("stop", "length")
+    with sdk.chat.completions.create(
+        model=tuned.id,
+        messages=messages,
+        temperature=0,
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+    ) as stream:
+        chunks = list(stream)
+    assert all(isinstance(c, ChatCompletionChunk) for c in chunks)
+    for c in chunks:
+        validate(documented.ChatCompletionChunk, c.to_dict())
+    assert "".join(c.text for c in chunks) == whole.text
+    assert chunks[-1].usage is not None and chunks[-1].usage == whole.usage
+
+    # Scoring a text: echo + logprobs, nothing generated.
+    text = "The cow says moo."
+    scored = sdk.completions.create(model="tiny-llama", prompt=text, max_tokens=0, echo=True, logprobs=1)
+    assert isinstance(scored, Completion) and scored.text == text
+    validate(documented.Completion, scored.to_dict())
+    lp = scored.choices[0].logprobs
+    assert lp is not None and scored.usage is not None and len(lp.tokens) == scored.usage.prompt_tokens
+    assert lp.token_logprobs[0] is None and all(x is not None and x <= 0 for x in lp.token_logprobs[1:])
+
+    # A stream closed after its first chunks: the next request goes through.
+    s: Stream[ChatCompletionChunk] = sdk.chat.completions.create(
+        model="tiny-llama", messages=messages, max_tokens=200, stream=True
+    )
+    next(s), next(s)
+    s.close()
+    assert s.closed
+    again = sdk.completions.create(model="tiny-llama", prompt="Hello", max_tokens=2, temperature=0)
+    assert again.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(BadRequestError) as too_long:
+        sdk.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "moo " * 3000}])
+    assert too_long.value.code == "context_length_exceeded"
+    with pytest.raises(NotFoundError):
+        sdk.chat.completions.create(model="ft:tiny-llama:nobody:x:ftjob-nope", messages=messages)
+
+    # The CLI: base and tuned side by side, and a conversation read from stdin.
+    tuning = [sys.executable, "-m", "tuning_sdk.cli"]
+    args = ["--temperature", "0", "--max-tokens", "12"]
+    out = subprocess.run(
+        [
+            *tuning,
+            "chat",
+            final.fine_tuned_model,
+            "--prompt",
+            "What does the cow say?",
+            "--compare-base",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SLOW,
+        env=_env(live_service),
+    )
+    assert out.returncode == 0, out.stderr
+    base_part, tuned_part = out.stdout.split(f"── tuned ({final.fine_tuned_model}) ──\n")
+    assert base_part.startswith("── base (tiny-llama) ──\n")
+    assert tuned_part == whole.text + "\n"  # the same answer as the SDK's, streamed, then a newline
+    out = subprocess.run(
+        [*tuning, "chat", "tiny-llama", *args],
+        input="Hello\nWhat does the cow say?\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=SLOW,
+        env=_env(live_service),
+    )
+    assert out.returncode == 0 and out.stdout.count("\n") >= 2, out.stderr
+
+    deleted = sdk.models.delete(tuned.id)
+    assert deleted.deleted and deleted.id == tuned.id
+    with pytest.raises(NotFoundError):
+        sdk.models.retrieve(tuned.id)
+    sdk.close()

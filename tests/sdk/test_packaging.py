@@ -53,6 +53,9 @@ def test_import_defers_the_http_stack_and_the_resources_to_their_first_use() -> 
     assert "tuning_sdk.resources.tunings" in tunings and "tuning_sdk._models" in tunings
     assert not {"urllib3", "tuning_sdk.resources.files", "tuning_sdk._objects"} & tunings
     assert "tuning_sdk._objects" in _loaded_after("from tuning_sdk import FileObject")
+    chat = _loaded_after("import tuning_sdk; tuning_sdk.TuningClient(api_key='k').chat.completions")
+    assert {"tuning_sdk.resources.chat", "tuning_sdk._inference", "tuning_sdk._streaming"} <= chat
+    assert not {"urllib3", "tuning_sdk.resources.tunings", "tuning_sdk.resources.files"} & chat
     with_request = _loaded_after(
         "import tuning_sdk\n"
         "c = tuning_sdk.TuningClient(api_key='k', base_url='http://127.0.0.1:9', max_retries=0)\n"
@@ -70,10 +73,12 @@ def test_lazy_names_resolve_once_and_unknown_names_still_fail() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         _ = tuning_sdk.Nope  # type: ignore[attr-defined]
     assert resources.Tunings.__name__ == "Tunings" and resources.Files.__name__ == "Files"
+    assert resources.Models.__name__ == "Models" and resources.ChatCompletions.__name__ == "ChatCompletions"
     with pytest.raises(AttributeError):
         _ = resources.Nope  # type: ignore[attr-defined]
     client = tuning_sdk.TuningClient(api_key="k")
     assert client.tunings is client.tunings and client.files is client.files  # made once per client
+    assert client.chat.completions is client.chat.completions and client.models is client.models
 
 
 def test_public_names() -> None:

@@ -1,5 +1,5 @@
-"""The API's resources. Each module loads when first used (`TuningClient.tunings` / `.files`), so importing
-one does not import the other."""
+"""The API's resources. Each module loads when first used (`TuningClient.tunings` / `.files` / `.models` /
+`.chat` / `.completions`), so importing one does not import the others."""
 
 from __future__ import annotations
 
@@ -7,11 +7,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .chat import Chat, ChatCompletions
+    from .completions import Completions
     from .files import Files
+    from .models import Models
     from .tunings import Tunings
 
-__all__ = ["Files", "Tunings"]
-_MODULES = {"Files": ".files", "Tunings": ".tunings"}
+__all__ = ["Chat", "ChatCompletions", "Completions", "Files", "Models", "Tunings"]
+_MODULES = {
+    "Chat": ".chat",
+    "ChatCompletions": ".chat",
+    "Completions": ".completions",
+    "Files": ".files",
+    "Models": ".models",
+    "Tunings": ".tunings",
+}
 
 
 def __getattr__(name: str) -> Any:
