@@ -70,6 +70,22 @@ def test_every_imported_module_is_served(api_service: ServiceProcess) -> None:
         assert r.status == 200 and r.headers["content-type"].startswith("text/javascript"), js.name
 
 
+def test_every_module_is_reachable_from_main() -> None:
+    # index.html loads js/main.js only; a module nothing imports (directly or not) is dead code the browser
+    # never runs. Following the imports from main.js must reach every file in ui/js.
+    imports = {
+        js.name: set(re.findall(r"""from\s+"\./([\w-]+\.js)\"""", js.read_text(encoding="utf-8")))
+        for js in (UI_DIR / "js").glob("*.js")
+    }
+    reached, todo = set(), ["main.js"]
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo.extend(imports.get(name, ()))
+    assert reached == set(imports), sorted(set(imports) - reached)
+
+
 def test_etag_revalidation_is_a_304(api_service: ServiceProcess) -> None:
     first = api_service.get("/ui/js/main.js", key=None)
     again = api_service.get("/ui/js/main.js", key=None, headers={"If-None-Match": first.headers["etag"]})

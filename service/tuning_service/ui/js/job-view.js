@@ -1,4 +1,5 @@
-// The job page: the job object (polled), its log stream (charts and log lines), checkpoints and actions.
+// The job page: the job object (polled), its log stream (charts and log lines), checkpoints, actions and, once
+// it succeeded, the "Try it" pane.
 import { apiJson } from "./api.js";
 import { byId } from "./dom.js";
 import { createChart } from "./chart.js";
@@ -9,6 +10,7 @@ import { createLogView } from "./log-view.js";
 import { startPolling } from "./poller.js";
 import { followEvents } from "./sse.js";
 import { isTerminal } from "./states.js";
+import { createTryIt } from "./try-it.js";
 
 // Okabe-Ito colours; dash patterns tell the series apart without colour.
 const BLUE = "#0072B2";
@@ -63,6 +65,7 @@ export function mountJob({ id }) {
   };
   const log = createLogView(byId("job-log"), byId("log-follow"));
   const actions = createActions(id, { onChanged: (j) => { show(j); poller.now(); } });
+  const tryIt = createTryIt();
   byId("job-stats").replaceChildren();
   byId("job-title").textContent = id;
   byId("job-status").textContent = "";
@@ -73,6 +76,7 @@ export function mountJob({ id }) {
     job = next;
     renderJob(job);
     actions.update(job, checkpoints.length > 0);
+    tryIt.update(job);
     // The first look reads the whole history (it ends at once for a finished job); a job resumed later (here
     // or elsewhere) streams again from the last record seen.
     if (!streaming && (!streamed || !isTerminal(job.status))) startStream();
@@ -164,6 +168,7 @@ export function mountJob({ id }) {
     poller.stop();
     aborter.abort();
     actions.destroy();
+    tryIt.destroy();
     log.destroy();
     for (const chart of Object.values(charts)) chart.destroy();
   };
