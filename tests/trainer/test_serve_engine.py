@@ -158,6 +158,7 @@ def test_logprobs_equal_a_plain_forward_pass(engine, tiny, tiny_model_dir):
     with torch.no_grad():
         logits = model(torch.tensor([ids + generated])).logits[0].float()
     reference = torch.log_softmax(logits, dim=-1)
+    assert "".join(e["token"] for e in entries) == texts(events)[0]
     for i, entry in enumerate(entries):
         row = reference[len(ids) - 1 + i]
         assert entry["logprob"] == pytest.approx(float(row[generated[i]]), abs=1e-4)
@@ -187,6 +188,8 @@ def test_echo_scores_the_prompt_like_a_forward_pass(engine, tiny, tiny_model_dir
         reference = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
     assert echo["text"] == tokenizer.decode(ids, skip_special_tokens=True)
     assert echo["logprobs"][0]["logprob"] is None
+    # Each token as it reads in the text: they join up to it (so text offsets add up).
+    assert "".join(e["token"] for e in echo["logprobs"]) == echo["text"]
     got = [e["logprob"] for e in echo["logprobs"][1:]]
     assert got == pytest.approx([float(reference[i, ids[i + 1]]) for i in range(len(ids) - 1)], abs=1e-4)
     assert finishes(events) == {0: "length"} and events[-1]["usage"]["completion_tokens"] == 0
@@ -294,3 +297,14 @@ def test_a_model_unused_for_the_idle_time_is_unloaded_and_then_the_engine_is_idl
         threading.Event().wait(0.1)
     snap = quick.snapshot()
     assert quick.idle() and snap["loaded"] == [] and snap["model_unloads"] == 1
+
+
+def test_a_failure_on_the_engine_thread_does_not_end_it(tiny_model_dir, monkeypatch):
+    engine = TransformersEngine(max_adapters=2, idle_seconds=3600)
+
+    def broken(name: str) -> bool:
+        raise RuntimeError("peft refused")
+
+    monkeypatch.setattr(engine, "_evict", broken)
+    assert engine.evict("job-x") is False  # answered, not hung
+    assert run(engine, request(tiny_model_dir, max_tokens=2))[-1]["type"] == "done"

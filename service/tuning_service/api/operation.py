@@ -10,7 +10,6 @@ client knows what to switch on and the schemathesis suite checks every answer ag
 from __future__ import annotations
 
 import re
-
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar

@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -46,8 +47,16 @@ def socket_path(settings: Settings) -> Path:
     path = settings.inference_dir / "worker.sock"
     if len(str(path)) <= MAX_SOCKET_PATH:
         return path
+    # A folder of this user's own, mode 0700: nobody else can listen at a predictable path under /tmp.
     digest = hashlib.sha256(str(settings.data_dir).encode()).hexdigest()[:16]
-    return Path("/tmp") / f"tuning-inference-{digest}.sock"
+    return Path(tempfile.gettempdir()) / f"tuning-{os.getuid()}-{digest}" / "worker.sock"
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise APIError(503, "engine_unavailable", f"{path} must belong to this user with mode 0700")
 
 
 class InferenceWorker:
@@ -121,11 +130,12 @@ class InferenceWorker:
 
     async def call(self, op: dict[str, Any], *, start: bool = False) -> dict[str, Any] | None:
         """A one-line exchange (`stats`, `evict`); None when no worker runs (and `start` is false)."""
-        if not start and not await self._reachable():
-            return None
         try:
-            reader, writer = await self._connect()
-        except APIError:
+            if start:
+                reader, writer = await self._connect()
+            else:  # never starts one (a scrape or a delete while none runs)
+                reader, writer = await asyncio.open_unix_connection(str(self.socket))
+        except (APIError, OSError):
             return None
         try:
             writer.write(json.dumps(op).encode() + b"\n")
@@ -140,12 +150,14 @@ class InferenceWorker:
                 await writer.wait_closed()
 
     def _crashed(self) -> APIError:
-        tail = self.log_tail()
-        detail = f"; its last output: {tail[-1]!r}" if tail else ""
+        # The worker's output stays in the service log: it is shared by every key's requests.
+        log.error(
+            "the inference worker stopped during a request; its last output: %s", " | ".join(self.log_tail())
+        )
         return APIError(
             503,
             "engine_crashed",
-            f"the inference worker stopped during this request{detail}; it restarts on the next request",
+            "the inference worker stopped during this request; it restarts on the next request",
             headers={"Retry-After": "1"},
         )
 
@@ -196,7 +208,13 @@ class InferenceWorker:
 
     async def _start(self) -> None:
         """Start a worker (the caller holds the start lock and found none) and wait for its socket."""
-        await self._release_stale_lease()
+        if self.socket.parent != self.dir:  # the fallback under /tmp (a long data folder)
+            _private_dir(self.socket.parent)
+        old = self.pid()
+        if old is not None:  # alive but not answering (hung, or still exiting): it goes first
+            log.warning("inference worker %d is not answering; stopping it", old)
+            await self._stop_pid(old, grace_seconds=2.0)
+        await release_dead_leases(self.store)
         env = dict(os.environ)
         env["TUNING_MODELS_DIR"] = str(self.settings.models_dir)
         env["PYTHONUNBUFFERED"] = "1"
@@ -280,11 +298,6 @@ class InferenceWorker:
             )
         return gpu
 
-    async def _release_stale_lease(self) -> None:
-        for lease in await self.store.gpu_leases():
-            if lease["holder"] == HOLDER:
-                await self.store.release_gpu_lease(lease["gpu"], pid=lease["pid"])
-
     def pid(self) -> int | None:
         try:
             pid_text, started = self.pid_file.read_text().split()
@@ -303,16 +316,18 @@ class InferenceWorker:
     async def stop(self) -> None:
         """Stop the worker (the service is shutting down): SIGTERM to its group, SIGKILL if it lingers."""
         pid = self.pid()
-        if pid is None:
-            return
+        if pid is not None:
+            await self._stop_pid(pid, grace_seconds=5.0)
+        await release_dead_leases(self.store)  # its lease, and only a dead process's
+
+    async def _stop_pid(self, pid: int, *, grace_seconds: float) -> None:
         procs.signal_group(pid, signal.SIGTERM)
-        for _ in range(50):
-            if self.pid() is None:
-                break
-            await asyncio.sleep(0.1)
-        else:
+        deadline = time.monotonic() + grace_seconds
+        while self.pid() == pid and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.pid() == pid:
             procs.signal_group(pid, signal.SIGKILL)
-        await self._release_stale_lease()
+            await self._wait_gone()
 
 
 async def release_dead_leases(store: Store) -> None:

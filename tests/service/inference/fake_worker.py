@@ -1,6 +1,7 @@
 """A stand-in for `python -m tuning_trainer.serve` that speaks its protocol without a model (a narrow test
 double for the service's worker manager). FAKE_WORKER_MODE: `ok` answers "hello" in two deltas; `crash`
-dies in the middle of a generation; `exit` fails at start-up with a message on stderr; `slow` binds its socket after 0.6 s."""
+dies in the middle of a generation; `exit` fails at start-up with a message on stderr; `slow` binds its
+socket after 0.6 s."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.service.core_fixtures import make_settings, run
+from tuning_service import procs
 from tuning_service.errors import APIError
 from tuning_service.inference import worker as worker_mod
 from tuning_service.inference.worker import InferenceWorker, release_dead_leases, socket_path
@@ -160,7 +161,13 @@ def test_with_every_gpu_training_a_leasing_worker_gets_503_no_gpu_available(tmp_
     async def body() -> None:
         worker, store = await _setup(tmp_path, gpus=["0"])
         try:
-            assert await store.lease_free_gpu(gpus=["0"], holder="other", pid=1, proc_start_time=0, now=0.0)
+            assert await store.lease_free_gpu(
+                gpus=["0"],
+                holder="other",
+                pid=os.getpid(),
+                proc_start_time=procs.start_time(os.getpid()),
+                now=0.0,
+            )
             with pytest.raises(APIError) as err:
                 await _events(worker)
             assert (err.value.status_code, err.value.code) == (503, "no_gpu_available")

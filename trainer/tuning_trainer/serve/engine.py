@@ -23,6 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ..dataset import ensure_chat_template
@@ -97,10 +98,19 @@ class TransformersEngine:
         """Drop a fine-tune's adapter wherever it is loaded (its model was deleted). Runs on the engine
         thread, between requests."""
         done: queue.Queue[bool] = queue.Queue()
+        self.last_activity = time.monotonic()
         self._queue.put(("evict", name, done))
         return done.get()
 
     def snapshot(self) -> dict[str, Any]:
+        for _ in range(5):  # the engine thread may change the models while this reads them
+            try:
+                return self._snapshot()
+            except RuntimeError:
+                time.sleep(0.001)
+        return self._snapshot()
+
+    def _snapshot(self) -> dict[str, Any]:
         return {
             "engine": self.name,
             **self.stats.__dict__,
@@ -134,18 +144,32 @@ class TransformersEngine:
             try:
                 item = self._queue.get(timeout=1.0)
             except queue.Empty:
-                self._unload_idle()
+                self._guarded(self._unload_idle)
                 continue
             self._busy = True
             try:
                 if isinstance(item, tuple):
                     _, name, done = item
-                    done.put(self._evict(name))
+                    found = False
+                    try:
+                        found = self._guarded(partial(self._evict, name)) is True
+                    finally:
+                        done.put(found)  # the connection thread waits for this, whatever happened
                 else:
-                    self._serve(item)
+                    self._guarded(partial(self._serve, item))
             finally:
                 self._busy = False
                 self.last_activity = time.monotonic()
+
+    @staticmethod
+    def _guarded(work: Any) -> Any:
+        """Run one piece of the engine thread's work; a failure is logged, never the end of the thread (a
+        dead engine thread would leave every later request waiting forever)."""
+        try:
+            return work()
+        except Exception:
+            log.exception("engine work failed")
+            return None
 
     def _serve(self, gen: Generation) -> None:
         self.stats.requests += 1
@@ -387,11 +411,16 @@ class TransformersEngine:
             generator = torch.Generator(device=device).manual_seed(int(s["seed"]))
         scoring = gen.echo and want_logprobs
         with torch.inference_mode(), _adapters_off(loaded, gen.adapter is None):
-            # n identical rows from the start: each choice then samples on its own.
+            # n identical rows from the start: each choice then samples on its own. Scoring the prompt needs
+            # every position's logits: one row of them (n rows could be gigabytes).
             prompt = torch.tensor([ids] * n, device=device)
-            out = loaded.model(input_ids=prompt, use_cache=True, logits_to_keep=0 if scoring else 1)
+            scored = loaded.model(input_ids=prompt[:1], logits_to_keep=0) if scoring and n > 1 else None
+            out = loaded.model(
+                input_ids=prompt, use_cache=True, logits_to_keep=0 if scoring and n == 1 else 1
+            )
             if gen.echo:
-                echo = _echo_logprobs(tokenizer, ids, out.logits[0], top or 0) if scoring else None
+                full = (scored if scored is not None else out).logits[0]
+                echo = _echo_logprobs(tokenizer, ids, full, top or 0) if scoring else None
                 text = tokenizer.decode(ids, skip_special_tokens=True)
                 for row in rows:
                     row.prefix = text
@@ -412,7 +441,7 @@ class TransformersEngine:
                     if row.done:
                         continue
                     token = picked[i]
-                    if token in loaded.eos:
+                    if token in loaded.eos or token == tokenizer.eos_token_id:
                         row.finish(gen, "stop")
                         continue
                     row.add(gen, token, None if entries is None else entries[i])
@@ -457,6 +486,7 @@ class _Row:
         self.sent = 0
         self.done = False
         self.prefix = ""
+        self.decoded = ""
         self.pending: list[Any] = []
 
     @property
@@ -465,9 +495,13 @@ class _Row:
 
     def add(self, gen: Generation, token: int, logprob: Any) -> None:
         self.tokens.append(token)
-        if logprob is not None:
-            self.pending.append(logprob)
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if logprob is not None:
+            # The token as it reads in the text (a lone SentencePiece token loses its leading space; a piece
+            # of a multi-byte character reads as nothing until the character is whole).
+            logprob["token"] = _settled(text)[len(_settled(self.decoded)) :]
+            self.pending.append(logprob)
+        self.decoded = text
         cut = _first_stop(text, self.stops, self.sent)
         if cut is not None:
             self._send(gen, text[self.sent : cut])
@@ -554,13 +588,34 @@ def _logprob_entries(tokenizer: Any, logprobs: Any, picked: list[int], top: int)
 
 
 def _echo_logprobs(tokenizer: Any, ids: list[int], logits: Any, top: int) -> list[dict[str, Any]]:
-    """The prompt's own log probabilities: each token given the ones before it (none for the first)."""
+    """The prompt's own log probabilities: each token given the ones before it (none for the first), each
+    token named as it reads in the echoed text, so that the text offsets add up."""
     import torch
 
     logprobs = torch.log_softmax(logits.float(), dim=-1)
-    out: list[dict[str, Any]] = [{"token": _token_text(tokenizer, ids[0]), "logprob": None, "top": []}]
+    out: list[dict[str, Any]] = [{"token": "", "logprob": None, "top": []}]
     if len(ids) > 1:
         out += _logprob_entries(tokenizer, logprobs[:-1], ids[1:], top)
+    for entry, text in zip(out, _token_texts(tokenizer, ids), strict=True):
+        entry["token"] = text
+    return out
+
+
+def _settled(text: str) -> str:
+    """Text without a trailing character still being assembled from bytes."""
+    return text.rstrip("\ufffd")
+
+
+def _token_texts(tokenizer: Any, ids: list[int], window: int = 6) -> list[str]:
+    """Each token's text as it reads in `decode(ids)`: what it adds to a few tokens before it (a window, so
+    that a long prompt is not decoded once per token; the token is never the window's first, whose leading
+    space a SentencePiece decode would drop)."""
+    out = []
+    for i in range(len(ids)):
+        start = max(0, i - window)
+        before = _settled(tokenizer.decode(ids[start:i], skip_special_tokens=True)) if i > start else ""
+        upto = _settled(tokenizer.decode(ids[start : i + 1], skip_special_tokens=True))
+        out.append(upto[len(before) :])
     return out
 
 

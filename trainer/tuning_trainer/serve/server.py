@@ -25,6 +25,7 @@ from .protocol import Generation, RequestError, line
 log = logging.getLogger("tuning_trainer.serve")
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+CANCELLED = "cancelled"  # put on a request's event queue by its watcher, never sent
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -62,24 +63,26 @@ class _Connection(socketserver.StreamRequestHandler):
         except (KeyError, TypeError, ValueError) as exc:
             self._write(RequestError(400, "invalid_request", f"bad generate request: {exc}").event())
             return
-        threading.Thread(target=self._watch, args=(gen,), daemon=True).start()
+        threading.Thread(target=self._watch, args=(gen, events), daemon=True).start()
         self.server.engine.submit(gen)
         while True:
             event = events.get()
-            if not self._write(event):
+            if event["type"] == CANCELLED or not self._write(event):
                 gen.cancelled.set()
                 return
             if event["type"] in ("done", "error"):
                 return
 
-    def _watch(self, gen: Generation) -> None:
-        """The peer closing its end (a client that hung up) cancels the generation."""
+    def _watch(self, gen: Generation, events: queue.Queue[dict[str, Any]]) -> None:
+        """The peer closing its end (a client that hung up) cancels the generation, and ends the wait for
+        its events (a cancelled generation sends none)."""
         try:
             while self.connection.recv(4096):
                 pass
         except OSError:
             pass
         gen.cancelled.set()
+        events.put({"type": CANCELLED})
 
     def _write(self, event: dict[str, Any]) -> bool:
         try:
@@ -95,6 +98,7 @@ def serve(path: str, engine: Any, poll_seconds: float = 1.0) -> None:
     server = _Server(path, _Connection, bind_and_activate=True)
     server.engine = engine
     os.chmod(path, 0o600)
+    ours = os.stat(path).st_ino
     stop = threading.Event()
 
     def idle_watch() -> None:
@@ -105,13 +109,15 @@ def serve(path: str, engine: Any, poll_seconds: float = 1.0) -> None:
                 return
 
     threading.Thread(target=idle_watch, daemon=True).start()
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    if threading.current_thread() is threading.main_thread():  # (tests serve from another thread)
+        stop_server = threading.Thread(target=server.shutdown, daemon=True)
+        signal.signal(signal.SIGTERM, lambda *_: stop_server.start())
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
         stop.set()
         try:
-            if os.path.exists(path) and os.stat(path).st_ino == os.fstat(server.socket.fileno()).st_ino:
+            if os.stat(path).st_ino == ours:  # not a newer worker's socket at the same path
                 os.unlink(path)
         except OSError:
             pass
