@@ -111,7 +111,12 @@ def serve(path: str, engine: Any, poll_seconds: float = 1.0) -> None:
     threading.Thread(target=idle_watch, daemon=True).start()
     if threading.current_thread() is threading.main_thread():  # (tests serve from another thread)
         stop_server = threading.Thread(target=server.shutdown, daemon=True)
-        signal.signal(signal.SIGTERM, lambda *_: stop_server.ident is None and stop_server.start())
+
+        def on_sigterm(*_: Any) -> None:
+            if stop_server.ident is None:  # a second SIGTERM finds it started
+                stop_server.start()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
