@@ -594,7 +594,7 @@ class VLLMEngine:
         tokenizer = await asyncio.to_thread(_adapter_tokenizer, adapter.path, base.tokenizer)
         base.adapters[adapter.name] = tokenizer
         self.stats.adapter_loads += 1
-        self.stats.switch_seconds += time.monotonic() - started
+        self.stats.adapter_load_seconds += time.monotonic() - started
         log.info("adapter %s loaded from %s", adapter.name, adapter.path)
 
     async def _drop_adapter(self, base: _Base, name: str) -> None:
