@@ -9,8 +9,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import peft  # noqa: F401  (imported before any engine thread imports it: lazy modules and threads race)
 import pytest
 import torch
+import transformers  # noqa: F401
 
 from tuning_trainer.serve.engine import TransformersEngine
 from tuning_trainer.serve.protocol import Generation
@@ -169,7 +171,8 @@ def test_logprobs_equal_a_plain_forward_pass(engine, tiny, tiny_model_dir):
 
 def test_echo_scores_the_prompt_like_a_forward_pass(engine, tiny, tiny_model_dir):
     model, tokenizer = tiny
-    prompt = "The cow says moo."
+    # A chat-rendered prompt: its template markers are special tokens, written in the prompt itself.
+    prompt = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False) + "The cow"
     events = run(
         engine,
         request(
@@ -186,7 +189,7 @@ def test_echo_scores_the_prompt_like_a_forward_pass(engine, tiny, tiny_model_dir
     ids = list(tokenizer(prompt)["input_ids"])
     with torch.no_grad():
         reference = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
-    assert echo["text"] == tokenizer.decode(ids, skip_special_tokens=True)
+    assert echo["text"] == prompt
     assert echo["logprobs"][0]["logprob"] is None
     # Each token as it reads in the text: they join up to it (so text offsets add up).
     assert "".join(e["token"] for e in echo["logprobs"]) == echo["text"]

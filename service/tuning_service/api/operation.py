@@ -289,6 +289,11 @@ def _fragment(op: Operation, route: Route, models: _Models) -> dict[str, Any]:
     return out
 
 
+def document_path(route: Route) -> str:
+    """The route's path as the document names it: `{model:path}` (Starlette's convertor) is `{model}`."""
+    return re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+
+
 def document_paths(routes: Iterable[BaseRoute]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(paths, component schemas) of the routes' operations. Mounts (static files, the dashboard) and
     routes with include_in_schema=False are not API; every other route must carry its operation."""
@@ -301,7 +306,5 @@ def document_paths(routes: Iterable[BaseRoute]) -> tuple[dict[str, Any], dict[st
         if not isinstance(op, Operation):
             raise UndocumentedRoute(f"{route.path} ({route.endpoint.__name__}) has no @operation")
         for method in sorted((route.methods or set()) - {"HEAD"}):
-            # `{model:path}` is Starlette's convertor; the document names the parameter only.
-            path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
-            paths.setdefault(path, {})[method.lower()] = _fragment(op, route, models)
+            paths.setdefault(document_path(route), {})[method.lower()] = _fragment(op, route, models)
     return paths, models.components()

@@ -12,7 +12,7 @@ from starlette.routing import Mount, Route
 
 from tests.support.server import ServiceProcess
 from tuning_service.api import ui as routes_ui
-from tuning_service.api.operation import UndocumentedRoute, document_paths
+from tuning_service.api.operation import UndocumentedRoute, document_path, document_paths
 from tuning_service.app import app
 
 
@@ -44,11 +44,12 @@ def test_openapi_describes_every_route_of_the_app(api_service: ServiceProcess) -
     routes = [route for route in app.routes if isinstance(route, Route) and route not in ui_routes]
     assert len(routes) >= 9
     for route in routes:
-        assert route.path in doc["paths"], route.path
-        documented = set(doc["paths"][route.path])
+        path = document_path(route)
+        assert path in doc["paths"], route.path
+        documented = set(doc["paths"][path])
         served = {m.lower() for m in (route.methods or set())} - {"head"}
-        assert served <= documented, (route.path, served, documented)
-        for op in doc["paths"][route.path].values():
+        assert served <= documented, (path, served, documented)
+        for op in doc["paths"][path].values():
             assert op["operationId"] and op["summary"] and "200" in op["responses"]
     # The only mounts are the Swagger UI's static assets and the dashboard.
     assert [m.path for m in app.routes if isinstance(m, Mount)] == ["/docs/assets", "/ui"]

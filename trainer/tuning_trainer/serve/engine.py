@@ -143,9 +143,10 @@ class TransformersEngine:
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-        # Imported now, while the socket already accepts requests: a model's load time is then the load.
-        import peft  # noqa: F401
-        import transformers  # noqa: F401
+        # Imported now, while the socket already accepts requests: a model's load time is then the load. (A
+        # failure here, e.g. transformers' lazy modules imported from two threads at once, is not fatal: the
+        # first load imports them again.)
+        self._guarded(_preload)
 
         while True:
             try:
@@ -427,8 +428,9 @@ class TransformersEngine:
             )
             if gen.echo:
                 full = (scored if scored is not None else out).logits[0]
-                echo = _echo_logprobs(tokenizer, ids, full, top or 0) if scoring else None
-                text = tokenizer.decode(ids, skip_special_tokens=True)
+                texts = _echo_texts(tokenizer, ids)
+                echo = _echo_logprobs(tokenizer, ids, full, top or 0, texts) if scoring else None
+                text = "".join(texts)
                 for row in rows:
                     row.prefix = text
                     gen.emit({"type": "echo", "index": row.index, "text": text, "logprobs": echo})
@@ -594,7 +596,9 @@ def _logprob_entries(tokenizer: Any, logprobs: Any, picked: list[int], top: int)
     return out
 
 
-def _echo_logprobs(tokenizer: Any, ids: list[int], logits: Any, top: int) -> list[dict[str, Any]]:
+def _echo_logprobs(
+    tokenizer: Any, ids: list[int], logits: Any, top: int, texts: list[str]
+) -> list[dict[str, Any]]:
     """The prompt's own log probabilities: each token given the ones before it (none for the first), each
     token named as it reads in the echoed text, so that the text offsets add up."""
     import torch
@@ -603,7 +607,7 @@ def _echo_logprobs(tokenizer: Any, ids: list[int], logits: Any, top: int) -> lis
     out: list[dict[str, Any]] = [{"token": "", "logprob": None, "top": []}]
     if len(ids) > 1:
         out += _logprob_entries(tokenizer, logprobs[:-1], ids[1:], top)
-    for entry, text in zip(out, _token_texts(tokenizer, ids), strict=True):
+    for entry, text in zip(out, texts, strict=True):
         entry["token"] = text
     return out
 
@@ -613,17 +617,38 @@ def _settled(text: str) -> str:
     return text.rstrip("\ufffd")
 
 
-def _token_texts(tokenizer: Any, ids: list[int], window: int = 6) -> list[str]:
+def _echo_texts(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Each prompt token's text in the echoed prompt: special tokens written in the prompt (a chat template's
+    markers) read as themselves, so that the echo is the prompt and offsets count in it; tokens the tokenizer
+    added on its own (a BOS) read as nothing."""
+    special = set(getattr(tokenizer, "all_special_ids", ()) or ())
+    added = 0
+    while (
+        added < len(ids) and ids[added] in special and ids[added] == getattr(tokenizer, "bos_token_id", None)
+    ):
+        added += 1
+    return [""] * added + _token_texts(tokenizer, ids[added:], skip_special_tokens=False)
+
+
+def _token_texts(
+    tokenizer: Any, ids: list[int], window: int = 6, *, skip_special_tokens: bool = True
+) -> list[str]:
     """Each token's text as it reads in `decode(ids)`: what it adds to a few tokens before it (a window, so
     that a long prompt is not decoded once per token; the token is never the window's first, whose leading
     space a SentencePiece decode would drop)."""
     out = []
     for i in range(len(ids)):
         start = max(0, i - window)
-        before = _settled(tokenizer.decode(ids[start:i], skip_special_tokens=True)) if i > start else ""
-        upto = _settled(tokenizer.decode(ids[start : i + 1], skip_special_tokens=True))
+        skip = skip_special_tokens
+        before = _settled(tokenizer.decode(ids[start:i], skip_special_tokens=skip)) if i > start else ""
+        upto = _settled(tokenizer.decode(ids[start : i + 1], skip_special_tokens=skip))
         out.append(upto[len(before) :])
     return out
+
+
+def _preload() -> None:
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
 
 
 def _cache_of(out: Any) -> Any:
