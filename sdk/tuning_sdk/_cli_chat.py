@@ -97,9 +97,10 @@ def add_chat_command(sub: Any) -> argparse.ArgumentParser:
 class _Side:
     """One model of the conversation, with its own history (its own earlier answers)."""
 
-    def __init__(self, model: str, label: str | None, system: str | None) -> None:
+    def __init__(self, model: str, label: str | None, system: str | None, shown: str | None = None) -> None:
         self.model = model
         self.label = label
+        self.shown = shown or model
         self.messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
 
 
@@ -111,7 +112,7 @@ def _stream_answer(client: TuningClient, side: _Side, params: dict[str, Any], ou
     """Stream `side`'s answer to its conversation to `out`; returns the whole answer. A partial answer cut by
     an error or Ctrl-C still ends its line, so what follows starts on a fresh one."""
     if side.label is not None:
-        out.write(f"── {side.label} ({side.model}) ──\n")
+        out.write(f"── {side.label} ({side.shown}) ──\n")
         out.flush()
     parts: list[str] = []
     try:
@@ -143,7 +144,9 @@ def _sides(args: argparse.Namespace, client: TuningClient) -> list[_Side]:
             f"--compare-base needs a fine-tuned model: {args.model} has no base model (parent) to compare "
             "with"
         )
-    return [_Side(parent, "base", args.system), _Side(args.model, "tuned", args.system)]
+    # `<fine-tune>:base`: its base as it is served under it (a QLoRA fine-tune's 4-bit base), adapter off.
+    base = _Side(f"{args.model}:base", "base", args.system, shown=parent)
+    return [base, _Side(args.model, "tuned", args.system)]
 
 
 def _turn(client: TuningClient, sides: list[_Side], text: str, params: dict[str, Any], out: TextIO) -> None:

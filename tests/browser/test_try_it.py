@@ -338,6 +338,9 @@ def test_the_stream_parser_joins_pieces_and_shows_an_error_inside_the_stream(
 ) -> None:
     done = svc.get(f"/v1/tunings.get/{job['id']}").json()
     base_model, tuned_model = done["model"], done["fine_tuned_model"]
+    served_base = (
+        f"{tuned_model}:base"  # what the base column asks for: the base as served under the fine-tune
+    )
     body = {"model": base_model, "messages": messages(), "temperature": 0, "max_tokens": 128}
     real = _raw_stream(svc, body)
     expected = answer(chat(svc, base_model, messages()))
@@ -356,7 +359,7 @@ def test_the_stream_parser_joins_pieces_and_shows_an_error_inside_the_stream(
 
     open_job(browser, svc, job["id"])
     wait(browser, lambda: visible(browser, "try-it"), what="the Try it pane")
-    plan = {base_model: _pieces(real, 3), tuned_model: _pieces(broken, 1)}
+    plan = {served_base: _pieces(real, 3), tuned_model: _pieces(broken, 1)}
     browser.execute_script(FAKE_FETCH, plan)
     set_field(browser, "try-system", SYSTEM)
     set_field(browser, "try-prompt", PROMPT)
@@ -373,14 +376,14 @@ def test_the_stream_parser_joins_pieces_and_shows_an_error_inside_the_stream(
     assert column_error(browser, "try-tuned") == f"{crashed['message']} (engine_crashed, during the answer)"
     # What the page sent: the same messages and settings to both models, streamed.
     sent = browser.execute_script("return window.tryItSent")
-    assert sorted(b["model"] for b in sent) == sorted([base_model, tuned_model])
+    assert sorted(b["model"] for b in sent) == sorted([served_base, tuned_model])
     for b in sent:
         assert b["messages"] == messages() and b["stream"] is True
         assert b["temperature"] == 0 and b["max_tokens"] == 128
 
     # A stream that just ends (no [DONE], no error) is an incomplete answer, not a finished one.
     cut = real[: real.rindex(b"data: [DONE]")]
-    plan = {base_model: _pieces(cut, 7), tuned_model: _pieces(cut, 7)}
+    plan = {served_base: _pieces(cut, 7), tuned_model: _pieces(cut, 7)}
     browser.execute_script(FAKE_FETCH, plan)
     by_id(browser, "try-send").click()
     wait(browser, lambda: both_finished(browser), timeout=60, what="both columns finished")

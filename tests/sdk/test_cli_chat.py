@@ -136,7 +136,7 @@ def test_compare_base_answers_with_both_under_headers(
     stub.route(
         "POST",
         "/v1/chat/completions",
-        answer_stream({"tiny-llama": ["base one", "base two"], TUNED: ["tuned one", "tuned two"]}),
+        answer_stream({f"{TUNED}:base": ["base one", "base two"], TUNED: ["tuned one", "tuned two"]}),
     )
     code, out, err = run("chat", TUNED, "--prompt", "Hi", "--compare-base")
     assert code == 0, err
@@ -147,7 +147,7 @@ def test_compare_base_answers_with_both_under_headers(
     stub.route(
         "POST",
         "/v1/chat/completions",
-        answer_stream({"tiny-llama": ["b1", "b2"], TUNED: ["t1", "t2"]}),
+        answer_stream({f"{TUNED}:base": ["b1", "b2"], TUNED: ["t1", "t2"]}),
     )
     monkeypatch.setattr("sys.stdin", io.StringIO("First\nSecond\n"))
     code, out, _ = run("chat", TUNED, "--compare-base")

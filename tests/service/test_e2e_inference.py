@@ -192,11 +192,15 @@ def test_two_fine_tunes_served_alternately_keep_their_answers_and_the_switches_a
     assert metric(svc, "tuning_inference_worker_up") == 1
 
 
-def test_a_qlora_fine_tune_is_served_on_a_4bit_base(served) -> None:
+def test_a_qlora_fine_tune_is_served_on_a_4bit_base_and_compared_with_that_base(served) -> None:
     svc, jobs = served
-    assert chat(svc, openai_id(svc, jobs["q"]))
+    model = openai_id(svc, jobs["q"])
+    assert chat(svc, model)
     stats = _worker_stats(svc)
     assert any(m["quantize"] and jobs["q"]["id"] in m["adapters"] for m in stats["loaded"]), stats
+    # `<fine-tune>:base` is that 4-bit base with the adapter off: no other copy of the model is loaded.
+    assert chat(svc, f"{model}:base")
+    assert _worker_stats(svc)["model_loads"] == stats["model_loads"]
 
 
 def _worker_stats(svc: ServiceProcess) -> dict[str, Any]:

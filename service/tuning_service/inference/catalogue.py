@@ -5,6 +5,8 @@
   `fine_tuned_model`: OpenAI's form `ft:<model>:<owner>:<suffix>:<job id>` (what `/v1/models` lists), or the
   native job's `ft:<model>:<suffix>:<job id>`; both name the same adapter. Another key's fine-tune is a
   404, exactly like an unknown id.
+- `<fine-tune id>:base`: that fine-tune's base exactly as it is served under the fine-tune (a QLoRA one's
+  4-bit base), with the adapter off: what "compare with the base" means, with no second copy loaded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..settings import Settings
 from ..storage.store import Store
 
 SYSTEM_OWNER = "system"
+BASE_OF = ":base"  # `<fine-tune id>:base`
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,13 @@ class Catalogue:
 
     # ---- lookups -----------------------------------------------------------------------------------------
 
-    async def fine_tune(self, model: str, owner: str) -> dict[str, Any]:
-        """The owner's servable fine-tune named `model` (either of its names), else 404."""
+    async def fine_tune(self, model: str, owner: str, *, deleted_too: bool = False) -> dict[str, Any]:
+        """The owner's servable fine-tune named `model` (either of its names), else 404. `deleted_too`: also
+        one whose adapter was deleted."""
         if not model.startswith("ft:"):
             raise model_not_found(model)
         job_id = model.rsplit(":", 1)[-1]
-        row = await self.store.get_fine_tune(job_id)
+        row = await self.store.get_fine_tune(job_id, deleted_too=deleted_too)
         if (
             row is None
             or row["owner"] != owner
@@ -97,6 +101,10 @@ class Catalogue:
         return row
 
     async def resolve(self, model: str, owner: str) -> Target:
+        if model.startswith("ft:") and model.endswith(BASE_OF):
+            # The base stays callable after the fine-tune's adapter was deleted.
+            row = await self.fine_tune(model.removesuffix(BASE_OF), owner, deleted_too=True)
+            return Target(model, self.base_location(row["model"]), self._quantize(row))
         if model.startswith("ft:"):
             row = await self.fine_tune(model, owner)
             return Target(

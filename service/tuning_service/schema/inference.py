@@ -30,7 +30,8 @@ ModelId = Annotated[
     Field(
         min_length=1,
         max_length=MAX_MODEL_ID_CHARS,
-        description="A base model of `GET /v1/models`, or a fine-tune's `fine_tuned_model`",
+        description="A base model of `GET /v1/models`, a fine-tune's `fine_tuned_model`, or `<that>:base` "
+        "(the fine-tune's base as it is served under it, adapter off)",
         examples=["tiny-llama", "ft:tiny-llama:key_ab12:demo:ftjob-..."],
     ),
 ]

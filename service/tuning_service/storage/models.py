@@ -25,11 +25,11 @@ class ModelTables(Database):
             f"SELECT {_FINE_TUNE_COLUMNS} FROM jobs WHERE owner = ? AND {_SERVABLE} ORDER BY ord", (owner,)
         )
 
-    async def get_fine_tune(self, job_id: str) -> dict[str, Any] | None:
-        """A servable fine-tune by its job id (any owner: the caller checks ownership)."""
-        return await self.one(
-            f"SELECT {_FINE_TUNE_COLUMNS} FROM jobs WHERE id = ? AND {_SERVABLE}", (job_id,)
-        )
+    async def get_fine_tune(self, job_id: str, *, deleted_too: bool = False) -> dict[str, Any] | None:
+        """A servable fine-tune by its job id (any owner: the caller checks ownership); with `deleted_too`,
+        also one whose adapter was deleted (its base is still there)."""
+        where = f"status = '{JobStatus.SUCCEEDED.value}'" if deleted_too else _SERVABLE
+        return await self.one(f"SELECT {_FINE_TUNE_COLUMNS} FROM jobs WHERE id = ? AND {where}", (job_id,))
 
     async def delete_fine_tune(self, job_id: str, *, owner: str, now: float) -> bool:
         """Mark the owner's fine-tune deleted; False when there is no such servable fine-tune of theirs."""

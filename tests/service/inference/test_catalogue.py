@@ -165,3 +165,21 @@ def test_the_base_of_a_fine_tune_trained_from_elsewhere_is_callable(tmp_path: Pa
         await store.close()
 
     run(body())
+
+
+def test_a_fine_tunes_base_as_served_under_it(tmp_path: Path) -> None:
+    async def body() -> None:
+        cat, store, s = await _catalogue(tmp_path)
+        q = await _succeeded(store, s, "key_a", method="qlora", suffix="q")
+        base = await cat.resolve(q["fine_tuned_model"] + ":base", "key_a")
+        assert base.worker_spec() == {"base": {"location": str(s.models_dir / "tiny"), "quantize": True},
+                                      "adapter": None}  # fmt: skip
+        with pytest.raises(APIError) as err:
+            await cat.resolve(q["fine_tuned_model"] + ":base", "key_b")
+        assert err.value.code == "model_not_found"
+        # Its base stays callable once the adapter is deleted.
+        await cat.delete(q["fine_tuned_model"], "key_a")
+        assert (await cat.resolve(q["fine_tuned_model"] + ":base", "key_a")).quantize is True
+        await store.close()
+
+    run(body())

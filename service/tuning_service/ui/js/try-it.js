@@ -116,9 +116,10 @@ export function createTryIt() {
         models.base = models.tuned = null;
         return;
       }
-      models.base = job.model;
+      // The fine-tune's base as it is served under it (a QLoRA fine-tune's 4-bit base), adapter off.
+      models.base = `${job.fine_tuned_model}:base`;
       models.tuned = job.fine_tuned_model;
-      base.setModel(models.base);
+      base.setModel(job.model);
       tuned.setModel(models.tuned);
       pane.hidden = false;
     },
