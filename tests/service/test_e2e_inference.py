@@ -345,3 +345,14 @@ def test_deleting_a_fine_tune_removes_its_adapter(served) -> None:
     assert svc.delete(f"/v1/models/{model}").status == 404
     # The job itself stays, succeeded, with its records.
     assert svc.get(f"/v1/tunings.get/{jobs['q']['id']}").json()["status"] == "succeeded"
+
+
+def test_deleting_a_job_drops_its_adapter_from_the_worker(served) -> None:
+    svc, jobs = served
+    model = openai_id(svc, jobs["b"])
+    assert chat(svc, model)
+    assert any(jobs["b"]["id"] in m["adapters"] for m in _worker_stats(svc)["loaded"])
+    assert svc.delete(f"/v1/tunings.delete/{jobs['b']['id']}").status == 200
+    assert not any(jobs["b"]["id"] in m["adapters"] for m in _worker_stats(svc)["loaded"])
+    resp = _post(svc, "/v1/chat/completions", {"model": model, "messages": COW})
+    assert (resp.status, resp.error["code"]) == (404, "model_not_found")

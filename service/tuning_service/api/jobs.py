@@ -262,6 +262,8 @@ async def delete(request: Request) -> JSONResponse:
     params.no_query(request)
     job_id = params.job_id(request)
     result = await jobs(request).delete(job_id, owner=owner)
+    # Its fine-tune goes with it: a running inference worker drops the adapter (never starts one for this).
+    await request.app.state.inference.worker.call({"op": "evict", "adapter": job_id})
     log.info("job %s deleted", job_id)
     return JSONResponse(result)
 
