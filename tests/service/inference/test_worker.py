@@ -172,6 +172,7 @@ def test_with_every_gpu_training_a_leasing_worker_gets_503_no_gpu_available(tmp_
                 await _events(worker)
             assert (err.value.status_code, err.value.code) == (503, "no_gpu_available")
         finally:
+            await worker.stop()  # (none should have started)
             await store.close()
 
     run(body())
