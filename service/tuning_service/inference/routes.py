@@ -148,18 +148,7 @@ async def chat_completions(request: Request) -> Response:
         "logprobs": top,
         "sampling": body.sampling(),
     }
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _answer(
-        request,
-        target,
-        job,
-        stream=body.stream,
-        include_usage=include_usage,
-        want_logprobs=body.logprobs,
-        prompts=[],
-        n=body.n,
-        echo=False,
-    )
+    return await _answer(request, target, job, body, want_logprobs=body.logprobs)
 
 
 @openai_operation(
@@ -183,32 +172,18 @@ async def completions(request: Request) -> Response:
         "logprobs": body.logprobs,
         "sampling": body.sampling(),
     }
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _answer(
-        request,
-        target,
-        job,
-        stream=body.stream,
-        include_usage=include_usage,
-        want_logprobs=body.logprobs is not None,
-        prompts=body.prompts(),
-        n=body.n,
-        echo=body.echo,
-    )
+    return await _answer(request, target, job, body, want_logprobs=body.logprobs is not None)
 
 
 async def _answer(
     request: Request,
     target: Target,
     job: dict[str, Any],
+    body: ChatCompletionRequest | CompletionRequest,
     *,
-    stream: bool,
-    include_usage: bool,
     want_logprobs: bool,
-    prompts: list[str],
-    n: int,
-    echo: bool,
 ) -> Response:
+    prompts, n, echo = job.get("prompts") or [], body.n, bool(job["echo"])
     events = inference(request).worker.generate(job)
     # The first event decides the status: an error before anything was generated (a prompt over the context,
     # a model that does not load) is an HTTP error, streamed or not.
@@ -217,7 +192,8 @@ async def _answer(
         await events.aclose()
         raise _worker_error(first)
     kind = job["kind"]
-    if stream:
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         writer = sh.ChunkWriter(kind, target.id, want_logprobs, include_usage, prompts, n, echo)
         return StreamingResponse(
             _stream(writer, events),

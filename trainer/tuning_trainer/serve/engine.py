@@ -268,12 +268,7 @@ class TransformersEngine:
         else:
             loaded.model.load_adapter(adapter.path, adapter_name=adapter.name, is_trainable=False)
         loaded.model.eval()
-        try:
-            tokenizer = load_tokenizer(adapter.path)
-        except (OSError, ValueError):
-            tokenizer = loaded.tokenizer
-        ensure_chat_template(tokenizer)
-        loaded.adapters[adapter.name] = tokenizer
+        loaded.adapters[adapter.name] = adapter_tokenizer(adapter.path, loaded.tokenizer)
         # Room is made after loading: peft keeps at least one adapter on a model.
         while len(loaded.adapters) > self.max_adapters:
             self._drop_adapter(loaded, next(iter(loaded.adapters)))
@@ -326,9 +321,9 @@ class TransformersEngine:
         loaded, load_seconds = self._model(gen.base)
         loaded.last_used = time.monotonic()
         tokenizer, switched = self._activate(loaded, gen.adapter)
-        prompts = self._encode(gen, tokenizer, loaded)
+        prompts = encode(gen, tokenizer, loaded.context)
         n = int(gen.sampling.get("n") or 1)
-        budget = [self._budget(gen, len(ids), loaded.context) for ids in prompts]
+        budgets = [budget(gen, len(ids), loaded.context) for ids in prompts]
         prompt_tokens = sum(len(ids) for ids in prompts)
         gen.emit(
             {
@@ -341,7 +336,7 @@ class TransformersEngine:
         )
         completion_tokens = 0
         for p, ids in enumerate(prompts):
-            made = self._decode(gen, loaded, tokenizer, ids, budget[p], first_index=p * n)
+            made = self._decode(gen, loaded, tokenizer, ids, budgets[p], first_index=p * n)
             completion_tokens += made
             self.stats.prompt_tokens += len(ids)
             self.stats.completion_tokens += made
@@ -356,53 +351,13 @@ class TransformersEngine:
             }
         )
 
-    def _encode(self, gen: Generation, tokenizer: Any, loaded: Loaded) -> list[list[int]]:
-        if gen.kind == "chat":
-            try:
-                text = tokenizer.apply_chat_template(gen.messages, add_generation_prompt=True, tokenize=False)
-            except Exception as exc:  # a template that refuses these messages (e.g. roles out of order)
-                raise RequestError(
-                    400, "invalid_request", f"the chat template refused: {exc}", "messages"
-                ) from None
-            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-            prompts = [ids]
-        else:
-            prompts = [list(tokenizer(p)["input_ids"]) for p in gen.prompts or []]
-        param = "messages" if gen.kind == "chat" else "prompt"
-        for ids in prompts:
-            if not ids:
-                raise RequestError(400, "invalid_request", f"{param} is empty once tokenised", param)
-            if len(ids) > loaded.context - (0 if gen.echo else 1):
-                raise RequestError(
-                    400,
-                    "context_length_exceeded",
-                    f"{param} is {len(ids)} tokens; this model's context is {loaded.context} tokens",
-                    param,
-                )
-        return prompts
-
-    @staticmethod
-    def _budget(gen: Generation, prompt_len: int, context: int) -> int:
-        room = context - prompt_len
-        if gen.max_tokens is None:
-            return room
-        if gen.max_tokens > room:
-            raise RequestError(
-                400,
-                "context_length_exceeded",
-                f"the prompt ({prompt_len} tokens) and max_tokens ({gen.max_tokens}) exceed this model's "
-                f"context of {context} tokens; ask for at most {room}",
-                "max_tokens",
-            )
-        return int(gen.max_tokens)
-
     def _decode(
         self,
         gen: Generation,
         loaded: Loaded,
         tokenizer: Any,
         ids: list[int],
-        budget: int,
+        max_new: int,
         *,
         first_index: int,
     ) -> int:
@@ -428,7 +383,7 @@ class TransformersEngine:
             )
             if gen.echo:
                 full = (scored if scored is not None else out).logits[0]
-                texts = _echo_texts(tokenizer, ids)
+                texts = echo_texts(tokenizer, ids)
                 echo = _echo_logprobs(tokenizer, ids, full, top or 0, texts) if scoring else None
                 text = "".join(texts)
                 for row in rows:
@@ -437,7 +392,7 @@ class TransformersEngine:
             logits = out.logits[:, -1, :].float()
             past = _cache_of(out)
             counts = torch.zeros(logits.shape, device=device) if _penalised(s) else None
-            for _ in range(budget):
+            for _ in range(max_new):
                 if gen.cancelled.is_set():
                     return sum(r.generated for r in rows)
                 logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
@@ -466,6 +421,62 @@ class TransformersEngine:
                 if not row.done:
                     row.finish(gen, "length")
         return sum(r.generated for r in rows)
+
+
+# ---- shared with the vLLM engine -------------------------------------------------------------------------
+
+
+def encode(gen: Generation, tokenizer: Any, context: int) -> list[list[int]]:
+    """The prompts' token ids (a chat rendered with the tokenizer's template), checked against the context."""
+    if gen.kind == "chat":
+        try:
+            text = tokenizer.apply_chat_template(gen.messages, add_generation_prompt=True, tokenize=False)
+        except Exception as exc:  # a template that refuses these messages (e.g. roles out of order)
+            raise RequestError(
+                400, "invalid_request", f"the chat template refused: {exc}", "messages"
+            ) from None
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        prompts = [ids]
+    else:
+        prompts = [list(tokenizer(p)["input_ids"]) for p in gen.prompts or []]
+    param = "messages" if gen.kind == "chat" else "prompt"
+    for ids in prompts:
+        if not ids:
+            raise RequestError(400, "invalid_request", f"{param} is empty once tokenised", param)
+        if len(ids) > context - (0 if gen.echo else 1):
+            raise RequestError(
+                400,
+                "context_length_exceeded",
+                f"{param} is {len(ids)} tokens; this model's context is {context} tokens",
+                param,
+            )
+    return prompts
+
+
+def budget(gen: Generation, prompt_len: int, context: int) -> int:
+    """How many tokens a prompt may be followed by: max_tokens, or the rest of the context."""
+    room = context - prompt_len
+    if gen.max_tokens is None:
+        return room
+    if gen.max_tokens > room:
+        raise RequestError(
+            400,
+            "context_length_exceeded",
+            f"the prompt ({prompt_len} tokens) and max_tokens ({gen.max_tokens}) exceed this model's "
+            f"context of {context} tokens; ask for at most {room}",
+            "max_tokens",
+        )
+    return int(gen.max_tokens)
+
+
+def adapter_tokenizer(path: str, fallback: Any) -> Any:
+    """The tokenizer saved with an adapter (its chat template), else the base's."""
+    try:
+        tokenizer = load_tokenizer(path)
+    except (OSError, ValueError):
+        tokenizer = fallback
+    ensure_chat_template(tokenizer)
+    return tokenizer
 
 
 class _adapters_off:
@@ -576,7 +587,7 @@ def _pick(logits: Any, counts: Any, s: dict[str, Any], generator: Any) -> Any:
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _token_text(tokenizer: Any, token: int) -> str:
+def token_text(tokenizer: Any, token: int) -> str:
     return str(tokenizer.decode([token], skip_special_tokens=False))
 
 
@@ -587,12 +598,10 @@ def _logprob_entries(tokenizer: Any, logprobs: Any, picked: list[int], top: int)
         alts = []
         if best is not None:
             alts = [
-                [_token_text(tokenizer, int(t)), float(v)]
+                [token_text(tokenizer, int(t)), float(v)]
                 for v, t in zip(best.values[i].tolist(), best.indices[i].tolist(), strict=True)
             ]
-        out.append(
-            {"token": _token_text(tokenizer, token), "logprob": float(logprobs[i, token]), "top": alts}
-        )
+        out.append({"token": token_text(tokenizer, token), "logprob": float(logprobs[i, token]), "top": alts})
     return out
 
 
@@ -617,7 +626,7 @@ def _settled(text: str) -> str:
     return text.rstrip("\ufffd")
 
 
-def _echo_texts(tokenizer: Any, ids: list[int]) -> list[str]:
+def echo_texts(tokenizer: Any, ids: list[int]) -> list[str]:
     """Each prompt token's text in the echoed prompt: special tokens written in the prompt (a chat template's
     markers) read as themselves, so that the echo is the prompt and offsets count in it; tokens the tokenizer
     added on its own (a BOS) read as nothing."""

@@ -70,7 +70,7 @@ from typing import Any
 
 from ..dataset import ensure_chat_template
 from ..modelling import load_tokenizer
-from .engine import DEFAULT_CONTEXT, Stats, TransformersEngine
+from .engine import DEFAULT_CONTEXT, Stats, adapter_tokenizer, budget, encode, token_text
 from .protocol import AdapterSpec, BaseSpec, Generation, RequestError
 
 log = logging.getLogger("tuning_trainer.serve")
@@ -84,8 +84,6 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 DEFAULT_MAX_LORA_RANK = 64
 DEFAULT_GPU_MEMORY = 0.85
 CANCEL_POLL_SECONDS = 0.05
-
-_budget = TransformersEngine._budget
 
 
 def vllm_installed() -> bool:
@@ -142,46 +140,15 @@ def vllm_rank(rank: int) -> int:
     )
 
 
-def encode(gen: Generation, tokenizer: Any, context: int) -> list[list[int]]:
-    """The prompts' token ids, checked against the context (TransformersEngine._encode, to the letter)."""
-    if gen.kind == "chat":
-        try:
-            text = tokenizer.apply_chat_template(gen.messages, add_generation_prompt=True, tokenize=False)
-        except Exception as exc:  # a template that refuses these messages (e.g. roles out of order)
-            raise RequestError(
-                400, "invalid_request", f"the chat template refused: {exc}", "messages"
-            ) from None
-        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        prompts = [ids]
-    else:
-        prompts = [list(tokenizer(p)["input_ids"]) for p in gen.prompts or []]
-    param = "messages" if gen.kind == "chat" else "prompt"
-    for ids in prompts:
-        if not ids:
-            raise RequestError(400, "invalid_request", f"{param} is empty once tokenised", param)
-        if len(ids) > context - (0 if gen.echo else 1):
-            raise RequestError(
-                400,
-                "context_length_exceeded",
-                f"{param} is {len(ids)} tokens; this model's context is {context} tokens",
-                param,
-            )
-    return prompts
-
-
-def _token_text(tokenizer: Any, token: int) -> str:
-    return str(tokenizer.decode([token], skip_special_tokens=False))
-
-
 def logprob_entry(tokenizer: Any, token: int, position: Mapping[int, Any] | None, top: int) -> dict[str, Any]:
     """One protocol logprobs entry from vLLM's {token id: Logprob} of a position (the token and its top)."""
     chosen = position.get(token) if position else None
     alts: list[list[Any]] = []
     if position and top:
         best = sorted(position.items(), key=lambda kv: -float(kv[1].logprob))[:top]
-        alts = [[_token_text(tokenizer, int(t)), float(lp.logprob)] for t, lp in best]
+        alts = [[token_text(tokenizer, int(t)), float(lp.logprob)] for t, lp in best]
     return {
-        "token": _token_text(tokenizer, token),
+        "token": token_text(tokenizer, token),
         "logprob": None if chosen is None else float(chosen.logprob),
         "top": alts,
     }
@@ -190,7 +157,7 @@ def logprob_entry(tokenizer: Any, token: int, position: Mapping[int, Any] | None
 def echo_entries(tokenizer: Any, ids: list[int], prompt_logprobs: Any, top: int) -> list[dict[str, Any]]:
     """The prompt's log probabilities from vLLM's prompt_logprobs (None for the first token)."""
     positions = list(prompt_logprobs) if prompt_logprobs is not None else []
-    out: list[dict[str, Any]] = [{"token": _token_text(tokenizer, ids[0]), "logprob": None, "top": []}]
+    out: list[dict[str, Any]] = [{"token": token_text(tokenizer, ids[0]), "logprob": None, "top": []}]
     for i in range(1, len(ids)):
         out.append(logprob_entry(tokenizer, ids[i], positions[i] if i < len(positions) else None, top))
     return out
@@ -591,7 +558,7 @@ class VLLMEngine:
                     "model_load_failed",
                     f"the adapter of {adapter.name} could not be loaded: {type(exc).__name__}: {exc}",
                 ) from None
-        tokenizer = await asyncio.to_thread(_adapter_tokenizer, adapter.path, base.tokenizer)
+        tokenizer = await asyncio.to_thread(adapter_tokenizer, adapter.path, base.tokenizer)
         base.adapters[adapter.name] = tokenizer
         self.stats.adapter_loads += 1
         self.stats.adapter_load_seconds += time.monotonic() - started
@@ -631,7 +598,7 @@ class VLLMEngine:
         queued = max(0.0, time.monotonic() - gen.submitted - load_seconds)
         prompts = encode(gen, tokenizer, base.context)
         n = int(gen.sampling.get("n") or 1)
-        budget = [_budget(gen, len(ids), base.context) for ids in prompts]
+        budgets = [budget(gen, len(ids), base.context) for ids in prompts]
         prompt_tokens = sum(len(ids) for ids in prompts)
         gen.emit(
             {
@@ -645,7 +612,7 @@ class VLLMEngine:
         lora = self._lora_request(gen.adapter) if gen.adapter is not None else None
         streams = [
             asyncio.ensure_future(
-                self._stream(gen, base, tokenizer, lora, ids, budget[p], f"{run.id}-{p}", first_index=p * n)
+                self._stream(gen, base, tokenizer, lora, ids, budgets[p], f"{run.id}-{p}", first_index=p * n)
             )
             for p, ids in enumerate(prompts)
         ]
@@ -845,12 +812,3 @@ async def _context(engine: Any, location: str) -> int:
         return int(getattr(cfg, "max_position_embeddings", 0) or DEFAULT_CONTEXT)
     except (OSError, ValueError):
         return DEFAULT_CONTEXT
-
-
-def _adapter_tokenizer(path: str, fallback: Any) -> Any:
-    try:
-        tokenizer = load_tokenizer(path)
-    except (OSError, ValueError):
-        tokenizer = fallback
-    ensure_chat_template(tokenizer)
-    return tokenizer
