@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
-"""Generate data/train.jsonl and data/valid.jsonl: small chat-format sets with a learnable pattern.
+"""Generate data/train.jsonl and data/valid.jsonl: small chat-format sets with a learnable pattern, and
+data/preference_train.jsonl and data/preference_valid.jsonl: preference pairs of the same tasks, the right
+answer preferred over a wrong one (OpenAI's preference format for training, {"prompt", "chosen", "rejected"}
+for validation).
 
-Deterministic (fixed seed), standard library only. Three templated tasks that a tiny model can learn quickly:
-animal sounds, single-digit addition and object colours, some with a system message, some two-turn.
+Deterministic (fixed seed), standard library only. Templated tasks that a tiny model can learn quickly:
+animal sounds, single-digit addition, object colours and spelling digits, some with a system message, some
+two-turn.
 
     python scripts/make_data.py [--out data] [--train 300] [--valid 50] [--seed 0]
 """
@@ -89,7 +93,41 @@ def example(rng: random.Random) -> dict[str, list[dict[str, str]]]:
     return {"messages": messages}
 
 
-def write(path: Path, rows: list[dict[str, list[dict[str, str]]]]) -> None:
+def _other(rng: random.Random, right: str, choices: list[str]) -> str:
+    return rng.choice([c for c in choices if c != right])
+
+
+def wrong_answer(rng: random.Random, question: str, answer: str) -> str:
+    """The answer with its fact (the last word) replaced by another of the same kind."""
+    head, fact = answer[:-1].rsplit(" ", 1)
+    if fact.isdigit():
+        choices = [str(n) for n in range(19)]
+    else:
+        choices = sorted(set(ANIMALS.values()) | set(COLOURS.values()) | set(NUMBERS))
+        for kind in (list(ANIMALS.values()), list(COLOURS.values()), NUMBERS):
+            if fact in kind:
+                choices = sorted(set(kind))
+                break
+    return f"{head} {_other(rng, fact, choices)}."
+
+
+def pair(rng: random.Random, *, openai_format: bool) -> dict[str, object]:
+    prompt: list[dict[str, str]] = []
+    if rng.random() < 0.3:
+        prompt.append({"role": "system", "content": SYSTEM})
+    question, answer = rng.choice(TASKS)(rng)
+    prompt.append({"role": "user", "content": question})
+    rejected = wrong_answer(rng, question, answer)
+    if openai_format:
+        return {
+            "input": {"messages": prompt},
+            "preferred_output": [{"role": "assistant", "content": answer}],
+            "non_preferred_output": [{"role": "assistant", "content": rejected}],
+        }
+    return {"prompt": prompt, "chosen": answer, "rejected": rejected}
+
+
+def write(path: Path, rows: list[dict[str, object]] | list[dict[str, list[dict[str, str]]]]) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -103,13 +141,19 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=300)
     parser.add_argument("--valid", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pairs", type=int, default=200)
+    parser.add_argument("--valid-pairs", dest="valid_pairs", type=int, default=40)
     args = parser.parse_args()
     rng = random.Random(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write(out / "train.jsonl", [example(rng) for _ in range(args.train)])
     write(out / "valid.jsonl", [example(rng) for _ in range(args.valid)])
-    print(f"wrote {args.train} + {args.valid} examples to {out}")
+    # Pairs from a stream of their own: the chat sets above stay exactly as they were.
+    pairs = random.Random(args.seed + 1)
+    write(out / "preference_train.jsonl", [pair(pairs, openai_format=True) for _ in range(args.pairs)])
+    write(out / "preference_valid.jsonl", [pair(pairs, openai_format=False) for _ in range(args.valid_pairs)])
+    print(f"wrote {args.train} + {args.valid} examples and {args.pairs} + {args.valid_pairs} pairs to {out}")
 
 
 if __name__ == "__main__":

@@ -280,7 +280,7 @@ def test_create_from_the_form_then_pause_resume_and_cancel_from_job_pages(
     job_id = browser.current_url.rsplit("/", 1)[-1]
     assert job_id != training_job["id"]
     created = svc.get(f"/v1/tunings.get/{job_id}").json()
-    assert created["method"] == "lora" and created["hyperparameters"]["max_steps"] == 100000
+    assert created["adapter"] == "lora" and created["hyperparameters"]["max_steps"] == 100000
 
     # A second job waits behind it: pause it (queued -> paused at once), resume it, cancel it.
     waiting = svc.create_job(model="tiny-llama", training_file="data/train.jsonl")["id"]

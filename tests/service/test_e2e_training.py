@@ -266,6 +266,6 @@ def test_a_dry_run_refuses_what_create_would_or_the_run_could_not_do(live_servic
             "tuning_method": "lora",
         },
     )
-    assert r.status == 200 and r.json()["object"] == "tuning.estimate" and r.json()["method"] == "lora", (
+    assert r.status == 200 and r.json()["object"] == "tuning.estimate" and r.json()["adapter"] == "lora", (
         r.text
     )

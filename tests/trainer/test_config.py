@@ -74,7 +74,7 @@ def test_flags_override_the_config_file_and_hp_sets_any_hyperparameter(tmp_path:
 
 def test_defaults_are_explicit() -> None:
     cfg, _ = parse_args(BASE)
-    assert cfg.method == "qlora"
+    assert (cfg.method, cfg.adapter) == ("sft", "qlora")
     assert cfg.hyperparameters == Hyperparameters()
     assert cfg.hyperparameters.lora_target_modules == "all-linear"
     assert (cfg.hyperparameters.epochs, cfg.hyperparameters.batch_size) == ("auto", "auto")

@@ -121,7 +121,9 @@ def test_loss_falls_clearly(run: Run) -> None:
 
 def test_qlora_setup_is_recorded(qlora_run: Run) -> None:
     started = qlora_run.one("started")
-    assert started["method"] == "qlora" and started["model_setup"]["quantization"] == "nf4-double-quant"
+    assert (started["method"], started["adapter"]) == ("sft", "qlora") and started["model_setup"][
+        "quantization"
+    ] == "nf4-double-quant"
     # "auto": the estimate for the tiny model is far below this machine's memory, so no recomputation.
     assert started["model_setup"]["gradient_checkpointing"] is False
     # On CPU: the process's own libraries (memory.CPU_PROCESS_OVERHEAD, 512 MiB) and a few MiB of training.

@@ -87,11 +87,22 @@ class Plan:
 
 
 def make_plan(
-    lengths: Sequence[int], *, packing: bool, batch_size: int, max_tokens_per_batch: int, world: int = 1
+    lengths: Sequence[int],
+    *,
+    packing: bool,
+    batch_size: int,
+    max_tokens_per_batch: int,
+    world: int = 1,
+    group: int = 1,
 ) -> Plan:
+    """`group` consecutive examples always train together, in their order (2: a preference pair's chosen
+    and rejected sequences); `batch_size` counts groups."""
+    units = [list(range(i, min(i + group, len(lengths)))) for i in range(0, len(lengths), group)]
     if packing:
-        return Plan(best_fit_decreasing(lengths, max_tokens_per_batch), 1, world)
-    return Plan([[i] for i in range(len(lengths))], batch_size, world)
+        sizes = [sum(lengths[i] for i in unit) for unit in units]
+        bins = best_fit_decreasing(sizes, max_tokens_per_batch)
+        return Plan([[i for u in b for i in units[u]] for b in bins], 1, world)
+    return Plan(units, batch_size, world)
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,8 @@ class MicroBatch:
     """Real tokens (the examples' own)"""
     trained: int
     """Positions with a target: the tokens the loss is averaged over"""
+    owners: list[list[int]]
+    """Per position, the index (in the micro-batch's list) of the example it belongs to; -1 for padding"""
 
     @property
     def slots(self) -> int:
@@ -124,21 +137,25 @@ def lay_out(examples: Sequence[Example], layout: Layout, pad_token_id: int) -> M
     ids: list[list[int]] = []
     pos: list[list[int]] = []
     tgt: list[list[int]] = []
+    own: list[list[int]] = []
     for row in rows:
         r_ids: list[int] = []
         r_pos: list[int] = []
         r_tgt: list[int] = []
+        r_own: list[int] = []
         for i in row:
             ex = examples[i]
             r_ids += ex["input_ids"]
             r_pos += range(len(ex["input_ids"]))
             r_tgt += _targets(ex["labels"])
+            r_own += [i] * len(ex["input_ids"])
         gap = width - len(r_ids)
         ids.append(r_ids + [pad_token_id] * gap)
         pos.append(r_pos + list(range(gap)))
         tgt.append(r_tgt + [IGNORE_INDEX] * gap)
+        own.append(r_own + [-1] * gap)
     trained = sum(t != IGNORE_INDEX for row in tgt for t in row)
-    return MicroBatch(ids, pos, tgt, tokens=sum(lengths), trained=trained)
+    return MicroBatch(ids, pos, tgt, tokens=sum(lengths), trained=trained, owners=own)
 
 
 def trained_tokens(example: Example) -> int:

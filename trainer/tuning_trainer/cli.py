@@ -11,9 +11,12 @@ import argparse
 import json
 from typing import Any
 
-from .config import METHODS, ConfigError, Hyperparameters, JobConfig
+from .config import ADAPTERS, METHODS, ConfigError, Hyperparameters, JobConfig
 
-_TOP_LEVEL = ("model", "training_file", "validation_file", "output_dir", "method", "seed", "resume_from")
+_TOP_LEVEL = (
+    "model", "training_file", "validation_file", "output_dir", "method", "adapter", "seed", "resume_from",
+    "init_adapter",
+)  # fmt: skip
 # The hyperparameters that are flags (--packing / --no-packing): those of type bool (or bool | None).
 _BOOL_FIELDS = frozenset(
     name for name, f in Hyperparameters.model_fields.items() if f.annotation in (bool, bool | None)
@@ -32,7 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--training-file", dest="training_file", help="JSONL training data")
     p.add_argument("--validation-file", dest="validation_file", help="JSONL validation data (optional)")
     p.add_argument("--output-dir", dest="output_dir", help="events.jsonl, checkpoints, adapter")
-    p.add_argument("--method", choices=METHODS, help="qlora (4-bit base, default) or lora")
+    p.add_argument(
+        "--method",
+        choices=(*METHODS, *ADAPTERS),
+        help="sft (default), or a preference objective: dpo, orpo, simpo (qlora/lora: sft with that adapter)",
+    )
+    p.add_argument("--adapter", choices=ADAPTERS, help="qlora (4-bit base, default) or lora")
+    p.add_argument(
+        "--init-adapter", dest="init_adapter", help="an adapter folder to start from (fresh optimizer)"
+    )
     p.add_argument("--seed", type=int, help="random seed (default 42)")
     p.add_argument("--resume-from", dest="resume_from", help="a checkpoints/checkpoint-N directory")
     hp = p.add_argument_group("hyperparameters (defaults in docs/trainer.md)")

@@ -14,18 +14,28 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from .schema import INTEGRAL, StrictModel, first_problem, json_schema
 
-Method = Literal["qlora", "lora"]
-METHODS: tuple[str, ...] = ("qlora", "lora")
+# How the adapter sits on the base: qlora (a 4-bit base) or lora.
+Adapter = Literal["qlora", "lora"]
+ADAPTERS: tuple[str, ...] = ("qlora", "lora")
+# What the adapter is trained for: supervised fine-tuning, or a preference objective on chosen/rejected pairs.
+Method = Literal["sft", "dpo", "orpo", "simpo"]
+METHODS: tuple[str, ...] = ("sft", "dpo", "orpo", "simpo")
+PREFERENCE_METHODS: tuple[str, ...] = ("dpo", "orpo", "simpo")
+# Before preference tuning, `method` named the adapter; those values still mean SFT with that adapter.
+LegacyMethod = Literal["qlora", "lora"]
+# "auto" dpo_beta: each objective's own recommended strength (DPO's and ORPO's papers: 0.1; SimPO's: 2.0).
+AUTO_BETA: Final = {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "sft": 0.1}
 Scheduler = Literal[
     "linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts"
 ]
 SCHEDULERS: tuple[str, ...] = Scheduler.__args__  # type: ignore[attr-defined]
 AUTO: Final = "auto"
-DEFAULT_METHOD: Final = "qlora"
+DEFAULT_ADAPTER: Final = "qlora"
+DEFAULT_METHOD: Final = "sft"
 DEFAULT_SEED: Final = 42
 MAX_SEED: Final = 2**32 - 1
 # Step counts (max_steps, eval_steps, save_steps, logging_steps): a 32-bit bound, far beyond any run.
@@ -114,6 +124,12 @@ class Hyperparameters(StrictModel):
     """Attention kernel; "auto": flash_attention_2 on a GPU where flash-attn is installed, else sdpa"""
     torch_compile: bool = False
     """Compile the model with torch.compile (slower first steps, faster later ones)"""
+    dpo_beta: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] = 0.1
+    """Preference methods: dpo, how far the policy may move from the reference (β of the DPO loss); orpo,
+    the weight of the odds-ratio term (λ); simpo, the reward scale (β). "auto": the method's recommended
+    value (0.1 for dpo and orpo, 2.0 for simpo)"""
+    simpo_gamma_beta_ratio: Annotated[float, Field(ge=0, le=10)] = 0.5
+    """simpo only: the target reward margin γ as a multiple of dpo_beta (γ = ratio x β)"""
 
 
 class JobConfig(StrictModel):
@@ -128,11 +144,26 @@ class JobConfig(StrictModel):
     validation_file: Annotated[str, Field(min_length=1)] | None = None
     """JSONL validation data (eval loss)"""
     method: Method = DEFAULT_METHOD
+    """sft (supervised, on chat/completion/text/alpaca data) or a preference objective on pairs: dpo, orpo,
+    simpo ("qlora" and "lora" are read as sft with that adapter, their meaning before preference tuning)"""
+    adapter: Adapter = DEFAULT_ADAPTER
     """qlora (a 4-bit base) or lora"""
     seed: Seed = DEFAULT_SEED
     resume_from: Annotated[str, Field(min_length=1)] | None = None
     """A checkpoints/checkpoint-N directory to continue from"""
+    init_adapter: Annotated[str, Field(min_length=1)] | None = None
+    """An adapter folder (a job's adapter, or a checkpoint's) whose weights and LoRA shape the run starts
+    from, with a fresh optimizer and schedule (the service's from_checkpoint)"""
     hyperparameters: Hyperparameters = Hyperparameters()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_method(cls, data: Any) -> Any:
+        return legacy_method(data)
+
+    @property
+    def preference(self) -> bool:
+        return self.method in PREFERENCE_METHODS
 
     # ---- (de)serialisation -------------------------------------------------------------------------------
 
@@ -163,6 +194,14 @@ class JobConfig(StrictModel):
         return cls.from_dict(raw)
 
 
+def legacy_method(data: Any) -> Any:
+    """A job mapping with the old meaning of `method` (the adapter: "qlora" or "lora") in today's terms:
+    `method: "sft"` and that `adapter`. Anything else is returned as it is."""
+    if isinstance(data, Mapping) and data.get("method") in ADAPTERS and "adapter" not in data:
+        return {**data, "method": DEFAULT_METHOD, "adapter": data["method"]}
+    return data
+
+
 _JOB_SCHEMA = json_schema(JobConfig)
 _HP_SCHEMA = json_schema(Hyperparameters)
 _CODES = {"missing": "missing_field", "unknown_field": "unknown_field"}
@@ -183,13 +222,17 @@ def parse_hyperparameters(data: Mapping[str, Any]) -> Hyperparameters:
         raise config_error(exc, _HP_SCHEMA, prefix="hyperparameters") from None
 
 
-def resolve_auto(hp: Hyperparameters, num_examples: int) -> tuple[Hyperparameters, dict[str, Any]]:
-    """Resolve "auto" epochs and batch size from the number of training examples.
+def resolve_auto(
+    hp: Hyperparameters, num_examples: int, method: str = DEFAULT_METHOD
+) -> tuple[Hyperparameters, dict[str, Any]]:
+    """Resolve "auto" epochs and batch size from the number of training examples (pairs, for a preference
+    method), and "auto" dpo_beta from the method.
 
     The documented rule (docs/trainer-protocol.md):
       - epochs = clamp(ceil(1500 / num_examples), 1, 5): small sets get more passes, large sets one to a few;
       - batch_size = largest power of two <= 2% of the examples, clamped to [1, 8];
-      - max_tokens_per_batch (with packing) = batch_size x max_seq_length.
+      - max_tokens_per_batch (with packing) = batch_size x max_seq_length;
+      - dpo_beta = the method's recommended value (AUTO_BETA).
     Returns the hyperparameters with them resolved and what was resolved, e.g. {"epochs": 5, "batch_size": 4}.
     """
     n = max(1, num_examples)
@@ -200,5 +243,10 @@ def resolve_auto(hp: Hyperparameters, num_examples: int) -> tuple[Hyperparameter
         target = max(1, min(8, int(n * 0.02)))
         resolved["batch_size"] = 1 << (target.bit_length() - 1)
     if hp.packing and hp.max_tokens_per_batch == AUTO:
-        resolved["max_tokens_per_batch"] = resolved.get("batch_size", hp.batch_size) * hp.max_seq_length
+        per_unit = 2 if method in PREFERENCE_METHODS else 1  # a pair is two sequences
+        resolved["max_tokens_per_batch"] = (
+            per_unit * resolved.get("batch_size", hp.batch_size) * hp.max_seq_length
+        )
+    if hp.dpo_beta == AUTO:
+        resolved["dpo_beta"] = AUTO_BETA[method]
     return hp.model_copy(update=resolved), resolved

@@ -1,12 +1,16 @@
-"""Training-data validation: JSONL in four shapes, checked line by line before any model is loaded.
+"""Training-data validation: JSONL in six shapes, checked line by line before any model is loaded.
 
 Standard library only (the service validates uploads and job files with this same code, without torch).
 
-Shapes, detected per line (a file may not mix them):
-  chat        {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
-  completion  {"prompt": str, "completion": str}
-  text        {"text": str}
-  alpaca      {"instruction": str, "input": str (optional), "output": str}
+Shapes, detected per line (a file may not mix them). Supervised (method "sft"):
+  chat             {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
+  completion       {"prompt": str, "completion": str}
+  text             {"text": str}
+  alpaca           {"instruction": str, "input": str (optional), "output": str}
+Preference pairs (methods "dpo", "orpo", "simpo"):
+  preference       OpenAI's: {"input": {"messages": [...]}, "preferred_output": [{"role": "assistant",
+                   "content": str}], "non_preferred_output": [...]}
+  chosen_rejected  {"prompt": str | messages, "chosen": str | messages, "rejected": str | messages}
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import JobConfig
 
-FORMATS = ("chat", "completion", "text", "alpaca")
+SFT_FORMATS = ("chat", "completion", "text", "alpaca")
+PREFERENCE_FORMATS = ("preference", "chosen_rejected")
+FORMATS = SFT_FORMATS + PREFERENCE_FORMATS
 ROLES = ("system", "user", "assistant", "tool")
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
@@ -39,6 +45,12 @@ LINE_TOO_LONG = "line_too_long"
 FILE_TOO_LARGE = "file_too_large"
 TOO_MANY_ROWS = "too_many_rows"
 FILE_NOT_FOUND = "file_not_found"
+# Preference pairs: one code per problem.
+MISSING_PROMPT = "missing_prompt"
+MISSING_CHOSEN = "missing_chosen"
+MISSING_REJECTED = "missing_rejected"
+IDENTICAL_OUTPUTS = "identical_outputs"
+INVALID_OUTPUT_ROLE = "invalid_output_role"
 CODES = (
     EMPTY_FILE,
     INVALID_JSON,
@@ -51,11 +63,19 @@ CODES = (
     FILE_TOO_LARGE,
     TOO_MANY_ROWS,
     FILE_NOT_FOUND,
+    MISSING_PROMPT,
+    MISSING_CHOSEN,
+    MISSING_REJECTED,
+    IDENTICAL_OUTPUTS,
+    INVALID_OUTPUT_ROLE,
 )
 # Found only once the data is tokenised (the trainer's setup, the dry run): codes of `invalid_data` failures.
 NO_TRAINABLE_TOKENS = "no_trainable_tokens"
 TOO_FEW_EXAMPLES = "too_few_examples"
-PLAN_CODES = (NO_TRAINABLE_TOKENS, TOO_FEW_EXAMPLES)
+# A file whose format does not suit the job's method (pairs for sft, or single examples for a preference
+# method): found on create and by the trainer.
+FORMAT_MISMATCH = "format_mismatch"
+PLAN_CODES = (NO_TRAINABLE_TOKENS, TOO_FEW_EXAMPLES, FORMAT_MISMATCH)
 
 
 class DataError(ValueError):
@@ -98,6 +118,11 @@ def detect_format(obj: Any, line: int) -> str:
         raise DataError(UNKNOWN_FORMAT, f"expected a JSON object, got {type(obj).__name__}", line=line)
     if "messages" in obj:
         return "chat"
+    # Preference pairs before "prompt"/"completion": a pair always has a prompt, so its own keys decide.
+    if "preferred_output" in obj or "non_preferred_output" in obj:
+        return "preference"
+    if "chosen" in obj or "rejected" in obj:
+        return "chosen_rejected"
     if "prompt" in obj and "completion" in obj:
         return "completion"
     if "instruction" in obj and "output" in obj:
@@ -108,7 +133,8 @@ def detect_format(obj: Any, line: int) -> str:
     raise DataError(
         UNKNOWN_FORMAT,
         f"unknown record shape (keys: {keys}); expected one of "
-        '{"messages": [...]}, {"prompt", "completion"}, {"text"}, {"instruction", "input", "output"}',
+        '{"messages": [...]}, {"prompt", "completion"}, {"text"}, {"instruction", "input", "output"}, '
+        '{"input", "preferred_output", "non_preferred_output"}, {"prompt", "chosen", "rejected"}',
         line=line,
     )
 
@@ -123,6 +149,8 @@ def check_record(obj: dict[str, Any], fmt: str, line: int) -> int:
             raise DataError(INVALID_FIELD, f"{key!r} must not be empty", line=line)
         return len(value)
 
+    if fmt in PREFERENCE_FORMATS:
+        return _check_pair(obj, fmt, line)
     if fmt == "chat":
         messages = obj["messages"]
         if not isinstance(messages, list) or not messages:
@@ -156,6 +184,122 @@ def check_record(obj: dict[str, Any], fmt: str, line: int) -> int:
             chars += need_str("input", obj["input"], allow_empty=True)
         return chars
     return need_str("text", obj["text"])
+
+
+# ---- preference pairs -------------------------------------------------------------------------------------
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A preference pair as the trainer encodes it: a prompt and two answers, each text or messages."""
+
+    prompt: str | Messages
+    chosen: str | Messages
+    rejected: str | Messages
+
+    @property
+    def conversational(self) -> bool:
+        """Rendered with the chat template (any part is messages) rather than as raw text."""
+        return any(isinstance(part, list) for part in (self.prompt, self.chosen, self.rejected))
+
+    def as_messages(self) -> tuple[Messages, Messages, Messages]:
+        """The three parts as messages: a text prompt is a user turn, a text answer an assistant turn."""
+
+        def msgs(part: str | Messages, role: str) -> Messages:
+            return [{"role": role, "content": part}] if isinstance(part, str) else part
+
+        return msgs(self.prompt, "user"), msgs(self.chosen, "assistant"), msgs(self.rejected, "assistant")
+
+
+def pair_of(obj: dict[str, Any], fmt: str) -> Pair:
+    """The pair of a validated record of a preference format."""
+    if fmt == "preference":
+        return Pair(obj["input"]["messages"], obj["preferred_output"], obj["non_preferred_output"])
+    return Pair(obj["prompt"], obj["chosen"], obj["rejected"])
+
+
+def _check_messages(messages: Any, what: str, line: int, *, roles: tuple[str, ...] = ROLES) -> int:
+    """Characters of a well-formed message list (roles and string contents checked); 0 if it says nothing."""
+    chars = 0
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise DataError(INVALID_FIELD, f"{what}[{i}] must be an object", line=line)
+        role = msg.get("role")
+        if role not in ROLES:
+            raise DataError(
+                INVALID_FIELD, f"{what}[{i}].role must be one of {', '.join(ROLES)}, got {role!r}", line=line
+            )
+        if role not in roles:
+            raise DataError(
+                INVALID_OUTPUT_ROLE,
+                f"{what}[{i}].role must be assistant (an answer's turns are the model's), got {role!r}",
+                line=line,
+            )
+        content = msg.get("content")
+        if not isinstance(content, str):
+            raise DataError(INVALID_FIELD, f"{what}[{i}].content must be a string", line=line)
+        chars += len(content.strip())
+    return chars
+
+
+def _answer_text(value: Any, key: str, empty_code: str, line: int) -> str:
+    """An answer (a string or a list of assistant messages), checked, as the text it says."""
+    if value is None or value == "" or value == []:
+        raise DataError(empty_code, f"{key!r} is missing or empty", line=line)
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(empty_code, f"{key!r} is blank", line=line)
+        return value
+    if not isinstance(value, list):
+        raise DataError(
+            INVALID_FIELD,
+            f"{key!r} must be a string or a list of messages, got {type(value).__name__}",
+            line=line,
+        )
+    if not _check_messages(value, key, line, roles=("assistant",)):
+        raise DataError(empty_code, f"{key!r} has no non-empty assistant turn", line=line)
+    return "\n".join(m["content"] for m in value)
+
+
+def _check_pair(obj: dict[str, Any], fmt: str, line: int) -> int:
+    if fmt == "preference":
+        chosen_key, rejected_key, prompt_key = "preferred_output", "non_preferred_output", "input.messages"
+        source = obj.get("input")
+        if source is not None and not isinstance(source, dict):
+            raise DataError(INVALID_FIELD, "'input' must be an object with 'messages'", line=line)
+        prompt = source.get("messages") if isinstance(source, dict) else None
+    else:
+        chosen_key, rejected_key, prompt_key = "chosen", "rejected", "prompt"
+        prompt = obj.get("prompt")
+    if prompt is None or prompt == "" or prompt == []:
+        raise DataError(
+            MISSING_PROMPT, f"{prompt_key!r} is missing or empty: a pair needs a prompt", line=line
+        )
+    if isinstance(prompt, str):
+        chars = len(prompt)
+        if not prompt.strip():
+            raise DataError(MISSING_PROMPT, f"{prompt_key!r} is blank", line=line)
+    elif isinstance(prompt, list):
+        chars = _check_messages(prompt, prompt_key, line)
+        if not chars:
+            raise DataError(MISSING_PROMPT, f"{prompt_key!r} has no non-empty message", line=line)
+    else:
+        raise DataError(
+            INVALID_FIELD,
+            f"{prompt_key!r} must be a string or a list of messages, got {type(prompt).__name__}",
+            line=line,
+        )
+    chosen = _answer_text(obj.get(chosen_key), chosen_key, MISSING_CHOSEN, line)
+    rejected = _answer_text(obj.get(rejected_key), rejected_key, MISSING_REJECTED, line)
+    if chosen.strip() == rejected.strip():
+        raise DataError(
+            IDENTICAL_OUTPUTS,
+            f"{chosen_key!r} and {rejected_key!r} are the same: a pair must prefer one answer to another",
+            line=line,
+        )
+    return chars + len(chosen) + len(rejected)
 
 
 def iter_records(
@@ -229,6 +373,22 @@ def validate_file(
     return DatasetSummary(format=fmt, num_examples=count, num_bytes=size, num_characters=chars)
 
 
+def method_mismatch(fmt: str, method: str) -> str | None:
+    """Why a file of format `fmt` cannot train `method`, or None when it can."""
+    preference_method = method in ("dpo", "orpo", "simpo")
+    if preference_method and fmt not in PREFERENCE_FORMATS:
+        return (
+            f"method {method!r} trains on preference pairs ({' or '.join(PREFERENCE_FORMATS)} records), "
+            f"but the file is in {fmt!r} format"
+        )
+    if not preference_method and fmt in PREFERENCE_FORMATS:
+        return (
+            f"the file holds preference pairs ({fmt!r} format): train them with method 'dpo', 'orpo' or "
+            f"'simpo', not {method!r}"
+        )
+    return None
+
+
 def summarise_job_files(cfg: JobConfig) -> tuple[DatasetSummary, DatasetSummary | None]:
     """Validate a job's training and validation files (the trainer, before any heavy import, and the dry
     run). A bad file becomes an `invalid_data` TrainerError naming the file field and the line."""
@@ -240,7 +400,11 @@ def summarise_job_files(cfg: JobConfig) -> tuple[DatasetSummary, DatasetSummary 
             summaries.append(None)
             continue
         try:
-            summaries.append(validate_file(path))
+            summary = validate_file(path)
+            mismatch = method_mismatch(summary.format, cfg.method)
+            if mismatch is not None:
+                raise DataError(FORMAT_MISMATCH, mismatch)
+            summaries.append(summary)
         except DataError as exc:
             raise TrainerError(
                 INVALID_DATA,

@@ -1,4 +1,5 @@
-"""Tokenisation of the four JSONL formats with the loss mask (assistant / completion tokens only by default).
+"""Tokenisation of the JSONL formats with the loss mask (assistant / completion tokens only by default), and
+of preference pairs (two sequences each, prompt + chosen and prompt + rejected, only the answers trained).
 How examples are then batched and laid out: batching.py.
 
 Runs after data.validate_file() has accepted the file, so records here are known to be well formed.
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .batching import IGNORE_INDEX
-from .data import iter_records
+from .data import PREFERENCE_FORMATS, Pair, iter_records, pair_of
 
 # Used when a tokenizer has no chat template of its own. It marks assistant turns with {% generation %} so the
 # assistant-only mask comes from the template itself, and it is saved with the adapter's tokenizer so that
@@ -44,10 +45,12 @@ class TokenizedData:
     dropped: int = 0
     num_tokens: int = 0
     num_target_tokens: int = 0
+    # Sequences per example: 1, or 2 for preference pairs (`examples` then holds chosen, rejected, chosen...).
+    group: int = 1
 
     def stats(self) -> dict[str, int]:
         return {
-            "num_examples": len(self.examples),
+            "num_examples": len(self.examples) // self.group,
             "truncated_examples": self.truncated,
             "dropped_examples": self.dropped,
             "num_tokens": self.num_tokens,
@@ -143,6 +146,27 @@ def encode_record(record: dict[str, Any], fmt: str, tokenizer: Any) -> tuple[lis
     return ids, [True] * len(ids)
 
 
+def encode_pair(pair: Pair, tokenizer: Any) -> list[tuple[list[int], list[bool]]]:
+    """[(ids, mask) of prompt + chosen, (ids, mask) of prompt + rejected]: only the answer's tokens are
+    targets (a prompt's own earlier assistant turns are context). Messages go through the chat template, text
+    is prompt + answer + EOS as the completion format."""
+    if not pair.conversational:
+        assert (
+            isinstance(pair.prompt, str) and isinstance(pair.chosen, str) and isinstance(pair.rejected, str)
+        )
+        answers = (pair.chosen, pair.rejected)
+        return [_prompt_completion(pair.prompt, str(answer), tokenizer) for answer in answers]
+    prompt, chosen, rejected = pair.as_messages()
+    head = _ids(
+        tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)
+    )
+    out = []
+    for answer in (chosen, rejected):
+        ids, mask = encode_chat(prompt + answer, tokenizer)
+        out.append((ids, [m and i >= len(head) for i, m in enumerate(mask)]))
+    return out
+
+
 def tokenize_file(
     path: str | Path,
     fmt: str,
@@ -151,6 +175,8 @@ def tokenize_file(
     max_seq_length: int,
     train_on_inputs: bool = False,
 ) -> TokenizedData:
+    if fmt in PREFERENCE_FORMATS:
+        return _tokenize_pairs(path, fmt, tokenizer, max_seq_length=max_seq_length)
     out = TokenizedData()
     for _, record in iter_records(path):
         ids, mask = encode_record(record, fmt, tokenizer)
@@ -169,4 +195,26 @@ def tokenize_file(
         out.examples.append({"input_ids": ids, "labels": labels})
         out.num_tokens += len(ids)
         out.num_target_tokens += targets
+    return out
+
+
+def _tokenize_pairs(path: str | Path, fmt: str, tokenizer: Any, *, max_seq_length: int) -> TokenizedData:
+    """Pairs as two consecutive examples (chosen, rejected). Each sequence is truncated on its own; a pair
+    one of whose answers lies wholly past max_seq_length is dropped (it would compare nothing)."""
+    out = TokenizedData(group=2)
+    for _, record in iter_records(path):
+        sequences = []
+        for ids, mask in encode_pair(pair_of(record, fmt), tokenizer):
+            labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)]
+            truncated = len(ids) > max_seq_length
+            sequences.append((ids[:max_seq_length], labels[:max_seq_length], truncated))
+        targets = [sum(1 for t in labels[1:] if t != IGNORE_INDEX) for _, labels, _ in sequences]
+        if min(targets) == 0:
+            out.dropped += 1
+            continue
+        out.truncated += any(t for _, _, t in sequences)
+        for (ids, labels, _), n in zip(sequences, targets, strict=True):
+            out.examples.append({"input_ids": ids, "labels": labels})
+            out.num_tokens += len(ids)
+            out.num_target_tokens += n
     return out

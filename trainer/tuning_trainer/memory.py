@@ -117,7 +117,7 @@ class MemoryEstimate:
 def estimate_memory(
     shape: Shape,
     *,
-    method: str,
+    adapter_type: str,
     lora_r: int,
     lora_target_modules: str | list[str],
     dtype_bytes: int,
@@ -133,7 +133,7 @@ def estimate_memory(
     micro-batch of the run), `trained_tokens` of them with a loss."""
     h, i = shape.hidden, shape.intermediate
     kv = shape.kv_heads * shape.head_dim
-    if method == "qlora":
+    if adapter_type == "qlora":
         # nf4: half a byte per weight; the absmax of each 64-block as 8 bits, plus their fp32 absmax per 256.
         linear = shape.linear_params * (0.5 + 1 / 64 + 4 / (64 * 256))
     else:

@@ -161,7 +161,8 @@ def load_model(
     attn_implementation: str = "sdpa",
     gradient_checkpointing: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
-    """Load the base model for cfg.method and wrap it in a fresh LoRA adapter. Returns (peft model, info).
+    """Load the base model for cfg.adapter and wrap it in a LoRA adapter: a fresh one, or cfg.init_adapter's
+    weights and shape (trainable, under the name "default" as a fresh one). Returns (peft model, info).
 
     Nothing of the base is upcast: the frozen weights, the embeddings and the output head stay in the compute
     dtype (peft's prepare_model_for_kbit_training would make every non-quantized one fp32: 4 GB more for an
@@ -178,7 +179,7 @@ def load_model(
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
     # Under FSDP no device_map: transformers sees the launch (ACCELERATE_USE_FSDP) and, with
     # cpu_ram_efficient_loading, loads the weights on rank 0's CPU only; accelerate shards and places them.
-    if cfg.method == "qlora":
+    if cfg.adapter == "qlora":
         kwargs["quantization_config"] = quantization_config(dtype, device)
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
@@ -190,7 +191,7 @@ def load_model(
         raise TrainerError(
             MODEL_NOT_FOUND, f"model {source.location!r} could not be loaded: {exc}", EXIT_USER_ERROR
         ) from None
-    repacking_disabled = disable_cpu_4bit_repacking(model) if cfg.method == "qlora" else 0
+    repacking_disabled = disable_cpu_4bit_repacking(model) if cfg.adapter == "qlora" else 0
     for param in model.parameters():
         param.requires_grad_(False)
     if gradient_checkpointing:
@@ -198,7 +199,10 @@ def load_model(
         # The frozen embeddings' output needs a gradient for the checkpointed layers to backpropagate into.
         model.enable_input_require_grads()
     model.config.use_cache = False
-    model = get_peft_model(model, lora_config(hp))
+    if cfg.init_adapter is not None:
+        model = _load_init_adapter(model, cfg.init_adapter)
+    else:
+        model = get_peft_model(model, lora_config(hp))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = _count_params(model)
     info = {
@@ -207,10 +211,25 @@ def load_model(
         "compute_dtype": str(dtype).replace("torch.", ""),
         "gradient_checkpointing": gradient_checkpointing,
         "attn_implementation": attn_implementation,
-        "quantization": "nf4-double-quant" if cfg.method == "qlora" else None,
+        "quantization": "nf4-double-quant" if cfg.adapter == "qlora" else None,
         "cpu_4bit_repacking_disabled": repacking_disabled,
+        "init_adapter": cfg.init_adapter,
     }
     return model, info
+
+
+def _load_init_adapter(model: Any, path: str) -> Any:
+    """The base wrapped in the adapter saved at `path`, trainable: the run continues from its weights."""
+    from peft import PeftModel
+
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise TrainerError(
+            "invalid_config",
+            f"init_adapter {path!r} is not an adapter folder (it has no adapter_config.json)",
+            EXIT_USER_ERROR,
+            extra={"param": "init_adapter"},
+        )
+    return PeftModel.from_pretrained(model, path, is_trainable=True)
 
 
 def _count_params(model: Any) -> int:

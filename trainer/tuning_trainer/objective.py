@@ -133,14 +133,158 @@ class _FrozenHeadLoss(torch.autograd.Function):
         return grad * grad_loss.to(grad.dtype), None, None, None, None
 
 
-def batch_tensors(batch: Any, device: Any) -> dict[str, Any]:
-    """A laid-out micro-batch (batching.MicroBatch) as the tensors TokenLoss takes, on `device`. On CUDA the
-    host tensors are pinned and copied without blocking, so the copy overlaps the previous step's kernels."""
+class PreferenceLoss(torch.nn.Module):
+    """The preference objectives on a micro-batch of pairs: its sequences are chosen, rejected, chosen, ...
+    (sequence 2k is pair k's chosen answer, 2k + 1 its rejected one) and `target_seq` says which sequence each
+    target position belongs to. `forward` returns (the summed loss over the pairs, a vector of sums: chosen
+    rewards, rejected rewards, pairs won, chosen-answer tokens predicted right, chosen-answer tokens).
+
+    - dpo (Rafailov et al.; TRL's DPOTrainer, loss_type "sigmoid"): -log σ(β((π_c - ref_c) - (π_r - ref_r)))
+      with π and ref the answers' summed token log-probabilities under the policy and the reference. The
+      reference is the same model with the adapter disabled (peft's disable_adapter): no second copy of the
+      weights, and for a job started from a checkpoint, the base, not that checkpoint. Rewards: β(π - ref).
+    - simpo (Meng et al.; TRL's CPOTrainer, loss_type "simpo"): -log σ(β(avg_c - avg_r) - γ), with avg the
+      mean token log-probability and γ = simpo_gamma_beta_ratio x β. No reference. Rewards: β x avg.
+    - orpo (Hong et al.; TRL's ORPOTrainer): the chosen answer's negative log-likelihood (per token) minus
+      λ log σ(log odds(avg_c) - log odds(avg_r)), λ = β. No reference. Rewards: β x avg. The likelihood term
+      is averaged per pair here, over the batch's tokens in TRL: they agree when the chosen answers are the
+      same length.
+    """
+
+    def __init__(self, model: Any, *, method: str, beta: float, gamma_beta_ratio: float = 0.5) -> None:
+        super().__init__()
+        self.model = model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._no_split_modules = getattr(base, "_no_split_modules", None)
+        self._parts = (base.get_decoder(), base.get_output_embeddings())
+        config = base.config
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        self.logit_scale = getattr(config, "logit_scale", None)
+        self.vocab_size = int(config.vocab_size)
+        self.method = method
+        self.beta = float(beta)
+        self.gamma = float(gamma_beta_ratio) * self.beta
+
+    def forward(
+        self,
+        input_ids: Any,
+        position_ids: Any,
+        target_index: Any,
+        target_ids: Any,
+        target_seq: Any,
+        num_seqs: int,
+    ) -> tuple[Any, Any]:
+        args = (input_ids, position_ids, target_index, target_ids, target_seq, num_seqs)
+        logps, correct, counts = self.sequence_logps(*args)
+        chosen, rejected = logps[0::2], logps[1::2]
+        if self.method == "dpo":
+            with torch.no_grad(), self.model.disable_adapter():
+                ref, _, _ = self.sequence_logps(*args)
+            reward_c = self.beta * (chosen - ref[0::2])
+            reward_r = self.beta * (rejected - ref[1::2])
+            losses = -F.logsigmoid(reward_c - reward_r)
+        else:
+            avg_c, avg_r = chosen / counts[0::2], rejected / counts[1::2]
+            reward_c, reward_r = self.beta * avg_c, self.beta * avg_r
+            if self.method == "simpo":
+                losses = -F.logsigmoid(reward_c - reward_r - self.gamma)
+            elif self.method == "orpo":
+                log_odds = (avg_c - avg_r) - (_log1mexp(avg_c) - _log1mexp(avg_r))
+                losses = -avg_c - self.beta * F.logsigmoid(log_odds)
+            else:
+                raise ValueError(f"unknown preference method {self.method!r}")
+        with torch.no_grad():
+            stats = torch.stack(
+                [
+                    reward_c.sum(),
+                    reward_r.sum(),
+                    (reward_c > reward_r).sum().to(reward_c.dtype),
+                    correct[0::2].sum().to(reward_c.dtype),
+                    counts[0::2].sum().to(reward_c.dtype),
+                ]
+            ).float()
+        return losses.sum(), stats
+
+    def sequence_logps(
+        self,
+        input_ids: Any,
+        position_ids: Any,
+        target_index: Any,
+        target_ids: Any,
+        target_seq: Any,
+        num_seqs: int,
+    ) -> tuple[Any, Any, Any]:
+        """Per sequence: the summed log-probability of its targets, how many of them are the argmax, and how
+        many there are (fp32)."""
+        decoder, _ = self._parts
+        hidden = decoder(
+            input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False
+        ).last_hidden_state
+        trained = hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)
+        chunk = max(1, CHUNK_BYTES // (4 * self.vocab_size))
+        parts = []
+        for start in range(0, trained.shape[0], chunk):
+            args = (trained[start : start + chunk], target_ids[start : start + chunk])
+            if trained.shape[0] > chunk and trained.requires_grad:
+                parts.append(checkpoint(self._token_logps, *args, use_reentrant=False))
+            else:
+                parts.append(self._token_logps(*args))
+        token_logps = torch.cat([p[0] for p in parts])
+        hits = torch.cat([p[1] for p in parts]).float()
+        zeros = torch.zeros(num_seqs, dtype=torch.float32, device=hidden.device)
+        logps = zeros.index_add(0, target_seq, token_logps)
+        correct = zeros.index_add(0, target_seq, hits)
+        counts = zeros.index_add(0, target_seq, torch.ones_like(hits))
+        return logps, correct, counts
+
+    def _token_logps(self, hidden: Any, targets: Any) -> tuple[Any, Any]:
+        logits = self._parts[1](hidden).float()
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        logps = logits.log_softmax(dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            hits = logits.argmax(dim=-1) == targets
+        return logps, hits
+
+
+def _log1mexp(x: Any) -> Any:
+    """log(1 - exp(x)) for x < 0 (the log of 1 - p from log p), kept finite as x nears 0."""
+    return torch.log1p(-torch.exp(x.clamp(max=-1e-6)))
+
+
+def summarise(aux: list[float], units: float, *, preference: bool) -> dict[str, float]:
+    """A window's metrics from the sums an objective returned (TokenLoss: hits; PreferenceLoss: its vector)
+    and the units its loss is a mean over (tokens, or pairs)."""
+    n = max(1.0, units)
+    if not preference:
+        return {"token_accuracy": round(aux[0] / n, 6)}
+    chosen, rejected, won, hits, tokens = aux
+    return {
+        "token_accuracy": round(hits / max(1.0, tokens), 6),
+        "rewards_chosen": chosen / n,
+        "rewards_rejected": rejected / n,
+        "rewards_margin": (chosen - rejected) / n,
+        "rewards_accuracy": round(won / n, 6),
+    }
+
+
+def batch_tensors(batch: Any, device: Any, *, pairs: bool = False) -> dict[str, Any]:
+    """A laid-out micro-batch (batching.MicroBatch) as the tensors TokenLoss takes (with `pairs`, those
+    PreferenceLoss takes), on `device`. On CUDA the host tensors are pinned and copied without blocking, so
+    the copy overlaps the previous step's kernels."""
     ids = torch.tensor(batch.input_ids, dtype=torch.long)
     pos = torch.tensor(batch.position_ids, dtype=torch.long)
     targets = torch.tensor(batch.targets, dtype=torch.long).reshape(-1)
     index = (targets != IGNORE_INDEX).nonzero().squeeze(-1)  # on the host: no device sync
     out = {"input_ids": ids, "position_ids": pos, "target_index": index, "target_ids": targets[index]}
+    if pairs:
+        out["target_seq"] = torch.tensor(batch.owners, dtype=torch.long).reshape(-1)[index]
     if device.type == "cuda":
-        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in out.items()}
-    return {k: v.to(device) for k, v in out.items()}
+        moved = {k: v.pin_memory().to(device, non_blocking=True) for k, v in out.items()}
+    else:
+        moved = {k: v.to(device) for k, v in out.items()}
+    if pairs:
+        moved["num_seqs"] = max(max(row) for row in batch.owners) + 1
+    return moved

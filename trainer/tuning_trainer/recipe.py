@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint
-from .batching import Example, lay_out, trained_tokens
+from .batching import Example, lay_out
 from .config import JobConfig
 from .data import DatasetSummary
 from .dataset import ensure_chat_template
@@ -137,6 +137,7 @@ class Recipe:
         self.eval_examples: list[Example] = run.eval_examples
         self.train_stats = run.train_stats
         self.lengths, self.trained, self.plan = run.lengths, run.trained, run.plan
+        self.loss_units, self.eval_units = run.loss_units, run.eval_units
         self.batches_per_epoch = run.plan.batches_per_epoch
         self.steps_per_epoch = run.steps_per_epoch
         self.total_steps, self.total_epochs = run.total_steps, run.total_epochs
@@ -151,7 +152,7 @@ class Recipe:
             attn_implementation=self.attn_implementation,
             gradient_checkpointing=use_gc,
         )
-        from .objective import TokenLoss
+        from .objective import PreferenceLoss, TokenLoss
 
         self.peft_model = model
         self.model_info = {
@@ -159,7 +160,18 @@ class Recipe:
             "estimated_peak_memory_mb": round(self.memory_estimate.peak_bytes / 2**20),
             "shape": asdict(run.shape),  # what the dry run matches past jobs' speed by
         }
-        objective: Any = TokenLoss(model)
+        self.preference = self.cfg.preference
+        objective: Any
+        if self.preference:
+            assert isinstance(hp.dpo_beta, float)
+            objective = PreferenceLoss(
+                model,
+                method=self.cfg.method,
+                beta=hp.dpo_beta,
+                gamma_beta_ratio=hp.simpo_gamma_beta_ratio,
+            )
+        else:
+            objective = TokenLoss(model)
         if hp.torch_compile:
             # The decoder only: the chunked loss loops in Python over a varying number of chunks.
             objective._parts[0].compile(dynamic=True)
@@ -229,6 +241,7 @@ class Recipe:
             total_params=self.model_info["total_params"],
             model=self.source.to_dict(),
             method=self.cfg.method,
+            adapter=self.cfg.adapter,
             model_setup=self.model_info,
             config=self.cfg.to_dict(),
             resolved_auto=self.resolved_auto,
@@ -251,7 +264,7 @@ class Recipe:
         from .objective import batch_tensors
 
         laid = lay_out([self.examples[i] for i in indices], self.layout, self.tokenizer.pad_token_id)
-        return batch_tensors(laid, self.accelerator.device)
+        return batch_tensors(laid, self.accelerator.device, pairs=self.preference)
 
     def _stop_requested(self) -> bool:
         flag = self.stop.requested
@@ -274,10 +287,13 @@ class Recipe:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def train(self) -> int:
-        """The loop. The loss of a step is the mean over the trained tokens of all its micro-batches on all
-        processes (as HF's `num_items_in_batch`): each micro-batch's summed loss is divided by the step's
-        trained-token count, which every process knows from the plan without communicating. Nothing here
-        waits for the device except a logging step, a stop check across processes and the end."""
+        """The loop. The loss of a step is the mean over the trained tokens (a preference method: the
+        pairs) of all its micro-batches on all processes (as HF's `num_items_in_batch`): each micro-batch's
+        summed loss is divided by the step's count of them, which every process knows from the plan without
+        communicating. Nothing here waits for the device except a logging step, a stop check across
+        processes and the end."""
+        from .objective import summarise
+
         torch = self.torch
         acc = self.accelerator
         hp = self.hp
@@ -286,7 +302,9 @@ class Recipe:
         loop_start = time.monotonic()
         window_start = loop_start
         zero = torch.zeros((), device=acc.device, dtype=torch.float32)
-        window_loss, window_correct, window_trained, window_tokens = zero.clone(), zero.clone(), 0, 0
+        no_aux = torch.zeros(5 if self.preference else 1, device=acc.device, dtype=torch.float32)
+        window_loss, window_aux = zero.clone(), no_aux.clone()
+        window_trained, window_tokens = 0, 0
         last_loss: tuple[Any, int] = (zero, 0)
         self.last_eval_loss: float | None = None
         self.last_eval_step = -1
@@ -300,7 +318,7 @@ class Recipe:
             for group_index in range(first_group, self.steps_per_epoch):
                 lo, hi = group_index * ga, (group_index + 1) * ga
                 in_step = [i for rank in every_rank for batch in rank[lo:hi] for i in batch]
-                step_trained = sum(self.trained[i] for i in in_step)
+                step_trained = sum(self.loss_units[i] for i in in_step)
                 step_tokens = sum(self.lengths[i] for i in in_step)
                 scale = self.world / max(1, step_trained)  # DDP averages over processes: undo it
                 group = [self._tensors(indices) for indices in mine[lo:hi]]  # ahead of the compute
@@ -308,10 +326,10 @@ class Recipe:
                 for i, batch in enumerate(group):
                     sync = i == len(group) - 1
                     with acc.no_sync(self.model) if not sync else nullcontext(), acc.autocast():
-                        loss_sum, correct = self.model(**batch)
+                        loss_sum, aux = self.model(**batch)
                         acc.backward(loss_sum * scale)
                     step_loss += loss_sum.detach().float()
-                    window_correct += correct
+                    window_aux += aux.detach().float().reshape(-1)
                 if hp.max_grad_norm > 0:
                     grad_norm: Any = acc.clip_grad_norm_(self.params, hp.max_grad_norm)
                 else:
@@ -331,14 +349,14 @@ class Recipe:
                 self.tokens_seen += step_tokens
                 last_loss = (step_loss, step_trained)
                 if log_now:
-                    loss_sum_all, correct_all = self._sum_over_ranks(window_loss, window_correct)
+                    loss_sum_all, *aux_all = self._sum_over_ranks(window_loss, *window_aux.unbind())
                     now = time.monotonic()
                     done = self.step - self.start_step
                     per_step = (now - loop_start) / max(1, done)
                     self._metrics(
                         epoch=epoch + (group_index + 1) / self.steps_per_epoch,
                         loss=loss_sum_all / max(1, window_trained),
-                        token_accuracy=correct_all / max(1, window_trained),
+                        summary=summarise(aux_all, window_trained, preference=self.preference),
                         grad_norm=float(grad_norm),
                         learning_rate=step_lr,
                         tokens_per_second=window_tokens / max(1e-9, now - window_start),
@@ -346,9 +364,9 @@ class Recipe:
                         eta=per_step * (self.total_steps - self.step),
                     )
                     window_start = now
-                    window_loss, window_correct, window_trained, window_tokens = (
+                    window_loss, window_aux, window_trained, window_tokens = (
                         zero.clone(),
-                        zero.clone(),
+                        no_aux.clone(),
                         0,
                         0,
                     )
@@ -378,7 +396,7 @@ class Recipe:
         *,
         epoch: float,
         loss: float,
-        token_accuracy: float,
+        summary: dict[str, float],
         grad_norm: float,
         learning_rate: float,
         tokens_per_second: float,
@@ -391,7 +409,7 @@ class Recipe:
             total_steps=self.total_steps,
             epoch=round(epoch, 4),
             loss=loss,
-            token_accuracy=round(token_accuracy, 6),
+            token_accuracy=summary["token_accuracy"],
             learning_rate=learning_rate,
             grad_norm=grad_norm,
             tokens_per_second=round(tokens_per_second, 1),
@@ -399,48 +417,50 @@ class Recipe:
             elapsed_seconds=round(elapsed, 3),
             eta_seconds=round(eta, 1),
             peak_memory_mb=round(self._peak_memory_mb(), 1),
+            **{k: v for k, v in summary.items() if k != "token_accuracy"},
         )
+        rewards = ""
+        if "rewards_margin" in summary:
+            rewards = f" margin {summary['rewards_margin']:.3f} reward acc {summary['rewards_accuracy']:.2f}"
         self._log(
-            f"step {self.step}/{self.total_steps} epoch {epoch:.2f} loss {loss:.4f} acc {token_accuracy:.3f} "
-            f"lr {learning_rate:.3g} grad_norm {grad_norm:.3f} {tokens_per_second:.0f} tok/s eta {eta:.0f}s"
+            f"step {self.step}/{self.total_steps} epoch {epoch:.2f} loss {loss:.4f} "
+            f"acc {summary['token_accuracy']:.3f}{rewards} lr {learning_rate:.3g} grad_norm {grad_norm:.3f} "
+            f"{tokens_per_second:.0f} tok/s eta {eta:.0f}s"
         )
 
     def _evaluate(self, epoch: float) -> float:
         torch = self.torch
         acc = self.accelerator
         self.model.eval()
+        from .objective import batch_tensors, summarise
+
         loss_sum = torch.zeros((), device=acc.device, dtype=torch.float64)
-        correct = torch.zeros((), device=acc.device, dtype=torch.float64)
-        mine = list(range(len(self.eval_examples)))[self.rank :: self.world]
+        aux = torch.zeros(5 if self.preference else 1, device=acc.device, dtype=torch.float64)
+        mine = self.eval_units[self.rank :: self.world]
         bs = int(self.hp.batch_size)
         with torch.no_grad():
             for i in range(0, len(mine), bs):
                 laid = lay_out(
-                    [self.eval_examples[j] for j in mine[i : i + bs]],
+                    [self.eval_examples[j] for unit in mine[i : i + bs] for j in unit],
                     self.layout,
                     self.tokenizer.pad_token_id,
                 )
-                from .objective import batch_tensors
-
                 with acc.autocast():
-                    batch_loss, batch_correct = self.model(**batch_tensors(laid, acc.device))
+                    batch_loss, batch_aux = self.model(
+                        **batch_tensors(laid, acc.device, pairs=self.preference)
+                    )
                 loss_sum += batch_loss.double()
-                correct += batch_correct.double()
-        total_loss, total_correct = self._sum_over_ranks(loss_sum, correct)
-        trained = sum(trained_tokens(ex) for ex in self.eval_examples)
+                aux += batch_aux.double().reshape(-1)
+        total_loss, *total_aux = self._sum_over_ranks(loss_sum, *aux.unbind())
+        units = self.run_plan.eval_loss_units
         self.model.train()
-        eval_loss = total_loss / max(1, trained)
-        accuracy = total_correct / max(1, trained)
+        eval_loss = total_loss / max(1, units)
+        summary = {f"eval_{k}": v for k, v in summarise(total_aux, units, preference=self.preference).items()}
         self.last_eval_loss = eval_loss
         self.last_eval_step = self.step
-        self.events.write(
-            "eval",
-            step=self.step,
-            epoch=round(epoch, 4),
-            eval_loss=eval_loss,
-            eval_token_accuracy=round(accuracy, 6),
-        )
-        self._log(f"eval at step {self.step}: eval_loss {eval_loss:.4f} eval_token_accuracy {accuracy:.3f}")
+        self.events.write("eval", step=self.step, epoch=round(epoch, 4), eval_loss=eval_loss, **summary)
+        shown = " ".join(f"{k} {v:.3f}" for k, v in summary.items())
+        self._log(f"eval at step {self.step}: eval_loss {eval_loss:.4f} {shown}")
         return eval_loss
 
     def _checkpoint(self) -> Path:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from .config import Hyperparameters, JobConfig, Method
+from .config import Adapter, Hyperparameters, JobConfig, Method
 from .schema import StrictModel
 
 
@@ -57,13 +57,14 @@ class Started(_Record, RunPlanFacts):
     type: Literal["started"]
     start_step: int
     """Non-zero on a resume"""
-    format: Literal["chat", "completion", "text", "alpaca"]
+    format: Literal["chat", "completion", "text", "alpaca", "preference", "chosen_rejected"]
     chat_template: Literal["model", "fallback"]
     trainable_params: int
     total_params: int
     model: dict[str, str]
     """kind (local or hub) and location"""
     method: Method
+    adapter: Adapter
     model_setup: dict[str, Any]
     """Compute dtype, quantization, gradient checkpointing, parameter counts, the estimated peak memory and
     the model's shape"""
@@ -108,10 +109,11 @@ class Metrics(_Record):
     total_steps: int
     epoch: float
     loss: float | None
-    """Mean over the trained tokens of the steps since the previous metrics record (null when not finite:
-    a diverged loss)"""
+    """Mean over the trained tokens of the steps since the previous metrics record (a preference method:
+    over the pairs; null when not finite: a diverged loss)"""
     token_accuracy: float
-    """Share of those tokens the model predicted right (argmax), over every process"""
+    """Share of those tokens the model predicted right (argmax), over every process (a preference method:
+    of the chosen answers' tokens)"""
     learning_rate: float
     """The rate this step trained at (0 on the first warm-up step, as HF logs it)"""
     grad_norm: float | None
@@ -121,6 +123,15 @@ class Metrics(_Record):
     eta_seconds: float
     peak_memory_mb: float
     """CUDA: max allocated; CPU: peak RSS of the process"""
+    rewards_chosen: float | None = None
+    """Preference methods: the mean implicit reward of the chosen answers over the same steps (dpo:
+    β x (log π - log π_ref) of the answer; orpo, simpo: β x its mean token log-probability)"""
+    rewards_rejected: float | None = None
+    """The same for the rejected answers"""
+    rewards_margin: float | None = None
+    """rewards_chosen - rewards_rejected"""
+    rewards_accuracy: float | None = None
+    """Share of the pairs whose chosen answer has the higher reward"""
 
 
 class Eval(_Record):
@@ -132,6 +143,11 @@ class Eval(_Record):
     eval_loss: float | None
     eval_token_accuracy: float
     """Share of the validation file's trained tokens predicted right (argmax)"""
+    eval_rewards_chosen: float | None = None
+    """Preference methods: rewards_chosen over the validation pairs"""
+    eval_rewards_rejected: float | None = None
+    eval_rewards_margin: float | None = None
+    eval_rewards_accuracy: float | None = None
 
 
 class Checkpoint(_Record):

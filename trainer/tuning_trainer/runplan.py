@@ -102,6 +102,12 @@ class RunPlan:
     lengths: list[int]
     trained: list[int]
     """Trained tokens per example"""
+    loss_units: list[int]
+    """What each example adds to the count a step's loss is averaged over: its trained tokens (sft), or 1 for
+    a pair's chosen sequence and 0 for its rejected one (a preference loss is a mean over pairs)"""
+    eval_units: list[list[int]]
+    """The validation examples in the groups that are scored together (pairs, for a preference method)"""
+    eval_loss_units: int
     plan: Plan
     steps_per_epoch: int
     total_steps: int
@@ -159,12 +165,18 @@ def plan_run(
             max_seq_length=hp.max_seq_length,
             train_on_inputs=hp.train_on_inputs,
         ).examples
-    hp, resolved = resolve_auto(hp, len(train.examples))
+    group = train.group
+    hp, resolved = resolve_auto(hp, len(train.examples) // group, cfg.method)
     assert isinstance(hp.batch_size, int) and isinstance(hp.epochs, int)
     lengths = [len(ex["input_ids"]) for ex in train.examples]
     budget = hp.max_tokens_per_batch if isinstance(hp.max_tokens_per_batch, int) else 0
     plan = make_plan(
-        lengths, packing=hp.packing, batch_size=hp.batch_size, max_tokens_per_batch=budget, world=world
+        lengths,
+        packing=hp.packing,
+        batch_size=hp.batch_size,
+        max_tokens_per_batch=budget,
+        world=world,
+        group=group,
     )
     if plan.per_rank == 0:
         raise TrainerError(
@@ -186,7 +198,7 @@ def plan_run(
     def estimate(gc: bool) -> MemoryEstimate:
         return memory.estimate_memory(
             shape,
-            method=cfg.method,
+            adapter_type=cfg.adapter,
             lora_r=hp.lora_r,
             lora_target_modules=hp.lora_target_modules,
             dtype_bytes=device.dtype_bytes,
@@ -212,6 +224,9 @@ def plan_run(
         train_stats=train.stats(),
         lengths=lengths,
         trained=[trained_tokens(ex) for ex in train.examples],
+        loss_units=_loss_units(train.examples, group),
+        eval_units=[list(range(i, i + group)) for i in range(0, len(eval_examples), group)],
+        eval_loss_units=sum(_loss_units(eval_examples, group)),
         plan=plan,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
@@ -223,6 +238,12 @@ def plan_run(
         memory=estimate(use_gc),
         shape=shape,
     )
+
+
+def _loss_units(examples: list[Example], group: int) -> list[int]:
+    if group == 1:
+        return [trained_tokens(ex) for ex in examples]
+    return [1 if i % group == 0 else 0 for i in range(len(examples))]
 
 
 def _largest_batch(

@@ -4,7 +4,8 @@ job is stored.
 - Its data paths lie inside the files root (files/paths.py: no '..', symlinks resolved): 400 invalid_path.
 - The files it names exist: an upload of the caller's, or a regular file under the root (404
   file_not_found, like any id that is not there); an upload passed validation (422 file_invalid).
-- A path's file holds valid training data, by the trainer's own rules (422 with the data codes and `line`).
+- A path's file holds valid training data, by the trainer's own rules (422 with the data codes and `line`),
+  in a format the method trains on: pairs for dpo/orpo/simpo, single examples for sft (422 format_mismatch).
 - It asks for no more GPUs than this server leases (422 not_enough_gpus naming num_gpus; a server without
   GPUs runs 1).
 - A webhook URL may be reached by this server's policy (403 webhook_url_not_allowed) and can be signed: the
@@ -19,7 +20,7 @@ import asyncio
 import errno
 from pathlib import Path
 
-from tuning_trainer.data import DataError, validate_file
+from tuning_trainer.data import FORMAT_MISMATCH, DataError, method_mismatch, validate_file
 
 from ..errors import APIError
 from ..files.paths import resolve_data_path
@@ -50,12 +51,17 @@ async def admit(
                 f"keys set-webhook {owner}' on the server (it prints the secret once), then retry",
                 param="webhook_url",
             )
+    formats: dict[str, str] = {}
     for param in ("training_file", "validation_file"):
         value = getattr(request, param)
         if is_file_id(value):
-            await files.for_job(value, owner, param)
+            _, formats[param] = await files.for_job(value, owner, param)
     for param, (shown, path) in paths.items():
-        await asyncio.to_thread(_check_file, path, param, shown, settings)
+        formats[param] = await asyncio.to_thread(_check_file, path, param, shown, settings)
+    for param in ("training_file", "validation_file"):  # in this order: the training file's problem first
+        mismatch = method_mismatch(formats[param], request.training_method) if param in formats else None
+        if mismatch is not None:
+            raise APIError(422, FORMAT_MISMATCH, f"{param}: {mismatch}", param=param, extra={"line": None})
     normal: dict[str, str | None] = {param: shown for param, (shown, _) in paths.items()}
     if request.validation_file == "":
         normal["validation_file"] = None
@@ -90,14 +96,15 @@ def _not_found(param: str, shown: str) -> APIError:
     return APIError(404, "file_not_found", message, param=param, extra={"line": None})
 
 
-def _check_file(path: Path, param: str, shown: str, settings: Settings) -> None:
+def _check_file(path: Path, param: str, shown: str, settings: Settings) -> str:
+    """The file's data format, or the APIError that says what is wrong with it."""
     try:
-        validate_file(
+        return validate_file(
             path,
             max_bytes=settings.max_file_bytes,
             max_line_bytes=settings.max_line_bytes,
             max_rows=settings.max_rows,
-        )
+        ).format
     except DataError as exc:
         if exc.code == "file_not_found":
             raise _not_found(param, shown) from None

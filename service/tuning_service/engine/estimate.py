@@ -56,18 +56,23 @@ class Estimator:
         config = trainer_config(self.settings, row, self.settings.data_dir / "estimates")
         world, gpus = self.world(request)
         out = await self._run({"config": config, "num_processes": world}, gpus)
-        seconds, based_on = await self._seconds(out, request.method, world)
+        seconds, based_on = await self._seconds(out, normal["method"], normal["adapter"], world)
         return {
             "object": "tuning.estimate",
             "model": request.model,
-            "method": request.method,
+            "method": normal["method"],
+            "adapter": normal["adapter"],
             **out,
             "estimated_seconds": seconds,
             "based_on_jobs": based_on,
         }
 
-    async def _seconds(self, out: dict[str, Any], method: str, world: int) -> tuple[float | None, int]:
-        runs = await self.store.past_runs(method=method, device=out["device"], num_processes=world)
+    async def _seconds(
+        self, out: dict[str, Any], method: str, adapter: str, world: int
+    ) -> tuple[float | None, int]:
+        runs = await self.store.past_runs(
+            method=method, adapter=adapter, device=out["device"], num_processes=world
+        )
         speeds = [tokens / secs for shape, tokens, secs in runs if shape == out["shape"] and secs > 0]
         if not speeds:
             return None, 0

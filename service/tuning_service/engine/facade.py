@@ -26,11 +26,12 @@ from ..observability.metrics import JobCollector
 from ..schema.jobs import CreateTuningRequest
 from ..settings import Settings
 from ..states import ACTIVE, NON_TERMINAL, RESUMABLE, JobStatus
+from ..storage.jobs import new_job_id
 from ..storage.store import Stamp, Store
 from ..webhooks.delivery import Deliverer
 from ..webhooks.outbox import make_append_hook
 from ..webhooks.policy import ROTATION_OVERLAP_SECONDS, new_secret
-from . import checkpoints
+from . import checkpoints, lineage
 from .admission import admit
 from .checkpoints import checkpoint_dirs, requeue_fields
 from .estimate import Estimator
@@ -102,24 +103,41 @@ class JobManager:
     async def create(
         self, *, owner: str, request: CreateTuningRequest, idempotency_key: str | None
     ) -> tuple[dict[str, Any], bool]:
-        """Admit (admission.py) and queue a job; with an idempotency key already used by this owner, the
-        job it made (the same body) or 422 `idempotency_key_reused` (another body). Returns (job, created)."""
+        """Admit (admission.py, and lineage.py for from_checkpoint) and queue a job; with an idempotency key
+        already used by this owner, the job it made (the same body) or 422 `idempotency_key_reused` (another
+        body). Returns (job, created)."""
         request = await admit(
             request, owner=owner, settings=self.settings, files=self.files, store=self.store
         )
+        source = None
+        if request.from_checkpoint is not None:
+            request, source = await lineage.resolve(
+                request, owner=owner, store=self.store, jobs_dir=self.settings.jobs_dir
+            )
         normal = request.normalised()
         rhash = request_hash(normal)
         hyperparameters = normal.pop("hyperparameters")  # stored once: the job's own column
-        row, created = await self.store.create_job(
-            owner=owner,
-            model=request.model,
-            request=normal,
-            request_hash=rhash,
-            idempotency_key=idempotency_key,
-            hyperparameters=hyperparameters,
-            num_gpus=request.num_gpus if self.settings.gpus else 0,  # the GPUs it leases
-            now=time.time(),
-        )
+        job_id = new_job_id()
+        job_dir = self.settings.jobs_dir / job_id
+        if source is not None:
+            # In place before the job is queued: the scheduler may start it at once.
+            await asyncio.to_thread(lineage.copy_adapter, source, job_dir)
+        row: dict[str, Any] | None = None
+        try:
+            row, created = await self.store.create_job(
+                job_id=job_id,
+                owner=owner,
+                model=request.model,
+                request=normal,
+                request_hash=rhash,
+                idempotency_key=idempotency_key,
+                hyperparameters=hyperparameters,
+                num_gpus=request.num_gpus if self.settings.gpus else 0,  # the GPUs it leases
+                now=time.time(),
+            )
+        finally:
+            if source is not None and (row is None or row["id"] != job_id):  # no job was made of it
+                await asyncio.to_thread(shutil.rmtree, job_dir, True)
         if not created and row["request_hash"] != rhash:
             raise APIError(
                 409,  # the key is taken: a conflict with the state its first request left, not a bad value
@@ -139,6 +157,10 @@ class JobManager:
         request = await admit(
             request, owner=owner, settings=self.settings, files=self.files, store=self.store
         )
+        if request.from_checkpoint is not None:
+            request, _ = await lineage.resolve(
+                request, owner=owner, store=self.store, jobs_dir=self.settings.jobs_dir
+            )
         return await self.estimator.estimate(request)
 
     async def _owned(self, job_id: str, owner: str) -> dict[str, Any]:

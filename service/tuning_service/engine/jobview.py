@@ -27,6 +27,8 @@ def public_job(row: dict[str, Any], queue_position: int | None = None) -> dict[s
         "training_file": req.get("training_file"),
         "validation_file": req.get("validation_file"),
         "method": req["method"],
+        "adapter": req.get("adapter", "qlora"),
+        "from_checkpoint": req.get("from_checkpoint"),
         "hyperparameters": row["hyperparameters"],
         "suffix": req.get("suffix"),
         "seed": req["seed"],

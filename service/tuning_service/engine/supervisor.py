@@ -33,6 +33,7 @@ from ..settings import Settings
 from ..states import JobStatus
 from ..storage.store import Store
 from . import tailer
+from .lineage import INIT_ADAPTER
 from .outcome import decide_outcome, job_error, progress_fields
 
 log = logging.getLogger("tuning_service.supervisor")
@@ -92,7 +93,10 @@ def trainer_config(settings: Settings, row: dict[str, Any], job_dir: Path) -> di
         validation_file=resolve(req.get("validation_file")),
         output_dir=str(job_dir),
         method=req["method"],
+        adapter=req.get("adapter", "qlora"),
         seed=req["seed"],
+        # from_checkpoint: the adapter copied into the job's folder when it was created (facade.create).
+        init_adapter=str(job_dir / INIT_ADAPTER) if req.get("from_checkpoint") else None,
         # A resumed job continues from its newest checkpoint (set by JobManager.resume).
         resume_from=row.get("resume_from"),
         hyperparameters=Hyperparameters.model_construct(**row["hyperparameters"]),

@@ -250,8 +250,9 @@ class Files:
         self.path(file_id).unlink(missing_ok=True)
         return {"id": file_id, "object": "file", "deleted": True}
 
-    async def for_job(self, file_id: str, owner: str, param: str) -> Path:
-        """The stored path of a file a job names: 404 if unknown (or another key's), 422 if invalid."""
+    async def for_job(self, file_id: str, owner: str, param: str) -> tuple[Path, str]:
+        """The stored path and data format of a file a job names: 404 if unknown (or another key's), 422 if
+        invalid."""
         row = await self.owned(file_id, owner, param=param)
         if row["status"] != "processed":
             err = row["error"] or {}
@@ -262,7 +263,7 @@ class Files:
                 param=param,
                 extra={"line": err.get("line"), "data_code": err.get("code")},
             )
-        return self.path(file_id)
+        return self.path(file_id), row["format"]
 
 
 def _counting_receive(receive: Receive, limit: int) -> Receive:

@@ -81,7 +81,7 @@ class Catalogue:
         return name
 
     def _quantize(self, row: dict[str, Any]) -> bool:
-        return row["method"] == "qlora" and self.settings.inference_qlora_base == "4bit"
+        return row["adapter"] == "qlora" and self.settings.inference_qlora_base == "4bit"
 
     # ---- lookups -----------------------------------------------------------------------------------------
 
@@ -168,6 +168,7 @@ class Catalogue:
             "parent": None,
             "job_id": None,
             "method": None,
+            "adapter": None,
         }
 
     def _fine_tune_object(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -179,6 +180,7 @@ class Catalogue:
             "parent": row["model"],
             "job_id": row["id"],
             "method": row["method"],
+            "adapter": row["adapter"],
         }
 
 

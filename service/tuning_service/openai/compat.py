@@ -56,6 +56,15 @@ def openai_hyperparameters(hp: dict[str, Any]) -> dict[str, Any]:
             "learning_rate_multiplier": mult}  # fmt: skip
 
 
+def openai_method(job: dict[str, Any], hp: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `method`: {"type": "supervised", "supervised": {...}} or {"type": "dpo", "dpo": {...}}, the
+    hyperparameters under the type's name (a preference job's with its beta)."""
+    if job["method"] == "sft":
+        return {"type": "supervised", "supervised": {"hyperparameters": hp}}
+    beta = (job.get("hyperparameters") or {}).get("dpo_beta", "auto")
+    return {"type": job["method"], job["method"]: {"hyperparameters": {**hp, "beta": beta}}}
+
+
 def openai_job(job: dict[str, Any], org: str) -> dict[str, Any]:
     """A native job (docs/api.md) -> OpenAI's `fine_tuning.job`."""
     hp = openai_hyperparameters(job.get("hyperparameters") or {})
@@ -85,11 +94,13 @@ def openai_job(job: dict[str, Any], org: str) -> dict[str, Any]:
         "integrations": [],
         "metadata": job.get("metadata") or None,
         "user_provided_suffix": job.get("suffix"),
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+        "method": openai_method(job, hp),
         # What OpenAI's object has no field for: our status, the adapter type and the live metrics.
         "tuning": {
             "status": job["status"],
             "method": job["method"],
+            "adapter": job["adapter"],
+            "from_checkpoint": job.get("from_checkpoint"),
             "metrics": job.get("metrics"),
             "num_gpus": job["num_gpus"],
             "distributed": job["distributed"],

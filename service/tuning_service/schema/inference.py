@@ -304,7 +304,9 @@ class Model(ResponseModel):
     job_id: str | None
     """The job that trained a fine-tune"""
     method: str | None
-    """lora or qlora (a qlora fine-tune is served on the 4-bit base by default)"""
+    """How a fine-tune was trained: sft, dpo, orpo or simpo"""
+    adapter: str | None = None
+    """A fine-tune's adapter: lora or qlora (a qlora fine-tune is served on the 4-bit base by default)"""
 
 
 class ModelList(ResponseModel):

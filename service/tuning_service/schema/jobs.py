@@ -8,7 +8,16 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BeforeValidator, ConfigDict, Field, RootModel, model_validator
 
 from tuning_trainer import records
-from tuning_trainer.config import DEFAULT_METHOD, DEFAULT_SEED, Hyperparameters, Method, Seed
+from tuning_trainer.config import (
+    DEFAULT_ADAPTER,
+    DEFAULT_METHOD,
+    DEFAULT_SEED,
+    Adapter,
+    Hyperparameters,
+    LegacyMethod,
+    Method,
+    Seed,
+)
 from tuning_trainer.records import Estimate, lenient
 from tuning_trainer.schema import INTEGRAL, cross_field
 
@@ -146,6 +155,26 @@ WebhookUrl = Annotated[
         },
     ),
 ]
+# from_checkpoint: a job id (its final adapter), JOB_ID:STEP (a checkpoint of it), or OpenAI's checkpoint id.
+FROM_CHECKPOINT_PATTERN = (
+    r"^(ftjob-[A-Za-z0-9_-]{1,64}(:[0-9]{1,10})?|ftckpt-[A-Za-z0-9_-]{1,64}-[0-9]{1,10})$"
+)
+FromCheckpoint = Annotated[
+    str,
+    Field(
+        max_length=MAX_CURSOR_CHARS,
+        pattern=FROM_CHECKPOINT_PATTERN,
+        description="Start from another job's adapter: its id (the final adapter of a succeeded job), "
+        "JOB_ID:STEP (one of its checkpoints) or an OpenAI checkpoint id (ftckpt-...). The new job trains "
+        "those weights (and that LoRA shape) with a fresh optimizer, its own data and method; the job must "
+        "be the caller's (else 404 checkpoint_not_found) and of the same base model (else 422 "
+        "checkpoint_model_mismatch)",
+        examples=["ftjob-3f2c9a0e8b7d4c1a9e6f0b2d", "ftjob-3f2c9a0e8b7d4c1a9e6f0b2d:40"],
+        json_schema_extra={
+            "x-rule": "a job id (ftjob-...), JOB_ID:STEP or a checkpoint id (ftckpt-JOB-STEP)"
+        },
+    ),
+]
 IdempotencyKey = Annotated[
     str,
     Field(
@@ -201,8 +230,13 @@ class CreateTuningRequest(RequestBody):
     hyperparameters: Hyperparameters = Hyperparameters()
     """Training hyperparameters, each with its default and limit (the Hyperparameters schema;
     docs/trainer.md)"""
-    method: Method = DEFAULT_METHOD
-    """The adapter method: qlora (a 4-bit base) or lora"""
+    method: Method | LegacyMethod = DEFAULT_METHOD
+    """What the adapter is trained for: sft (supervised, on chat/completion/text/alpaca data), or a
+    preference objective on chosen/rejected pairs: dpo, orpo, simpo. "qlora" and "lora" (the values before
+    preference tuning) mean sft with that adapter"""
+    adapter: Adapter = DEFAULT_ADAPTER
+    """How the adapter sits on the base: qlora (a 4-bit base) or lora"""
+    from_checkpoint: FromCheckpoint | None = None
     suffix: Suffix | None = None
     seed: Seed = DEFAULT_SEED
     metadata: Metadata = {}
@@ -221,7 +255,23 @@ class CreateTuningRequest(RequestBody):
     def _events_need_a_url(self) -> CreateTuningRequest:
         if self.webhook_events is not None and self.webhook_url is None:
             raise cross_field("webhook_events", "webhook_events needs a webhook_url")
+        legacy = self.method in ("qlora", "lora")
+        if legacy and "adapter" in self.model_fields_set and self.adapter != self.method:
+            raise cross_field(
+                "adapter",
+                f'method "{self.method}" (sft with the {self.method} adapter) contradicts adapter '
+                f'"{self.adapter}": send method "sft" with the adapter you want',
+            )
         return self
+
+    @property
+    def training_method(self) -> str:
+        """The method in today's terms (a legacy "qlora"/"lora" is sft)."""
+        return DEFAULT_METHOD if self.method in ("qlora", "lora") else self.method
+
+    @property
+    def adapter_type(self) -> str:
+        return self.method if self.method in ("qlora", "lora") else self.adapter
 
     def normalised(self) -> dict[str, Any]:
         """The request as stored and fingerprinted (idempotency): defaults filled in, the webhook and resume
@@ -231,7 +281,8 @@ class CreateTuningRequest(RequestBody):
             "training_file": self.training_file,
             "validation_file": self.validation_file or None,
             "hyperparameters": self.hyperparameters.model_dump(),
-            "method": self.method,
+            "method": self.training_method,
+            "adapter": self.adapter_type,
             "suffix": self.suffix,
             "seed": self.seed,
             "metadata": dict(self.metadata),
@@ -246,6 +297,8 @@ class CreateTuningRequest(RequestBody):
             out["num_gpus"] = self.num_gpus
         if self.distributed != "ddp":
             out["distributed"] = self.distributed
+        if self.from_checkpoint is not None:
+            out["from_checkpoint"] = self.from_checkpoint
         return out
 
 
@@ -305,6 +358,12 @@ class TuningJob(ResponseModel):
     training_file: str
     validation_file: str | None
     method: Method
+    """sft, dpo, orpo or simpo"""
+    adapter: Adapter
+    """qlora or lora"""
+    from_checkpoint: str | None
+    """The adapter the job started from (as given on create: JOB_ID, JOB_ID:STEP or ftckpt-...); null for a
+    fresh adapter"""
     hyperparameters: Hyperparameters
     """The requested values with defaults filled in; the resolved ones ("auto" replaced) once the trainer
     has started"""
@@ -338,6 +397,7 @@ class TuningEstimate(ResponseModel, Estimate):
     object: Literal["tuning.estimate"]
     model: str
     method: Method
+    adapter: Adapter
     estimated_seconds: float | None
     """Input tokens to process ÷ the median tokens/s of this service's latest succeeded jobs of the same
     model shape, method, device and process count; null where it has run none"""

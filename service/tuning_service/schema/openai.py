@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import Field, create_model, model_validator
 
-from tuning_trainer.config import Hyperparameters, Method, Seed
+from tuning_trainer.config import Adapter, Hyperparameters, Method, Seed
 from tuning_trainer.schema import StrictModel, cross_field
 
 from .base import Page, QueryModel, RequestBody, ResponseModel
@@ -21,6 +21,7 @@ from .jobs import (
     Distributed,
     DryRun,
     FileRef,
+    FromCheckpoint,
     Metadata,
     ModelName,
     NumGpus,
@@ -80,22 +81,65 @@ OpenAIHyperparameters.model_config["json_schema_extra"] = {
 OpenAIHyperparameters.model_rebuild(force=True)
 
 
+# DPO's hyperparameters: OpenAI's `beta` (this service's dpo_beta) beside the supervised ones.
+OpenAIDpoHyperparameters = create_model(  # type: ignore[call-overload]
+    "OpenAIDpoHyperparameters",
+    __base__=OpenAIHyperparameters,
+    __doc__="The supervised hyperparameters, and beta (this service's dpo_beta).",
+    beta=_native("dpo_beta"),
+)
+OpenAIDpoHyperparameters.model_config["json_schema_extra"] = OpenAIHyperparameters.model_config[
+    "json_schema_extra"
+]
+OpenAIDpoHyperparameters.model_rebuild(force=True)
+
+
 class OpenAISupervised(StrictModel):
     hyperparameters: OpenAIHyperparameters | None = None  # type: ignore[valid-type]
 
 
+class OpenAIDpo(StrictModel):
+    hyperparameters: OpenAIDpoHyperparameters | None = None  # type: ignore[valid-type]
+
+
 class OpenAIMethod(StrictModel):
+    model_config = {
+        **StrictModel.model_config,
+        "json_schema_extra": {
+            # Each type's settings sit under its own name: {"type": "dpo", "dpo": {...}}.
+            "allOf": [
+                {
+                    "if": {"required": ["supervised"]},
+                    "then": {"properties": {"type": {"const": "supervised"}}},
+                },
+                {
+                    "if": {"required": ["dpo"]},
+                    "then": {"required": ["type"], "properties": {"type": {"const": "dpo"}}},
+                },
+            ]
+        },
+    }
+
     type: Annotated[
-        Literal["supervised"],
+        Literal["supervised", "dpo"],
         Field(
-            description="Supervised fine-tuning (of a LoRA/QLoRA adapter) is the method this service trains",
+            description="supervised (SFT) or dpo (preference pairs) of a LoRA/QLoRA adapter",
             json_schema_extra={
-                "x-rule": '"supervised": this service trains LoRA/QLoRA adapters with supervised fine-tuning '
-                'only; use {"type": "supervised"}'
+                "x-rule": '"supervised" or "dpo": this service trains LoRA/QLoRA adapters by supervised '
+                "fine-tuning or DPO (reinforcement fine-tuning is not supported)"
             },
         ),
     ] = "supervised"
     supervised: OpenAISupervised | None = None
+    dpo: OpenAIDpo | None = None
+
+    @model_validator(mode="after")
+    def _settings_of_the_type(self) -> OpenAIMethod:
+        if self.supervised is not None and self.type != "supervised":
+            raise cross_field("supervised", '{parent}.supervised is for type "supervised"; send {parent}.dpo')
+        if self.dpo is not None and self.type != "dpo":
+            raise cross_field("dpo", '{parent}.dpo is for type "dpo"; set {parent}.type to "dpo"')
+        return self
 
 
 class OpenAICreateJob(RequestBody):
@@ -120,8 +164,10 @@ class OpenAICreateJob(RequestBody):
             },
         ),
     ] = []
-    tuning_method: Method | None = None
-    """Extension: the adapter method, qlora (default) or lora"""
+    tuning_method: Adapter | None = None
+    """Extension: the adapter, qlora (default) or lora"""
+    from_checkpoint: FromCheckpoint | None = None
+    """Extension: start from another job's adapter (see the native create; an OpenAI checkpoint id works)"""
     resume_on_restart: bool = False
     """Extension: see the native create"""
     num_gpus: NumGpus = 1
@@ -135,13 +181,16 @@ class OpenAICreateJob(RequestBody):
         """The same job as a native create request. Every value was validated here (the learning rate a
         multiplier gives is at most 1 by its limit), so nothing is parsed again."""
         values: dict[str, Any] = {}
-        supervised = self.method.supervised if self.method is not None else None
-        for hp in (self.hyperparameters, supervised.hyperparameters if supervised else None):
+        method = self.method or OpenAIMethod()
+        settings = method.dpo if method.type == "dpo" else method.supervised
+        for hp in (self.hyperparameters, settings.hyperparameters if settings else None):
             if hp is None:
                 continue
             for name in hp.model_fields_set:
                 value = getattr(hp, name)
-                if name == "n_epochs":
+                if name == "beta":
+                    values["dpo_beta"] = value
+                elif name == "n_epochs":
                     values["epochs"] = value
                 elif name == "learning_rate_multiplier":
                     if value != "auto":
@@ -160,9 +209,11 @@ class OpenAICreateJob(RequestBody):
             "num_gpus": self.num_gpus,
             "distributed": self.distributed,
             "dry_run": self.dry_run,
+            "method": "dpo" if method.type == "dpo" else "sft",
+            "from_checkpoint": self.from_checkpoint,
         }
         if self.tuning_method is not None:
-            native["method"] = self.tuning_method
+            native["adapter"] = self.tuning_method
         return CreateTuningRequest.model_construct(**native)
 
 
@@ -183,13 +234,25 @@ class OpenAIJobError(ResponseModel):
     param: str | None
 
 
+class OpenAIJobDpoHyperparameters(OpenAIJobHyperparameters):
+    beta: _NumberOrAuto
+
+
 class OpenAIJobSupervised(ResponseModel):
     hyperparameters: OpenAIJobHyperparameters
 
 
+class OpenAIJobDpo(ResponseModel):
+    hyperparameters: OpenAIJobDpoHyperparameters
+
+
 class OpenAIJobMethod(ResponseModel):
-    type: Literal["supervised"]
-    supervised: OpenAIJobSupervised
+    type: Literal["supervised", "dpo", "orpo", "simpo"]
+    """orpo and simpo: jobs made with the native create (OpenAI has no such type)"""
+    supervised: OpenAIJobSupervised | None = None
+    dpo: OpenAIJobDpo | None = None
+    orpo: OpenAIJobDpo | None = None
+    simpo: OpenAIJobDpo | None = None
 
 
 class OpenAIJobExtension(ResponseModel):
@@ -198,6 +261,8 @@ class OpenAIJobExtension(ResponseModel):
 
     status: str
     method: Method
+    adapter: Adapter
+    from_checkpoint: str | None
     metrics: dict[str, Any] | None
     num_gpus: int
     distributed: Literal["ddp", "fsdp"]

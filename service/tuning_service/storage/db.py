@@ -23,7 +23,7 @@ import aiosqlite
 from ..states import JobStatus, check_transition
 
 BUSY_TIMEOUT_MS = 10_000
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Columns added after the first schema: (table, column, declaration). Added at start-up when missing, so an
 # existing database upgrades in place (CREATE TABLE IF NOT EXISTS does not add columns).
@@ -35,6 +35,12 @@ ADDED_COLUMNS = (
     ("api_keys", "webhook_secret_previous", "TEXT"),  # after a rotation, also signs until ..._until
     ("api_keys", "webhook_secret_previous_until", "REAL"),
     ("jobs", "model_deleted_at", "REAL"),  # DELETE /v1/models/<fine-tune>: its adapter is gone
+)
+# Data rewritten at start-up, idempotent. Before preference tuning a request's `method` named the adapter
+# ("qlora"/"lora"); it is now the training method ("sft", "dpo", ...) beside `adapter`.
+DATA_MIGRATIONS = (
+    "UPDATE jobs SET request = json_set(request, '$.adapter', json_extract(request, '$.method'),"
+    " '$.method', 'sft') WHERE json_extract(request, '$.method') IN ('qlora', 'lora')",
 )
 
 DDL = """
@@ -318,6 +324,8 @@ class Database:
                 have = {r["name"] for r in await tx.all(f"PRAGMA table_info({table})")}
                 if column not in have:
                     await tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            for statement in DATA_MIGRATIONS:
+                await tx.execute(statement)
             await tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         reader = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         reader.row_factory = sqlite3.Row

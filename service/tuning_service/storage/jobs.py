@@ -73,13 +73,15 @@ class JobTables(Database):
         model: str,
         request: dict[str, Any],
         request_hash: str,
+        job_id: str | None = None,
         idempotency_key: str | None,
         hyperparameters: dict[str, Any],
         num_gpus: int,
         now: float,
     ) -> tuple[dict[str, Any], bool]:
         """Insert a queued job (with its first `status` record), or return the job that already holds
-        (owner, idempotency_key). The check and the insert share one BEGIN IMMEDIATE transaction."""
+        (owner, idempotency_key). The check and the insert share one BEGIN IMMEDIATE transaction. `job_id`:
+        an id made beforehand (new_job_id), for a job whose folder is prepared before it is queued."""
         async with self.transaction() as tx:
             if idempotency_key is not None:
                 existing = await tx.one(
@@ -87,7 +89,7 @@ class JobTables(Database):
                 )
                 if existing is not None:
                     return existing, False
-            job_id = new_job_id()
+            job_id = job_id or new_job_id()
             await tx.execute(
                 "INSERT INTO jobs (id, owner, status, model, request, request_hash, idempotency_key,"
                 " hyperparameters, num_gpus, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

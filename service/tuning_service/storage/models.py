@@ -11,6 +11,7 @@ from .jobs import _ACTIVE_SQL
 
 _FINE_TUNE_COLUMNS = (
     "id, owner, model, fine_tuned_model, adapter_path, json_extract(request, '$.method') AS method,"
+    " json_extract(request, '$.adapter') AS adapter,"
     " json_extract(request, '$.suffix') AS suffix, finished_at"
 )
 _SERVABLE = (

@@ -75,10 +75,11 @@ class RecordTables(Database):
         return out
 
     async def past_runs(
-        self, *, method: str, device: str, num_processes: int, limit: int = 50
+        self, *, method: str, adapter: str, device: str, num_processes: int, limit: int = 50
     ) -> list[tuple[dict[str, Any], int, float]]:
         """(model shape, tokens seen, seconds) of the newest succeeded jobs that ran from their first step
-        with `method` on `device` as `num_processes` processes: what the dry run times a new job by."""
+        with `method` and `adapter` on `device` as `num_processes` processes: what the dry run times a new job
+        by."""
         rows = await self.all(
             "SELECT json_extract(s.data, '$.model_setup.shape') AS shape,"
             " json_extract(c.data, '$.tokens_seen') AS tokens,"
@@ -86,10 +87,11 @@ class RecordTables(Database):
             " FROM jobs j JOIN job_events c ON c.job_id = j.id AND c.type = 'completed'"
             " JOIN job_events s ON s.job_id = j.id AND s.type = 'started'"
             " WHERE j.status = 'succeeded' AND json_extract(j.request, '$.method') = ?"
+            " AND json_extract(j.request, '$.adapter') = ?"
             " AND json_extract(s.data, '$.device') = ? AND json_extract(s.data, '$.num_processes') = ?"
             " AND json_extract(s.data, '$.start_step') = 0"
             " ORDER BY c.time DESC LIMIT ?",
-            (method, device, num_processes, limit),
+            (method, adapter, device, num_processes, limit),
         )
         return [
             (json.loads(r["shape"]), int(r["tokens"]), float(r["secs"]))

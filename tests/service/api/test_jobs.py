@@ -37,7 +37,7 @@ def test_create_returns_the_queued_job_in_the_documented_shape(api_service: Serv
     assert job["model"] == "tiny-llama"
     assert job["training_file"] == "data/train.jsonl"
     assert job["validation_file"] is None
-    assert job["method"] == "qlora"
+    assert (job["method"], job["adapter"], job["from_checkpoint"]) == ("sft", "qlora", None)
     assert job["seed"] == 42
     assert job["metadata"] == {}
     assert isinstance(job["created_at"], int)
@@ -66,7 +66,7 @@ def test_create_keeps_every_optional_field(api_service: ServiceProcess) -> None:
     assert job["model"] == "org/some-model"
     assert job["training_file"] == "data/train.jsonl"  # normalised, still relative
     assert job["validation_file"] == "data/valid.jsonl"
-    assert job["method"] == "lora"
+    assert (job["method"], job["adapter"]) == ("sft", "lora")  # "lora": the method's meaning before DPO
     assert job["suffix"] == "my-run_1.0"
     assert job["seed"] == 7
     assert job["metadata"] == {"team": "search", "ticket": "ML-42"}

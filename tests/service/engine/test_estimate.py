@@ -114,9 +114,11 @@ def test_seconds_come_from_past_jobs_of_the_same_shape(
         settings = make_settings(tmp_path)
         est = Estimator(settings, store=None)  # type: ignore[arg-type]
         monkeypatch.setattr(est, "store", type("S", (), {"past_runs": staticmethod(past_runs)})())
-        return await est._seconds({"device": "cpu", "shape": shape, "tokens_to_process": 4000}, "lora", 2)
+        return await est._seconds(
+            {"device": "cpu", "shape": shape, "tokens_to_process": 4000}, "sft", "lora", 2
+        )
 
     seconds, based_on = run(body())
     # The median speed of the three of that shape: 200 tokens/s.
     assert (seconds, based_on) == (20.0, 3)
-    assert seen == {"method": "lora", "device": "cpu", "num_processes": 2}
+    assert seen == {"method": "sft", "adapter": "lora", "device": "cpu", "num_processes": 2}

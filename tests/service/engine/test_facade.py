@@ -38,7 +38,7 @@ def test_submit_get_list_public_shape(tmp_path: Path) -> None:
             assert job["object"] == "tuning.job" and job["status"] == "queued" and job["queue_position"] == 1
             assert job["model"] == "fake:complete" and job["training_file"] == "train.jsonl"
             assert job["suffix"] == "mine" and job["metadata"] == {"team": "x"} and job["seed"] == 7
-            assert job["method"] == "lora" and isinstance(job["created_at"], int)
+            assert job["adapter"] == "lora" and isinstance(job["created_at"], int)
             # Requested hyperparameters, defaults filled in; "auto" stays until the trainer resolves it.
             hp = job["hyperparameters"]
             assert hp["learning_rate"] == 0.001 and hp["epochs"] == "auto" and hp["lora_r"] == 16

@@ -351,7 +351,7 @@ def test_trainer_env_and_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     cfg = trainer_config(s, row, tmp_path / "job")
     assert cfg["validation_file"] == str(tmp_path / "sub" / "valid.jsonl")
     assert cfg["hyperparameters"]["learning_rate"] == 0.001 and cfg["hyperparameters"]["epochs"] == "auto"
-    assert cfg["method"] == "lora" and cfg["output_dir"] == str(tmp_path / "job")
+    assert (cfg["method"], cfg["adapter"]) == ("sft", "lora") and cfg["output_dir"] == str(tmp_path / "job")
     assert os.path.isabs(cfg["training_file"])
     # What the trainer will read is exactly a valid JobConfig: nothing was lost or added on the way.
     assert JobConfig.from_dict(cfg).model_dump() == cfg

@@ -20,7 +20,7 @@ from tuning_service.storage.store import Store
 async def _succeeded(
     store: Store, settings: Any, owner: str, *, method: str = "lora", suffix: str = "s", model: str = "tiny"
 ) -> dict[str, Any]:
-    req = {"model": model, "training_file": "t.jsonl", "method": method, "suffix": suffix}
+    req = {"model": model, "training_file": "t.jsonl", "method": "sft", "adapter": method, "suffix": suffix}
     row, _ = await store.create_job(
         owner=owner,
         model=model,
@@ -74,7 +74,8 @@ def test_bases_and_own_fine_tunes_are_listed_and_resolved(tmp_path: Path) -> Non
             "owned_by": "key_a",
             "parent": "tiny",
             "job_id": mine["id"],
-            "method": "lora",
+            "method": "sft",
+            "adapter": "lora",
         }
         # Either name of a fine-tune resolves to its adapter on the base folder.
         for name in (openai_name, mine["fine_tuned_model"]):

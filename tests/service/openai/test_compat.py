@@ -118,7 +118,7 @@ def test_jobs_create_maps_openai_fields(
     got = api_service.get(f"/v1/tunings.get/{job.id}").json()
     assert got["hyperparameters"]["learning_rate"] == pytest.approx(1e-4)
     assert got["hyperparameters"]["epochs"] == 2
-    assert got["method"] == "qlora" and got["suffix"] == "my-model"
+    assert (got["method"], got["adapter"]) == ("sft", "qlora") and got["suffix"] == "my-model"
     api.fine_tuning.jobs.cancel(job.id)
 
 
@@ -134,14 +134,13 @@ def test_method_supervised_hyperparameters_and_extensions(api: openai.OpenAI, tr
     )
     assert job.hyperparameters.n_epochs == "auto"
     assert job.hyperparameters.learning_rate_multiplier == pytest.approx(1.0)
-    assert job.tuning["method"] == "lora"  # type: ignore[attr-defined]
+    assert job.tuning["adapter"] == "lora"  # type: ignore[attr-defined]
     api.fine_tuning.jobs.cancel(job.id)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "param", "code"),
     [
-        ({"method": {"type": "dpo", "dpo": {}}}, "method.type", "unsupported_method"),
         ({"method": {"type": "reinforcement"}}, "method.type", "unsupported_method"),
         (
             {"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]},
@@ -396,7 +395,7 @@ def test_an_openai_create_is_the_same_native_job() -> None:
             "tuning_method": "lora",
         }
     )
-    assert job["hyperparameters"] == {**defaults, "epochs": 2, "lora_r": 4} and job["method"] == "lora"
+    assert job["hyperparameters"] == {**defaults, "epochs": 2, "lora_r": 4} and job["adapter"] == "lora"
 
 
 def test_statuses_map_to_openais() -> None:
