@@ -73,7 +73,7 @@ def service_env(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, 
     root = tmp_path_factory.mktemp("service")
     files_root = root / "files"
     (files_root / "data").mkdir(parents=True)
-    for name in ("train.jsonl", "valid.jsonl"):
+    for name in ("train.jsonl", "valid.jsonl", "preference_train.jsonl", "preference_valid.jsonl"):
         src = repo_root / "data" / name
         if src.exists():
             shutil.copyfile(src, files_root / "data" / name)

@@ -18,15 +18,31 @@ from tuning_trainer.config import JobConfig
 from tuning_trainer.data import DataError, Pair, method_mismatch, pair_of, validate_file
 from tuning_trainer.dataset import encode_pair, tokenize_file
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Any:
+    """One torch thread while this module runs: on 2 shared cores a second one made the model tests 2-4x
+    slower (measured), as tests/conftest.py found for the trainer."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---- validation --------------------------------------------------------------------------------------------
 
 PROMPT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What does the cat say?"}]
-PREFERENCE = {
+PREFERENCE: dict[str, Any] = {
     "input": {"messages": PROMPT},
     "preferred_output": [{"role": "assistant", "content": "The cat says meow."}],
     "non_preferred_output": [{"role": "assistant", "content": "The cat says woof."}],
 }
-CHOSEN_REJECTED = {"prompt": "What does the cow say? ", "chosen": "moo", "rejected": "woof"}
+CHOSEN_REJECTED: dict[str, Any] = {"prompt": "What does the cow say? ", "chosen": "moo", "rejected": "woof"}
 
 
 def write_lines(path: Path, rows: list[Any]) -> Path:

@@ -50,6 +50,15 @@ PAIRS = [
 Encoded = list[list[tuple[list[int], list[bool]]]]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Any:
+    """One torch thread while this module runs (on 2 shared cores a second one only slows it down)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir: Path) -> Any:
     from tuning_trainer.modelling import load_tokenizer
@@ -159,6 +168,10 @@ def _assert_same_grads(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
         torch.testing.assert_close(ours[name], g, atol=1e-6, rtol=1e-4, msg=name)
 
 
+def _value(loss: Any) -> float:
+    return float(loss.detach())
+
+
 def _assert_pairs_disagree(metrics: dict[str, float]) -> None:
     """The batch has teeth: the pairs are not all won or all lost."""
     assert 0.0 < metrics["rewards_accuracy"] < 1.0, metrics
@@ -177,14 +190,14 @@ def test_dpo_equals_trl_dpo_trainer(
     theirs = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
     ours_loss, ours = _ours(model, "dpo", encoded, layout, pad, beta=beta)
 
-    assert float(ours_loss.detach()) == pytest.approx(float(theirs_loss), abs=TOL)
+    assert _value(ours_loss) == pytest.approx(_value(theirs_loss), abs=TOL)
     assert ours["rewards_chosen"] == pytest.approx(theirs["rewards/chosen"], abs=TOL)
     assert ours["rewards_rejected"] == pytest.approx(theirs["rewards/rejected"], abs=TOL)
     assert ours["rewards_margin"] == pytest.approx(theirs["rewards/margins"], abs=TOL)
     assert ours["rewards_accuracy"] == pytest.approx(theirs["rewards/accuracies"], abs=1e-6)
     assert ours["token_accuracy"] == pytest.approx(theirs["mean_token_accuracy"], abs=1e-6)
     # The comparison has teeth: the policy has moved away from the reference, and not uniformly.
-    assert abs(theirs["rewards/chosen"]) > 1e-3 and abs(float(theirs_loss) - math.log(2)) > 1e-3
+    assert abs(theirs["rewards/chosen"]) > 1e-3 and abs(_value(theirs_loss) - math.log(2)) > 1e-3
     _assert_pairs_disagree(ours)
     _assert_same_grads(
         _lora_grads(model, ours_loss),
@@ -212,7 +225,7 @@ def test_simpo_equals_trl_cpo_trainer(tiny_model_dir: Path, tokenizer: Any, tmp_
     )
     ours_loss, ours = _ours(model, "simpo", encoded, "rows", pad, beta=beta, gamma_beta_ratio=ratio)
 
-    assert float(ours_loss.detach()) == pytest.approx(float(theirs_loss), abs=TOL)
+    assert _value(ours_loss) == pytest.approx(_value(theirs_loss), abs=TOL)
     assert ours["rewards_chosen"] == pytest.approx(theirs["rewards/chosen"], abs=TOL)
     assert ours["rewards_rejected"] == pytest.approx(theirs["rewards/rejected"], abs=TOL)
     assert ours["rewards_margin"] == pytest.approx(theirs["rewards/margins"], abs=TOL)
@@ -244,12 +257,12 @@ def test_orpo_odds_ratio_term_and_rewards_equal_trl_orpo_trainer(
     # Rewards are β x the answers' mean token log-probability: TRL's logps/chosen is its batch mean.
     assert ours["rewards_chosen"] / beta == pytest.approx(theirs["logps/chosen"], abs=TOL)
     # Our loss = mean(-avg_chosen) - β mean(log σ(log odds)); TRL's odds-ratio term is β x log_odds_ratio.
-    ours_odds_term = float(ours_loss.detach()) + ours["rewards_chosen"] / beta
+    ours_odds_term = _value(ours_loss) + ours["rewards_chosen"] / beta
     assert ours_odds_term == pytest.approx(-beta * theirs["log_odds_ratio"], abs=TOL)
-    assert float(theirs_loss) == pytest.approx(theirs["nll_loss"] - beta * theirs["log_odds_ratio"], abs=TOL)
+    assert _value(theirs_loss) == pytest.approx(theirs["nll_loss"] - beta * theirs["log_odds_ratio"], abs=TOL)
     _assert_pairs_disagree(ours)
     # The NLL terms differ here (TRL's covers the prompts too), so the whole losses do.
-    assert abs(float(ours_loss.detach()) - float(theirs_loss)) > 0.1
+    assert abs(_value(ours_loss) - _value(theirs_loss)) > 0.1
 
 
 def test_orpo_equals_trl_orpo_trainer_where_their_nll_terms_coincide(
@@ -277,7 +290,7 @@ def test_orpo_equals_trl_orpo_trainer_where_their_nll_terms_coincide(
     )
     ours_loss, ours = _ours(model, "orpo", encoded, "varlen", pad, beta=beta)
 
-    assert float(ours_loss.detach()) == pytest.approx(float(theirs_loss), abs=TOL)
+    assert _value(ours_loss) == pytest.approx(_value(theirs_loss), abs=TOL)
     assert -ours["rewards_chosen"] / beta == pytest.approx(theirs["nll_loss"], abs=TOL)
     assert ours["rewards_margin"] == pytest.approx(theirs["rewards/margins"], abs=TOL)
     assert ours["rewards_accuracy"] == pytest.approx(theirs["rewards/accuracies"], abs=1e-6)

@@ -19,13 +19,16 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
     from .config import JobConfig
 
-SFT_FORMATS = ("chat", "completion", "text", "alpaca")
-PREFERENCE_FORMATS = ("preference", "chosen_rejected")
+SftFormat = Literal["chat", "completion", "text", "alpaca"]
+PreferenceFormat = Literal["preference", "chosen_rejected"]
+DataFormat = Literal[SftFormat, PreferenceFormat]
+SFT_FORMATS: tuple[str, ...] = get_args(SftFormat)
+PREFERENCE_FORMATS: tuple[str, ...] = get_args(PreferenceFormat)
 FORMATS = SFT_FORMATS + PREFERENCE_FORMATS
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -270,6 +273,8 @@ def _check_pair(obj: dict[str, Any], fmt: str, line: int) -> int:
         if source is not None and not isinstance(source, dict):
             raise DataError(INVALID_FIELD, "'input' must be an object with 'messages'", line=line)
         prompt = source.get("messages") if isinstance(source, dict) else None
+        if isinstance(prompt, str) and prompt:
+            raise DataError(INVALID_FIELD, "'input.messages' must be a list of messages", line=line)
     else:
         chosen_key, rejected_key, prompt_key = "chosen", "rejected", "prompt"
         prompt = obj.get("prompt")

@@ -48,8 +48,8 @@ def describe(run: RunPlan, device: Device, world: int) -> dict[str, Any]:
         return round(n / 2**20)
 
     return Estimate(
-        num_examples=len(run.examples),
-        num_eval_examples=len(run.eval_examples),
+        num_examples=run.num_examples,
+        num_eval_examples=run.num_eval_examples,
         num_tokens=run.train_stats["num_tokens"],
         trainable_tokens=run.trainable_tokens,
         truncated_examples=run.train_stats["truncated_examples"],

@@ -146,9 +146,15 @@ class PreferenceLoss(torch.nn.Module):
     - simpo (Meng et al.; TRL's CPOTrainer, loss_type "simpo"): -log σ(β(avg_c - avg_r) - γ), with avg the
       mean token log-probability and γ = simpo_gamma_beta_ratio x β. No reference. Rewards: β x avg.
     - orpo (Hong et al.; TRL's ORPOTrainer): the chosen answer's negative log-likelihood (per token) minus
-      λ log σ(log odds(avg_c) - log odds(avg_r)), λ = β. No reference. Rewards: β x avg. The likelihood term
-      is averaged per pair here, over the batch's tokens in TRL: they agree when the chosen answers are the
-      same length.
+      λ log σ(log odds(avg_c) - log odds(avg_r)), λ = β. No reference. Rewards: β x avg. The odds-ratio term
+      is TRL's exactly. The likelihood term differs on purpose: here it is the chosen answer's tokens only
+      (as SFT trains, train_on_inputs off), averaged per pair; TRL's is every token of the chosen sequence,
+      the prompt included, averaged over the batch's tokens (the ORPO authors' code).
+
+    With a job started from another job's adapter (from_checkpoint), the DPO reference is still the base
+    model with the adapter off, not that adapter: no second copy of any weights, and the starting point's
+    preference shows in the first step's rewards. (TRL, given a trained adapter, keeps a frozen copy of it as
+    the reference instead.)
     """
 
     def __init__(self, model: Any, *, method: str, beta: float, gamma_beta_ratio: float = 0.5) -> None:
@@ -250,8 +256,10 @@ class PreferenceLoss(torch.nn.Module):
 
 
 def _log1mexp(x: Any) -> Any:
-    """log(1 - exp(x)) for x < 0 (the log of 1 - p from log p), kept finite as x nears 0."""
-    return torch.log1p(-torch.exp(x.clamp(max=-1e-6)))
+    """log(1 - exp(x)) for x < 0 (the log of 1 - p from log p), kept finite as x nears 0: log(-expm1(x))
+    near 0, where 1 - exp(x) cancels, log1p(-exp(x)) further out (Mächler's rule, cut at -log 2)."""
+    x = x.clamp(max=-1e-6)
+    return torch.where(x < -0.6931, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
 
 
 def summarise(aux: list[float], units: float, *, preference: bool) -> dict[str, float]:

@@ -226,8 +226,8 @@ class Recipe:
             total_epochs=self.total_epochs,
             steps_per_epoch=self.steps_per_epoch,
             start_step=self.start_step,
-            num_examples=len(self.examples),
-            num_eval_examples=len(self.eval_examples),
+            num_examples=self.run_plan.num_examples,
+            num_eval_examples=self.run_plan.num_eval_examples,
             truncated_examples=self.train_stats["truncated_examples"],
             dropped_examples=self.train_stats["dropped_examples"],
             num_tokens=self.train_stats["num_tokens"],
@@ -251,7 +251,7 @@ class Recipe:
             mixed_precision=str(self.accelerator.mixed_precision),
         )
         self._log(
-            f"started: {len(self.examples)} examples, {self.total_steps} steps "
+            f"started: {self.run_plan.num_examples} {'pairs' if self.preference else 'examples'}, {self.total_steps} steps "
             f"({self.total_epochs} epochs), from step {self.start_step}, "
             f"{self.model_info['trainable_params']:,} trainable / {self.model_info['total_params']:,} params "
             f"on {self.device.label}, {self.attn_implementation} attention, padding efficiency "

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, create_model
 
 from .config import Adapter, Hyperparameters, JobConfig, Method
+from .data import DataFormat
 from .schema import StrictModel
 
 
@@ -30,6 +31,7 @@ class RunPlanFacts(StrictModel):
     total_epochs: int
     steps_per_epoch: int
     num_examples: int
+    """Training examples (a preference method's: pairs)"""
     num_eval_examples: int
     truncated_examples: int
     dropped_examples: int
@@ -57,7 +59,7 @@ class Started(_Record, RunPlanFacts):
     type: Literal["started"]
     start_step: int
     """Non-zero on a resume"""
-    format: Literal["chat", "completion", "text", "alpaca", "preference", "chosen_rejected"]
+    format: DataFormat
     chat_template: Literal["model", "fallback"]
     trainable_params: int
     total_params: int

@@ -120,6 +120,15 @@ class RunPlan:
     shape: Shape
 
     @property
+    def num_examples(self) -> int:
+        """Training examples: pairs, for a preference method (two sequences each)"""
+        return self.train_stats["num_examples"]
+
+    @property
+    def num_eval_examples(self) -> int:
+        return len(self.eval_units)
+
+    @property
     def trainable_tokens(self) -> int:
         return sum(self.trained)
 

@@ -8,6 +8,7 @@ create, before the job is stored:
   something on the weights it was trained on);
 - the LoRA shape is the source's (r, alpha, target modules, dropout: what the weights are). The job's own
   lora_* hyperparameters take those values; one sent with another value is 422 `checkpoint_mismatch`.
+  The adapter type (qlora or lora: how the base is loaded under it) is the source's unless one is sent.
 The adapter's files are copied into the new job's folder (`init_adapter/`) before the job is queued, so
 that deleting the source job later cannot take them away from a job that has not started yet.
 """
@@ -112,7 +113,10 @@ async def resolve(
                 param=f"hyperparameters.{name}",
             )
     hp = request.hyperparameters.model_copy(update=shape)
-    return request.model_copy(update={"hyperparameters": hp}), Source(job_id, step, folder)
+    update: dict[str, Any] = {"hyperparameters": hp}
+    if "adapter" not in request.model_fields_set and request.method not in ("qlora", "lora"):
+        update["adapter"] = (row["request"] or {}).get("adapter", request.adapter)
+    return request.model_copy(update=update), Source(job_id, step, folder)
 
 
 def _shape(config: dict[str, Any]) -> dict[str, Any]:

@@ -6,12 +6,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from tuning_trainer.data import DataFormat
+
 from .base import Page, QueryModel, ResponseModel
 from .jobs import Cursor
 
 PURPOSES = ("fine-tune",)
 Purpose = Literal["fine-tune"]
-DataFormat = Literal["chat", "completion", "text", "alpaca"]
 
 
 class FileError(ResponseModel):
