@@ -39,8 +39,11 @@ def _print_models(models: list[Model]) -> None:
     if not models:
         print("no models")
         return
-    header = ("ID", "PARENT", "OWNED BY", "METHOD", "JOB")
-    rows = [(m.id, m.parent or "-", m.owned_by, m.method or "-", m.job_id or "-") for m in models]
+    header = ("ID", "PARENT", "OWNED BY", "METHOD", "ADAPTER", "JOB")
+    rows = [
+        (m.id, m.parent or "-", m.owned_by, m.method or "-", m.adapter or "-", m.job_id or "-")
+        for m in models
+    ]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._models import _opt_float, _opt_int, _opt_str
+from ._models import _method_and_adapter, _opt_float, _opt_int, _opt_str
 
 __all__ = [
     "AssistantMessage",
@@ -61,7 +61,10 @@ class Model:
             ``fine_tuned_model`` (``"ft:tiny-llama:key_ab12:demo:ftjob-..."``; ids may contain ``/``).
         owned_by: ``"system"`` for a base model, the owning API key's id for a fine-tune.
         parent: a fine-tune's base model (None for a base model).
-        job_id: the job that trained a fine-tune. method: its ``lora`` or ``qlora``.
+        job_id: the job that trained a fine-tune.
+        method: how a fine-tune was trained: ``sft``, ``dpo``, ``orpo`` or ``simpo`` (None for a base model).
+        adapter: a fine-tune's adapter: ``lora`` or ``qlora`` (a qlora fine-tune is served on the 4-bit
+            base); None for a base model.
         created: Unix seconds.
 
     Example:
@@ -75,6 +78,7 @@ class Model:
     parent: str | None = None
     job_id: str | None = None
     method: str | None = None
+    adapter: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -84,6 +88,7 @@ class Model:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Model:
+        method, adapter = _method_and_adapter(data)
         return cls(
             id=str(data.get("id", "")),
             object=str(data.get("object", "model")),
@@ -91,7 +96,8 @@ class Model:
             owned_by=_opt_str(data.get("owned_by")) or "",
             parent=_opt_str(data.get("parent")),
             job_id=_opt_str(data.get("job_id")),
-            method=_opt_str(data.get("method")),
+            method=method,
+            adapter=adapter,
             raw=dict(data),
         )
 

@@ -89,6 +89,19 @@ def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+_LEGACY_METHODS = frozenset({"qlora", "lora"})
+
+
+def _method_and_adapter(data: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(training method, adapter) of an object that has both. An older service (before preference tuning)
+    sent only `method`, and it named the adapter: ``"lora"`` there is ``("sft", "lora")`` here, as the
+    service reads those values today."""
+    method, adapter = _opt_str(data.get("method")), _opt_str(data.get("adapter"))
+    if adapter is None and method in _LEGACY_METHODS:
+        return "sft", method
+    return method, adapter
+
+
 def _str_tuple(value: Any) -> tuple[str, ...] | None:
     """A JSON array of strings as a tuple (immutable, like the model holding it); None if not an array."""
     return tuple(str(x) for x in value) if isinstance(value, (list, tuple)) else None
@@ -108,6 +121,9 @@ class TrainingMetrics:
         train_token_accuracy / eval_token_accuracy: share of the trained (validation) tokens predicted
             right, as last reported.
         learning_rate, tokens_per_second, eta_seconds: as last reported.
+        rewards_margin / rewards_accuracy: a preference job's latest reward margin (chosen minus rejected)
+            and share of pairs won (None for sft); eval_rewards_margin / eval_rewards_accuracy: the same over
+            the validation pairs.
     """
 
     progress: float = 0.0
@@ -122,6 +138,10 @@ class TrainingMetrics:
     learning_rate: float | None = None
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
+    rewards_margin: float | None = None
+    rewards_accuracy: float | None = None
+    eval_rewards_margin: float | None = None
+    eval_rewards_accuracy: float | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -141,6 +161,10 @@ class TrainingMetrics:
             learning_rate=_opt_float(data.get("learning_rate")),
             tokens_per_second=_opt_float(data.get("tokens_per_second")),
             eta_seconds=_opt_float(data.get("eta_seconds")),
+            rewards_margin=_opt_float(data.get("rewards_margin")),
+            rewards_accuracy=_opt_float(data.get("rewards_accuracy")),
+            eval_rewards_margin=_opt_float(data.get("eval_rewards_margin")),
+            eval_rewards_accuracy=_opt_float(data.get("eval_rewards_accuracy")),
             raw=dict(data),
         )
 
@@ -151,7 +175,10 @@ class Hyperparameters:
 
     The first three are the common ones; ``epochs``, ``batch_size`` and ``max_tokens_per_batch`` also accept
     ``"auto"`` (resolved from the data set size), ``gradient_checkpointing`` too (from a memory estimate).
-    Names the SDK does not know yet can be passed in ``extra``.
+    ``dpo_beta`` and ``simpo_gamma_beta_ratio`` are for the preference methods (``dpo``, ``orpo``,
+    ``simpo``): ``dpo_beta`` is DPO's β, ORPO's λ or SimPO's β (``"auto"``: the method's recommended value),
+    ``simpo_gamma_beta_ratio`` SimPO's target margin γ as a multiple of it. Names the SDK does not know yet
+    can be passed in ``extra``.
 
     Example:
         >>> Hyperparameters(epochs=3, learning_rate=2e-4).to_dict()
@@ -181,6 +208,8 @@ class Hyperparameters:
     max_tokens_per_batch: int | str | None = None
     attn_implementation: str | None = None
     torch_compile: bool | None = None
+    dpo_beta: float | str | None = None
+    simpo_gamma_beta_ratio: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -261,6 +290,13 @@ class JobError:
 class TuningJob:
     """A fine-tuning job. See docs/api.md, "The job object".
 
+    Attributes:
+        method: what the adapter is trained for: ``"sft"`` (supervised), or a preference objective on
+            chosen/rejected pairs: ``"dpo"``, ``"orpo"``, ``"simpo"``.
+        adapter: how the adapter sits on the base: ``"qlora"`` (a 4-bit base) or ``"lora"``.
+        from_checkpoint: the adapter the job started from, as given on create (``"ftjob-..."``,
+            ``"ftjob-...:STEP"`` or ``"ftckpt-..."``); None for a fresh adapter.
+
     Example:
         >>> job = client.tunings.get("ftjob-...")
         >>> job.status, job.metrics.progress if job.metrics else None
@@ -275,6 +311,8 @@ class TuningJob:
     adapter_path: str | None = None
     validation_file: str | None = None
     method: str = ""
+    adapter: str = ""
+    from_checkpoint: str | None = None
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
     suffix: str | None = None
     seed: int = 0
@@ -317,6 +355,7 @@ class TuningJob:
         if isinstance(error, str):
             error = {"message": error}
         metadata = data.get("metadata")
+        method, adapter = _method_and_adapter(data)
         return cls(
             id=str(data.get("id", "")),
             status=str(data.get("status", "")),
@@ -326,7 +365,9 @@ class TuningJob:
             fine_tuned_model=_opt_str(data.get("fine_tuned_model")),
             adapter_path=_opt_str(data.get("adapter_path")),
             validation_file=_opt_str(data.get("validation_file")),
-            method=_opt_str(data.get("method")) or "",
+            method=method or "",
+            adapter=adapter or "",
+            from_checkpoint=_opt_str(data.get("from_checkpoint")),
             hyperparameters=Hyperparameters.from_dict(hp) if isinstance(hp, Mapping) else Hyperparameters(),
             suffix=_opt_str(data.get("suffix")),
             seed=_opt_int(data.get("seed")) or 0,
@@ -392,11 +433,13 @@ class TuningEstimate:
         memory: the estimated peak per device and whether it fits.
         estimated_seconds: from this service's past jobs of the same model shape, method and device (None
             where there are none); based_on_jobs: how many.
+        method, adapter: as on the job (``"sft"``/``"dpo"``/``"orpo"``/``"simpo"``; ``"qlora"``/``"lora"``).
     """
 
     object: str = "tuning.estimate"
     model: str = ""
     method: str = ""
+    adapter: str = ""
     num_examples: int = 0
     num_eval_examples: int = 0
     num_tokens: int = 0
@@ -432,10 +475,12 @@ class TuningEstimate:
             )
         }  # fmt: skip
         hp, memory = data.get("hyperparameters"), data.get("memory")
+        method, adapter = _method_and_adapter(data)
         return cls(
             object=str(data.get("object", "tuning.estimate")),
             model=str(data.get("model", "")),
-            method=str(data.get("method", "")),
+            method=method or "",
+            adapter=adapter or "",
             resolved_auto=dict(data.get("resolved_auto") or {}),
             hyperparameters=Hyperparameters.from_dict(hp) if isinstance(hp, Mapping) else Hyperparameters(),
             padding_efficiency=_opt_float(data.get("padding_efficiency")) or 0.0,
@@ -470,12 +515,25 @@ class JobDeleted:
 _RECORD_BASE = ("seq", "type", "time")
 
 
+def _reward_parts(margin: Any, accuracy: Any) -> list[str]:
+    """A preference job's reward margin and accuracy for a progress line (nothing for a value that is not a
+    number: an SFT job has neither)."""
+    m, a = _opt_float(margin), _opt_float(accuracy)
+    return ([f"reward margin {m:.4f}"] if m is not None else []) + (
+        [f"reward acc {a:.1%}"] if a is not None else []
+    )
+
+
 @dataclass(frozen=True)
 class LogRecord:
     """One record of a job's log: trainer events (`started`, `metrics`, `eval`, `checkpoint`, `completed`,
     `failed`, `interrupted`), the service's `status` changes and `log` lines of the trainer's output.
 
-    The type-specific fields are in `data`; ``record["loss"]`` and ``record.get("loss")`` read them.
+    The type-specific fields are in `data`; ``record["loss"]`` and ``record.get("loss")`` read them. A
+    preference job's (dpo, orpo, simpo) `metrics` records also carry ``rewards_chosen``,
+    ``rewards_rejected``, ``rewards_margin`` and ``rewards_accuracy``, its `eval` records
+    ``eval_rewards_chosen`` ... ``eval_rewards_accuracy`` (``record.get("rewards_margin")``: None on an SFT
+    job's).
 
     Example:
         >>> for rec in client.tunings.stream_logs(job.id):
@@ -528,13 +586,17 @@ class LogRecord:
                 parts.append(f"loss {d['loss']:.4f}")
             if isinstance(d.get("learning_rate"), (int, float)):
                 parts.append(f"lr {d['learning_rate']:.2e}")
+            parts += _reward_parts(d.get("rewards_margin"), d.get("rewards_accuracy"))
             if isinstance(d.get("tokens_per_second"), (int, float)):
                 parts.append(f"{d['tokens_per_second']:.0f} tok/s")
             return "metrics: " + " | ".join(parts)
         if self.type == "started":
+            method = d.get("method") or "training"
+            if d.get("adapter"):
+                method = f"{method} ({d['adapter']})"
             return (
                 f"started: {d.get('total_steps')} steps, {d.get('total_epochs')} epoch(s), "
-                f"{d.get('num_examples')} examples, {d.get('method') or 'training'} on {d.get('device')}"
+                f"{d.get('num_examples')} examples, {method} on {d.get('device')}"
             )
         if self.type == "completed":
             loss = d.get("final_loss")
@@ -542,7 +604,12 @@ class LogRecord:
             return f"completed: adapter at {d.get('adapter_path')}{loss_text}"
         if self.type == "failed":
             return f"failed: {d.get('message')} ({d.get('code')})"
-        if self.type == "eval" and isinstance(d.get("eval_loss"), (int, float)):
-            return f"eval: step {d.get('step')} | eval_loss {d['eval_loss']:.4f}"
+        if self.type == "eval":
+            rewards = _reward_parts(d.get("eval_rewards_margin"), d.get("eval_rewards_accuracy"))
+            if isinstance(d.get("eval_loss"), (int, float)) or rewards:
+                parts = [f"step {d.get('step')}"]
+                if isinstance(d.get("eval_loss"), (int, float)):
+                    parts.append(f"eval_loss {d['eval_loss']:.4f}")
+                return "eval: " + " | ".join(parts + rewards)
         fields = " ".join(f"{k}={v}" for k, v in d.items() if not isinstance(v, (dict, list)))
         return f"{self.type}: {fields}".rstrip(": ")

@@ -1,7 +1,8 @@
 """`tuning`: the command line of the SDK (installed with it; no extra dependencies).
 
     tuning health
-    tuning jobs create --model M --training-file F [--hp key=value ...] [--wait]
+    tuning jobs create --model M --training-file F [--method M] [--adapter A] [--from-checkpoint REF]
+                       [--hp key=value ...] [--wait]
     tuning jobs list [--status S] [--limit N] | get ID | cancel ID | delete ID
     tuning jobs logs ID [-f]
     tuning jobs wait ID [--timeout S] [--stop-on-pause]
@@ -38,7 +39,7 @@ from ._errors import (
     TuningError,
     WaitTimeoutError,
 )
-from ._models import TuningEstimate, TuningJob
+from ._models import TuningEstimate, TuningJob, _reward_parts
 from ._transfer import ArchiveError
 from ._version import __version__
 
@@ -168,6 +169,7 @@ def _describe(job: TuningJob, *, steps: bool = True) -> str:
         parts.append(f"epoch {m.current_epoch}/{m.total_epochs}")
     if m.train_loss is not None:
         parts.append(f"loss {m.train_loss:.4f}")
+    parts += _reward_parts(m.rewards_margin, m.rewards_accuracy)  # a preference job's
     if m.eta_seconds is not None and not job.is_terminal:
         parts.append(f"eta {m.eta_seconds:.0f}s")
     return " | ".join(parts)
@@ -196,8 +198,9 @@ def _print_estimate(est: TuningEstimate) -> None:
     batches = f"{est.micro_batch_tokens:,} token slots each, padding efficiency {est.padding_efficiency:.1%}"
     checkpointing = "on" if est.gradient_checkpointing else "off"
     fits = "fits" if mem.fits else "DOES NOT FIT"
+    how = ", ".join(x for x in (est.method, est.adapter) if x)
     rows = [
-        ("model", f"{est.model} ({est.method})"),
+        ("model", est.model + (f" ({how})" if how else "")),
         ("examples", examples),
         ("tokens", f"{est.num_tokens:,} ({est.trainable_tokens:,} trained)"),
         ("steps", f"{est.total_steps:,} ({est.total_epochs} epochs of {est.steps_per_epoch})"),
@@ -219,7 +222,9 @@ def _print_job(job: TuningJob) -> None:
         ("model", job.model),
         ("training_file", job.training_file),
         ("validation_file", job.validation_file),
-        ("method", job.method),
+        ("method", job.method or None),
+        ("adapter", job.adapter or None),
+        ("from_checkpoint", job.from_checkpoint),
         ("hyperparameters", json.dumps(job.hyperparameters.to_dict())),
         ("created_at", _fmt_time(job.created_at)),
         ("started_at", _fmt_time(job.started_at)),
@@ -324,6 +329,8 @@ def _run(args: argparse.Namespace, client: TuningClient) -> int:
             hyperparameters=args.hp or None,
             validation_file=args.validation_file,
             method=args.method,
+            adapter=args.adapter,
+            from_checkpoint=args.from_checkpoint,
             suffix=args.suffix,
             seed=args.seed,
             metadata=args.metadata or None,
@@ -450,10 +457,29 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--model", required=True, help="base model (e.g. tiny-llama)")
     create.add_argument("--training-file", required=True, help="JSONL file under the service's files root")
     create.add_argument("--validation-file")
-    create.add_argument("--method", choices=["qlora", "lora"])
+    create.add_argument(
+        "--method",
+        choices=["sft", "dpo", "orpo", "simpo", "qlora", "lora"],
+        help="what the adapter is trained for: sft (default), or dpo, orpo, simpo on chosen/rejected pairs "
+        "(a preference data file); qlora and lora (the old values) mean sft with that adapter",
+    )
+    create.add_argument(
+        "--adapter", choices=["qlora", "lora"], help="qlora (a 4-bit base; the default) or lora"
+    )
+    create.add_argument(
+        "--from-checkpoint",
+        metavar="REF",
+        help="start from another job's adapter: JOB_ID (its final adapter), JOB_ID:STEP (a checkpoint) or "
+        "ftckpt-JOB-STEP; same base model, its LoRA shape",
+    )
     create.add_argument("--suffix")
     create.add_argument("--seed", type=int)
-    create.add_argument("--hp", action="append", metavar="KEY=VALUE", help="a hyperparameter (repeatable)")
+    create.add_argument(
+        "--hp",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a hyperparameter (repeatable), e.g. epochs=3, batch_size=auto, dpo_beta=0.1",
+    )
     create.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="metadata (repeatable)")
     create.add_argument("--idempotency-key", help="makes the create safe to repeat")
     create.add_argument(

@@ -51,7 +51,8 @@ def training_job(svc: ServiceProcess) -> dict[str, Any]:
     """The module's one real training job, submitted before the browser starts so they overlap."""
     return svc.create_job(
         model="tiny-llama",
-        method="lora",
+        method="sft",
+        adapter="lora",
         training_file="data/train.jsonl",
         validation_file="data/valid.jsonl",
         hyperparameters=TRAIN,
@@ -82,6 +83,11 @@ def visible(driver: Any, element_id: str) -> bool:
 
 def points(driver: Any, chart: str) -> int:
     return int(by_id(driver, chart).get_attribute("data-points") or 0)
+
+
+def stat(driver: Any, key: str) -> str:
+    """The text of one field of the job's summary panel."""
+    return str(css(driver, f'#job-stats [data-stat="{key}"]')[0].text)
 
 
 def status_text(driver: Any) -> str:
@@ -200,6 +206,11 @@ def test_sign_in_list_and_watch_a_job_train(
     hp = by_id(browser, "job-hp").text
     assert "max_steps" in hp and str(total) in hp and "lr_scheduler_type" in hp
     assert not visible(browser, "job-error")
+    assert stat(browser, "method") == "sft" and stat(browser, "adapter") == "lora"
+    assert stat(browser, "from_checkpoint") == "—"
+    # An SFT job has the four charts it always had: no rewards.
+    shown = [f.get_attribute("id") for f in css(browser, ".charts figure") if f.is_displayed()]
+    assert shown == ["chart-loss", "chart-acc", "chart-lr", "chart-tps"], shown
     screenshots.save(browser, "job-succeeded-laptop")
 
     # The adapter download goes through fetch (it needs the Bearer header) and lands as a file.
@@ -225,6 +236,8 @@ def open_form(browser: Any, base_url: str) -> None:
     wait(browser, lambda: visible(browser, "view-new"), what="new-job form")
     hp = by_id(browser, "hp-fields")
     wait(browser, lambda: hp.get_attribute("data-state") == "ready", what="hyperparameter fields")
+    method = by_id(browser, "f-method")
+    wait(browser, lambda: method.get_attribute("data-state") == "ready", what="method and adapter choices")
     more = css(browser, "#hp-more")
     if more and more[0].get_attribute("open") is None:
         css(browser, "#hp-more > summary")[0].click()
@@ -269,9 +282,11 @@ def test_form_shows_the_servers_validation_errors_next_to_the_field(
 def test_create_from_the_form_then_pause_resume_and_cancel_from_job_pages(
     browser: Any, svc: ServiceProcess, training_job: dict[str, Any]
 ) -> None:
+    from selenium.webdriver.support.ui import Select
+
     _open_form(browser, svc)
     by_id(browser, "f-model").send_keys("tiny-llama")
-    by_id(browser, "f-method").send_keys("lora")
+    Select(by_id(browser, "f-adapter")).select_by_value("lora")
     by_id(browser, "f-train-path").send_keys("data/train.jsonl")
     by_id(browser, "f-hp-max_steps").send_keys("100000")
     by_id(browser, "f-hp-max_seq_length").send_keys("64")
@@ -281,6 +296,7 @@ def test_create_from_the_form_then_pause_resume_and_cancel_from_job_pages(
     assert job_id != training_job["id"]
     created = svc.get(f"/v1/tunings.get/{job_id}").json()
     assert created["adapter"] == "lora" and created["hyperparameters"]["max_steps"] == 100000
+    assert created["method"] == "sft" and created["from_checkpoint"] is None  # the form's default method
 
     # A second job waits behind it: pause it (queued -> paused at once), resume it, cancel it.
     waiting = svc.create_job(model="tiny-llama", training_file="data/train.jsonl")["id"]

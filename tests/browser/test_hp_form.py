@@ -84,6 +84,12 @@ def control(browser: Any, name: str) -> Any:
     return controls[0]
 
 
+def create_default(doc: dict[str, Any], name: str) -> Any:
+    """The create body's default for one of its fields (what the form selects first)."""
+    body = resolve(doc, doc["components"]["schemas"]["CreateTuningRequest"])
+    return resolve(doc, body["properties"][name])["default"]
+
+
 def fill_required(browser: Any) -> None:
     by_id(browser, "f-model").send_keys("some-model")
     by_id(browser, "f-train-path").send_keys("data/train.jsonl")
@@ -193,7 +199,8 @@ def test_a_value_over_a_limit_gets_the_servers_error_next_to_its_field(
         # The same body straight to the API: the field shows exactly the server's message.
         body = {
             "model": "some-model",
-            "method": "qlora",
+            "method": create_default(document, "method"),
+            "adapter": create_default(document, "adapter"),
             "training_file": "data/train.jsonl",
             "hyperparameters": {name: over},
         }
@@ -241,6 +248,9 @@ def test_a_job_created_from_the_form_has_exactly_the_values_typed(
         "learning_rate": ("0.001", 0.001),
         "max_steps": ("7", 7),
         "lora_target_modules": ("q_proj, v_proj", ["q_proj", "v_proj"]),
+        # The preference methods' (any job may set them; an SFT job does not use them).
+        "dpo_beta": ("auto", "auto"),
+        "simpo_gamma_beta_ratio": ("1.5", 1.5),
     }
     chosen = {"lr_scheduler_type": ("linear", "linear"), "gradient_checkpointing": ("true", True)}
     assert set(typed) | set(chosen) <= set(properties)
@@ -258,10 +268,14 @@ def test_a_job_created_from_the_form_has_exactly_the_values_typed(
     # Typed as the API types them: 3 (not "3", not 3.0), a list, a boolean.
     for name, (_, value) in {**typed, **chosen}.items():
         assert type(job["hyperparameters"][name]) is type(value), name
+    # Method and adapter left as the form offers them: the create body's defaults; no from_checkpoint.
+    assert job["method"] == create_default(document, "method")
+    assert job["adapter"] == create_default(document, "adapter")
+    assert job["from_checkpoint"] is None
 
 
 def test_without_the_schema_the_form_says_so_and_the_json_box_still_works(
-    browser: Any, api_service: ServiceProcess, screenshots: Screenshots
+    browser: Any, api_service: ServiceProcess, document: dict[str, Any], screenshots: Screenshots
 ) -> None:
     browser.execute_cdp_cmd("Network.enable", {})
     browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/openapi.json"]})
@@ -273,6 +287,12 @@ def test_without_the_schema_the_form_says_so_and_the_json_box_still_works(
         assert "/openapi.json" in by_id(browser, "hp-unavailable").text
         assert by_id(browser, "hp-fields").get_attribute("data-state") == "failed"
         assert css(browser, '#hp-fields [data-param^="hyperparameters."]') == []
+        # Method and adapter offer only the service's default (left out of the body), and say why.
+        method = by_id(browser, "f-method")
+        wait(browser, lambda: method.get_attribute("data-state") == "failed", what="no method choices")
+        for select in ("f-method", "f-adapter"):
+            assert [o.get_attribute("value") for o in css(browser, f"#{select} option")] == [""], select
+            assert "/openapi.json" in by_id(browser, f"{select}-help").text, select
         screenshots.save(browser, "new-job-no-schema")
 
         fill_required(browser)
@@ -288,6 +308,8 @@ def test_without_the_schema_the_form_says_so_and_the_json_box_still_works(
         wait(browser, lambda: "#/jobs/ftjob-" in browser.current_url, what="the new job's page")
         job = api_service.get("/v1/tunings.get/" + browser.current_url.rsplit("/", 1)[-1]).json()
         assert job["hyperparameters"]["epochs"] == 2 and job["hyperparameters"]["lora_r"] == 8
+        for name in ("method", "adapter"):  # the service's defaults
+            assert job[name] == create_default(document, name), name
     finally:
         browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
         browser.execute_cdp_cmd("Network.disable", {})
@@ -295,6 +317,8 @@ def test_without_the_schema_the_form_says_so_and_the_json_box_still_works(
     browser.execute_script("window.samePage = true; location.hash = '#/new'")
     wait(browser, lambda: by_id(browser, "hp-fields").get_attribute("data-state") == "ready", what="fields")
     assert css(browser, "#f-hp-epochs") and not css(browser, "#hp-unavailable")
+    wait(browser, lambda: by_id(browser, "f-method").get_attribute("data-state") == "ready", what="methods")
+    assert len(css(browser, "#f-method option")) > 1 and len(css(browser, "#f-adapter option")) > 1
     assert browser.execute_script("return window.samePage") is True
 
 

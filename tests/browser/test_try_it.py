@@ -58,7 +58,11 @@ def svc(service_env: ServiceEnv) -> Iterator[ServiceProcess]:
 def job(svc: ServiceProcess) -> dict[str, Any]:
     """The module's training job, submitted before the browser starts so that they overlap."""
     return svc.create_job(
-        model="tiny-llama", method="lora", training_file="data/train.jsonl", hyperparameters=TRAIN
+        model="tiny-llama",
+        method="sft",
+        adapter="lora",
+        training_file="data/train.jsonl",
+        hyperparameters=TRAIN,
     )
 
 

@@ -8,6 +8,7 @@ import fnmatch
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.support.server import ServiceProcess
 from tuning_service.api import ui as routes_ui
@@ -134,15 +135,48 @@ def test_wrong_method_is_405_naming_get(api_service: ServiceProcess) -> None:
         assert "GET" in r.headers["allow"], r.headers
 
 
+# The new-job form's scripts.
+FORM_MODULES = ("hp-schema.js", "hp-fields.js", "job-fields.js", "new-job.js", "form-errors.js")
+
+
 def test_the_form_holds_no_list_of_hyperparameters(api_service: ServiceProcess) -> None:
     # The new-job form builds its inputs from the served schema (hp-schema.js, hp-fields.js): apart from the
     # few it shows first, no hyperparameter's name is written in the form's scripts (a copy would drift).
     doc = api_service.get("/openapi.json", key=None).json()
     names = set(doc["components"]["schemas"]["Hyperparameters"]["properties"])
     common = {"epochs", "learning_rate", "batch_size"}
-    for module in ("hp-schema.js", "hp-fields.js", "new-job.js", "form-errors.js"):
+    for module in FORM_MODULES:
         text = (UI_DIR / "js" / module).read_text(encoding="utf-8")
         written = {n for n in names if re.search(rf"\b{re.escape(n)}\b", text)}
         assert written <= common, (module, sorted(written - common))
     assert '"./hp-schema.js"' in (UI_DIR / "js" / "hp-fields.js").read_text(encoding="utf-8")
     assert '"/openapi.json"' in (UI_DIR / "js" / "hp-schema.js").read_text(encoding="utf-8")
+
+
+def _enum(doc: dict[str, Any], prop: dict[str, Any]) -> list[str]:
+    for key in ("anyOf", "oneOf"):
+        if key in prop:
+            return [v for branch in prop[key] for v in _enum(doc, branch)]
+    if "$ref" in prop:
+        return _enum(doc, doc["components"]["schemas"][prop["$ref"].rsplit("/", 1)[-1]])
+    return list(prop.get("enum", []))
+
+
+def test_the_form_holds_no_list_of_methods_or_adapters(api_service: ServiceProcess) -> None:
+    # The Method and Adapter selects are filled from the served schema (job-fields.js): no value of either
+    # is written in the form's scripts or in the page (a copy would drift from the service).
+    doc = api_service.get("/openapi.json", key=None).json()
+    schemas = doc["components"]["schemas"]
+    values = {
+        *_enum(doc, schemas["CreateTuningRequest"]["properties"]["method"]),
+        *_enum(doc, schemas["CreateTuningRequest"]["properties"]["adapter"]),
+        *_enum(doc, schemas["TuningJob"]["properties"]["method"]),
+    }
+    assert {"dpo", "qlora"} <= values, values  # the document really lists them
+    for module in FORM_MODULES:
+        text = (UI_DIR / "js" / module).read_text(encoding="utf-8")
+        written = {v for v in values if re.search(rf"[\"'`]{re.escape(v)}[\"'`]", text)}
+        assert not written, (module, sorted(written))
+    form = (UI_DIR / "index.html").read_text(encoding="utf-8").split('id="new-form"', 1)[1]
+    options = set(re.findall(r'<option value="([^"]*)"', form))
+    assert options <= {""}, options  # only "default", until the document's choices replace it

@@ -146,7 +146,9 @@ def job_body(job_id: str = "ftjob-1", status: str = "queued", **fields: Any) -> 
         "adapter_path": None,
         "training_file": "data/train.jsonl",
         "validation_file": None,
-        "method": "qlora",
+        "method": "sft",
+        "adapter": "qlora",
+        "from_checkpoint": None,
         "hyperparameters": hyperparameters_body(epochs=1),
         "suffix": None,
         "seed": 42,
@@ -172,7 +174,8 @@ def estimate_body(**fields: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "object": "tuning.estimate",
         "model": "tiny-llama",
-        "method": "lora",
+        "method": "sft",
+        "adapter": "lora",
         "num_examples": 300,
         "num_eval_examples": 0,
         "num_tokens": 11399,
@@ -241,7 +244,7 @@ def checkpoint_body(step: int, job_id: str = "ftjob-1", **metrics: Any) -> dict[
         job_schema.Checkpoint,
         {
             "object": "tuning.checkpoint",
-            "id": f"{job_id}-ckpt-{step}",
+            "id": f"ftckpt-{job_id.removeprefix('ftjob-')}-{step}",  # the service's: a from_checkpoint
             "job_id": job_id,
             "step": step,
             "created_at": CREATED_AT + step,
@@ -334,6 +337,7 @@ def model_body(model_id: str = "tiny-llama", **fields: Any) -> dict[str, Any]:
         "parent": None,
         "job_id": None,
         "method": None,
+        "adapter": None,
     }
     body.update(fields)
     return conform(inference_schema.Model, body)
@@ -342,7 +346,14 @@ def model_body(model_id: str = "tiny-llama", **fields: Any) -> dict[str, Any]:
 def fine_tune_body(
     model_id: str = FINE_TUNE_ID, parent: str = "meta-llama/Llama-2-7b-hf", **fields: Any
 ) -> dict[str, Any]:
-    body = {"owned_by": "key_ab12", "parent": parent, "job_id": "ftjob-abc", "method": "qlora", **fields}
+    body = {
+        "owned_by": "key_ab12",
+        "parent": parent,
+        "job_id": "ftjob-abc",
+        "method": "sft",
+        "adapter": "qlora",
+        **fields,
+    }
     return model_body(model_id, **body)
 
 

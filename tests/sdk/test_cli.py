@@ -77,6 +77,84 @@ def test_create_parses_hyperparameters(stub: StubServer, run) -> None:
     assert (body["num_gpus"], body["distributed"]) == (2, "fsdp")
 
 
+def test_create_preference_flags_map_to_the_body(stub: StubServer, run) -> None:
+    answer = job_body("ftjob-dpo", method="dpo", adapter="lora", from_checkpoint="ftjob-sft:40")
+    stub.route("POST", "/v1/tunings.create", reply(200, answer))
+    code, out, _ = run(
+        "jobs",
+        "create",
+        "--model",
+        "tiny-llama",
+        "--training-file",
+        "data/pairs.jsonl",
+        "--method",
+        "dpo",
+        "--adapter",
+        "lora",
+        "--from-checkpoint",
+        "ftjob-sft:40",
+        "--hp",
+        "dpo_beta=0.2",
+        "--hp",
+        "simpo_gamma_beta_ratio=0.5",
+    )
+    assert code == 0, out
+    body = stub.calls("POST", "/v1/tunings.create")[0].json()
+    assert body == {
+        "model": "tiny-llama",
+        "training_file": "data/pairs.jsonl",
+        "hyperparameters": {"dpo_beta": 0.2, "simpo_gamma_beta_ratio": 0.5},
+        "method": "dpo",
+        "adapter": "lora",
+        "from_checkpoint": "ftjob-sft:40",
+    }
+    # The job as people read it: what it trains for, on which adapter, from what.
+    assert "method           dpo\n" in out and "adapter          lora\n" in out
+    assert "from_checkpoint  ftjob-sft:40\n" in out
+    # "auto" beta is a string; the legacy --method lora is sent as it is, without an adapter.
+    stub.route("POST", "/v1/tunings.create", reply(200, job_body(adapter="lora")))
+    code, out, _ = run(
+        "jobs", "create", "--model", "m", "--training-file", "f", "--method", "lora", "--hp", "dpo_beta=auto"
+    )
+    assert code == 0, out
+    body = stub.calls("POST", "/v1/tunings.create")[1].json()
+    assert body == {
+        "model": "m",
+        "training_file": "f",
+        "method": "lora",
+        "hyperparameters": {"dpo_beta": "auto"},
+    }
+    assert (
+        "method           sft\n" in out and "adapter          lora\n" in out and "from_checkpoint" not in out
+    )
+    for method in ("sft", "orpo", "simpo", "qlora"):
+        assert run("jobs", "create", "--model", "m", "--training-file", "f", "--method", method)[0] == 0
+    assert [r.json()["method"] for r in stub.calls("POST", "/v1/tunings.create")[2:]] == [
+        "sft",
+        "orpo",
+        "simpo",
+        "qlora",
+    ]
+    with pytest.raises(SystemExit) as info:
+        run("jobs", "create", "--model", "m", "--training-file", "f", "--method", "ppo")
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        run("jobs", "create", "--model", "m", "--training-file", "f", "--adapter", "dora")
+    assert info.value.code == 2
+
+
+def test_create_refused_checkpoint_exit_codes(stub: StubServer, run) -> None:
+    argv = ("jobs", "create", "--model", "m", "--training-file", "f", "--from-checkpoint", "ftjob-x:4")
+    stub.route("POST", "/v1/tunings.create", error(404, "checkpoint_not_found", "no such", "from_checkpoint"))
+    code, _, err = run(*argv)
+    assert code == cli.EXIT_NOT_FOUND and "from_checkpoint" in err
+    stub.route("POST", "/v1/tunings.create", error(409, "checkpoint_not_ready", "not yet", "from_checkpoint"))
+    assert run(*argv)[0] == cli.EXIT_REJECTED
+    stub.route("POST", "/v1/tunings.create", error(422, "format_mismatch", "pairs", "training_file"))
+    code, out, _ = run("--json", *argv, "--method", "dpo")
+    assert code == cli.EXIT_REJECTED and json.loads(out)["error"]["code"] == "format_mismatch"
+
+
 def test_create_dry_run_shows_the_estimate_and_makes_no_job(stub: StubServer, run) -> None:
     stub.route(
         "POST", "/v1/tunings.create", reply(200, estimate_body(estimated_seconds=93.4, based_on_jobs=2))
@@ -88,7 +166,7 @@ def test_create_dry_run_shows_the_estimate_and_makes_no_job(stub: StubServer, ru
     assert stub.calls("POST", "/v1/tunings.create")[0].json()["dry_run"] is True
     assert "300 (2 truncated, 0 dropped)" in out and "padding efficiency 81.5%" in out
     assert "54 MiB peak of 24,105 MiB: fits" in out and "~93 s (from 2 past jobs)" in out
-    assert "epochs=5, batch_size=4" in out
+    assert "epochs=5, batch_size=4" in out and "model:     tiny-llama (sft, lora)\n" in out
     code, out, _ = run("--json", "jobs", "create", "--model", "m", "--training-file", "f", "--dry-run")
     assert code == 0 and json.loads(out)["object"] == "tuning.estimate"
     stub.route("POST", "/v1/tunings.create", reply(200, estimate_body(memory={
@@ -187,6 +265,40 @@ def test_logs(stub: StubServer, run) -> None:
     assert code == 0 and "hello" in out and "step 1/2" in out
     code, out, _ = run("--json", "jobs", "logs", "ftjob-1")
     assert [json.loads(line)["seq"] for line in out.splitlines()] == [1, 2]
+
+
+def test_logs_of_a_preference_job_show_the_rewards(stub: StubServer, run) -> None:
+    rewards = {
+        "rewards_chosen": 0.5,
+        "rewards_rejected": -0.25,
+        "rewards_margin": 0.75,
+        "rewards_accuracy": 0.875,
+    }
+    data = [
+        record(1, "metrics", step=1, total_steps=2, loss=0.69, **rewards),
+        record(2, "eval", step=2, eval_loss=0.6, eval_rewards_margin=0.5, eval_rewards_accuracy=0.75),
+        record(3, "metrics", step=2, total_steps=2, loss=0.5),  # an SFT job's: no rewards
+    ]
+    stub.route("GET", "/v1/tunings.logs/", reply(200, log_page(data)))
+    code, out, _ = run("jobs", "logs", "ftjob-1")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 3
+    assert lines[0].endswith("metrics: step 1/2 | loss 0.6900 | reward margin 0.7500 | reward acc 87.5%")
+    assert lines[1].endswith("eval: step 2 | eval_loss 0.6000 | reward margin 0.5000 | reward acc 75.0%")
+    assert lines[2].endswith("metrics: step 2/2 | loss 0.5000")
+
+
+def test_wait_progress_shows_the_rewards_the_job_reports(stub: StubServer, run, monkeypatch) -> None:
+    monkeypatch.setattr(cli, "_progress_bar", lambda stream: cli._PlainBar(stream))
+    metrics = metrics_body(progress=1.0, current_step=4, total_steps=4, train_loss=0.5)
+    # Off the contract on purpose: this service's job metrics carry no rewards (they are in the job's metrics
+    # records); the progress line shows them should a service send them there.
+    metrics = {**metrics, "rewards_margin": 0.25, "rewards_accuracy": 0.5}
+    job = {**job_body(status="succeeded", method="dpo"), "metrics": metrics}
+    stub.route("GET", "/v1/tunings.get/", reply(200, job, conform=False))
+    code, out, err = run("jobs", "wait", "ftjob-1")
+    assert code == 0 and "step 4/4 | loss 0.5000 | reward margin 0.2500 | reward acc 50.0%" in err
+    assert "method           dpo\n" in out
 
 
 def test_closed_pipe_is_not_an_error(stub: StubServer) -> None:

@@ -214,9 +214,19 @@ def test_models_commands(stub: StubServer, run) -> None:
     stub.route("GET", "/v1/models", reply(200, model_list_body([model_body(), fine_tune_body()])))
     code, out, _ = run("models", "list")
     lines = out.splitlines()
-    assert code == 0 and lines[0].split() == ["ID", "PARENT", "OWNED", "BY", "METHOD", "JOB"]
-    assert lines[1].split() == ["tiny-llama", "-", "system", "-", "-"]
-    assert lines[2].split() == [FINE_TUNE_ID, "meta-llama/Llama-2-7b-hf", "key_ab12", "qlora", "ftjob-abc"]
+    assert code == 0 and lines[0].split() == ["ID", "PARENT", "OWNED", "BY", "METHOD", "ADAPTER", "JOB"]
+    assert lines[1].split() == ["tiny-llama", "-", "system", "-", "-", "-"]
+    assert lines[2].split() == [
+        FINE_TUNE_ID,
+        "meta-llama/Llama-2-7b-hf",
+        "key_ab12",
+        "sft",
+        "qlora",
+        "ftjob-abc",
+    ]
+    stub.route("GET", "/v1/models/", reply(200, fine_tune_body(method="dpo", adapter="lora")))
+    code, out, _ = run("models", "get", FINE_TUNE_ID)
+    assert code == 0 and out.splitlines()[1].split()[3:5] == ["dpo", "lora"]
     code, out, _ = run("models", "list", "--json")
     assert code == 0 and [m["id"] for m in json.loads(out)] == ["tiny-llama", FINE_TUNE_ID]
     stub.route("GET", "/v1/models/", reply(200, fine_tune_body()))

@@ -470,12 +470,15 @@ def _produce(svc: ServiceProcess, client: TuningClient, receiver: Receiver, tmp:
     svc.cli("keys", "set-webhook", DEV_KEY_ID)  # a signing secret: jobs may then name a webhook_url
     sdk: dict[str, Any] = {}
 
-    # Files: a valid one and one that fails validation on its second line (both through the SDK).
+    # Files: a valid one, one that fails validation on its second line, and preference pairs (all through the
+    # SDK).
     good = write_jsonl(tmp / "train.jsonl", [{"text": f"example {i}"} for i in range(4)])
     bad = tmp / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": \n', encoding="utf-8")
+    pairs = [{"prompt": f"question {i}", "chosen": "a good answer", "rejected": "no"} for i in range(4)]
     sdk["file processed"] = client.files.upload(good)
     sdk["file error"] = client.files.upload(bad)
+    sdk["file pairs"] = client.files.upload(write_jsonl(tmp / "pairs.jsonl", pairs))
     files = {
         name: _ok(svc.get(f"/v1/files.get/{f.id}")) for name, f in sdk.items() if name.startswith("file")
     }
@@ -504,6 +507,19 @@ def _produce(svc: ServiceProcess, client: TuningClient, receiver: Receiver, tmp:
     _ok(svc.post(f"/v1/tunings.cancel/{blocker['id']}"))
     jobs["cancelled"] = svc.wait_for(blocker["id"], "cancelled")
     jobs["succeeded"] = svc.wait_for(created.id, "succeeded")
+
+    # A preference job (dpo, on pairs) that starts from the succeeded job's adapter. The fake trainer writes
+    # no adapter weights, and the service copies them from the source: they are put there as a trainer would.
+    (Path(jobs["succeeded"]["adapter_path"]) / "adapter_model.safetensors").write_bytes(b"")
+    preference = client.tunings.create(
+        "fake:complete?steps=4&save=2",
+        sdk["file pairs"].id,
+        hyperparameters={"dpo_beta": 0.2},
+        method="dpo",
+        adapter="lora",
+        from_checkpoint=created.id,
+    )
+    jobs["preference"] = svc.wait_for(preference.id, "succeeded")
 
     # Failures: killed by a signal, a data problem (data_code, line), out of memory (hint), and interrupted
     # by a signal that was not a cancel (checkpoint_path).
@@ -561,7 +577,9 @@ def _assert_same(produced: Produced, where: str, schema: str, wire: Mapping[str,
     assert not cmp.problems, "\n".join(cmp.problems)
 
 
-JOBS = ["queued", "cancelled", "succeeded", "killed", "data error", "out of memory", "interrupted"]
+JOBS = [
+    "queued", "cancelled", "succeeded", "preference", "killed", "data error", "out of memory", "interrupted"
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", JOBS)
@@ -579,7 +597,9 @@ def test_the_jobs_are_the_ones_meant(produced: Produced) -> None:
     jobs = {name: TuningJob.from_dict(wire) for name, wire in produced.jobs.items()}
     q = jobs["queued"]
     assert q.queue_position == 1 and q.metrics is None and q.error is None and q.started_at is None
-    assert (q.method, q.seed, q.suffix, q.resume_on_restart) == ("lora", 7, "contract", True)
+    # The legacy method="lora" of the create: sft with the lora adapter.
+    assert (q.method, q.adapter, q.from_checkpoint) == ("sft", "lora", None)
+    assert (q.seed, q.suffix, q.resume_on_restart) == (7, "contract", True)
     assert q.metadata == {"team": "sdk", "purpose": "contract"}
     assert q.webhook_events == ("job.succeeded", "job.checkpoint")
     assert q.hyperparameters.lora_target_modules == ["q_proj", "v_proj"]
@@ -589,6 +609,10 @@ def test_the_jobs_are_the_ones_meant(produced: Produced) -> None:
     assert f"{s.metrics.progress * 100:.1f}%" == "100.0%"  # the original spec's example
     assert s.hyperparameters.epochs == 1 and s.hyperparameters.batch_size == 2  # resolved by the trainer
     assert jobs["cancelled"].status == "cancelled" and jobs["cancelled"].error is None
+    assert (jobs["cancelled"].method, jobs["cancelled"].adapter) == ("sft", "qlora")  # the defaults
+    p = jobs["preference"]
+    assert p.is_successful and (p.method, p.adapter, p.from_checkpoint) == ("dpo", "lora", s.id)
+    assert p.hyperparameters.dpo_beta == 0.2 and p.hyperparameters.simpo_gamma_beta_ratio == 0.5
     errors = {name: jobs[name].error for name in ("killed", "data error", "out of memory", "interrupted")}
     assert all(e is not None and e.log_tail for e in errors.values()), errors
     data, oom, stopped = errors["data error"], errors["out of memory"], errors["interrupted"]
@@ -607,7 +631,7 @@ def test_a_trainer_killed_by_a_signal_names_it(produced: Produced) -> None:
     assert job.error.log_tail == tuple(wire["error"]["log_tail"]) and "about to die" in job.error.log_tail
 
 
-@pytest.mark.parametrize("name", ["file processed", "file error"])
+@pytest.mark.parametrize("name", ["file processed", "file error", "file pairs"])
 def test_files_decode_field_by_field(produced: Produced, name: str) -> None:
     wire = produced.files[name]
     validate(file_schema.File, wire)
@@ -618,6 +642,7 @@ def test_files_decode_field_by_field(produced: Produced, name: str) -> None:
         assert f.error is not None and f.error.line == 2 and not f.is_processed
     else:
         assert f.is_processed and f.error is None and f.num_examples == 4
+        assert f.format == ("chosen_rejected" if name == "file pairs" else "text")
 
 
 @pytest.mark.parametrize("name", ["succeeded", "killed", "interrupted"])
@@ -803,6 +828,10 @@ def test_models_decode_field_by_field(produced: Produced) -> None:
     job = produced.jobs["succeeded"]
     (tuned,) = [m for m in models if m.job_id == job["id"]]
     assert (tuned.parent, tuned.owned_by, tuned.method) == (job["model"], DEV_KEY_ID, job["method"])
+    assert (tuned.method, tuned.adapter) == ("sft", "lora")
+    preference = produced.jobs["preference"]
+    (dpo,) = [m for m in models if m.job_id == preference["id"]]
+    assert (dpo.method, dpo.adapter, dpo.parent) == ("dpo", "lora", job["model"])
     assert tuned.is_fine_tune and tuned.id.startswith("ft:") and tuned.id.endswith(job["id"])
     assert client.models.retrieve(job["fine_tuned_model"]) == tuned  # the native job's name for it
     (base,) = [m for m in models if m.id == job["model"]]

@@ -85,16 +85,26 @@ def test_models_list(stub: StubServer, client: TuningClient) -> None:
         None,
         False,
     )
-    assert (tuned.id, tuned.parent, tuned.owned_by, tuned.job_id, tuned.method) == (
+    assert (tuned.id, tuned.parent, tuned.owned_by, tuned.job_id, tuned.method, tuned.adapter) == (
         FINE_TUNE_ID,
         "meta-llama/Llama-2-7b-hf",
         "key_ab12",
         "ftjob-abc",
+        "sft",
         "qlora",
     )
+    assert (base.method, base.adapter) == (None, None)
     assert tuned.is_fine_tune and tuned.created == 1764150000 and tuned.to_dict() == fine_tune_body()
     (req,) = stub.calls("GET", "/v1/models")
     assert req.path == "/v1/models" and req.query == {}
+
+
+def test_a_model_from_an_older_service_reads_its_method_as_todays() -> None:
+    # Off the contract on purpose: before preference tuning a fine-tune's `method` was its adapter.
+    old = {k: v for k, v in fine_tune_body().items() if k != "adapter"}
+    tuned = Model.from_dict({**old, "method": "lora"})
+    assert (tuned.method, tuned.adapter) == ("sft", "lora") and tuned.to_dict()["method"] == "lora"
+    assert Model.from_dict(fine_tune_body(method="simpo", adapter="lora")).method == "simpo"
 
 
 def test_model_ids_keep_slashes_and_colons_in_the_path(stub: StubServer, client: TuningClient) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -24,7 +25,7 @@ FULL_JOB = job_body(
     "ftjob-3f2c",
     "failed",
     validation_file="data/valid.jsonl",
-    method="lora",
+    adapter="lora",
     hyperparameters=hyperparameters_body(epochs=3, learning_rate=0.0002, batch_size=4),
     suffix="s",
     metadata={"team": "nlp"},
@@ -68,7 +69,8 @@ def test_full_job_round_trip() -> None:
     assert job.id == "ftjob-3f2c" and job.status == JobStatus.FAILED and job.is_terminal
     assert not job.is_successful and not job.is_running
     assert job.duration == 10.5 and job.trained_tokens == 12345 and job.metadata == {"team": "nlp"}
-    assert (job.method, job.seed, job.created_at) == ("lora", 42, 1764150000)
+    assert (job.method, job.adapter, job.from_checkpoint) == ("sft", "lora", None)
+    assert (job.seed, job.created_at) == (42, 1764150000)
     assert job.hyperparameters.epochs == 3 and job.hyperparameters.lora_r == 16
     assert job.hyperparameters.extra == {}
     assert job.error is not None and job.error.code == "model_not_found" and job.error.exit_code == 2
@@ -100,6 +102,7 @@ def test_minimal_and_odd_jobs_parse() -> None:
     job = TuningJob.from_dict({"id": "j", "status": "a_status_from_the_future", "model": "m"})
     assert job.metrics is None and job.error is None and not job.is_terminal and job.duration is None
     assert (job.created_at, job.seed, job.method, job.webhook_events) == (0, 0, "", None)
+    assert (job.adapter, job.from_checkpoint) == ("", None)
     job = TuningJob.from_dict({**FULL_JOB, "error": "plain text", "metrics": None, "hyperparameters": None})
     assert job.error is not None and job.error.message == "plain text" and job.error.log_tail == ()
     assert job.metrics is None and job.hyperparameters == Hyperparameters()
@@ -126,6 +129,36 @@ def test_webhook_and_restart_fields_are_typed() -> None:
     assert (bare.resume_on_restart, bare.webhook_url, bare.webhook_events) == (False, None, None)
 
 
+def test_a_preference_job_from_a_checkpoint_is_typed() -> None:
+    wire = job_body(
+        "ftjob-dpo",
+        "running",
+        method="dpo",
+        adapter="lora",
+        from_checkpoint="ftjob-3f2c:40",
+        hyperparameters=hyperparameters_body(epochs=1, dpo_beta="auto", simpo_gamma_beta_ratio=0.3),
+    )
+    job = TuningJob.from_dict(wire)
+    assert (job.method, job.adapter, job.from_checkpoint) == ("dpo", "lora", "ftjob-3f2c:40")
+    assert job.hyperparameters.dpo_beta == "auto" and job.hyperparameters.simpo_gamma_beta_ratio == 0.3
+    assert job.hyperparameters.extra == {} and job.to_dict() == wire
+    job = TuningJob.from_dict(job_body(method="simpo", from_checkpoint="ftckpt-3f2c-40"))
+    assert (job.method, job.adapter, job.from_checkpoint) == ("simpo", "qlora", "ftckpt-3f2c-40")
+
+
+def test_an_older_services_method_is_read_as_todays() -> None:
+    # Off the contract on purpose: before preference tuning a job had no `adapter`, and `method` named it.
+    old = {k: v for k, v in FULL_JOB.items() if k not in ("adapter", "from_checkpoint")}
+    with pytest.raises(ValidationError):
+        validate(documented.TuningJob, {**old, "method": "lora"})
+    job = TuningJob.from_dict({**old, "method": "lora"})
+    assert (job.method, job.adapter, job.from_checkpoint) == ("sft", "lora", None)
+    assert job.to_dict()["method"] == "lora"  # the object as sent is kept
+    assert TuningJob.from_dict({**old, "method": "qlora"}).adapter == "qlora"
+    # With an adapter, "method" is taken as it is.
+    assert TuningJob.from_dict({**old, "method": "dpo", "adapter": "qlora"}).method == "dpo"
+
+
 def test_success_and_status_helpers() -> None:
     job = TuningJob.from_dict({**FULL_JOB, "status": "succeeded", "error": None})
     assert job.is_successful and job.is_terminal
@@ -144,6 +177,10 @@ def test_hyperparameters_to_dict_sends_only_what_was_set() -> None:
     hp = Hyperparameters(epochs=2, learning_rate=1e-3, batch_size="auto", extra={"lora_r": 4})
     assert hp.to_dict() == {"epochs": 2, "learning_rate": 1e-3, "batch_size": "auto", "lora_r": 4}
     assert Hyperparameters().to_dict() == {}
+    hp = Hyperparameters(dpo_beta=0.2, simpo_gamma_beta_ratio=0.5)
+    assert hp.to_dict() == {"dpo_beta": 0.2, "simpo_gamma_beta_ratio": 0.5}
+    assert Hyperparameters.from_dict(hp.to_dict()) == hp
+    assert Hyperparameters(dpo_beta="auto").to_dict() == {"dpo_beta": "auto"}
 
 
 def test_log_record() -> None:
@@ -163,6 +200,43 @@ def test_log_record() -> None:
     assert LogRecord.from_dict(record(4, "log", line="hello")).format() == "hello"
     assert not LogRecord.from_dict(record(5, "status", status="running", message=None)).is_terminal_status
     assert LogRecord.from_dict({"seq": 6, "type": "log"}).time == 0.0  # off the contract: no time
+
+
+def test_a_preference_jobs_records_show_the_rewards() -> None:
+    rewards = {
+        "rewards_chosen": 0.25,
+        "rewards_rejected": -0.5,
+        "rewards_margin": 0.75,
+        "rewards_accuracy": 0.8,
+    }
+    rec = LogRecord.from_dict(record(3, "metrics", step=2, total_steps=5, epoch=0.4, loss=0.61, **rewards))
+    assert rec.get("rewards_margin") == 0.75 and rec["rewards_chosen"] == 0.25
+    assert rec.format() == (
+        "metrics: step 2/5 | epoch 0.40 | loss 0.6100 | reward margin 0.7500 | reward acc 80.0%"
+    )
+    sft = LogRecord.from_dict(record(3, "metrics", step=2, total_steps=5, loss=0.61))
+    assert "reward" not in sft.format() and sft.get("rewards_margin") is None
+    ev = LogRecord.from_dict(
+        record(
+            4,
+            "eval",
+            step=2,
+            epoch=0.4,
+            eval_loss=0.7,
+            eval_token_accuracy=0.5,
+            eval_rewards_chosen=0.1,
+            eval_rewards_rejected=-0.2,
+            eval_rewards_margin=0.3,
+            eval_rewards_accuracy=0.625,
+        )
+    )
+    assert ev.format() == "eval: step 2 | eval_loss 0.7000 | reward margin 0.3000 | reward acc 62.5%"
+    # A diverged eval loss (null) still shows the rewards.
+    ev = LogRecord.from_dict(record(5, "eval", step=3, eval_loss=None, eval_rewards_margin=-0.1))
+    assert ev.format() == "eval: step 3 | reward margin -0.1000"
+    plan: dict[str, Any] = {"total_steps": 5, "total_epochs": 1, "num_examples": 10, "device": "cpu"}
+    started = LogRecord.from_dict(record(1, "started", method="dpo", adapter="lora", **plan))
+    assert started.format() == "started: 5 steps, 1 epoch(s), 10 examples, dpo (lora) on cpu"
 
 
 @pytest.mark.parametrize(

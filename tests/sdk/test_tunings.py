@@ -9,9 +9,17 @@ from typing import Any
 
 import pytest
 
-from tests.sdk.objects import deleted_job_body, job_error_body, job_list_body, log_page, metrics_body, record
+from tests.sdk.objects import (
+    deleted_job_body,
+    estimate_body,
+    job_error_body,
+    job_list_body,
+    log_page,
+    metrics_body,
+    record,
+)
 from tests.sdk.stub import Handler, Recorded, StubServer, job_body, reply
-from tuning_sdk import Hyperparameters, TuningClient, TuningJob, WaitTimeoutError
+from tuning_sdk import Hyperparameters, TuningClient, TuningEstimate, TuningJob, WaitTimeoutError
 from tuning_sdk.resources import tunings
 
 
@@ -40,6 +48,61 @@ def test_create_sends_every_field(stub: StubServer, client: TuningClient) -> Non
         "seed": 7,
         "metadata": {"k": "v"},
         "resume_on_restart": True,
+    }
+
+
+def test_create_sends_the_method_adapter_and_checkpoint(stub: StubServer, client: TuningClient) -> None:
+    answer = job_body("ftjob-dpo", method="dpo", adapter="lora", from_checkpoint="ftjob-sft:40")
+    stub.route("POST", "/v1/tunings.create", reply(200, answer))
+    job = client.tunings.create(
+        "tiny-llama",
+        "file-0123456789abcdef01234567",
+        method="dpo",
+        adapter="lora",
+        from_checkpoint="ftjob-sft:40",
+        hyperparameters=Hyperparameters(dpo_beta=0.2, simpo_gamma_beta_ratio=0.4),
+    )
+    assert (job.method, job.adapter, job.from_checkpoint) == ("dpo", "lora", "ftjob-sft:40")
+    (req,) = stub.calls("POST", "/v1/tunings.create")
+    assert req.json() == {
+        "model": "tiny-llama",
+        "training_file": "file-0123456789abcdef01234567",
+        "hyperparameters": {"dpo_beta": 0.2, "simpo_gamma_beta_ratio": 0.4},
+        "method": "dpo",
+        "adapter": "lora",
+        "from_checkpoint": "ftjob-sft:40",
+    }
+
+
+def test_create_sends_only_what_was_given(stub: StubServer, client: TuningClient) -> None:
+    """Neither adapter nor from_checkpoint unless given: an old call (method="lora") sends the body it always
+    sent, and the service reads it as sft with the lora adapter."""
+    stub.route("POST", "/v1/tunings.create", reply(200, job_body(adapter="lora")))
+    job = client.tunings.create("tiny-llama", "data/train.jsonl", method="lora")
+    assert (job.method, job.adapter) == ("sft", "lora")
+    client.tunings.create("tiny-llama", "data/train.jsonl")
+    client.tunings.create("tiny-llama", "data/train.jsonl", adapter="lora")
+    client.tunings.create("tiny-llama", "data/train.jsonl", from_checkpoint="ftckpt-sft-40")
+    bodies = [r.json() for r in stub.calls("POST", "/v1/tunings.create")]
+    base = {"model": "tiny-llama", "training_file": "data/train.jsonl"}
+    assert bodies == [
+        {**base, "method": "lora"},
+        base,
+        {**base, "adapter": "lora"},
+        {**base, "from_checkpoint": "ftckpt-sft-40"},
+    ]
+
+
+def test_create_dry_run_returns_the_estimate_with_its_adapter(stub: StubServer, client: TuningClient) -> None:
+    stub.route("POST", "/v1/tunings.create", reply(200, estimate_body(method="orpo", adapter="qlora")))
+    est = client.tunings.create("tiny-llama", "data/pairs.jsonl", method="orpo", dry_run=True)
+    assert isinstance(est, TuningEstimate) and (est.method, est.adapter) == ("orpo", "qlora")
+    body = stub.calls("POST", "/v1/tunings.create")[0].json()
+    assert body == {
+        "model": "tiny-llama",
+        "training_file": "data/pairs.jsonl",
+        "method": "orpo",
+        "dry_run": True,
     }
 
 

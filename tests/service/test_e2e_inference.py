@@ -112,7 +112,13 @@ def test_models_lists_the_bases_and_only_the_keys_own_fine_tunes(served) -> None
     tunes = {openai_id(svc, j) for j in jobs.values()}
     assert "tiny-llama" in ids and tunes <= set(ids)
     a = ids[openai_id(svc, jobs["a"])]
-    assert (a.owned_by, a.parent, a.job_id, a.method) == (a.owned_by, "tiny-llama", jobs["a"]["id"], "lora")
+    assert (a.owned_by, a.parent, a.job_id, a.method, a.adapter) == (
+        a.owned_by,
+        "tiny-llama",
+        jobs["a"]["id"],
+        "sft",
+        "lora",
+    )
     assert ids["tiny-llama"].owned_by == "system"
     other = {m.id for m in client(svc, OTHER_KEY).models.list().data}
     assert "tiny-llama" in other and not tunes & other

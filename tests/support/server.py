@@ -34,6 +34,15 @@ TINY_TRAIN_ROWS = [
     }
     for i in range(8)
 ]
+# The same questions as preference pairs (OpenAI's format): for dpo/orpo/simpo jobs that never train.
+TINY_PAIR_ROWS = [
+    {
+        "input": {"messages": row["messages"][:1]},
+        "preferred_output": row["messages"][1:],
+        "non_preferred_output": [{"role": "assistant", "content": str(2 * i + 1)}],
+    }
+    for i, row in enumerate(TINY_TRAIN_ROWS)
+]
 
 
 def free_port() -> int:
@@ -49,9 +58,11 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 
 def make_light_files_root(root: Path) -> Path:
-    """A files root with hand-written data/train.jsonl and data/valid.jsonl (for non-training tests)."""
+    """A files root with hand-written data/train.jsonl, data/valid.jsonl and data/pairs.jsonl (for
+    non-training tests)."""
     write_jsonl(root / "data" / "train.jsonl", TINY_TRAIN_ROWS)
     write_jsonl(root / "data" / "valid.jsonl", TINY_TRAIN_ROWS[:2])
+    write_jsonl(root / "data" / "pairs.jsonl", TINY_PAIR_ROWS)
     return root
 
 

@@ -86,6 +86,8 @@ class Tunings(JobActions):
         hyperparameters: Mapping[str, Any] | Hyperparameters | None = None,
         validation_file: str | None = None,
         method: str | None = None,
+        adapter: str | None = None,
+        from_checkpoint: str | None = None,
         suffix: str | None = None,
         seed: int | None = None,
         metadata: Mapping[str, Any] | None = None,
@@ -107,6 +109,8 @@ class Tunings(JobActions):
         hyperparameters: Mapping[str, Any] | Hyperparameters | None = None,
         validation_file: str | None = None,
         method: str | None = None,
+        adapter: str | None = None,
+        from_checkpoint: str | None = None,
         suffix: str | None = None,
         seed: int | None = None,
         metadata: Mapping[str, Any] | None = None,
@@ -127,6 +131,8 @@ class Tunings(JobActions):
         hyperparameters: Mapping[str, Any] | Hyperparameters | None = None,
         validation_file: str | None = None,
         method: str | None = None,
+        adapter: str | None = None,
+        from_checkpoint: str | None = None,
         suffix: str | None = None,
         seed: int | None = None,
         metadata: Mapping[str, Any] | None = None,
@@ -146,7 +152,20 @@ class Tunings(JobActions):
                 or a path relative to the service's files root (``"data/train.jsonl"``).
             hyperparameters: a dict or `Hyperparameters`; unset ones take the service's defaults.
             validation_file: optional JSONL data for eval loss: a file id or a path, as `training_file`.
-            method: ``"qlora"`` (default on the service) or ``"lora"``.
+            method: what the adapter is trained for: ``"sft"`` (supervised, the service's default), or a
+                preference objective on chosen/rejected pairs: ``"dpo"``, ``"orpo"``, ``"simpo"`` (the
+                training file must then hold pairs: ``"preference"`` or ``"chosen_rejected"`` format).
+                ``"qlora"`` and ``"lora"``, the values before preference tuning, still work and mean
+                ``"sft"`` with that adapter.
+            adapter: how the adapter sits on the base: ``"qlora"`` (a 4-bit base; the service's default) or
+                ``"lora"``. With a legacy ``method="qlora"``/``"lora"`` leave it out (a different one is
+                refused).
+            from_checkpoint: start from another job's adapter (the new job trains those weights, with that
+                LoRA shape, a fresh optimizer and its own data and method: SFT, then DPO on the same
+                adapter): a job id (``"ftjob-..."``: its final adapter; the job must have succeeded),
+                ``"ftjob-...:STEP"`` (one of its checkpoints) or a checkpoint id (``"ftckpt-..."``: a
+                `Checkpoint`'s ``id``, also OpenAI's).
+                The job must be yours and of the same base `model`.
             suffix: goes into the fine-tuned model's name.
             seed: random seed.
             metadata: free-form key/values stored with the job.
@@ -173,18 +192,26 @@ class Tunings(JobActions):
 
         Raises:
             UnprocessableEntityError: invalid hyperparameters or data file (``param`` names the field; data
-                errors also give ``line``).
+                errors also give ``line``); a data file in a format the method does not train on
+                (``format_mismatch``: pairs for dpo/orpo/simpo, single examples for sft); a `from_checkpoint`
+                of another base model (``checkpoint_model_mismatch``) or a ``lora_*`` hyperparameter that
+                differs from its adapter's (``checkpoint_mismatch``).
             BadRequestError: malformed request or a path outside the files root.
             NotFoundError: a file id that does not exist for this key, or a data file that is not there
-                (code ``file_not_found``).
+                (code ``file_not_found``); a `from_checkpoint` that names no job or checkpoint of yours
+                (``checkpoint_not_found``).
             ConflictError: `idempotency_key` already used with another body (``idempotency_key_reused``), or
-                a `webhook_url` while the key has no signing secret (``webhook_secret_missing``).
+                a `webhook_url` while the key has no signing secret (``webhook_secret_missing``), or a
+                `from_checkpoint` job id whose job has not succeeded (``checkpoint_not_ready``: name one of
+                its checkpoints, ``JOB_ID:STEP``).
             PermissionDeniedError: a `webhook_url` the service's policy refuses (``webhook_url_not_allowed``).
             AuthenticationError, APIConnectionError: as for every call.
 
         Example:
             >>> job = client.tunings.create(model="tiny-llama", training_file="data/train.jsonl",
             ...                             hyperparameters={"epochs": 1, "learning_rate": 2e-4})
+            >>> dpo = client.tunings.create(model="tiny-llama", training_file=pairs.id, method="dpo",
+            ...                             from_checkpoint=job.id, hyperparameters={"dpo_beta": 0.1})
         """
         body: dict[str, Any] = {"model": model, "training_file": training_file}
         if hyperparameters is not None:
@@ -196,6 +223,8 @@ class Tunings(JobActions):
         optional = {
             "validation_file": validation_file,
             "method": method,
+            "adapter": adapter,
+            "from_checkpoint": from_checkpoint,
             "suffix": suffix,
             "seed": seed,
             "metadata": dict(metadata) if metadata is not None else None,

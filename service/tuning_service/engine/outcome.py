@@ -74,6 +74,8 @@ def progress_fields(row: dict[str, Any], records: list[Record]) -> dict[str, Any
                 learning_rate=data.get("learning_rate", metrics.get("learning_rate")),
                 tokens_per_second=data.get("tokens_per_second", metrics.get("tokens_per_second")),
                 eta_seconds=data.get("eta_seconds", metrics.get("eta_seconds")),
+                rewards_margin=data.get("rewards_margin", metrics.get("rewards_margin")),
+                rewards_accuracy=data.get("rewards_accuracy", metrics.get("rewards_accuracy")),
             )
             p = _progress(step, total)
             if p is not None:
@@ -84,6 +86,8 @@ def progress_fields(row: dict[str, Any], records: list[Record]) -> dict[str, Any
             metrics = metrics or new_metrics()
             metrics["eval_loss"] = data.get("eval_loss")
             metrics["eval_token_accuracy"] = data.get("eval_token_accuracy")
+            metrics["eval_rewards_margin"] = data.get("eval_rewards_margin")
+            metrics["eval_rewards_accuracy"] = data.get("eval_rewards_accuracy")
         elif type_ == "checkpoint":
             if isinstance(data.get("path"), str):
                 fields["checkpoint_path"] = data["path"]

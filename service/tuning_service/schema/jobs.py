@@ -323,6 +323,13 @@ class TrainingMetrics(ResponseModel):
     learning_rate: float | None
     tokens_per_second: float | None
     eta_seconds: float | None
+    rewards_margin: float | None
+    """A preference job's chosen minus rejected reward, over the latest logging window (null for sft)"""
+    rewards_accuracy: float | None
+    """A preference job's share of pairs whose chosen answer has the higher reward, over that window"""
+    eval_rewards_margin: float | None
+    """The same margin over the validation pairs, at the latest evaluation"""
+    eval_rewards_accuracy: float | None
 
 
 class JobError(ResponseModel):

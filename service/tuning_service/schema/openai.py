@@ -106,19 +106,25 @@ class OpenAIMethod(StrictModel):
     model_config = {
         **StrictModel.model_config,
         "json_schema_extra": {
-            # Each type's settings sit under its own name: {"type": "dpo", "dpo": {...}}.
+            # Each type's settings sit under its own name ({"type": "dpo", "dpo": {...}}); without a type,
+            # the settings given say which it is.
             "allOf": [
                 {
                     "if": {"required": ["supervised"]},
                     "then": {"properties": {"type": {"const": "supervised"}}},
                 },
-                {
-                    "if": {"required": ["dpo"]},
-                    "then": {"required": ["type"], "properties": {"type": {"const": "dpo"}}},
-                },
+                {"if": {"required": ["dpo"]}, "then": {"properties": {"type": {"const": "dpo"}}}},
+                {"not": {"required": ["supervised", "dpo"]}},
             ]
         },
     }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_from_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "type" not in data and data.get("dpo") is not None:
+            return {**data, "type": "dpo"}
+        return data
 
     type: Annotated[
         Literal["supervised", "dpo"],

@@ -90,6 +90,7 @@ def test_openapi_schemas_are_complete_and_every_ref_resolves(api_service: Servic
     assert set(doc["components"]["schemas"]["TrainingMetrics"]["properties"]) == {
         "progress", "current_step", "total_steps", "current_epoch", "total_epochs", "train_loss", "eval_loss",
         "train_token_accuracy", "eval_token_accuracy", "learning_rate", "tokens_per_second", "eta_seconds",
+        "rewards_margin", "rewards_accuracy", "eval_rewards_margin", "eval_rewards_accuracy",
     }  # fmt: skip
     logs = doc["paths"]["/v1/tunings.logs/{job_id}"]["get"]
     assert "text/event-stream" in logs["responses"]["200"]["content"]

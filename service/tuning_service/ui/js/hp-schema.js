@@ -16,21 +16,24 @@ export function openapiDocument() {
   return documentPromise;
 }
 
-function resolve(doc, schema, depth = 0) {
+export function resolve(doc, schema, depth = 0) {
   // Local references only ("#/components/schemas/X"), as the service writes them.
   if (!schema || typeof schema.$ref !== "string" || depth > 8) return schema || {};
   const target = schema.$ref.replace(/^#\//, "").split("/").reduce((node, key) => node?.[key], doc);
   return resolve(doc, target, depth + 1);
 }
 
-// anyOf/oneOf members (each resolved), with a `type: [a, b]` list split into one branch per type.
-function branches(doc, prop) {
+// anyOf/oneOf members (each resolved; a union inside a union is flattened into it), with a `type: [a, b]`
+// list split into one branch per type.
+function branches(doc, prop, depth = 0) {
   const union = prop.anyOf || prop.oneOf;
-  const members = union ? union.map((b) => resolve(doc, b)) : [prop];
-  return members.flatMap((b) => (Array.isArray(b.type) ? b.type.map((type) => ({ ...b, type })) : [b]));
+  if (!union || depth > 8) {
+    return Array.isArray(prop.type) ? prop.type.map((type) => ({ ...prop, type })) : [prop];
+  }
+  return union.flatMap((b) => branches(doc, resolve(doc, b), depth + 1));
 }
 
-const WORDS = { lora: "LoRA", lr: "LR" };
+const WORDS = { lora: "LoRA", lr: "LR", dpo: "DPO", simpo: "SimPO" };
 
 export function labelOf(name) {
   const words = name.split("_").map((w) => WORDS[w] || w);

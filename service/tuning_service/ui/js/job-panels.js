@@ -16,6 +16,8 @@ const STATS = [
     fmtDuration(j.duration ?? (j.started_at && !j.finished_at ? Date.now() / 1000 - j.started_at : null))],
   ["model", "Model", (j) => j.model],
   ["method", "Method", (j) => j.method],
+  ["adapter", "Adapter", (j) => j.adapter],
+  ["from_checkpoint", "From checkpoint", (j) => j.from_checkpoint || NONE],
   ["training_file", "Training file", (j) => j.training_file],
   ["validation_file", "Validation file", (j) => j.validation_file || NONE],
   ["created", "Created", (j) => fmtTime(j.created_at)],
@@ -26,21 +28,42 @@ const STATS = [
   ["fine_tuned_model", "Fine-tuned model", (j) => j.fine_tuned_model || NONE],
 ];
 
+const WIDE = new Set(["fine_tuned_model", "from_checkpoint"]);
+
+// The job a from_checkpoint value names ("ftjob-X", "ftjob-X:STEP" or OpenAI's "ftckpt-X-STEP"), or null.
+function sourceJob(ref) {
+  if (typeof ref !== "string") return null;
+  const checkpoint = /^ftckpt-(.+)-[0-9]+$/.exec(ref);
+  const job = checkpoint ? `ftjob-${checkpoint[1]}` : ref.split(":")[0];
+  return /^ftjob-[A-Za-z0-9_-]+$/.test(job) ? job : null;
+}
+
+// A stat's text, or for from_checkpoint a link to the job it names (the text as given, e.g. "ftjob-X:40").
+function fillStat(dd, key, text, job) {
+  const source = key === "from_checkpoint" ? sourceJob(job.from_checkpoint) : null;
+  const href = source ? `#/jobs/${encodeURIComponent(source)}` : null;
+  const link = dd.querySelector("a");
+  if (dd.textContent === text && (link ? link.getAttribute("href") : null) === href) return;
+  if (!href) {
+    dd.textContent = text;
+    return;
+  }
+  dd.replaceChildren(el("a", { href }, text));
+}
+
 export function renderJob(job) {
   byId("job-title").textContent = job.id;
   statusBadge(byId("job-status"), job.status);
   const stats = byId("job-stats");
   if (!stats.childElementCount) {
     for (const [key, label] of STATS) {
-      const cls = key === "fine_tuned_model" ? "stat wide" : "stat";
+      const cls = WIDE.has(key) ? "stat wide" : "stat";
       stats.append(el("div", { class: cls }, el("dt", {}, label), el("dd", { "data-stat": key }, NONE)));
     }
   }
   const m = job.metrics || {};
   for (const [key, , value] of STATS) {
-    const dd = stats.querySelector(`[data-stat="${key}"]`);
-    const text = String(value(job, m) ?? NONE);
-    if (dd.textContent !== text) dd.textContent = text;
+    fillStat(stats.querySelector(`[data-stat="${key}"]`), key, String(value(job, m) ?? NONE), job);
   }
   const progress = byId("job-progress");
   progress.value = job.status === "succeeded" ? 1 : Number(m.progress) || 0;

@@ -1,10 +1,12 @@
 // The new-job form: optional uploads to /v1/files.upload, then /v1/tunings.create; every error (upload
 // validation with its line, or the create call's) is shown next to the field its `param` names. The
-// hyperparameter inputs come from the served schema (hp-fields.js); the JSON box works without them.
+// hyperparameter inputs (hp-fields.js) and the method and adapter choices (job-fields.js) come from the served
+// schema; without it the JSON box still works and the service's defaults apply.
 import { ApiError, apiJson, idempotencyKey } from "./api.js";
 import { byId } from "./dom.js";
 import { clearErrors, showError } from "./form-errors.js";
 import { buildHyperparameterFields, readHyperparameters } from "./hp-fields.js";
+import { buildJobFields, readJobFields } from "./job-fields.js";
 
 async function upload(fileInput, pathInput, param) {
   const file = fileInput.files[0];
@@ -30,6 +32,7 @@ export function mountNewJob() {
   const submit = byId("f-submit");
   // Built from the served schema once; a failed load (a message in the box) is retried on the next visit.
   if (!["ready", "loading"].includes(hpBox.dataset.state)) buildHyperparameterFields(hpBox);
+  if (!["ready", "loading"].includes(byId("f-method").dataset.state)) buildJobFields();
   clearErrors(form);
   // One key per filled-in form: a retried submit of the same form never creates two jobs.
   let key = idempotencyKey();
@@ -56,7 +59,7 @@ export function mountNewJob() {
       hp = { ...hp, ...readHyperparameters(hpBox) };
       const body = {
         model: byId("f-model").value.trim(),
-        method: byId("f-method").value,
+        ...readJobFields(),
         training_file: await upload(byId("f-train-upload"), byId("f-train-path"), "training_file"),
       };
       const validation = await upload(byId("f-valid-upload"), byId("f-valid-path"), "validation_file");
