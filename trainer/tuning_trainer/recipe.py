@@ -251,7 +251,8 @@ class Recipe:
             mixed_precision=str(self.accelerator.mixed_precision),
         )
         self._log(
-            f"started: {self.run_plan.num_examples} {'pairs' if self.preference else 'examples'}, {self.total_steps} steps "
+            f"started: {self.run_plan.num_examples} {'pairs' if self.preference else 'examples'}, "
+            f"{self.total_steps} steps "
             f"({self.total_epochs} epochs), from step {self.start_step}, "
             f"{self.model_info['trainable_params']:,} trainable / {self.model_info['total_params']:,} params "
             f"on {self.device.label}, {self.attn_implementation} attention, padding efficiency "
