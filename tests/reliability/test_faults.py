@@ -132,15 +132,23 @@ def _events(svc: ServiceProcess, job_id: str) -> list[dict[str, object]]:
             return out
 
 
+# SFT, and a DPO job on preference pairs: a preference run resumes after a restart the same way.
+KINDS = {
+    "sft": {"method": "lora"},
+    "dpo": {"method": "dpo", "adapter": "lora", "training_file": "data/preference_train.jsonl"},
+}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_kill_9_of_both_resumes_from_the_checkpoint_when_the_job_asked_for_it(
-    service_env: ServiceEnv,
+    service_env: ServiceEnv, kind: str
 ) -> None:
-    svc = service_env.start("kill9-resume")
+    svc = service_env.start(f"kill9-resume-{kind}")
     pgid = None
     try:
         hp = {**SMALL, "max_steps": 120, "save_steps": 20}
-        job = svc.create_job(model="tiny-llama", method="lora", hyperparameters=hp, resume_on_restart=True)
+        job = svc.create_job(model="tiny-llama", hyperparameters=hp, resume_on_restart=True, **KINDS[kind])
         job_id = job["id"]
         assert job["resume_on_restart"] is True
         _wait_for_step(svc, job_id, 22)  # checkpoint-20 is on disk (the trainer renames it into place)
@@ -167,7 +175,10 @@ def test_kill_9_of_both_resumes_from_the_checkpoint_when_the_job_asked_for_it(
         statuses = [r["status"] for r in records if r["type"] == "status"]
         assert statuses == ["queued", "running", "queued", "running", "succeeded"]
         assert done["metrics"]["current_step"] == hp["max_steps"]
-        print(f"resumed after kill -9 of service and trainer from checkpoint step {step}")
+        if kind == "dpo":
+            assert all("rewards_margin" in r for r in records if r["type"] == "metrics")
+            assert done["metrics"]["rewards_accuracy"] is not None
+        print(f"{kind}: resumed after kill -9 of service and trainer from checkpoint step {step}")
     finally:
         svc.shutdown()
         if pgid:

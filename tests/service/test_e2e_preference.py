@@ -256,15 +256,22 @@ def test_from_checkpoint_takes_a_step_and_an_openai_checkpoint_id(
         assert r.status == 200, r.text
         est = r.json()
         assert (est["object"], est["method"], est["num_examples"]) == ("tuning.estimate", "dpo", 200)
-    job = svc.create_job(
-        training_file=PAIRS,
-        method="dpo",
-        from_checkpoint=f"{sft['id']}:20",
-        hyperparameters={**DPO, "max_steps": 2},
+    # The OpenAI route's extension, with OpenAI's checkpoint id: a real job from the step-20 checkpoint.
+    r = svc.post(
+        "/v1/fine_tuning/jobs",
+        {
+            "model": "tiny-llama",
+            "training_file": PAIRS,
+            "method": {"type": "dpo", "dpo": {"hyperparameters": {"max_steps": 2, "max_seq_length": 64}}},
+            "from_checkpoint": f"ftckpt-{job_hex}-20",
+        },
     )
-    done = svc.wait_for(job["id"], {"succeeded", "failed"}, timeout=300)
+    assert r.status == 200, r.text
+    assert r.json()["tuning"]["from_checkpoint"] == f"ftckpt-{job_hex}-20"
+    job_id = r.json()["id"]
+    done = svc.wait_for(job_id, {"succeeded", "failed"}, timeout=300)
     assert done["status"] == "succeeded", done
-    started = records(svc, job["id"], "started")[0]
+    started = records(svc, job_id, "started")[0]
     source = json.loads((Path(started["model_setup"]["init_adapter"]) / "source.json").read_text())
     assert source == {"job_id": sft["id"], "step": 20}
 

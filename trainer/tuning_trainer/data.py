@@ -158,25 +158,8 @@ def check_record(obj: dict[str, Any], fmt: str, line: int) -> int:
         messages = obj["messages"]
         if not isinstance(messages, list) or not messages:
             raise DataError(INVALID_FIELD, "'messages' must be a non-empty list", line=line)
-        chars = 0
-        has_assistant = False
-        for i, msg in enumerate(messages):
-            if not isinstance(msg, dict):
-                raise DataError(INVALID_FIELD, f"messages[{i}] must be an object", line=line)
-            role = msg.get("role")
-            if role not in ROLES:
-                raise DataError(
-                    INVALID_FIELD,
-                    f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}",
-                    line=line,
-                )
-            content = msg.get("content")
-            if not isinstance(content, str):
-                raise DataError(INVALID_FIELD, f"messages[{i}].content must be a string", line=line)
-            chars += len(content)
-            if role == "assistant" and content.strip():
-                has_assistant = True
-        if not has_assistant:
+        chars = _check_messages(messages, "messages", line)
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
             raise DataError(NO_ASSISTANT_TURN, "conversation has no non-empty assistant turn", line=line)
         return chars
     if fmt == "completion":
@@ -223,8 +206,9 @@ def pair_of(obj: dict[str, Any], fmt: str) -> Pair:
     return Pair(obj["prompt"], obj["chosen"], obj["rejected"])
 
 
-def _check_messages(messages: Any, what: str, line: int, *, roles: tuple[str, ...] = ROLES) -> int:
-    """Characters of a well-formed message list (roles and string contents checked); 0 if it says nothing."""
+def _check_messages(messages: list[Any], what: str, line: int, *, roles: tuple[str, ...] = ROLES) -> int:
+    """Characters of a well-formed message list (each an object with a known role, one of `roles`, and a
+    string content)."""
     chars = 0
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
@@ -243,8 +227,12 @@ def _check_messages(messages: Any, what: str, line: int, *, roles: tuple[str, ..
         content = msg.get("content")
         if not isinstance(content, str):
             raise DataError(INVALID_FIELD, f"{what}[{i}].content must be a string", line=line)
-        chars += len(content.strip())
+        chars += len(content)
     return chars
+
+
+def _says_something(messages: list[dict[str, str]]) -> bool:
+    return any(m["content"].strip() for m in messages)
 
 
 def _answer_text(value: Any, key: str, empty_code: str, line: int) -> str:
@@ -261,7 +249,8 @@ def _answer_text(value: Any, key: str, empty_code: str, line: int) -> str:
             f"{key!r} must be a string or a list of messages, got {type(value).__name__}",
             line=line,
         )
-    if not _check_messages(value, key, line, roles=("assistant",)):
+    _check_messages(value, key, line, roles=("assistant",))
+    if not _says_something(value):
         raise DataError(empty_code, f"{key!r} has no non-empty assistant turn", line=line)
     return "\n".join(m["content"] for m in value)
 
@@ -288,7 +277,7 @@ def _check_pair(obj: dict[str, Any], fmt: str, line: int) -> int:
             raise DataError(MISSING_PROMPT, f"{prompt_key!r} is blank", line=line)
     elif isinstance(prompt, list):
         chars = _check_messages(prompt, prompt_key, line)
-        if not chars:
+        if not _says_something(prompt):
             raise DataError(MISSING_PROMPT, f"{prompt_key!r} has no non-empty message", line=line)
     else:
         raise DataError(

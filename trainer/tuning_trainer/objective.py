@@ -25,10 +25,9 @@ IGNORE_INDEX = -100
 CHUNK_BYTES = 64 * 2**20
 
 
-class TokenLoss(torch.nn.Module):
-    """`forward(input_ids, position_ids, target_index, target_ids)`: `target_index` are the flat positions
-    (row * width + column) that carry a loss and `target_ids` their targets, both computed on the host by the
-    batch layout (batching.py): gathering by index instead of a boolean mask needs no device sync."""
+class _Objective(torch.nn.Module):
+    """What every objective shares: the peft model it wraps (the module accelerate prepares), its decoder
+    and output head, and the hidden states at the trained positions."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
@@ -43,18 +42,42 @@ class TokenLoss(torch.nn.Module):
         self.logit_scale = getattr(config, "logit_scale", None)
         self.vocab_size = int(config.vocab_size)
 
-    def forward(
-        self, input_ids: Any, position_ids: Any, target_index: Any, target_ids: Any
-    ) -> tuple[Any, Any]:
+    @property
+    def chunk(self) -> int:
+        """Tokens per chunk of the head: CHUNK_BYTES of fp32 logits."""
+        return max(1, CHUNK_BYTES // (4 * self.vocab_size))
+
+    def trained_hidden(self, input_ids: Any, position_ids: Any, target_index: Any) -> Any:
+        """The decoder's last hidden states at the trained positions (flat `row * width + column`)."""
         # attention_mask=None and use_cache=False: the model then derives the per-example mask from the
         # position ids (with a cache, or a 2-D mask, examples sharing a row would attend to each other).
         decoder, _ = self._parts
         hidden = decoder(
             input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False
         ).last_hidden_state
-        trained = hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)
+        return hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)
+
+    def logits(self, hidden: Any) -> Any:
+        """fp32 logits of some hidden states, scaled and soft-capped as the model does."""
+        logits = self._parts[1](hidden).float()
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+class TokenLoss(_Objective):
+    """`forward(input_ids, position_ids, target_index, target_ids)`: `target_index` are the flat positions
+    (row * width + column) that carry a loss and `target_ids` their targets, both computed on the host by the
+    batch layout (batching.py): gathering by index instead of a boolean mask needs no device sync."""
+
+    def forward(
+        self, input_ids: Any, position_ids: Any, target_index: Any, target_ids: Any
+    ) -> tuple[Any, Any]:
+        trained = self.trained_hidden(input_ids, position_ids, target_index)
         n = trained.shape[0]
-        chunk = max(1, CHUNK_BYTES // (4 * self.vocab_size))
+        chunk = self.chunk
         head = self._parts[1]
         if trained.requires_grad and self.softcap is None and _frozen_linear(head):
             # The usual case (LoRA never trains the output head): the gradient with respect to the hidden
@@ -62,8 +85,8 @@ class TokenLoss(torch.nn.Module):
             return _FrozenHeadLoss.apply(trained, head.weight, target_ids, chunk, self.logit_scale)
         if n <= chunk:
             return self._chunk(trained, target_ids)
-        loss = hidden.new_zeros((), dtype=torch.float32)
-        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        loss = trained.new_zeros((), dtype=torch.float32)
+        correct = torch.zeros((), dtype=torch.long, device=trained.device)
         for start in range(0, n, chunk):
             part_loss, part_correct = checkpoint(
                 self._chunk,
@@ -76,11 +99,7 @@ class TokenLoss(torch.nn.Module):
         return loss, correct
 
     def _chunk(self, hidden: Any, targets: Any) -> tuple[Any, Any]:
-        logits = self._parts[1](hidden).float()
-        if self.logit_scale is not None:
-            logits = logits * self.logit_scale
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
+        logits = self.logits(hidden)
         loss = F.cross_entropy(logits, targets, reduction="sum")
         with torch.no_grad():
             correct = (logits.argmax(dim=-1) == targets).sum()
@@ -133,7 +152,7 @@ class _FrozenHeadLoss(torch.autograd.Function):
         return grad * grad_loss.to(grad.dtype), None, None, None, None
 
 
-class PreferenceLoss(torch.nn.Module):
+class PreferenceLoss(_Objective):
     """The preference objectives on a micro-batch of pairs: its sequences are chosen, rejected, chosen, ...
     (sequence 2k is pair k's chosen answer, 2k + 1 its rejected one) and `target_seq` says which sequence each
     target position belongs to. `forward` returns (the summed loss over the pairs, a vector of sums: chosen
@@ -158,15 +177,7 @@ class PreferenceLoss(torch.nn.Module):
     """
 
     def __init__(self, model: Any, *, method: str, beta: float, gamma_beta_ratio: float = 0.5) -> None:
-        super().__init__()
-        self.model = model
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self._no_split_modules = getattr(base, "_no_split_modules", None)
-        self._parts = (base.get_decoder(), base.get_output_embeddings())
-        config = base.config
-        self.softcap = getattr(config, "final_logit_softcapping", None)
-        self.logit_scale = getattr(config, "logit_scale", None)
-        self.vocab_size = int(config.vocab_size)
+        super().__init__(model)
         self.method = method
         self.beta = float(beta)
         self.gamma = float(gamma_beta_ratio) * self.beta
@@ -222,12 +233,8 @@ class PreferenceLoss(torch.nn.Module):
     ) -> tuple[Any, Any, Any]:
         """Per sequence: the summed log-probability of its targets, how many of them are the argmax, and how
         many there are (fp32)."""
-        decoder, _ = self._parts
-        hidden = decoder(
-            input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False
-        ).last_hidden_state
-        trained = hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_index)
-        chunk = max(1, CHUNK_BYTES // (4 * self.vocab_size))
+        trained = self.trained_hidden(input_ids, position_ids, target_index)
+        chunk = self.chunk
         parts = []
         for start in range(0, trained.shape[0], chunk):
             args = (trained[start : start + chunk], target_ids[start : start + chunk])
@@ -237,18 +244,14 @@ class PreferenceLoss(torch.nn.Module):
                 parts.append(self._token_logps(*args))
         token_logps = torch.cat([p[0] for p in parts])
         hits = torch.cat([p[1] for p in parts]).float()
-        zeros = torch.zeros(num_seqs, dtype=torch.float32, device=hidden.device)
+        zeros = torch.zeros(num_seqs, dtype=torch.float32, device=trained.device)
         logps = zeros.index_add(0, target_seq, token_logps)
         correct = zeros.index_add(0, target_seq, hits)
         counts = zeros.index_add(0, target_seq, torch.ones_like(hits))
         return logps, correct, counts
 
     def _token_logps(self, hidden: Any, targets: Any) -> tuple[Any, Any]:
-        logits = self._parts[1](hidden).float()
-        if self.logit_scale is not None:
-            logits = logits * self.logit_scale
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
+        logits = self.logits(hidden)
         logps = logits.log_softmax(dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
         with torch.no_grad():
             hits = logits.argmax(dim=-1) == targets
