@@ -200,7 +200,7 @@ def cmd_run(settings_path: str) -> None:
         "attn_implementation": run.attn_implementation,
         "device_map": {"": 0} if cuda else {"": "cpu"},
     }
-    if cfg.method == "qlora":  # the same 4-bit base as ours
+    if cfg.adapter == "qlora":  # the same 4-bit base as ours
         kwargs["quantization_config"] = quantization_config(dtype, device)
     model: Any = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
     for p in model.parameters():

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import shutil
 import signal
@@ -375,7 +376,12 @@ def comparison_table(runs: dict[str, list[dict[str, Any]]], sides: list[str]) ->
             rng = f" ({fmt(st['min'])}-{fmt(st['max'])})" if len(runs[s]) > 1 else ""
             line.append(fmt(st["median"]) + rng)
         for s in base:
-            ratios = [get(a, path) / get(b, path) for a, b in zip(runs["ours"], runs[s], strict=True)]
+            # A figure the other side reports as 0 (a tiny model's TFLOP/s rounded on a loaded machine) has
+            # no ratio.
+            ratios = [
+                get(a, path) / get(b, path) if get(b, path) else math.nan
+                for a, b in zip(runs["ours"], runs[s], strict=True)
+            ]
             line.append(", ".join(f"{x:.3f}" for x in ratios))
         body.append(line)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]

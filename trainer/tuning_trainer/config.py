@@ -28,7 +28,7 @@ PREFERENCE_METHODS: tuple[str, ...] = ("dpo", "orpo", "simpo")
 # Before preference tuning, `method` named the adapter; those values still mean SFT with that adapter.
 LegacyMethod = Literal["qlora", "lora"]
 # "auto" dpo_beta: each objective's own recommended strength (DPO's and ORPO's papers: 0.1; SimPO's: 2.0).
-AUTO_BETA: Final = {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0, "sft": 0.1}
+AUTO_BETA: Final = {"dpo": 0.1, "orpo": 0.1, "simpo": 2.0}
 Scheduler = Literal[
     "linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts"
 ]
@@ -124,10 +124,11 @@ class Hyperparameters(StrictModel):
     """Attention kernel; "auto": flash_attention_2 on a GPU where flash-attn is installed, else sdpa"""
     torch_compile: bool = False
     """Compile the model with torch.compile (slower first steps, faster later ones)"""
-    dpo_beta: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] = 0.1
+    dpo_beta: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] = AUTO
     """Preference methods: dpo, how far the policy may move from the reference (β of the DPO loss); orpo,
-    the weight of the odds-ratio term (λ); simpo, the reward scale (β). "auto": the method's recommended
-    value (0.1 for dpo and orpo, 2.0 for simpo)"""
+    the weight of the odds-ratio term (λ); simpo, the reward scale (β). "auto" (as OpenAI's beta): the
+    method's recommended value, 0.1 for dpo and orpo, 2.0 for simpo (which scales a mean token
+    log-probability, not a sum)"""
     simpo_gamma_beta_ratio: Annotated[float, Field(ge=0, le=10)] = 0.5
     """simpo only: the target reward margin γ as a multiple of dpo_beta (γ = ratio x β)"""
 
@@ -247,6 +248,6 @@ def resolve_auto(
         resolved["max_tokens_per_batch"] = (
             per_unit * resolved.get("batch_size", hp.batch_size) * hp.max_seq_length
         )
-    if hp.dpo_beta == AUTO:
+    if hp.dpo_beta == AUTO and method in PREFERENCE_METHODS:
         resolved["dpo_beta"] = AUTO_BETA[method]
     return hp.model_copy(update=resolved), resolved

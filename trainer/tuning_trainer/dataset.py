@@ -163,7 +163,12 @@ def encode_pair(pair: Pair, tokenizer: Any) -> list[tuple[list[int], list[bool]]
     out = []
     for answer in (chosen, rejected):
         ids, mask = encode_chat(prompt + answer, tokenizer)
-        out.append((ids, [m and i >= len(head) for i, m in enumerate(mask)]))
+        # Where the prompt's tokens end: their common prefix with the conversation's (a template may render
+        # its generation prompt a little differently from the answer's header, or merge tokens at the seam).
+        cut = next(
+            (i for i, (a, b) in enumerate(zip(head, ids, strict=False)) if a != b), min(len(head), len(ids))
+        )
+        out.append((ids, [m and i >= cut for i, m in enumerate(mask)]))
     return out
 
 

@@ -8,9 +8,11 @@ Needs a tokenizer (transformers) and the model's config, never torch.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import memory
@@ -150,7 +152,7 @@ def plan_run(
     device: Device,
     model_config: dict[str, Any],
 ) -> RunPlan:
-    hp = cfg.hyperparameters
+    hp = adapter_shape(cfg.hyperparameters, cfg.init_adapter)
     train = tokenize_file(
         cfg.training_file,
         train_summary.format,
@@ -247,6 +249,19 @@ def plan_run(
         memory=estimate(use_gc),
         shape=shape,
     )
+
+
+def adapter_shape(hp: Hyperparameters, init_adapter: str | None) -> Hyperparameters:
+    """A run that starts from an adapter has that adapter's rank, alpha and dropout (peft loads it as it was
+    saved), whatever the hyperparameters said: the memory estimate and the `started` config say so too."""
+    if init_adapter is None:
+        return hp
+    try:
+        saved = json.loads((Path(init_adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return hp  # loading the model says what is wrong with it
+    names = (("lora_r", "r"), ("lora_alpha", "lora_alpha"), ("lora_dropout", "lora_dropout"))
+    return hp.model_copy(update={ours: saved[theirs] for ours, theirs in names if theirs in saved})
 
 
 def _loss_units(examples: list[Example], group: int) -> list[int]:

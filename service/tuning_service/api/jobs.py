@@ -13,6 +13,7 @@ from starlette.routing import Route
 from tuning_trainer.data import CODES as DATA_CODES
 from tuning_trainer.data import PLAN_CODES
 
+from ..engine import lineage
 from ..errors import APIError, job_not_found
 from ..schema.jobs import (
     CreateTuningRequest,
@@ -51,9 +52,10 @@ JOB_LINKS = links(
 CREATE_ERRORS = {
     400: ("invalid_json", "invalid_request", "invalid_path"),
     403: ("webhook_url_not_allowed",),
-    404: ("file_not_found", "model_not_found", "model_unavailable"),
-    409: ("idempotency_key_reused", "webhook_secret_missing"),
+    404: ("file_not_found", "model_not_found", "model_unavailable", *lineage.ERRORS[404]),
+    409: ("idempotency_key_reused", "webhook_secret_missing", *lineage.ERRORS[409]),
     422: (
+        *lineage.ERRORS[422],
         "invalid_value",
         "invalid_hyperparameter",
         *(c for c in DATA_CODES if c != "file_not_found"),

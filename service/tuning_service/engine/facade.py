@@ -119,11 +119,11 @@ class JobManager:
         hyperparameters = normal.pop("hyperparameters")  # stored once: the job's own column
         job_id = new_job_id()
         job_dir = self.settings.jobs_dir / job_id
-        if source is not None:
-            # In place before the job is queued: the scheduler may start it at once.
-            await asyncio.to_thread(lineage.copy_adapter, source, job_dir)
         row: dict[str, Any] | None = None
         try:
+            if source is not None:
+                # In place before the job is queued: the scheduler may start it at once.
+                await asyncio.to_thread(lineage.copy_adapter, source, job_dir)
             row, created = await self.store.create_job(
                 job_id=job_id,
                 owner=owner,

@@ -6,8 +6,9 @@ create, before the job is stored:
 - another key's job is the same 404 `checkpoint_not_found` as an unknown one (nothing leaks between keys);
 - the source was trained on another base model: 422 `checkpoint_model_mismatch` (an adapter only means
   something on the weights it was trained on);
-- the LoRA shape is the source's (r, alpha, target modules, dropout: what the weights are). The job's own
-  lora_* hyperparameters take those values; one sent with another value is 422 `checkpoint_mismatch`.
+- the LoRA shape is the source's (r, alpha, target modules, dropout: what the weights are), as the source
+  job's hyperparameters say it ("all-linear" stays "all-linear"). The job's own lora_* hyperparameters take
+  those values; one sent with another value is 422 `checkpoint_mismatch`.
   The adapter type (qlora or lora: how the base is loaded under it) is the source's unless one is sent.
 The adapter's files are copied into the new job's folder (`init_adapter/`) before the job is queued, so
 that deleting the source job later cannot take them away from a job that has not started yet.
@@ -15,6 +16,7 @@ that deleting the source job later cannot take them away from a job that has not
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from dataclasses import dataclass
@@ -28,11 +30,17 @@ from ..storage.store import Store
 from .checkpoints import checkpoint_dirs
 
 INIT_ADAPTER = "init_adapter"
+# What a create with from_checkpoint may be refused with, by status (the routes document them).
+ERRORS = {
+    404: ("checkpoint_not_found",),
+    409: ("checkpoint_not_ready",),
+    422: ("checkpoint_model_mismatch", "checkpoint_mismatch"),
+}
 # What PeftModel.from_pretrained needs: the optimizer, scheduler and RNG states of a checkpoint stay behind
 # (the new job starts a fresh optimizer).
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-# adapter_config.json's names for the job's LoRA hyperparameters.
-_SHAPE = (("lora_r", "r"), ("lora_alpha", "lora_alpha"), ("lora_dropout", "lora_dropout"))
+# The hyperparameters that are the adapter's shape: a job started from an adapter has its source's.
+SHAPE = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,7 @@ def parse(ref: str) -> tuple[str, int | None]:
 
 
 def _not_found(ref: str, why: str = "") -> APIError:
-    return APIError(404, "checkpoint_not_found", f"No checkpoint {ref!r}{why}", param="from_checkpoint")
+    return APIError(404, ERRORS[404][0], f"No checkpoint {ref!r}{why}", param="from_checkpoint")
 
 
 async def resolve(
@@ -69,7 +77,7 @@ async def resolve(
         raise _not_found(ref)
     job_dir = jobs_dir / job_id
     if step is not None:
-        on_disk = checkpoint_dirs(job_dir)
+        on_disk = await asyncio.to_thread(checkpoint_dirs, job_dir)
         if step not in on_disk:
             have = ", ".join(str(s) for s in sorted(on_disk)) or "none"
             raise _not_found(ref, f": job {job_id} has no checkpoint at step {step} (checkpoints: {have})")
@@ -84,30 +92,31 @@ async def resolve(
         ):
             raise APIError(
                 409,
-                "checkpoint_not_ready",
+                ERRORS[409][0],
                 f"Job {job_id} is {row['status']} and has no final adapter to start from; name one of its "
                 f"checkpoints as {job_id}:STEP, or wait until it succeeds",
                 param="from_checkpoint",
             )
         folder = adapter
-    if not all((folder / name).is_file() for name in ADAPTER_FILES):
+    if not await asyncio.to_thread(lambda: all((folder / name).is_file() for name in ADAPTER_FILES)):
         raise _not_found(ref, ": its adapter files are gone")
     if row["model"] != request.model:
         raise APIError(
             422,
-            "checkpoint_model_mismatch",
+            ERRORS[422][0],
             f"from_checkpoint {ref!r} was trained on model {row['model']!r}, not {request.model!r}: an "
             "adapter continues only on the base it was trained on",
             param="from_checkpoint",
         )
-    shape = _shape(json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")))
+    source_hp = row["hyperparameters"] or {}
+    shape = {name: source_hp[name] for name in SHAPE if name in source_hp}
     sent = request.hyperparameters.model_fields_set
     for name, value in shape.items():
         mine = getattr(request.hyperparameters, name)
         if name in sent and _normal(mine) != _normal(value):
             raise APIError(
                 422,
-                "checkpoint_mismatch",
+                ERRORS[422][1],
                 f"hyperparameters.{name} is {mine!r} but from_checkpoint {ref!r} has {value!r}: the "
                 f"adapter's shape is the checkpoint's (leave {name} out)",
                 param=f"hyperparameters.{name}",
@@ -119,22 +128,21 @@ async def resolve(
     return request.model_copy(update=update), Source(job_id, step, folder)
 
 
-def _shape(config: dict[str, Any]) -> dict[str, Any]:
-    out = {ours: config[theirs] for ours, theirs in _SHAPE if theirs in config}
-    targets = config.get("target_modules")
-    if isinstance(targets, str):
-        out["lora_target_modules"] = targets
-    elif isinstance(targets, list) and targets:
-        out["lora_target_modules"] = sorted(targets)
-    return out
-
-
 def _normal(value: Any) -> Any:
     return sorted(value) if isinstance(value, list) else value
 
 
 def copy_adapter(source: Source, job_dir: Path) -> None:
-    """The source adapter's files into `job_dir/init_adapter` (written aside, then renamed into place)."""
+    """The source adapter's files into `job_dir/init_adapter` (written aside, then renamed into place).
+    Raises 404 checkpoint_not_found when they went away since `resolve` (the source job deleted meanwhile)."""
+    try:
+        _copy(source, job_dir)
+    except OSError:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise _not_found(source.job_id, ": its adapter files are gone") from None
+
+
+def _copy(source: Source, job_dir: Path) -> None:
     target = job_dir / INIT_ADAPTER
     tmp = job_dir / f".{INIT_ADAPTER}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

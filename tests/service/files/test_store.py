@@ -3,6 +3,7 @@ for jobs that name a file, delete while in use, and the in-place upgrade of an o
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tests.service.core_fixtures import make_settings, request, run
 from tuning_service.engine.facade import JobManager
 from tuning_service.errors import APIError
 from tuning_service.files.store import Files, _clean_filename, is_file_id, new_file_id
+from tuning_service.storage.db import SCHEMA_VERSION
 from tuning_service.storage.store import Store
 
 
@@ -51,7 +53,10 @@ def test_validation_ownership_and_jobs(tmp_path: Path) -> None:
                 await m.files.get(str(good["id"]), b)
             assert (info.value.status_code, info.value.code) == (404, "file_not_found")
             # A job naming the file resolves to the stored bytes; an invalid file is 422 with its line.
-            assert await m.files.for_job(str(good["id"]), a, "training_file") == m.files.path(str(good["id"]))
+            assert await m.files.for_job(str(good["id"]), a, "training_file") == (
+                m.files.path(str(good["id"])),
+                "text",
+            )
             with pytest.raises(APIError) as info:
                 await m.files.for_job(str(bad["id"]), a, "validation_file")
             assert (info.value.status_code, info.value.code, info.value.param) == (
@@ -95,10 +100,19 @@ def test_an_older_database_gains_the_files_table_and_new_columns(tmp_path: Path)
         conn.execute("ALTER TABLE jobs DROP COLUMN resume_from")
         conn.execute("DROP TABLE files")
         conn.execute("PRAGMA user_version = 1")
+        # A job stored before preference tuning: its `method` named the adapter.
+        conn.execute(
+            "INSERT INTO jobs (id, owner, status, model, request, request_hash, hyperparameters, created_at)"
+            " VALUES ('ftjob-old', 'key_a', 'succeeded', 'tiny', ?, 'h', '{}', 0)",
+            (json.dumps({"model": "tiny", "method": "lora", "seed": 42}),),
+        )
     run(open_close())
     run(open_close())  # and again: idempotent
     with sqlite3.connect(db) as conn:
         cols = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
         assert {"pause_requested_at", "resume_from"} <= cols
         assert conn.execute("SELECT COUNT(*) FROM files").fetchone() == (0,)
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        (request,) = conn.execute("SELECT request FROM jobs WHERE id = 'ftjob-old'").fetchone()
+        # Read in today's terms: sft with the lora adapter.
+        assert json.loads(request) == {"model": "tiny", "method": "sft", "adapter": "lora", "seed": 42}

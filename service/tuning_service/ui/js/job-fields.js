@@ -3,16 +3,18 @@
 // - Method offers the job object's `method` values (TuningJob): the create body takes those, and also the
 //   adapters' names with their meaning from before preference tuning (sft with that adapter), which the form
 //   leaves to the Adapter select.
-// - Adapter offers the create body's `adapter` values.
+// - Adapter offers the create body's `adapter` values after a first "default" choice that sends nothing: the
+//   service then applies its default, or for a job started from a checkpoint the checkpoint's own adapter.
 // Defaults (selected, and marked "(default)") and the help lines are the create body's. Without the document
 // each select offers only "default": the field is left out of the body and the service's default applies.
 import { byId, el } from "./dom.js";
 import { describeProperty, openapiDocument, resolve } from "./hp-schema.js";
 
 const SELECTS = [
-  // [the create body's field, its select, the schema whose field lists the choices]
-  ["method", "f-method", "TuningJob"],
-  ["adapter", "f-adapter", "CreateTuningRequest"],
+  // [the create body's field, its select, the schema whose field lists the choices, whether "default" (sent
+  // as nothing) comes first and is selected]
+  ["method", "f-method", "TuningJob", false],
+  ["adapter", "f-adapter", "CreateTuningRequest", true],
 ];
 const CHECKPOINT = "f-from-checkpoint";
 
@@ -23,13 +25,14 @@ function firstSentence(text) {
   return first && !/[.!?]$/.test(first) ? `${first}.` : first;
 }
 
-function fillSelect(select, spec, choices) {
+function fillSelect(select, spec, choices, unsent) {
   if (!spec || !choices.length) return;
   const known = choices.some((c) => c === spec.default);
+  const first = unsent && known ? `default (${spec.default}; from a checkpoint: its own)` : "default";
   select.replaceChildren(
-    known ? null : el("option", { value: "" }, "default"),
+    known && !unsent ? null : el("option", { value: "", selected: true }, first),
     ...choices.map((c) => {
-      const isDefault = c === spec.default;
+      const isDefault = c === spec.default && !unsent;
       return el("option", { value: String(c), selected: isDefault }, isDefault ? `${c} (default)` : String(c));
     }),
   );
@@ -60,8 +63,8 @@ export async function buildJobFields() {
     const prop = propertiesOf(doc, schema)[name];
     return prop ? describeProperty(doc, name, prop) : null;
   };
-  for (const [name, id, listedIn] of SELECTS) {
-    fillSelect(byId(id), spec("CreateTuningRequest", name), spec(listedIn, name)?.choices || []);
+  for (const [name, id, listedIn, unsent] of SELECTS) {
+    fillSelect(byId(id), spec("CreateTuningRequest", name), spec(listedIn, name)?.choices || [], unsent);
   }
   byId(`${CHECKPOINT}-help`).textContent = firstSentence(spec("CreateTuningRequest", "from_checkpoint")?.description);
   state.state = "ready";
