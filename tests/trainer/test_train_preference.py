@@ -7,6 +7,9 @@ data's pattern (data/preference_*.jsonl: the right answer preferred over a wrong
 - A run resumed from a checkpoint reproduces the uninterrupted run step for step (optimizer, scheduler, data
   position restored), as for SFT.
 - Two processes train as one with the same global batch (pairs are never split between processes).
+- DPO from an SFT adapter: against the base (the default reference) its first step already prefers the
+  right answers; against a frozen copy of the SFT adapter (dpo_reference "initial") it starts at log 2, and
+  only the trained adapter is saved.
 - ORPO and SimPO train and report their rewards; a method and a data format that do not go together are
   refused before any model is loaded.
 """
@@ -79,6 +82,19 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict
     two[two.index("--batch-size") + 1] = "4"
     out["two"] = finish(start_two(*two))
     out["one"] = launch(*job(tiny_model_dir, base / "one", steps=6))
+    # SFT, then DPO from its adapter with each reference: the base (adapter off) or the SFT adapter itself.
+    sft = job(tiny_model_dir, base / "sft", method="sft", steps=10)
+    sft[sft.index("--training-file") + 1] = str(REPO_ROOT / "data" / "train.jsonl")
+    sft[sft.index("--learning-rate") + 1] = "1e-2"
+    out["sft"] = launch(*sft)
+    for reference in ("base", "initial"):
+        out[f"from_sft_{reference}"] = launch(
+            *job(tiny_model_dir, base / f"from_sft_{reference}", "--lora-dropout", "0.1", steps=2),
+            "--init-adapter",
+            str(base / "sft" / "adapter"),
+            "--hp",
+            f"dpo_reference={reference}",
+        )
     for method in ("orpo", "simpo"):
         out[method] = launch(
             *job(tiny_model_dir, base / method, method=method, steps=4), "--hp", "dpo_beta=auto"
@@ -165,3 +181,25 @@ def test_a_method_and_a_data_format_that_do_not_match_are_refused(
     (failed,) = of_type(events(tmp_path / "out"), "failed")
     assert failed["code"] == "invalid_data" and failed["data_code"] == "format_mismatch"
     assert failed["file"] == "training_file" and fragment in failed["message"]
+
+
+def test_dpo_from_an_sft_adapter_against_the_base_or_against_the_sft_adapter(runs: dict[str, Any]) -> None:
+    assert runs["sft"].returncode == 0, runs["sft"].stderr[-3000:]
+    firsts = {}
+    for reference in ("base", "initial"):
+        result = runs[f"from_sft_{reference}"]
+        assert result.returncode == 0, result.stderr[-3000:]
+        out = runs["base"] / f"from_sft_{reference}"
+        started = of_type(events(out), "started")[0]
+        assert started["config"]["hyperparameters"]["dpo_reference"] == reference
+        assert started["model_setup"]["init_adapter"] == str(runs["base"] / "sft" / "adapter")
+        firsts[reference] = metrics(out)[0]
+        # Only the trained adapter is saved, never the reference copy.
+        saved = [p.name for p in (out / "adapter").iterdir() if p.is_dir()]
+        assert saved == [], saved
+    # The SFT weights already prefer the right answers to the base's: rewards from the first step.
+    assert firsts["base"]["rewards_margin"] > 0.05 and firsts["base"]["rewards_accuracy"] > 0.5, firsts
+    assert abs(firsts["base"]["loss"] - math.log(2)) > 0.01
+    # Against the SFT adapter itself, policy = reference at the start (dropout off in the reference).
+    assert firsts["initial"]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert firsts["initial"]["rewards_margin"] == pytest.approx(0, abs=1e-6)

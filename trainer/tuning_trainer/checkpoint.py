@@ -116,7 +116,7 @@ def save(
     import torch
 
     tmp = staging(path)
-    model.save_pretrained(tmp, state_dict=adapter_state)
+    model.save_pretrained(tmp, state_dict=adapter_state, selected_adapters=["default"])  # not DPO's reference
     tokenizer.save_pretrained(tmp)
     payload = {**state, "scheduler": scheduler.state_dict()}
     if optimizer is not None:

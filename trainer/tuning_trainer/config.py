@@ -131,6 +131,11 @@ class Hyperparameters(StrictModel):
     log-probability, not a sum)"""
     simpo_gamma_beta_ratio: Annotated[float, Field(ge=0, le=10)] = 0.5
     """simpo only: the target reward margin γ as a multiple of dpo_beta (γ = ratio x β)"""
+    dpo_reference: Literal["base", "initial"] = "base"
+    """dpo only, for a job started from an adapter (from_checkpoint): the reference policy is the base with
+    the adapter disabled ("base"), or a frozen copy of the starting adapter ("initial", the SFT model of an
+    SFT-then-DPO pipeline; r-sized weights, not a second model). Without a starting adapter both are the
+    base"""
 
 
 class JobConfig(StrictModel):

@@ -200,7 +200,8 @@ def load_model(
         model.enable_input_require_grads()
     model.config.use_cache = False
     if cfg.init_adapter is not None:
-        model = _load_init_adapter(model, cfg.init_adapter)
+        frozen_copy = cfg.method == "dpo" and hp.dpo_reference == "initial"
+        model = _load_init_adapter(model, cfg.init_adapter, reference=frozen_copy)
     else:
         model = get_peft_model(model, lora_config(hp))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -218,9 +219,13 @@ def load_model(
     return model, info
 
 
-def _load_init_adapter(model: Any, path: str) -> Any:
-    """The base wrapped in the adapter saved at `path`, trainable: the run continues from its weights."""
+def _load_init_adapter(model: Any, path: str, *, reference: bool) -> Any:
+    """The base wrapped in the adapter saved at `path`, trainable: the run continues from its weights. With
+    `reference`, the same weights again as a frozen second adapter (objective.REFERENCE_ADAPTER), for DPO's
+    reference; the trained one stays active."""
     from peft import PeftModel
+
+    from .objective import REFERENCE_ADAPTER
 
     if not (Path(path) / "adapter_config.json").is_file():
         raise TrainerError(
@@ -229,7 +234,11 @@ def _load_init_adapter(model: Any, path: str) -> Any:
             EXIT_USER_ERROR,
             extra={"param": "init_adapter"},
         )
-    return PeftModel.from_pretrained(model, path, is_trainable=True)
+    peft_model = PeftModel.from_pretrained(model, path, is_trainable=True)
+    if reference:
+        peft_model.load_adapter(path, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        peft_model.set_adapter("default")
+    return peft_model
 
 
 def _count_params(model: Any) -> int:

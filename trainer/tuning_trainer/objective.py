@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
+# The frozen copy of a job's starting adapter that DPO compares with when dpo_reference is "initial".
+REFERENCE_ADAPTER = "reference"
 # The fp32 logits one chunk may hold (64 MiB: 128 tokens at a 128k vocabulary). Below this the whole set is
 # one chunk, computed without checkpointing: recomputing a small head costs more than its memory is worth.
 CHUNK_BYTES = 64 * 2**20
@@ -170,10 +172,12 @@ class PreferenceLoss(_Objective):
       (as SFT trains, train_on_inputs off), averaged per pair; TRL's is every token of the chosen sequence,
       the prompt included, averaged over the batch's tokens (the ORPO authors' code).
 
-    With a job started from another job's adapter (from_checkpoint), the DPO reference is still the base
-    model with the adapter off, not that adapter: no second copy of any weights, and the starting point's
-    preference shows in the first step's rewards. (TRL, given a trained adapter, keeps a frozen copy of it as
-    the reference instead.)
+    For a job started from another job's adapter (init_adapter: from_checkpoint, e.g. SFT then DPO), the
+    reference is by default still the base with the adapter off (dpo_reference "base": no copy of anything,
+    and the first step's rewards show how far the starting adapter already prefers the chosen answers). With
+    dpo_reference "initial" it is a frozen copy of that starting adapter (REFERENCE_ADAPTER, r-sized weights
+    beside the trained ones), as in the DPO paper's SFT-then-DPO and TRL's `ref_adapter_name`: the run then
+    starts at log 2 with zero rewards and is held near the SFT model rather than the base.
     """
 
     def __init__(self, model: Any, *, method: str, beta: float, gamma_beta_ratio: float = 0.5) -> None:
@@ -192,11 +196,12 @@ class PreferenceLoss(_Objective):
         num_seqs: int,
     ) -> tuple[Any, Any]:
         args = (input_ids, position_ids, target_index, target_ids, target_seq, num_seqs)
+        # The reference first, with no graph being built: switching adapters changes which LoRA weights
+        # require gradients, and the policy's pass below then runs with the trained adapter as it was.
+        ref = self.reference_logps(*args) if self.method == "dpo" else None
         logps, correct, counts = self.sequence_logps(*args)
         chosen, rejected = logps[0::2], logps[1::2]
-        if self.method == "dpo":
-            with torch.no_grad(), self.model.disable_adapter():
-                ref, _, _ = self.sequence_logps(*args)
+        if ref is not None:
             reward_c = self.beta * (chosen - ref[0::2])
             reward_r = self.beta * (rejected - ref[1::2])
             losses = -F.logsigmoid(reward_c - reward_r)
@@ -221,6 +226,22 @@ class PreferenceLoss(_Objective):
                 ]
             ).float()
         return losses.sum(), stats
+
+    @torch.no_grad()
+    def reference_logps(self, *args: Any) -> Any:
+        """The reference's summed log-probabilities per sequence: the base with the adapter disabled, or the
+        frozen copy of the starting adapter (REFERENCE_ADAPTER) where the model has one."""
+        if REFERENCE_ADAPTER not in getattr(self.model, "peft_config", {}):
+            with self.model.disable_adapter():
+                return self.sequence_logps(*args)[0]
+        active, training = self.model.active_adapter, self.model.training
+        self.model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+        self.model.eval()  # the reference's LoRA dropout off: a reference is deterministic
+        try:
+            return self.sequence_logps(*args)[0]
+        finally:
+            self.model.train(training)
+            self.model.set_adapter(active)  # trainable again, the reference frozen
 
     def sequence_logps(
         self,

@@ -523,7 +523,9 @@ class Recipe:
         self.accelerator.wait_for_everyone()
         adapter_state = self._adapter_state()
         if self.is_main:
-            self.peft_model.save_pretrained(adapter_dir, state_dict=adapter_state)
+            self.peft_model.save_pretrained(
+                adapter_dir, state_dict=adapter_state, selected_adapters=["default"]
+            )
             self.tokenizer.save_pretrained(adapter_dir)
         self.events.write(
             "completed",
