@@ -205,14 +205,32 @@ Cursor = Annotated[
 # ---- create ----------------------------------------------------------------------------------------------
 
 
+# A legacy method ("qlora"/"lora": sft with that adapter) takes no other adapter (CreateTuningRequest).
+_LEGACY_ADAPTER_RULES: list[Any] = [
+    {
+        "if": {"required": ["method", "adapter"], "properties": {"method": {"const": legacy}}},
+        "then": {"properties": {"adapter": {"const": legacy}}},
+    }
+    for legacy in get_args(LegacyMethod)
+]
+
+
 class CreateTuningRequest(RequestBody):
     """The body of POST /v1/tunings.create. Optional fields may be sent as null, meaning their default."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            # webhook_events is about webhook_url's deliveries: it needs one.
-            "if": {"required": ["webhook_events"], "properties": {"webhook_events": {"type": "array"}}},
-            "then": {"required": ["webhook_url"], "properties": {"webhook_url": {"type": "string"}}},
+            "allOf": [
+                # webhook_events is about webhook_url's deliveries: it needs one.
+                {
+                    "if": {
+                        "required": ["webhook_events"],
+                        "properties": {"webhook_events": {"type": "array"}},
+                    },
+                    "then": {"required": ["webhook_url"], "properties": {"webhook_url": {"type": "string"}}},
+                },
+                *_LEGACY_ADAPTER_RULES,
+            ],
             "examples": [
                 {
                     "model": "meta-llama/Llama-2-7b-hf",

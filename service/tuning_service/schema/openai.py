@@ -102,6 +102,12 @@ class OpenAIDpo(StrictModel):
     hyperparameters: OpenAIDpoHyperparameters | None = None  # type: ignore[valid-type]
 
 
+# A method's settings object is given (null is the same as leaving it out).
+_GIVEN: dict[str, Any] = {
+    name: {"required": [name], "properties": {name: {"type": "object"}}} for name in ("supervised", "dpo")
+}
+
+
 class OpenAIMethod(StrictModel):
     model_config = {
         **StrictModel.model_config,
@@ -109,12 +115,9 @@ class OpenAIMethod(StrictModel):
             # Each type's settings sit under its own name ({"type": "dpo", "dpo": {...}}); without a type,
             # the settings given say which it is.
             "allOf": [
-                {
-                    "if": {"required": ["supervised"]},
-                    "then": {"properties": {"type": {"const": "supervised"}}},
-                },
-                {"if": {"required": ["dpo"]}, "then": {"properties": {"type": {"const": "dpo"}}}},
-                {"not": {"required": ["supervised", "dpo"]}},
+                {"if": _GIVEN["supervised"], "then": {"properties": {"type": {"const": "supervised"}}}},
+                {"if": _GIVEN["dpo"], "then": {"properties": {"type": {"const": "dpo"}}}},
+                {"not": {"allOf": [_GIVEN["supervised"], _GIVEN["dpo"]]}},
             ]
         },
     }
