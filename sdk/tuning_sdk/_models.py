@@ -177,8 +177,9 @@ class Hyperparameters:
     ``"auto"`` (resolved from the data set size), ``gradient_checkpointing`` too (from a memory estimate).
     ``dpo_beta`` and ``simpo_gamma_beta_ratio`` are for the preference methods (``dpo``, ``orpo``,
     ``simpo``): ``dpo_beta`` is DPO's β, ORPO's λ or SimPO's β (``"auto"``: the method's recommended value),
-    ``simpo_gamma_beta_ratio`` SimPO's target margin γ as a multiple of it. Names the SDK does not know yet
-    can be passed in ``extra``.
+    ``simpo_gamma_beta_ratio`` SimPO's target margin γ as a multiple of it, ``dpo_reference`` DPO's reference
+    for a job started from a checkpoint (``"base"``: the base with the adapter off; ``"initial"``: a frozen
+    copy of the starting adapter). Names the SDK does not know yet can be passed in ``extra``.
 
     Example:
         >>> Hyperparameters(epochs=3, learning_rate=2e-4).to_dict()
@@ -210,6 +211,7 @@ class Hyperparameters:
     torch_compile: bool | None = None
     dpo_beta: float | str | None = None
     simpo_gamma_beta_ratio: float | None = None
+    dpo_reference: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from tests.browser.test_dashboard import (
     visible,
     wait,
 )
+from tests.browser.test_hp_form import resolve
 from tests.support.server import DEV_KEY, ServiceProcess, make_light_files_root, start_service
 
 _MISSING = browser_missing()
@@ -83,15 +84,6 @@ def dpo_job(svc: ServiceProcess) -> dict[str, Any]:
         hyperparameters=RUN,
     )
     return svc.wait_for(job["id"], "succeeded", timeout=60)
-
-
-def resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in schema:
-        node: Any = doc
-        for key in schema["$ref"].removeprefix("#/").split("/"):
-            node = node[key]
-        schema = node
-    return schema
 
 
 def field_schema(doc: dict[str, Any], schema: str, name: str) -> dict[str, Any]:
