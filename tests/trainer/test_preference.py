@@ -443,19 +443,26 @@ def test_the_preference_format_tokenises_as_its_chosen_rejected_twin(tokenizer: 
     assert a.examples == b.examples and a.group == b.group == 2
 
 
-def test_a_pair_whose_answers_lie_past_max_seq_length_is_dropped(tokenizer: Any, tmp_path: Path) -> None:
-    long_prompt = {"prompt": "one two three four " * 20, "chosen": "yes", "rejected": "no"}
+def test_a_long_pair_loses_the_start_of_its_prompt_then_the_end_of_its_answers(
+    tokenizer: Any, tmp_path: Path
+) -> None:
+    long_prompt = {"prompt": "one two three four " * 20 + "Last words.", "chosen": "yes", "rejected": "no"}
     long_answer = {"prompt": "Count.", "chosen": "one two three four " * 20, "rejected": "one"}
     short = {"prompt": "Say yes.", "chosen": "yes", "rejected": "no"}
     path = write_lines(tmp_path / "d.jsonl", [long_prompt, long_answer, short])
     tokenized = tokenize_file(path, "chosen_rejected", tokenizer, max_seq_length=24)
-    # The long prompt's pair compares nothing and is dropped; the long answer is cut and kept (counted once).
-    assert (tokenized.dropped, tokenized.truncated, len(tokenized.examples)) == (1, 1, 4)
-    assert tokenized.stats()["num_examples"] == 2
+    # Nothing is dropped: the long prompt keeps its end (the same on both sides), the long answer is cut.
+    assert (tokenized.dropped, tokenized.truncated, len(tokenized.examples)) == (0, 2, 6)
+    assert tokenized.stats()["num_examples"] == 3
     assert all(len(ex["input_ids"]) <= 24 for ex in tokenized.examples)
+    chosen, rejected = tokenized.examples[0], tokenized.examples[1]
+    head = [t for t, lab in zip(chosen["input_ids"], chosen["labels"], strict=True) if lab == IGNORE_INDEX]
+    assert rejected["input_ids"][: len(head)] == head  # one prompt for both answers
+    assert tokenizer.decode(head).rstrip().endswith("Last words.")
     answers = [tokenizer.decode([t for t in ex["labels"] if t != IGNORE_INDEX]) for ex in tokenized.examples]
-    assert answers[0].startswith("one two three") and answers[1] == "one" + tokenizer.eos_token
-    assert answers[2:] == ["yes" + tokenizer.eos_token, "no" + tokenizer.eos_token]
+    assert answers[:2] == ["yes" + tokenizer.eos_token, "no" + tokenizer.eos_token]
+    assert answers[2].startswith("one two three") and answers[3] == "one" + tokenizer.eos_token
+    assert answers[4:] == ["yes" + tokenizer.eos_token, "no" + tokenizer.eos_token]
 
 
 def test_the_shipped_preference_file_tokenises_without_loss(tokenizer: Any, repo_root: Path) -> None:

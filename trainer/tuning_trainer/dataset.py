@@ -204,21 +204,29 @@ def tokenize_file(
 
 
 def _tokenize_pairs(path: str | Path, fmt: str, tokenizer: Any, *, max_seq_length: int) -> TokenizedData:
-    """Pairs as two consecutive examples (chosen, rejected). Each sequence is truncated on its own; a pair
-    one of whose answers lies wholly past max_seq_length is dropped (it would compare nothing)."""
+    """Pairs as two consecutive examples (chosen, rejected), each at most max_seq_length tokens. A pair too
+    long loses the start of its prompt first (TRL's keep-end prompt truncation: the last turns and the
+    answers matter most), the same tokens on both sides, down to half the budget; then the ends of its
+    answers. A pair left with an answer without a token to train on is dropped (it would compare nothing)."""
     out = TokenizedData(group=2)
     for _, record in iter_records(path):
+        encoded = encode_pair(pair_of(record, fmt), tokenizer)
+        # Both sequences start with the same prompt; the answer is what the mask marks from its first token.
+        starts = [next((i for i, m in enumerate(mask) if m), len(mask)) for _, mask in encoded]
+        prompt = min(starts)
+        longest_answer = max(len(ids) - prompt for ids, _ in encoded)
+        keep = min(prompt, max(max_seq_length - longest_answer, max_seq_length // 2))
         sequences = []
-        for ids, mask in encode_pair(pair_of(record, fmt), tokenizer):
+        for ids, mask in encoded:
+            ids, mask = ids[prompt - keep :], mask[prompt - keep :]
             labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)]
-            truncated = len(ids) > max_seq_length
-            sequences.append((ids[:max_seq_length], labels[:max_seq_length], truncated))
-        targets = [sum(1 for t in labels[1:] if t != IGNORE_INDEX) for _, labels, _ in sequences]
+            sequences.append((ids[:max_seq_length], labels[:max_seq_length]))
+        targets = [sum(1 for t in labels[1:] if t != IGNORE_INDEX) for _, labels in sequences]
         if min(targets) == 0:
             out.dropped += 1
             continue
-        out.truncated += any(t for _, _, t in sequences)
-        for (ids, labels, _), n in zip(sequences, targets, strict=True):
+        out.truncated += keep < prompt or any(len(ids) - prompt + keep > max_seq_length for ids, _ in encoded)
+        for (ids, labels), n in zip(sequences, targets, strict=True):
             out.examples.append({"input_ids": ids, "labels": labels})
             out.num_tokens += len(ids)
             out.num_target_tokens += n
