@@ -93,11 +93,16 @@ class _Connection(socketserver.StreamRequestHandler):
 
 
 def serve(path: str, engine: Any, poll_seconds: float = 1.0) -> None:
-    if os.path.exists(path):
-        os.unlink(path)  # a stale socket of a worker that died (the service starts us under its lock)
-    server = _Server(path, _Connection, bind_and_activate=True)
+    # Bound and listening under a name of its own first, then renamed into place: a client that sees the path
+    # can connect (between bind and listen it would be refused). The rename replaces a stale socket of a
+    # worker that died (the service starts us under its lock).
+    fresh = path + ".new"
+    if os.path.exists(fresh):
+        os.unlink(fresh)
+    server = _Server(fresh, _Connection, bind_and_activate=True)
     server.engine = engine
-    os.chmod(path, 0o600)
+    os.chmod(fresh, 0o600)
+    os.replace(fresh, path)
     ours = os.stat(path).st_ino
     stop = threading.Event()
 
