@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -20,10 +20,10 @@ from .schema import INTEGRAL, StrictModel, first_problem, json_schema
 
 # How the adapter sits on the base: qlora (a 4-bit base) or lora.
 Adapter = Literal["qlora", "lora"]
-ADAPTERS: tuple[str, ...] = ("qlora", "lora")
+ADAPTERS: tuple[str, ...] = get_args(Adapter)
 # What the adapter is trained for: supervised fine-tuning, or a preference objective on chosen/rejected pairs.
 Method = Literal["sft", "dpo", "orpo", "simpo"]
-METHODS: tuple[str, ...] = ("sft", "dpo", "orpo", "simpo")
+METHODS: tuple[str, ...] = get_args(Method)
 PREFERENCE_METHODS: tuple[str, ...] = ("dpo", "orpo", "simpo")
 # Before preference tuning, `method` named the adapter; those values still mean SFT with that adapter.
 LegacyMethod = Literal["qlora", "lora"]

@@ -123,7 +123,7 @@ async def resolve(
             )
     hp = request.hyperparameters.model_copy(update=shape)
     update: dict[str, Any] = {"hyperparameters": hp}
-    if "adapter" not in request.model_fields_set and request.method not in ("qlora", "lora"):
+    if "adapter" not in request.model_fields_set and not request.legacy_method:
         update["adapter"] = (row["request"] or {}).get("adapter", request.adapter)
     return request.model_copy(update=update), Source(job_id, step, folder)
 

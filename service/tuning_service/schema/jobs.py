@@ -273,8 +273,7 @@ class CreateTuningRequest(RequestBody):
     def _events_need_a_url(self) -> CreateTuningRequest:
         if self.webhook_events is not None and self.webhook_url is None:
             raise cross_field("webhook_events", "webhook_events needs a webhook_url")
-        legacy = self.method in ("qlora", "lora")
-        if legacy and "adapter" in self.model_fields_set and self.adapter != self.method:
+        if self.legacy_method and "adapter" in self.model_fields_set and self.adapter != self.method:
             raise cross_field(
                 "adapter",
                 f'method "{self.method}" (sft with the {self.method} adapter) contradicts adapter '
@@ -283,13 +282,18 @@ class CreateTuningRequest(RequestBody):
         return self
 
     @property
+    def legacy_method(self) -> bool:
+        """`method` has its meaning from before preference tuning: the adapter ("qlora"/"lora"), with sft."""
+        return self.method in get_args(LegacyMethod)
+
+    @property
     def training_method(self) -> str:
         """The method in today's terms (a legacy "qlora"/"lora" is sft)."""
-        return DEFAULT_METHOD if self.method in ("qlora", "lora") else self.method
+        return DEFAULT_METHOD if self.legacy_method else self.method
 
     @property
     def adapter_type(self) -> str:
-        return self.method if self.method in ("qlora", "lora") else self.adapter
+        return self.method if self.legacy_method else self.adapter
 
     def normalised(self) -> dict[str, Any]:
         """The request as stored and fingerprinted (idempotency): defaults filled in, the webhook and resume
