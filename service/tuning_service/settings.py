@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_KEYS = ("test-key-001", "test-key-002")
@@ -94,6 +94,21 @@ class Settings(BaseSettings):
     webhook_allow_networks: CommaList = []
     """Networks a webhook may reach besides public addresses (CIDRs, e.g. 127.0.0.0/8 in tests)"""
 
+    executor: Literal["local", "ray"] = "local"
+    """What runs the trainers: `local` process groups on this machine, or `ray`: Ray Jobs on the cluster at
+    `ray_address` (docs/deployment.md)"""
+    ray_address: str = ""
+    """The Ray head's job-submission address (its dashboard port, e.g. `http://127.0.0.1:8265`); needed with
+    `executor=ray`. The port has no authentication: keep it private"""
+    ray_data_dir: Path | None = None
+    """Where Ray workers see this service's `data_dir` (the same shared storage); empty: at the same path"""
+    ray_python: str = ""
+    """The Python that runs the trainer on Ray workers (with the `train` extra); empty: the service's own"""
+    ray_num_cpus: Annotated[float, Field(gt=0)] = 1.0
+    """CPUs each job reserves on the Ray cluster (its trainer's threads on a cluster without GPUs)"""
+    executor_lost_seconds: Annotated[float, Field(gt=0)] = 15.0
+    """How long an unreachable Ray head is waited for before its running jobs fail with `executor_lost`"""
+
     inference_engine: Literal["transformers", "vllm"] = "transformers"
     """What serves /v1/chat/completions: transformers + peft (embedded, any device), or vLLM where it is
     installed (a GPU; LoRA adapters loaded at run time)"""
@@ -126,6 +141,17 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.resolve()
+
+    @field_validator("ray_data_dir", mode="after")
+    @classmethod
+    def _absolute_or_none(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.absolute()
+
+    @model_validator(mode="after")
+    def _ray_needs_an_address(self) -> Settings:
+        if self.executor == "ray" and not self.ray_address:
+            raise ValueError(f"{PREFIX}EXECUTOR=ray needs {PREFIX}RAY_ADDRESS (e.g. http://127.0.0.1:8265)")
+        return self
 
     @property
     def db_path(self) -> Path:
@@ -167,7 +193,9 @@ def describe_error(exc: Exception) -> str:
     if not isinstance(exc, ValidationError):
         return str(exc)
     err = exc.errors(include_url=False)[0]
-    field = str(err["loc"][0]) if err["loc"] else ""
+    if not err["loc"]:  # a rule between settings (a model validator): its message names them
+        return str(err["msg"]).removeprefix("Value error, ")
+    field = str(err["loc"][0])
     name = env_name(field) if field in Settings.model_fields else field
     return f"{name} must be {_expected(err)}, got {os.environ.get(name, err.get('input'))!r}"
 

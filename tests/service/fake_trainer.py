@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+from tuning_trainer.events import RECORD_MARKER, STDOUT_ENV
+
 stop_requested = False
 
 
@@ -47,10 +49,19 @@ def main() -> int:
         f.write(f"{os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES', '-')}\n")
     events = open(out / "events.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 
+    to_stdout = os.environ.get(STDOUT_ENV) == "1"
+    seq = 0
+
     def emit(type_: str, **fields: object) -> None:
-        events.write(json.dumps({"type": type_, "time": time.time(), **fields}) + "\n")
+        nonlocal seq
+        seq += 1
+        line = json.dumps({"type": type_, "time": time.time(), "seq": seq, **fields})
+        events.write(line + "\n")
         events.flush()
         os.fsync(events.fileno())
+        if to_stdout:  # as the trainer does under Ray (tuning_trainer/events.py)
+            sys.stdout.write(RECORD_MARKER + line + "\n")
+            sys.stdout.flush()
 
     def on_term(signum: int, frame: object) -> None:
         global stop_requested

@@ -4,6 +4,11 @@ Only the main process writes. Each record is one line, written with a single wri
 so a reader tailing the file sees whole records promptly. Only the records a restart depends on
 (`checkpoint` and the terminal ones) are also fsynced: a metrics record lost with the machine costs nothing,
 and an fsync per step costs milliseconds on the training loop's path.
+
+Every record of a run carries `seq` (1, 2, 3...). With TUNING_RECORDS_TO_STDOUT=1 each record is also
+printed on stdout as one line behind RECORD_MARKER: a trainer run by Ray Jobs reaches the service through
+its log stream alone, mixed with Ray's own lines, replayed from the start after a reconnect (the marker finds
+the records, the sequence number drops the ones already stored).
 """
 
 from __future__ import annotations
@@ -11,12 +16,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 TERMINAL = ("completed", "failed", "interrupted")
 DURABLE = frozenset({"checkpoint", *TERMINAL})
+# The prefix of a record line on stdout; the rest of the line is the record's JSON.
+RECORD_MARKER = "@@tuning-record@@ "
+STDOUT_ENV = "TUNING_RECORDS_TO_STDOUT"
 
 
 def _clean(value: Any) -> Any:
@@ -31,11 +40,13 @@ def _clean(value: Any) -> Any:
 
 
 class EventWriter:
-    def __init__(self, path: str | Path, *, enabled: bool = True) -> None:
+    def __init__(self, path: str | Path, *, enabled: bool = True, to_stdout: bool | None = None) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        self.to_stdout = os.environ.get(STDOUT_ENV) == "1" if to_stdout is None else to_stdout
         self.terminal_written: str | None = None
         self._fh: Any = None
+        self._seq = 0
 
     def write(self, type_: str, **fields: Any) -> dict[str, Any]:
         record = {"type": type_, "time": time.time(), **_clean(fields)}
@@ -46,13 +57,20 @@ class EventWriter:
             self.terminal_written = type_
         if not self.enabled:
             return record
+        self._seq += 1
+        record["seq"] = self._seq
+        line = json.dumps(record, default=str, allow_nan=False)
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
-        self._fh.write(json.dumps(record, default=str, allow_nan=False) + "\n")
+        self._fh.write(line + "\n")
         self._fh.flush()
         if type_ in DURABLE:
             os.fsync(self._fh.fileno())
+        if self.to_stdout:
+            # One write of the whole line: a line is never split by another thread's output.
+            sys.stdout.write(RECORD_MARKER + line + "\n")
+            sys.stdout.flush()
         return record
 
     def close(self) -> None:

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import procs
 from ..errors import APIError, job_not_found
 from ..files.store import Files
 from ..observability.metrics import JobCollector
@@ -73,6 +72,7 @@ class JobManager:
         try:
             await store.open()
             self = cls(settings, store)
+            await self.supervisor.executor.open()
             await recover(store, self.supervisor)
         except BaseException:
             # An open aiosqlite connection keeps its thread alive: without this a failed start-up hangs
@@ -114,6 +114,7 @@ class JobManager:
             request, source = await lineage.resolve(
                 request, owner=owner, store=self.store, jobs_dir=self.settings.jobs_dir
             )
+        num_gpus = await self.supervisor.executor.admit_gpus(request.num_gpus)  # the GPUs it will hold
         normal = request.normalised()
         rhash = request_hash(normal)
         hyperparameters = normal.pop("hyperparameters")  # stored once: the job's own column
@@ -132,7 +133,7 @@ class JobManager:
                 request_hash=rhash,
                 idempotency_key=idempotency_key,
                 hyperparameters=hyperparameters,
-                num_gpus=request.num_gpus if self.settings.gpus else 0,  # the GPUs it leases
+                num_gpus=num_gpus,
                 now=time.time(),
             )
         finally:
@@ -161,6 +162,7 @@ class JobManager:
             request, _ = await lineage.resolve(
                 request, owner=owner, store=self.store, jobs_dir=self.settings.jobs_dir
             )
+        await self.supervisor.executor.admit_gpus(request.num_gpus)  # the job's refusal, if it would get one
         return await self.estimator.estimate(request)
 
     async def _owned(self, job_id: str, owner: str) -> dict[str, Any]:
@@ -247,11 +249,11 @@ class JobManager:
                     cancel_requested_at=now,
                 )
         if old == JobStatus.RUNNING:
-            # Whichever worker received the request signals the group (after checking pid + start time); the
-            # supervising worker enforces SIGKILL after the grace period and finalises. If the trainer has not
-            # been started yet (no pid recorded) the supervisor signals it as soon as it records the pid.
-            procs.signal_job(row, procs.SIGTERM)
-            log.info("job %s cancelling (SIGTERM sent to group %s)", job_id, row["pgid"])
+            # Whichever worker received the request asks the run to stop (local: SIGTERM to the group, pid +
+            # start time checked); the supervising worker enforces the grace period and finalises. If the run
+            # has not been started yet the supervisor stops it as soon as it has.
+            await self.supervisor.request_stop(row)
+            log.info("job %s cancelling (stop sent to its run)", job_id)
         self._notify()
         return await self._public(row)
 
@@ -281,9 +283,9 @@ class JobManager:
                     param="id",
                 )
         if old == JobStatus.RUNNING:
-            # As for cancel: any worker signals (pid + start time checked); the supervisor finalises.
-            procs.signal_job(row, procs.SIGTERM)
-            log.info("job %s pausing (SIGTERM sent to group %s)", job_id, row["pgid"])
+            # As for cancel: any worker asks the run to stop; the supervisor finalises.
+            await self.supervisor.request_stop(row)
+            log.info("job %s pausing (stop sent to its run)", job_id)
         self._notify()
         return await self._public(row)
 

@@ -134,12 +134,16 @@ def decide_outcome(
     killed_by_us: bool,
     log_tail: list[str],
     lost_reason: str | None = None,
+    lost_message: str | None = None,
+    never_started: bool = False,
     grace_seconds: float = 0.0,
 ) -> tuple[JobStatus, str, dict[str, Any]]:
     """The final (status, message, row fields) of a job whose trainer is gone.
 
     The terminal record wins; without one the exit status speaks (a negative code is a signal); a job whose
-    trainer ended unseen while the service was down fails with `lost_reason`.
+    trainer ended unseen while the service was down fails with `lost_reason` (and a run its executor lost,
+    with `executor_lost` and the executor's `lost_message`). `never_started`: stopped while the cluster
+    still had it waiting for resources.
     """
     term = row["terminal_record"] or {}
     kind = term.get("type")
@@ -186,6 +190,13 @@ def decide_outcome(
             f"; its last checkpoint is {ckpt}" if ckpt else ""
         )
         return JobStatus.FAILED, message, {"error": error("interrupted", message, checkpoint_path=ckpt)}
+    if never_started and (pause or cancel):
+        what = "paused" if pause else "cancelled"
+        return (
+            JobStatus.PAUSED if pause else JobStatus.CANCELLED,
+            f"{what} before it started: the cluster was still waiting for resources to run it",
+            {"error": None} if pause else {},
+        )
     if pause:
         return (
             JobStatus.PAUSED,
@@ -201,8 +212,9 @@ def decide_outcome(
         )
         return JobStatus.CANCELLED, f"cancelled; the trainer stopped without a checkpoint ({how})", {}
     if lost_reason is not None:
-        message = "the service restarted and the trainer is no longer running; it left no final record" + (
-            f" (last output: {log_tail[-1]!r})" if log_tail else ""
+        message = lost_message or (
+            "the service restarted and the trainer is no longer running; it left no final record"
+            + (f" (last output: {log_tail[-1]!r})" if log_tail else "")
         )
         return JobStatus.FAILED, message, {"error": error(lost_reason, message)}
     if sig is not None:

@@ -101,8 +101,9 @@ async def _requeue_lost_trainers(store: Store, supervisor: Supervisor) -> list[s
             continue
         if row["supervisor_id"] == supervisor.id or _followed_elsewhere(row, supervisor, now):
             continue
-        if procs.job_alive(row):
-            continue  # still training: adopt_orphans re-attaches it
+        executor = supervisor.executor_for(row)
+        if executor is None or await executor.alive(row):
+            continue  # still training (adopt_orphans re-attaches it), or nothing here can tell
         if not await store.adopt(
             row["id"], old_supervisor=row["supervisor_id"], new_supervisor=supervisor.id, now=now
         ):

@@ -93,7 +93,7 @@ class Scheduler:
         row = await self.store.claim_next(
             supervisor_id=self.supervisor.id,
             max_concurrent=self.settings.max_concurrent_jobs,
-            gpus=self.settings.gpus,
+            gpus=self.supervisor.executor.gpus_to_lease(),
             now=time.time(),
         )
         if row is None:

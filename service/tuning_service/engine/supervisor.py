@@ -1,38 +1,32 @@
-"""Supervision of trainer processes: launch, follow, cancel, finalise.
+"""Supervision of trainer runs: launch, follow, stop, finalise, the same whatever runs them.
 
-The trainer runs as `python -m accelerate.commands.launch [flags] -m tuning_trainer --config
-<job>/config.json`, started from an argument list in its own session (so it is its own process group and
-outlives the service).
-Each tick the supervisor tails the job's events.jsonl and output.log from the byte offsets stored in the job
-row and commits the new records and the row's progress in one transaction. The job ends when the whole
-process group is gone; the trainer's terminal record (and the exit status) decides how.
+An executor (executors/: process groups on this machine, or Ray Jobs) starts the trainer and reports on it.
+Each tick the supervisor asks it for the run's new records and commits them with the row's progress and read
+position in one transaction, enforces the grace period of a stop, and once nothing of the run is left sets
+the final status: the trainer's terminal record decides, then the exit status, then why the run was lost.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tuning_trainer.config import Hyperparameters, JobConfig
-from tuning_trainer.launch import launch_flags
 
 from .. import procs
 from ..files.store import is_file_id
 from ..settings import Settings
 from ..states import JobStatus
 from ..storage.store import Store
-from . import tailer
+from .executors import make_executor
+from .executors.base import EXECUTOR_LOST, Executor, Run
+from .executors.local import LocalExecutor
 from .lineage import INIT_ADAPTER
 from .outcome import decide_outcome, job_error, progress_fields
 
@@ -46,32 +40,6 @@ def make_identity() -> str:
     """host:pid:start-ticks:nonce: the pid and start time tell another worker on this host if we live."""
     pid = os.getpid()
     return f"{socket.gethostname()}:{pid}:{procs.start_time(pid)}:{os.urandom(3).hex()}"
-
-
-def launch_command(settings: Settings, row: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
-    """The command up to (not including) `--config PATH`, and the trainer's environment: one process per
-    leased GPU (DDP, or FSDP when the job asks), or on CPU `cpu_processes` of them
-    (tuning_trainer/launch.py)."""
-    lease = list(row["gpu_lease"] or [])
-    env = dict(os.environ)  # HF_HUB_OFFLINE and the like are inherited
-    env["TUNING_MODELS_DIR"] = str(settings.models_dir)
-    env["PYTHONUNBUFFERED"] = "1"
-    if lease:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(lease)
-    if settings.trainer_command:
-        cmd = json.loads(settings.trainer_command)
-        if not isinstance(cmd, list) or not cmd or not all(isinstance(c, str) for c in cmd):
-            raise ValueError("TUNING_TRAINER_COMMAND must be a non-empty JSON list of strings")
-        return cmd, env
-    threads = settings.cpu_threads or max(1, (os.cpu_count() or 1) // max(1, settings.max_concurrent_jobs))
-    flags, extra_env = launch_flags(
-        gpus=len(lease),
-        distributed=(row["request"] or {}).get("distributed", "ddp"),
-        cpu_processes=settings.cpu_processes,
-        threads=threads,
-    )
-    env.update(extra_env)
-    return [sys.executable, "-m", "accelerate.commands.launch", *flags, "-m", "tuning_trainer"], env
 
 
 def trainer_config(settings: Settings, row: dict[str, Any], job_dir: Path) -> dict[str, Any]:
@@ -104,22 +72,16 @@ def trainer_config(settings: Settings, row: dict[str, Any], job_dir: Path) -> di
     return cfg.to_dict()
 
 
-@dataclass
-class Tracked:
-    job_id: str
-    popen: subprocess.Popen[bytes] | None = None  # None for a trainer started by an earlier service process
-    exit_code: int | None = None
-    leader_gone_at: float | None = None
-    kill_sent_at: float | None = None
-
-
 class Supervisor:
     def __init__(self, settings: Settings, store: Store, notify: Callable[[], None]) -> None:
         self.settings = settings
         self.store = store
         self.notify = notify
         self.id = make_identity()
-        self.tracked: dict[str, Tracked] = {}
+        # New runs go to the configured executor; a run is always followed by the one that started it.
+        self.executor = make_executor(settings, store)
+        self._local = self.executor if isinstance(self.executor, LocalExecutor) else LocalExecutor(settings)
+        self.tracked: dict[str, Run] = {}
         self._task: asyncio.Task[None] | None = None
         self._last_heartbeat = 0.0
         # Called when a job of ours ends: its slot (and GPUs) are free now (the scheduler sets this).
@@ -127,6 +89,20 @@ class Supervisor:
 
     def job_dir(self, job_id: str) -> Path:
         return self.settings.jobs_dir / job_id
+
+    def executor_for(self, row: dict[str, Any]) -> Executor | None:
+        """The executor that started the job's current run (None: one this service does not run)."""
+        name = row.get("executor") or LocalExecutor.name
+        if name == self.executor.name:
+            return self.executor
+        return self._local if name == LocalExecutor.name else None
+
+    async def request_stop(self, row: dict[str, Any]) -> None:
+        """A cancel or pause: ask the run to stop (the trainer checkpoints first); this supervisor enforces
+        the grace period and finalises."""
+        executor = self.executor_for(row)
+        if executor is not None:
+            await executor.stop(row)
 
     # ---- loop --------------------------------------------------------------------------------------------
 
@@ -144,6 +120,7 @@ class Supervisor:
         # Hand our jobs back (the trainers keep running): the next service process re-attaches at once.
         await self.store.release_jobs(self.id)
         self.tracked.clear()
+        await self.executor.close()
 
     async def _loop(self) -> None:
         while True:
@@ -172,39 +149,28 @@ class Supervisor:
         """Start the trainer of a job this worker has just claimed (status running)."""
         job_id = row["id"]
         job_dir = self.job_dir(job_id)
+        executor = self.executor
         try:
             job_dir.mkdir(parents=True, exist_ok=True)
             config = trainer_config(self.settings, row, job_dir)
-            (job_dir / "config.json").write_text(
-                json.dumps(config, indent=2, sort_keys=True), encoding="utf-8"
-            )
-            prefix, env = launch_command(self.settings, row)
-            cmd = [*prefix, "--config", str(job_dir / "config.json")]
-            with open(job_dir / "output.log", "ab") as out:
-                popen = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=str(self.settings.files_root),
-                    env=env,
-                    start_new_session=True,  # own session + process group: signalled as a group, outlives us
-                    close_fds=True,
-                )
+            planned = {"executor": executor.name, **executor.plan(row)}
+            async with self.store.transaction() as tx:
+                await tx.update(job_id, config=config, **planned)
+            row = {**row, **planned}
+            fields, handle = await executor.launch(row, job_dir, config)
         except Exception as exc:
             log.exception("job %s: could not launch the trainer", job_id)
             await self._fail_launch(job_id, f"could not launch the trainer: {exc}")
             return
-        started = procs.start_time(popen.pid)
         async with self.store.transaction() as tx:
-            await tx.update(job_id, pid=popen.pid, pgid=popen.pid, proc_start_time=started, config=config)
+            if fields:
+                await tx.update(job_id, **fields)
             current = await tx.job(job_id)
         assert current is not None
-        self.tracked[job_id] = Tracked(job_id, popen=popen)
-        log.info("job %s: trainer started (pid %s): %s", job_id, popen.pid, " ".join(cmd))
+        self.tracked[job_id] = Run(job_id, handle=handle)
         if current["status"] in (JobStatus.CANCELLING.value, JobStatus.PAUSING.value):
-            # A cancel (or pause) arrived between the claim and now, before anyone knew the pid.
-            procs.signal_job(current, signal.SIGTERM)
+            # A cancel (or pause) arrived between the claim and now, before the run could be signalled.
+            await executor.stop(current)
         self.notify()
 
     async def _fail_launch(self, job_id: str, message: str) -> None:
@@ -224,118 +190,125 @@ class Supervisor:
         self.notify()
 
     async def attach(self, job_id: str, *, lost_reason: str = "service_restart") -> None:
-        """Follow a job this worker has adopted: re-attach to a live trainer, or finalise one that ended while
+        """Follow a job this worker has adopted: re-attach to a live run, or finalise one that ended while
         nobody was watching (its records decide; without a terminal record it failed with `lost_reason`)."""
         row = await self.store.get_job(job_id)
         if row is None or JobStatus(row["status"]).is_terminal():
             return
-        if procs.job_alive(row):
-            self.tracked[job_id] = Tracked(job_id)
-            log.info("job %s: re-attached to trainer pid %s", job_id, row["pid"])
+        run = Run(job_id)
+        executor = self.executor_for(row)
+        if executor is None:
+            run.lost = (
+                EXECUTOR_LOST,
+                f"the job ran on the {row['executor']} executor and this service runs "
+                f"TUNING_EXECUTOR={self.executor.name}: nothing follows it",
+            )
+            await self.finalize(run)
             return
-        if procs.pid_reused(row["pid"], row["proc_start_time"]):
-            log.warning("job %s: pid %s now belongs to another process; not touching it", job_id, row["pid"])
-        await self.finalize(Tracked(job_id, leader_gone_at=time.time()), lost_reason=lost_reason)
+        if await executor.alive(row):
+            self.tracked[job_id] = run
+            log.info("job %s: re-attached to its run (%s executor)", job_id, executor.name)
+            return
+        await executor.observe(run, row, time.time())  # how it ended, where the executor can tell
+        await self.finalize(run, lost_reason=lost_reason)
 
     # ---- following ---------------------------------------------------------------------------------------
 
     async def ingest(self, job_id: str, *, final: bool = False) -> dict[str, Any] | None:
-        """Turn new complete lines of events.jsonl and output.log into records, committing them together with
-        the new offsets and the job's progress. A concurrent reader that already moved the offsets wins and
-        this read is discarded, so no record is ever stored twice."""
+        """Turn the run's new output into records, committing them together with the new read position and
+        the job's progress. A concurrent reader that already moved the position wins and this read is
+        discarded, so no record is ever stored twice."""
         row = await self.store.get_job(job_id)
         if row is None or JobStatus(row["status"]).is_terminal():
             return row
-        job_dir = self.job_dir(job_id)
-        ev_lines, ev_off = await asyncio.to_thread(
-            tailer.read_lines, job_dir / "events.jsonl", row["events_offset"], final=final
-        )
-        log_lines, log_off = await asyncio.to_thread(
-            tailer.read_lines, job_dir / "output.log", row["log_offset"], final=final
-        )
-        if ev_off == row["events_offset"] and log_off == row["log_offset"]:
+        executor = self.executor_for(row)
+        if executor is None:
             return row
-        events = tailer.event_records(ev_lines, row["events_lines"] + 1)
-        fields = progress_fields(row, events)
+        records, position = await executor.read(row, self.job_dir(job_id), final=final)
+        if not position:
+            return row
+        fields = progress_fields(row, records)
         async with self.store.transaction() as tx:
             cur = await tx.job(job_id)
             if (
                 cur is None
                 or JobStatus(cur["status"]).is_terminal()
-                or cur["events_offset"] != row["events_offset"]
-                or cur["log_offset"] != row["log_offset"]
+                or any(cur[k] != row[k] for k in position)
             ):
                 return cur
-            await tx.append(job_id, events + tailer.log_records(log_lines))
-            await tx.update(
-                job_id,
-                events_offset=ev_off,
-                events_lines=row["events_lines"] + len(ev_lines),
-                log_offset=log_off,
-                **fields,
-            )
+            await tx.append(job_id, records)
+            await tx.update(job_id, **position, **fields)
             row = await tx.job(job_id)
         self.notify()
         return row
 
     async def step(self, job_id: str) -> None:
-        t = self.tracked[job_id]
+        run = self.tracked[job_id]
         row = await self.ingest(job_id)
-        if row is None or row["supervisor_id"] != self.id or JobStatus(row["status"]).is_terminal():
-            self.tracked.pop(job_id, None)
+        executor = None if row is None else self.executor_for(row)
+        if (
+            row is None
+            or executor is None
+            or row["supervisor_id"] != self.id
+            or JobStatus(row["status"]).is_terminal()
+        ):
+            self._untrack(job_id, executor)
             return
         now = time.time()
-        if t.leader_gone_at is None:
-            if t.popen is not None:
-                rc = t.popen.poll()  # also reaps it
-                if rc is not None:
-                    t.exit_code, t.leader_gone_at = rc, now
-            elif not procs.is_alive(row["pid"], row["proc_start_time"]):
-                t.leader_gone_at = now
+        alive = await executor.observe(run, row, now)
         grace = self.settings.cancel_grace_seconds
         overdue = False
         if row["status"] == JobStatus.CANCELLING.value and row["cancel_requested_at"] is not None:
             overdue = now - row["cancel_requested_at"] >= grace
         elif row["status"] == JobStatus.PAUSING.value and row.get("pause_requested_at") is not None:
             overdue = now - row["pause_requested_at"] >= grace
-        if t.leader_gone_at is not None and now - t.leader_gone_at >= grace:
-            overdue = True  # the launcher is gone; leftovers of its group get the same grace, then SIGKILL
-        alive = t.leader_gone_at is None or bool(row["pgid"] and procs.group_members(row["pgid"]))
-        if alive and overdue and (t.kill_sent_at is None or now - t.kill_sent_at >= 1.0):
-            log.warning(
-                "job %s: process group %s still alive after %.1f s; sending SIGKILL",
-                job_id,
-                row["pgid"],
-                grace,
+        if run.ended_at is not None and now - run.ended_at >= grace:
+            overdue = (
+                True  # the main process is gone; what is left of the run gets the same grace, then SIGKILL
             )
-            procs.signal_job(row, signal.SIGKILL)
-            t.kill_sent_at = now
+        if alive and overdue and (run.kill_sent_at is None or now - run.kill_sent_at >= 1.0):
+            log.warning("job %s: still running %.1f s after the stop was asked; forcing it", job_id, grace)
+            await executor.stop(row, force=True)
+            run.kill_sent_at = now
         if not alive:
-            await self.finalize(t)
+            await self.finalize(run)
 
-    async def finalize(self, t: Tracked, *, lost_reason: str | None = None) -> None:
-        """The trainer's whole group is gone: read what is left and set the final status."""
-        job_id = t.job_id
-        await self.ingest(job_id, final=True)
-        tail = await asyncio.to_thread(tailer.log_tail, self.job_dir(job_id) / "output.log", LOG_TAIL_LINES)
+    def _untrack(self, job_id: str, executor: Executor | None) -> None:
+        self.tracked.pop(job_id, None)
+        if executor is not None:
+            executor.forget(job_id)
+
+    async def finalize(self, run: Run, *, lost_reason: str | None = None) -> None:
+        """Nothing of the run is left: read what is left of its output and set the final status."""
+        job_id = run.job_id
+        row = await self.ingest(job_id, final=True)
+        executor = None if row is None else self.executor_for(row)
+        tail: list[str] = []
+        if row is not None and executor is not None:
+            tail = await executor.log_tail(row, self.job_dir(job_id), LOG_TAIL_LINES)
+        if run.note:
+            tail = [*tail, run.note][-LOG_TAIL_LINES:]
+        reason, lost_message = run.lost if run.lost is not None else (lost_reason, None)
         now = time.time()
         async with self.store.transaction() as tx:
             row = await tx.job(job_id)
             if row is None or JobStatus(row["status"]).is_terminal() or row["supervisor_id"] != self.id:
-                self.tracked.pop(job_id, None)
+                self._untrack(job_id, executor)
                 return
             status, message, fields = decide_outcome(
                 row,
-                exit_code=t.exit_code,
-                killed_by_us=t.kill_sent_at is not None,
+                exit_code=run.exit_code,
+                killed_by_us=run.kill_sent_at is not None,
                 log_tail=tail,
-                lost_reason=lost_reason,
+                lost_reason=reason,
+                lost_message=lost_message,
+                never_started=run.never_started,
                 grace_seconds=self.settings.cancel_grace_seconds,
             )
-            if t.exit_code is not None:
-                fields["exit_code"] = t.exit_code
+            if run.exit_code is not None:
+                fields["exit_code"] = run.exit_code
             await tx.transition(row, status, now=now, message=message, **fields)
-        self.tracked.pop(job_id, None)
+        self._untrack(job_id, executor)
         log.info("job %s: %s (%s)", job_id, status.value, message)
         self.notify()
         if self.on_finished is not None:

@@ -23,7 +23,7 @@ import aiosqlite
 from ..states import JobStatus, check_transition
 
 BUSY_TIMEOUT_MS = 10_000
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Columns added after the first schema: (table, column, declaration). Added at start-up when missing, so an
 # existing database upgrades in place (CREATE TABLE IF NOT EXISTS does not add columns).
@@ -35,6 +35,10 @@ ADDED_COLUMNS = (
     ("api_keys", "webhook_secret_previous", "TEXT"),  # after a rotation, also signs until ..._until
     ("api_keys", "webhook_secret_previous_until", "REAL"),
     ("jobs", "model_deleted_at", "REAL"),  # DELETE /v1/models/<fine-tune>: its adapter is gone
+    ("jobs", "executor", "TEXT"),  # what ran the job's last run: local | ray (NULL: local, before Ray)
+    ("jobs", "executor_ref", "TEXT"),  # the executor's id of that run (the Ray submission id)
+    ("jobs", "stream_lines", "INTEGER NOT NULL DEFAULT 0"),  # lines of the run's stdout stored (Ray)
+    ("jobs", "stream_seq", "INTEGER NOT NULL DEFAULT 0"),  # the last trainer record seq stored (Ray)
 )
 # Data rewritten at start-up, idempotent. Before preference tuning a request's `method` named the adapter
 # ("qlora"/"lora"); it is now the training method ("sft", "dpo", ...) beside `adapter`.
