@@ -21,6 +21,8 @@ from .schema import StrictModel
 class _Record(StrictModel):
     time: float
     """Unix seconds"""
+    seq: int
+    """1, 2, 3... within a run: a reader of a replayed stream drops the records it has (events.py)"""
 
 
 class RunPlanFacts(StrictModel):
@@ -224,6 +226,8 @@ def lenient(model: type[_Record], *, name: str, base: type[BaseModel]) -> Any:
     Derived from `model`, never written twice."""
     fields: dict[str, Any] = {}
     for field_name, f in model.model_fields.items():
+        if field_name == "seq":
+            continue  # the trainer's run-local number: a reader numbers the records it keeps itself
         if field_name in ("type", "time"):
             fields[field_name] = (f.annotation, f)
         else:
