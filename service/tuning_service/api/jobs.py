@@ -48,7 +48,7 @@ JOB_LINKS = links(
 )
 # What a create can be refused with beyond the request's shape: the data files (the trainer's data codes,
 # with `line`), a stored file that failed validation, the idempotency key, the webhook; and a dry run's
-# (engine/estimate.py): the model, the data once tokenised, the run itself.
+# (engine/estimate.py): the model, the data once tokenised, the run itself; the executor's (GPUs).
 CREATE_ERRORS = {
     400: ("invalid_json", "invalid_request", "invalid_path"),
     403: ("webhook_url_not_allowed",),
@@ -65,6 +65,8 @@ CREATE_ERRORS = {
         "file_invalid",
     ),
     500: ("estimate_failed",),
+    # TUNING_EXECUTOR=ray: the cluster did not answer when asked what GPUs it has (executors/ray.py).
+    503: ("executor_unavailable",),
     504: ("estimate_timeout",),
 }
 

@@ -6,8 +6,7 @@ job is stored.
   file_not_found, like any id that is not there); an upload passed validation (422 file_invalid).
 - A path's file holds valid training data, by the trainer's own rules (422 with the data codes and `line`),
   in a format the method trains on: pairs for dpo/orpo/simpo, single examples for sft (422 format_mismatch).
-- It asks for no more GPUs than this server leases (422 not_enough_gpus naming num_gpus; a server without
-  GPUs runs 1).
+- (Its GPUs are the executor's to judge, before all this: executors/, `admit_gpus`.)
 - A webhook URL may be reached by this server's policy (403 webhook_url_not_allowed) and can be signed: the
   key has a secret (409 webhook_secret_missing, a state of the key that `keys set-webhook` changes).
 The create body itself was validated once, at the route (schema/jobs.py); this returns it with its paths in
@@ -34,7 +33,6 @@ from ..webhooks.policy import UrlPolicy
 async def admit(
     request: CreateTuningRequest, *, owner: str, settings: Settings, files: Files, store: Store
 ) -> CreateTuningRequest:
-    _check_gpus(request.num_gpus, settings)
     paths: dict[str, tuple[str, Path]] = {}
     for param in ("training_file", "validation_file"):
         value = getattr(request, param)
@@ -66,23 +64,6 @@ async def admit(
     if request.validation_file == "":
         normal["validation_file"] = None
     return request.model_copy(update=normal) if normal else request
-
-
-def _check_gpus(num_gpus: int, settings: Settings) -> None:
-    have = len(settings.gpus)
-    if num_gpus <= max(1, have):
-        return
-    where = (
-        f"this service leases {have} GPUs (TUNING_GPUS)"
-        if have
-        else "this service has no GPUs (it trains on CPU)"
-    )
-    raise APIError(
-        422,  # a valid value this server cannot honour (another could): not `invalid_value`
-        "not_enough_gpus",
-        f"num_gpus {num_gpus} is more than {where}: ask for at most {max(1, have)}",
-        param="num_gpus",
-    )
 
 
 # A path that cannot name a file (a name over the file system's limit, a file where a folder should be) is

@@ -106,6 +106,7 @@ class JobManager:
         """Admit (admission.py, and lineage.py for from_checkpoint) and queue a job; with an idempotency key
         already used by this owner, the job it made (the same body) or 422 `idempotency_key_reused` (another
         body). Returns (job, created)."""
+        num_gpus = await self.supervisor.executor.admit_gpus(request.num_gpus)  # the GPUs it will hold
         request = await admit(
             request, owner=owner, settings=self.settings, files=self.files, store=self.store
         )
@@ -114,7 +115,6 @@ class JobManager:
             request, source = await lineage.resolve(
                 request, owner=owner, store=self.store, jobs_dir=self.settings.jobs_dir
             )
-        num_gpus = await self.supervisor.executor.admit_gpus(request.num_gpus)  # the GPUs it will hold
         normal = request.normalised()
         rhash = request_hash(normal)
         hyperparameters = normal.pop("hyperparameters")  # stored once: the job's own column
@@ -155,6 +155,7 @@ class JobManager:
 
     async def estimate(self, *, owner: str, request: CreateTuningRequest) -> dict[str, Any]:
         """A dry run: create's admission, then the trainer's own plan for the job (estimate.py); no job."""
+        await self.supervisor.executor.admit_gpus(request.num_gpus)
         request = await admit(
             request, owner=owner, settings=self.settings, files=self.files, store=self.store
         )
@@ -162,7 +163,6 @@ class JobManager:
             request, _ = await lineage.resolve(
                 request, owner=owner, store=self.store, jobs_dir=self.settings.jobs_dir
             )
-        await self.supervisor.executor.admit_gpus(request.num_gpus)  # the job's refusal, if it would get one
         return await self.estimator.estimate(request)
 
     async def _owned(self, job_id: str, owner: str) -> dict[str, Any]:

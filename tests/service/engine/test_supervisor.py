@@ -21,8 +21,8 @@ from tests.service.core_fixtures import (
     run,
     wait_status,
 )
-from tuning_service.engine.facade import JobManager
 from tuning_service.engine.executors.local import launch_command
+from tuning_service.engine.facade import JobManager
 from tuning_service.engine.supervisor import trainer_config
 from tuning_service.errors import APIError
 from tuning_trainer.config import JobConfig

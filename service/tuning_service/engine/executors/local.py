@@ -21,6 +21,7 @@ from typing import Any
 from tuning_trainer.launch import launch_flags
 
 from ... import procs
+from ...errors import APIError
 from ...settings import Settings
 from .. import tailer
 from ..tailer import Record
@@ -73,7 +74,21 @@ class LocalExecutor(Executor):
         self.settings = settings
 
     async def admit_gpus(self, num_gpus: int) -> int:
-        return num_gpus if self.settings.gpus else 0  # the GPUs it leases; on a CPU machine, none
+        """No more GPUs than this service leases (a service without GPUs runs 1 process on CPU)."""
+        have = len(self.settings.gpus)
+        if num_gpus > max(1, have):
+            where = (
+                f"this service leases {have} GPUs (TUNING_GPUS)"
+                if have
+                else "this service has no GPUs (it trains on CPU)"
+            )
+            raise APIError(
+                422,  # a valid value this server cannot honour (another could): not `invalid_value`
+                "not_enough_gpus",
+                f"num_gpus {num_gpus} is more than {where}: ask for at most {max(1, have)}",
+                param="num_gpus",
+            )
+        return num_gpus if have else 0  # the GPUs it leases; on a CPU machine, none
 
     def gpus_to_lease(self) -> list[str]:
         return list(self.settings.gpus)

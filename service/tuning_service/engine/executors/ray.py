@@ -140,6 +140,7 @@ class RayExecutor(Executor):
                 raise JobUnknown(str(exc)) from None
             raise
         except Exception as exc:  # requests' and Ray's own errors for a head that does not answer
+            self._nodes = None  # what the head said of its nodes is not trusted any longer
             raise ConnectionError(f"the Ray head at {self.address} does not answer: {exc}") from exc
 
     async def _info(self, ref: str, *, max_age: float = STATUS_MAX_AGE) -> Any:
@@ -193,17 +194,21 @@ class RayExecutor(Executor):
                 f"The Ray cluster at {self.address} does not answer ({exc}); try again later",
             ) from None
         most = max((int(n.get("resources_total", {}).get("GPU", 0)) for n in nodes), default=0)
-        if most == 0:
-            return 0  # a CPU-only cluster: the job trains on CPU, as on a machine without GPUs
-        if num_gpus > most:
-            raise APIError(
-                422,
-                "num_gpus_exceeds_node",
-                f"num_gpus is {num_gpus}, but no node of the Ray cluster has more than {most} GPUs; "
-                "training across nodes is not supported yet (docs/deployment.md)",
-                param="num_gpus",
-            )
-        return num_gpus
+        if num_gpus <= max(1, most):
+            # A cluster without GPUs trains on CPU (one process), as a machine without GPUs does.
+            return num_gpus if most else 0
+        where = (
+            f"any node of the Ray cluster has ({most}): a job runs on one node, training across nodes is not "
+            "supported yet"
+            if most
+            else "the Ray cluster has (none: it trains on CPU)"
+        )
+        raise APIError(
+            422,  # as on one machine: a valid value this cluster cannot honour
+            "not_enough_gpus",
+            f"num_gpus {num_gpus} is more GPUs than {where}: ask for at most {max(1, most)}",
+            param="num_gpus",
+        )
 
     def _alive_nodes(self) -> list[dict[str, Any]]:
         now = time.monotonic()
