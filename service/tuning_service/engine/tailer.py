@@ -57,6 +57,11 @@ def read_lines(
 
 def parse_event(line: bytes) -> Record:
     """One events.jsonl line -> (type, time, fields). Raises ValueError saying what is wrong."""
+    return parse_sequenced(line)[0]
+
+
+def parse_sequenced(line: bytes) -> tuple[Record, int | None]:
+    """One record line -> ((type, time, fields), the trainer's `seq` if it has a valid one)."""
     try:
         obj = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -73,8 +78,9 @@ def parse_event(line: bytes) -> Record:
     t = obj.pop("time", None)
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
         t = time.time()
-    obj.pop("seq", None)
-    return type_, float(t), obj
+    seq = obj.pop("seq", None)
+    valid_seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+    return (type_, float(t), obj), valid_seq
 
 
 def event_records(lines: list[bytes], first_lineno: int) -> list[Record]:

@@ -9,7 +9,6 @@ stored twice and none is lost.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
@@ -71,13 +70,12 @@ def stream_records(
         if before.strip():  # output without a newline just before the record (a progress bar)
             out.append(("log", now, {"line": tailer.log_text(before.encode("utf-8"))}))
         try:
-            seq = json.loads(payload).get("seq")
-            record = tailer.parse_event(payload.encode("utf-8"))
-        except (ValueError, AttributeError) as exc:
+            record, seq = tailer.parse_sequenced(payload.encode("utf-8"))
+        except ValueError as exc:
             msg = f"[service] a record line of the trainer's output skipped: {exc}"
             out.append(("log", now, {"line": msg, "source": "service"}))
             continue
-        if isinstance(seq, int) and not isinstance(seq, bool):
+        if seq is not None:
             if seq <= last_seq:
                 continue  # stored before the stream was replayed
             last_seq = seq
