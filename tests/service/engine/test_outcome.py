@@ -142,3 +142,30 @@ def test_metrics_always_have_a_progress() -> None:
         fields = progress_fields(row(metrics=None), [record])
         assert fields["metrics"]["progress"] == 0.0
         assert list(fields["metrics"]) == list(TrainingMetrics.model_fields)
+
+
+def test_a_run_stopped_before_it_started_and_a_run_its_executor_lost() -> None:
+    # Cancelled (or paused) while the cluster still held it pending: nothing ran, nothing to wait for.
+    status, message, _ = decide_outcome(
+        row(status="cancelling", cancel_requested_at=1.0), exit_code=None, killed_by_us=False, log_tail=[],
+        never_started=True,
+    )  # fmt: skip
+    assert status == JobStatus.CANCELLED and "before it started" in message
+    status, message, fields = decide_outcome(
+        row(status="pausing", pause_requested_at=1.0), exit_code=None, killed_by_us=False, log_tail=[],
+        never_started=True,
+    )  # fmt: skip
+    assert status == JobStatus.PAUSED and fields == {"error": None}
+    # Lost by its executor: the executor's own account is the message, the code names the loss.
+    status, message, fields = decide_outcome(
+        row(status="running"), exit_code=None, killed_by_us=False, log_tail=["step 3"],
+        lost_reason="executor_lost", lost_message="the Ray head at http://h:8265 has not answered for 15 s",
+    )  # fmt: skip
+    assert status == JobStatus.FAILED and message.startswith("the Ray head")
+    assert fields["error"]["code"] == "executor_lost" and fields["error"]["log_tail"] == ["step 3"]
+    # The trainer's own verdict still wins over a loss.
+    status, _, _ = decide_outcome(
+        row(status="running", terminal_record={"type": "completed", "adapter_path": "/a"}), exit_code=None,
+        killed_by_us=False, log_tail=[], lost_reason="executor_lost", lost_message="gone",
+    )  # fmt: skip
+    assert status == JobStatus.SUCCEEDED
