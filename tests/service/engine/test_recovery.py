@@ -321,3 +321,31 @@ def test_otherwise_a_lost_trainer_still_fails_with_service_restart(
             await b.stop()
 
     run(body())
+
+
+def test_a_run_of_an_executor_this_service_does_not_run_fails_executor_lost(tmp_path: Path) -> None:
+    """A job left running on Ray by a service that now starts with TUNING_EXECUTOR=local: nothing here can
+    follow it, so it fails with executor_lost (naming both) instead of staying `running` forever."""
+
+    async def body() -> None:
+        m = await JobManager.start(make_settings(tmp_path, max_concurrent_jobs=0))
+        owner, _ = await m.create_key("t")
+        job, _ = await m.create(owner=owner, request=request(), idempotency_key=None)
+        async with m.store.transaction() as tx:
+            await tx.update(
+                job["id"], status="running", started_at=time.time(), executor="ray", executor_ref=job["id"],
+                supervisor_id=None,
+            )  # fmt: skip
+        await m.stop()
+        b = await JobManager.start(make_settings(tmp_path, max_concurrent_jobs=0))
+        try:
+            got = await b.get(job["id"], owner=owner)
+            assert got["status"] == "failed" and got["error"]["code"] == "executor_lost", got
+            assert (
+                "ray executor" in got["error"]["message"]
+                and "TUNING_EXECUTOR=local" in got["error"]["message"]
+            )
+        finally:
+            await b.stop()
+
+    run(body())
