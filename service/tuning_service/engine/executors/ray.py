@@ -282,8 +282,10 @@ class RayExecutor(Executor):
         if not ref:
             run.lost = (EXECUTOR_LOST, "the job was never submitted to Ray (the service stopped first)")
             return False
+        # Once the trainer has said its last word, its end is near: ask every tick, not every STATUS_MAX_AGE.
+        max_age = 0.0 if row.get("terminal_record") else STATUS_MAX_AGE
         try:
-            info = await self._info(ref)
+            info = await self._info(ref, max_age=max_age)
         except JobUnknown:
             run.lost = (
                 EXECUTOR_LOST,
