@@ -211,6 +211,36 @@ def test_kill_9_of_the_service_mid_job_loses_and_repeats_nothing(
         svc.shutdown()
 
 
+def test_a_job_ray_forgot_resumes_from_its_checkpoint_when_it_asked(
+    light_service_env: ServiceEnv, ray_head: RayHead
+) -> None:
+    """resume_on_restart on Ray: the service was killed, and meanwhile Ray lost the job (here: stopped and
+    deleted, as a head restarted without fault tolerance forgets it). The restarted service queues the job
+    again from its newest checkpoint, as a second Ray job, instead of failing it."""
+    env = ray_env(ray_head, TUNING_TRAINER_COMMAND=FAKE_COMMAND)
+    svc = light_service_env.start("ray-forgotten", extra_env=env)
+    try:
+        job_id = fake_job(svc, "complete?steps=400&delay=0.05&save=5", resume_on_restart=True)["id"]
+        wait_record(svc, job_id, "checkpoint", step=10)
+        svc.kill()
+        client = ray_client(ray_head)
+        client.stop_job(job_id)
+        deadline = time.monotonic() + 30
+        while str(client.get_job_status(job_id)) != "STOPPED":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert client.delete_job(job_id)
+        svc.start()
+        resumed = wait_record(svc, job_id, "resumed_after_restart")
+        started = wait_record(svc, job_id, "started", start_step=resumed["step"])
+        assert started["start_step"] >= 10
+        assert str(client.get_job_status(f"{job_id}-run2")) in ("PENDING", "RUNNING", "SUCCEEDED")
+        assert svc.post(f"/v1/tunings.cancel/{job_id}").status == 200
+        assert svc.wait_for(job_id, TERMINAL, timeout=30)["status"] == "cancelled"
+    finally:
+        svc.shutdown()
+
+
 def test_a_killed_head_ends_the_job_executor_lost(light_service_env: ServiceEnv, ray_head: RayHead) -> None:
     """Last in the module: it kills the module's head."""
     lost_after = 3.0
