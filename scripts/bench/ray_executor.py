@@ -12,7 +12,9 @@ R1: the same job through our API (TUNING_EXECUTOR=ray) and submitted to Ray dire
     (a) create -> `running` vs submit -> RUNNING. Our `running` means "handed to the executor" (as with the
         local executor, where it means "launcher started"), so this one is reported, not judged.
     (b) create -> the trainer's first record visible to a client (tunings.logs) vs submit -> that record's
-        line visible in Ray's job logs (get_job_logs): the trainer is really running.
+        line arriving through Ray's own log follower (tail_job_logs, a file poll every second on Ray's side):
+        the trainer is really running. Polling get_job_logs every 10 ms instead (a whole-log read each time,
+        which the service does not do) is reported in the JSON as `first_record_polled`.
     (c) create -> `succeeded` vs submit -> SUCCEEDED.
 R2: latency from a record written by a trainer on Ray to its arrival in a client's SSE stream
     (tunings.logs with follow=true), --records metrics records 0.1 s apart: p50 <= 1.5 s (Ray
@@ -21,9 +23,11 @@ R2: latency from a record written by a trainer on Ray to its arrival in a client
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -78,18 +82,31 @@ def via_ray(client: Any, template: Any, scratch: Path, n: int) -> dict[str, floa
         entrypoint_num_cpus=1,  # what the service asks (TUNING_RAY_NUM_CPUS' default; no GPUs here)
     )
     out: dict[str, float] = {}
+    # A Ray user follows a job's output with tail_job_logs (as the service does): the record's line there.
+    follower = threading.Thread(target=asyncio.run, args=(_first_line(client, sub, t0, out),), daemon=True)
+    follower.start()
     while True:
         status = str(client.get_job_status(sub))
         now = time.monotonic() - t0
         if status != "PENDING":
             out.setdefault("running", now)
-        if "first_record" not in out and '"type": "started"' in client.get_job_logs(sub):
-            out["first_record"] = now
+        if "first_record_polled" not in out and '"type": "started"' in client.get_job_logs(sub):
+            out["first_record_polled"] = now
         if status in ("SUCCEEDED", "FAILED", "STOPPED"):
             assert status == "SUCCEEDED", client.get_job_logs(sub)[-2000:]
             out["succeeded"] = now
+            follower.join(timeout=30)
             return out
         time.sleep(POLL)
+
+
+async def _first_line(client: Any, sub: str, t0: float, out: dict[str, float]) -> None:
+    seen = ""
+    async for chunk in client.tail_job_logs(sub):
+        seen += chunk
+        if '"type": "started"' in seen:
+            out["first_record"] = time.monotonic() - t0
+            return
 
 
 def stream_latency(svc: Any, records: int) -> list[float]:
@@ -153,12 +170,18 @@ def main() -> None:
         return median([x[key] for x in side])
 
     rows = []
-    for key, label, judged in (
-        ("running", "create -> running (ours: submitted) vs submit -> RUNNING", False),
-        ("first_record", "create -> trainer's first record seen vs submit -> its line in Ray's logs", True),
-        ("succeeded", "create -> succeeded vs submit -> SUCCEEDED", True),
+    for key, theirs_key, label in (
+        ("running", "running", "create -> running (ours: handed to Ray) vs submit -> RUNNING"),
+        (
+            "first_record",
+            "first_record",
+            "create -> first record seen vs submit -> its line in tail_job_logs",
+        ),
+        ("first_record", "first_record_polled", "the same vs get_job_logs polled every 10 ms (not judged)"),
+        ("succeeded", "succeeded", "create -> succeeded vs submit -> SUCCEEDED"),
     ):
-        a, b = med(ours, key), med(theirs, key)
+        a, b = med(ours, key), med(theirs, theirs_key)
+        judged = theirs_key != "first_record_polled"
         rows.append(
             Row(
                 "R1",

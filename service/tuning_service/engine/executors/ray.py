@@ -58,7 +58,7 @@ PASSTHROUGH_ENV = (
     "TOKENIZERS_PARALLELISM",
     "COVERAGE_PROCESS_START",
 )
-STATUS_MAX_AGE = 0.5  # seconds a job's Ray status is reused by the supervisor's (much faster) ticks
+STATUS_MAX_AGE = 0.25  # seconds a job's Ray status is reused by the supervisor's (much faster) ticks
 NODES_MAX_AGE = 10.0
 RECONNECT_SECONDS = 1.0
 PENDING, RUNNING = "PENDING", "RUNNING"
