@@ -2,6 +2,7 @@
 """R1-R2: the Ray executor against Ray's own job API, on a local Ray head (scripts/ray-local).
 
     python scripts/bench/ray_executor.py [--rounds 5] [--steps 10] [--records 60] [--json PATH] [--quick]
+        [--address http://127.0.0.1:8265]   (a running head; default: a new one, started and stopped here)
 
 R1: the same job through our API (TUNING_EXECUTOR=ray) and submitted to Ray directly with
     `JobSubmissionClient.submit_job`: the very entrypoint, runtime env and resources the service submitted
@@ -137,18 +138,20 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--records", type=int, default=60)
+    p.add_argument("--address", help="a running Ray head's job API (default: start one, scripts/ray-local)")
     args = p.parse_args()
     if args.quick:
         args.rounds, args.records = 1, 10
-    head = RayHead(num_cpus=2).start()
+    head = None if args.address else RayHead(num_cpus=2).start()
+    address = args.address or head.address  # type: ignore[union-attr]
     scratch = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     svc = bench_service(
-        "ray", fake_trainer=True, extra_env={"TUNING_EXECUTOR": "ray", "TUNING_RAY_ADDRESS": head.address}
+        "ray", fake_trainer=True, extra_env={"TUNING_EXECUTOR": "ray", "TUNING_RAY_ADDRESS": address}
     )
     try:
         from ray.job_submission import JobSubmissionClient
 
-        client = JobSubmissionClient(head.address)
+        client = JobSubmissionClient(address)
         warm = via_service(svc, args.steps)  # the first submission warms Ray's runtime-env agent up
         template = client.get_job_info(str(warm["job_id"]))
         assert str(FAKE_TRAINER) in template.entrypoint, template.entrypoint
@@ -164,7 +167,8 @@ def main() -> None:
         lat = stream_latency(svc, args.records)
     finally:
         svc.shutdown()
-        head.stop()
+        if head is not None:
+            head.stop()
 
     def med(side: list[dict[str, float]], key: str) -> float:
         return median([x[key] for x in side])

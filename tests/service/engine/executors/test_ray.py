@@ -4,8 +4,12 @@ tested. The head is one per module; the last test kills it."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +17,7 @@ import pytest
 pytest.importorskip("ray.job_submission", reason="the `ray` extra is not installed")
 
 from tests.reliability.conftest import FAKE_COMMAND, TERMINAL, fake_job
-from tests.support.ray_head import RayHead
+from tests.support.ray_head import REPO, RayHead
 from tests.support.server import ServiceEnv, ServiceProcess
 
 # A real run short enough for CI, with checkpoints.
@@ -239,6 +243,20 @@ def test_a_job_ray_forgot_resumes_from_its_checkpoint_when_it_asked(
         assert svc.wait_for(job_id, TERMINAL, timeout=30)["status"] == "cancelled"
     finally:
         svc.shutdown()
+
+
+def test_the_benchmark_runs_and_reports_its_figures(ray_head: RayHead, tmp_path: Path) -> None:
+    """scripts/bench/ray_executor.py --quick on this module's head (a smoke test: it measures nothing)."""
+    out = tmp_path / "ray.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench" / "ray_executor.py"), "--quick", "--address",
+         ray_head.address, "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert [r["id"] for r in data["results"]] == ["R1", "R1", "R1", "R1", "R2"]
+    assert all(isinstance(r["value"], float) for r in data["results"])
 
 
 def test_a_killed_head_ends_the_job_executor_lost(light_service_env: ServiceEnv, ray_head: RayHead) -> None:
