@@ -68,7 +68,8 @@ def via_service(svc: Any, steps: int) -> dict[str, float]:
 
 def via_ray(client: Any, template: Any, scratch: Path, n: int) -> dict[str, float]:
     """The service's submission of `template` again, straight to Ray, with a config.json of its own."""
-    argv = shlex.split(template.entrypoint)
+    # The service's entrypoint is `<guard>; exec <argv>` (executors/ray.py): the argument list is what runs.
+    argv = shlex.split(template.entrypoint.partition("; ")[2])
     config_path = Path(argv[-1])
     job_dir = scratch / f"direct-{n}"
     job_dir.mkdir(parents=True)
@@ -78,7 +79,7 @@ def via_ray(client: Any, template: Any, scratch: Path, n: int) -> dict[str, floa
     argv[-1] = str(job_dir / "config.json")
     t0 = time.monotonic()
     sub = client.submit_job(
-        entrypoint="exec " + shlex.join(argv[1:]),
+        entrypoint=shlex.join(argv),
         runtime_env=template.runtime_env,
         entrypoint_num_cpus=1,  # what the service asks (TUNING_RAY_NUM_CPUS' default; no GPUs here)
     )

@@ -60,7 +60,7 @@ def main() -> int:
         events.flush()
         os.fsync(events.fileno())
         if to_stdout:  # as the trainer does under Ray (tuning_trainer/events.py)
-            sys.stdout.write(RECORD_MARKER + line + "\n")
+            sys.stdout.write("\n" + RECORD_MARKER + line + "\n")
             sys.stdout.flush()
 
     def on_term(signum: int, frame: object) -> None:

@@ -6,9 +6,9 @@ so a reader tailing the file sees whole records promptly. Only the records a res
 and an fsync per step costs milliseconds on the training loop's path.
 
 Every record of a run carries `seq` (1, 2, 3...). With TUNING_RECORDS_TO_STDOUT=1 each record is also
-printed on stdout as one line behind RECORD_MARKER: a trainer run by Ray Jobs reaches the service through
-its log stream alone, mixed with Ray's own lines, replayed from the start after a reconnect (the marker finds
-the records, the sequence number drops the ones already stored).
+printed on stdout as one line that starts with RECORD_MARKER: a trainer run by Ray Jobs reaches the service
+through its log stream alone, mixed with Ray's own lines, replayed from the start after a reconnect (the
+marker finds the records, the sequence number drops the ones already stored).
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ class EventWriter:
         if type_ in DURABLE:
             os.fsync(self._fh.fileno())
         if self.to_stdout:
-            # One write of the whole line: a line is never split by another thread's output.
-            sys.stdout.write(RECORD_MARKER + line + "\n")
+            # One write: a line is never split by another thread's output. The newline first ends whatever
+            # was printed without one (a progress bar), so the record starts a line of its own, as readers
+            # require (a blank line is nothing to them).
+            sys.stdout.write("\n" + RECORD_MARKER + line + "\n")
             sys.stdout.flush()
         return record
 

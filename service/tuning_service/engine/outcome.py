@@ -190,6 +190,12 @@ def decide_outcome(
             f"; its last checkpoint is {ckpt}" if ckpt else ""
         )
         return JobStatus.FAILED, message, {"error": error("interrupted", message, checkpoint_path=ckpt)}
+    if lost_message is not None and (pause or cancel):
+        # The executor lost the run during the stop: nothing says the trainer stopped, or saved anything. A
+        # pause must not look done (a resume would start a second run beside it); a cancel stays a cancel.
+        if cancel:
+            return JobStatus.CANCELLED, f"cancelled; {lost_message}: the trainer may not have stopped", {}
+        return JobStatus.FAILED, lost_message, {"error": error(lost_reason or "executor_lost", lost_message)}
     if never_started and (pause or cancel):
         what = "paused" if pause else "cancelled"
         return (

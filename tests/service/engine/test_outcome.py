@@ -169,3 +169,18 @@ def test_a_run_stopped_before_it_started_and_a_run_its_executor_lost() -> None:
         killed_by_us=False, log_tail=[], lost_reason="executor_lost", lost_message="gone",
     )  # fmt: skip
     assert status == JobStatus.SUCCEEDED
+
+
+def test_a_run_lost_while_pausing_is_not_paused() -> None:
+    """Nothing says a run its executor lost during a pause stopped: a resume would start a second run beside
+    it, so the job fails (resumable from its checkpoint); a cancel stays a cancel, and says so."""
+    lost = {"lost_reason": "executor_lost", "lost_message": "the Ray head at h has not answered for 15 s"}
+    status, message, fields = decide_outcome(
+        row(status="pausing", pause_requested_at=1.0), exit_code=None, killed_by_us=False, log_tail=[], **lost
+    )
+    assert status == JobStatus.FAILED and fields["error"]["code"] == "executor_lost"
+    status, message, _ = decide_outcome(
+        row(status="cancelling", cancel_requested_at=1.0), exit_code=None, killed_by_us=False, log_tail=[],
+        **lost,
+    )  # fmt: skip
+    assert status == JobStatus.CANCELLED and "may not have stopped" in message

@@ -93,6 +93,20 @@ class LocalExecutor(Executor):
     def gpus_to_lease(self) -> list[str]:
         return list(self.settings.gpus)
 
+    def plan(self, row: dict[str, Any]) -> dict[str, Any]:
+        """After a run of another executor (whose trainer also appended to the job's files, unread by offsets:
+        its records came another way), this run's records start at the files' current ends."""
+        if (row.get("executor") or self.name) == self.name:
+            return {}
+        job_dir = self.settings.jobs_dir / row["id"]
+        events, logs = job_dir / "events.jsonl", job_dir / "output.log"
+        ev_bytes = events.read_bytes() if events.exists() else b""
+        return {
+            "events_offset": len(ev_bytes),
+            "events_lines": ev_bytes.count(b"\n"),
+            "log_offset": logs.stat().st_size if logs.exists() else 0,
+        }
+
     async def launch(self, row: dict[str, Any], job_dir: Path, config: dict[str, Any]) -> tuple[dict, Any]:
         config_path = job_dir / "config.json"
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")

@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import shlex
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ from tuning_trainer.events import STDOUT_ENV
 
 from ...errors import APIError
 from ...settings import Settings
-from ...states import JobStatus
+from ...states import ACTIVE, JobStatus
 from ...storage.store import Store
 from ..tailer import Record
 from .base import EXECUTOR_LOST, Executor, Run
@@ -58,6 +60,8 @@ PASSTHROUGH_ENV = (
     "TOKENIZERS_PARALLELISM",
     "COVERAGE_PROCESS_START",
 )
+CALL_TIMEOUT = 5.0  # seconds a call to the head may take (a whole log: LOGS_TIMEOUT)
+LOGS_TIMEOUT = 30.0
 STATUS_MAX_AGE = 0.25  # seconds a job's Ray status is reused by the supervisor's (much faster) ticks
 NODES_MAX_AGE = 10.0
 RECONNECT_SECONDS = 1.0
@@ -66,6 +70,11 @@ PENDING, RUNNING = "PENDING", "RUNNING"
 
 class JobUnknown(Exception):
     """Ray answered 404 for the submission id."""
+
+
+def stop_marker(job_dir: Path, ref: str) -> Path:
+    """A file whose presence makes the run `ref` exit before it starts the trainer."""
+    return job_dir / f".stopped-{ref}"
 
 
 def next_ref(row: dict[str, Any]) -> str:
@@ -98,6 +107,8 @@ class RayExecutor(Executor):
         self._unreachable: dict[str, float] = {}
         self._nodes: tuple[float, list[dict[str, Any]]] | None = None
         self._http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=5.0), retries=False)
+        # This service among others that may share the cluster: its database, by path and host.
+        self.instance = f"{socket.gethostname()}:{settings.db_path}"
 
     # ---- paths on the shared storage ---------------------------------------------------------------------
 
@@ -123,8 +134,10 @@ class RayExecutor(Executor):
 
     # ---- talking to the head -----------------------------------------------------------------------------
 
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """A JobSubmissionClient call off the event loop: 404 -> JobUnknown, no answer -> ConnectionError."""
+    async def _call(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT, **kwargs: Any) -> Any:
+        """A JobSubmissionClient call off the event loop: 404 -> JobUnknown; no answer, an error status or no
+        answer within `timeout` -> ConnectionError (Ray's client sets no timeout of its own: a head that
+        hangs would otherwise stall every job's supervision)."""
 
         def call() -> Any:
             if self._client is None:
@@ -134,14 +147,17 @@ class RayExecutor(Executor):
             return getattr(self._client, method)(*args, **kwargs)
 
         try:
-            return await asyncio.to_thread(call)
+            return await asyncio.wait_for(asyncio.to_thread(call), timeout)
         except RuntimeError as exc:
             if "status code 404" in str(exc):
                 raise JobUnknown(str(exc)) from None
-            raise
+            failure: Exception = exc  # another error status (a 5xx: the head is there, but unwell)
+        except asyncio.TimeoutError:
+            failure = TimeoutError(f"no answer in {timeout:g} s")
         except Exception as exc:  # requests' and Ray's own errors for a head that does not answer
-            self._nodes = None  # what the head said of its nodes is not trusted any longer
-            raise ConnectionError(f"the Ray head at {self.address} does not answer: {exc}") from exc
+            failure = exc
+        self._nodes = None  # what the head said of its nodes is not trusted any longer
+        raise ConnectionError(f"the Ray head at {self.address} does not answer: {failure}") from failure
 
     async def _info(self, ref: str, *, max_age: float = STATUS_MAX_AGE) -> Any:
         now = time.monotonic()
@@ -165,20 +181,26 @@ class RayExecutor(Executor):
             # Recovery goes on: jobs on an unreachable head fail with executor_lost if it does not come back.
             log.warning("%s", exc)
 
+    def _metadata(self, job_id: str) -> dict[str, str]:
+        # Whose job it is: another service (another database) may share the cluster.
+        return {"tuning_job": job_id, "tuning_service": self.instance}
+
     async def _stop_leftovers(self) -> None:
-        """Stop every Ray job of ours whose job has ended here (a run cancelled while still PENDING)."""
-        for job in await self._call("list_jobs"):
-            job_id = (job.metadata or {}).get("tuning_job")
-            if not job_id or job.status.is_terminal():
+        """Stop every Ray job of this service whose run is not the job's current one here (a run stopped while
+        still PENDING, the job since ended, paused or resumed as a new run)."""
+        for job in await self._call("list_jobs", timeout=LOGS_TIMEOUT):
+            meta = job.metadata or {}
+            job_id = meta.get("tuning_job")
+            if not job_id or meta.get("tuning_service") != self.instance or job.status.is_terminal():
                 continue
             row = await self.store.get_job(job_id)
-            if (
-                row is None
-                or JobStatus(row["status"]).is_terminal()
-                or row["executor_ref"] != job.submission_id
-            ):
+            current = row is not None and row["executor_ref"] == job.submission_id
+            if not current or JobStatus(row["status"]) not in ACTIVE:  # type: ignore[index]
                 log.info("Ray job %s outlived its run here: stopping it", job.submission_id)
-                await self._call("stop_job", job.submission_id)
+                try:
+                    await self._call("stop_job", job.submission_id)
+                except JobUnknown:
+                    pass
 
     async def close(self) -> None:
         for job_id in list(self._tails):
@@ -249,19 +271,33 @@ class RayExecutor(Executor):
                 "TUNING_MODELS_DIR": self.to_worker(str(self.settings.models_dir)),
                 "PYTHONUNBUFFERED": "1",
                 STDOUT_ENV: "1",
+                # Read by the Ray process that supervises the entrypoint, on whichever node it runs: after
+                # stop_job, the trainer gets our grace period to checkpoint before Ray's SIGKILL (Ray's own
+                # default is 3 s).
+                "RAY_JOB_STOP_WAIT_TIME_S": str(math.ceil(self.settings.cancel_grace_seconds)),
             }
         )
-        # `exec`: Ray runs the entrypoint through a shell; the launcher then replaces it.
-        entrypoint = "exec " + shlex.join([*argv, "--config", self.to_worker(str(config_path))])
-        await self._call(
-            "submit_job",
-            entrypoint=entrypoint,
-            submission_id=ref,
-            runtime_env={"env_vars": env},
-            entrypoint_num_cpus=self.settings.ray_num_cpus,
-            entrypoint_num_gpus=num_gpus or None,
-            metadata={"tuning_job": row["id"]},
-        )
+        # `exec`: Ray runs the entrypoint through a shell; the launcher then replaces it. The guard: a run
+        # stopped while still PENDING (stop_marker) exits at once if Ray starts it anyway.
+        guard = f"test -e {shlex.quote(self.to_worker(str(stop_marker(job_dir, ref))))} && exit 0"
+        entrypoint = f"{guard}; exec " + shlex.join([*argv, "--config", self.to_worker(str(config_path))])
+        try:
+            await self._call(
+                "submit_job",
+                entrypoint=entrypoint,
+                submission_id=ref,
+                runtime_env={"env_vars": env},
+                entrypoint_num_cpus=self.settings.ray_num_cpus,
+                entrypoint_num_gpus=num_gpus or None,
+                metadata=self._metadata(row["id"]),
+            )
+        except ConnectionError:
+            # The answer may be what was lost, not the submission: a job Ray has is ours to follow.
+            try:
+                await self._info(ref, max_age=0)
+            except (JobUnknown, ConnectionError):
+                raise
+            log.warning("job %s: the submission's answer was lost, but Ray has %s", row["id"], ref)
         log.info("job %s: submitted to Ray as %s: %s", row["id"], ref, entrypoint)
         return {}, None
 
@@ -279,8 +315,8 @@ class RayExecutor(Executor):
 
     async def observe(self, run: Run, row: dict[str, Any], now: float) -> bool:
         ref = row["executor_ref"]
-        if not ref:
-            run.lost = (EXECUTOR_LOST, "the job was never submitted to Ray (the service stopped first)")
+        if not ref:  # (the id is stored before anything is submitted: a row written some other way)
+            run.lost = (EXECUTOR_LOST, "the job has no Ray submission id")
             return False
         # Once the trainer has said its last word, its end is near: ask every tick, not every STATUS_MAX_AGE.
         max_age = 0.0 if row.get("terminal_record") else STATUS_MAX_AGE
@@ -289,8 +325,8 @@ class RayExecutor(Executor):
         except JobUnknown:
             run.lost = (
                 EXECUTOR_LOST,
-                f"Ray no longer knows job {ref} (a head restarted without GCS fault tolerance forgets every "
-                "job)",
+                f"Ray does not know job {ref}: a head restarted without GCS fault tolerance forgets every "
+                "job (or the service stopped while submitting it)",
             )
             return False
         except ConnectionError as exc:
@@ -307,10 +343,13 @@ class RayExecutor(Executor):
         status = str(info.status)
         if status == PENDING:
             if row["status"] in (JobStatus.CANCELLING.value, JobStatus.PAUSING.value):
-                run.never_started = (
-                    True  # its stop is queued on Ray (stop): it ends there when it would start
-                )
-                return False
+                # Not started: it need not be waited for once it cannot start the trainer any more: the
+                # marker makes its entrypoint exit at once, and Ray's queued stop ends it when it would start.
+                marker = stop_marker(self.settings.jobs_dir / row["id"], ref)
+                await asyncio.to_thread(marker.touch)
+                if await self.stop(row):
+                    run.never_started = True
+                    return False
             return True
         if status == RUNNING:
             return True
@@ -327,7 +366,7 @@ class RayExecutor(Executor):
         start = row["stream_lines"]
         if final:
             try:
-                text = await self._call("get_job_logs", ref)
+                text = await self._call("get_job_logs", ref, timeout=LOGS_TIMEOUT)
             except (JobUnknown, ConnectionError):
                 return [], {}
             lines = split_lines(text, final=True)[start:]
@@ -380,8 +419,8 @@ class RayExecutor(Executor):
 
     def forget(self, job_id: str) -> None:
         tail = self._tails.pop(job_id, None)
-        if tail is not None:
-            if tail.task is not None:
-                tail.task.cancel()
-            self._status.pop(tail.ref, None)
+        if tail is not None and tail.task is not None:
+            tail.task.cancel()
+        for ref in [r for r in self._status if r == job_id or r.startswith(f"{job_id}-run")]:
+            del self._status[ref]
         self._unreachable.pop(job_id, None)

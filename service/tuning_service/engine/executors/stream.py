@@ -1,5 +1,6 @@
-"""A run's records from its stdout alone (the Ray executor): the trainer prints each record as one line behind
-RECORD_MARKER (tuning_trainer/events.py), mixed with the launcher's and Ray's own lines.
+"""A run's records from its stdout alone (the Ray executor): the trainer prints each record as one line that
+starts with RECORD_MARKER (tuning_trainer/events.py), mixed with the launcher's and Ray's own lines. Only a
+line that starts with it is a record: text that merely contains it (a printed sample, say) stays a log line.
 
 The stream is replayed from its first byte whenever it is read again (a reconnect, a restarted service), so
 positions are counted in lines and records carry the trainer's sequence number: lines before the stored line
@@ -61,14 +62,11 @@ def stream_records(
     now = time.time()
     for raw in lines:
         text = raw.rstrip("\r")
-        at = text.find(RECORD_MARKER)
-        if at < 0:
+        if not text.startswith(RECORD_MARKER):  # (the trainer starts each record on a line of its own)
             if text.strip():
                 out.append(("log", now, {"line": tailer.log_text(text.encode("utf-8"))}))
             continue
-        before, payload = text[:at], text[at + len(RECORD_MARKER) :]
-        if before.strip():  # output without a newline just before the record (a progress bar)
-            out.append(("log", now, {"line": tailer.log_text(before.encode("utf-8"))}))
+        payload = text[len(RECORD_MARKER) :]
         try:
             record, seq = tailer.parse_sequenced(payload.encode("utf-8"))
         except ValueError as exc:

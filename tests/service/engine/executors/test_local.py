@@ -60,3 +60,22 @@ def test_trainer_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3" and env["HF_HUB_OFFLINE"] == "1"
     assert env["TUNING_MODELS_DIR"] == str(tmp_path / "models")
     assert "CUDA_VISIBLE_DEVICES" not in launch_command(s, _row([]))[1]
+
+
+def test_after_a_run_of_another_executor_the_files_are_read_from_their_ends(tmp_path: Path) -> None:
+    """A Ray run's trainer appended to the job's files too (its records came by its stdout): a local run of
+    the same job (the service restarted with TUNING_EXECUTOR=local, then a resume) must not read them again,
+    or the Ray run's `interrupted` record would decide the new run's verdict."""
+    from tuning_service.engine.executors.local import LocalExecutor
+
+    ex = LocalExecutor(make_settings(tmp_path))
+    job_dir = ex.settings.jobs_dir / "j"
+    job_dir.mkdir(parents=True)
+    (job_dir / "events.jsonl").write_text('{"type": "started"}\n{"type": "interrupted"}\n')
+    (job_dir / "output.log").write_text("ray run output\n")
+    assert ex.plan({"id": "j", "executor": None}) == {} and ex.plan({"id": "j", "executor": "local"}) == {}
+    assert ex.plan({"id": "j", "executor": "ray"}) == {
+        "events_offset": len((job_dir / "events.jsonl").read_bytes()),
+        "events_lines": 2,
+        "log_offset": len("ray run output\n"),
+    }

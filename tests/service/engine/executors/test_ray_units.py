@@ -8,6 +8,7 @@ import asyncio
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,13 +24,15 @@ from tuning_trainer.events import STDOUT_ENV
 
 
 class Recorder:
+    """Answers each method with a value (stop_job: True unless given), or raises the exception given."""
+
     def __init__(self, answers: dict[str, Any] | None = None) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self.answers = answers or {}
 
     async def __call__(self, method: str, *args: Any, **kwargs: Any) -> Any:
         self.calls.append((method, args, kwargs))
-        answer = self.answers.get(method)
+        answer = self.answers.get(method, True if method == "stop_job" else None)
         if isinstance(answer, BaseException):
             raise answer
         return answer
@@ -71,13 +74,17 @@ def test_what_is_submitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     ((method, _, kw),) = ex._call.calls  # type: ignore[attr-defined]
     assert method == "submit_job" and kw["submission_id"] == "ftjob-1"
     assert kw["entrypoint_num_gpus"] == 2 and kw["entrypoint_num_cpus"] == 2.0
-    assert kw["metadata"] == {"tuning_job": "ftjob-1"}
-    argv = shlex.split(kw["entrypoint"])
+    assert kw["metadata"] == {"tuning_job": "ftjob-1", "tuning_service": ex.instance}
+    assert str(ex.settings.db_path) in ex.instance  # this service among others on the cluster
+    guard, _, command = kw["entrypoint"].partition("; ")
+    assert shlex.split(guard) == ["test", "-e", "/mnt/t/jobs/ftjob-1/.stopped-ftjob-1", "&&", "exit", "0"]
+    argv = shlex.split(command)
     assert argv[:4] == ["exec", "/opt/venv/bin/python", "-m", "accelerate.commands.launch"]
     assert argv[argv.index("--num_processes") + 1] == "2" and "--use_fsdp" in argv
     assert argv[-3:] == ["tuning_trainer", "--config", "/mnt/t/jobs/ftjob-1/config.json"]
     env = kw["runtime_env"]["env_vars"]
     assert env[STDOUT_ENV] == "1" and env["HF_HUB_OFFLINE"] == "1"
+    assert env["RAY_JOB_STOP_WAIT_TIME_S"] == "1"  # the grace period (make_settings: 1 s), not Ray's 3 s
     assert "TUNING_API_KEYS" not in env and "AWS_SECRET_ACCESS_KEY" not in env
     written = json.loads((job_dir / "config.json").read_text())
     assert written["output_dir"] == "/mnt/t/jobs/ftjob-1" and written["training_file"] == "/files/train.jsonl"
@@ -125,6 +132,13 @@ def test_a_status_becomes_a_verdict(tmp_path: Path) -> None:
 
     assert observe(SimpleNamespace(status="RUNNING"), 0.0)[0]
     assert observe(SimpleNamespace(status="PENDING"), 0.0)[0]
+    # Stopped while PENDING: done here once Ray has queued the stop (and the marker keeps its entrypoint
+    # from starting the trainer); a stop Ray did not take is asked again next time.
+    ex._call = Recorder({"get_job_info": SimpleNamespace(status="PENDING"), "stop_job": False})  # type: ignore[method-assign]
+    ex._status.clear()
+    (ex.settings.jobs_dir / "j").mkdir(parents=True)
+    assert asyncio.run(ex.observe(Run("j"), {**row, "status": "cancelling"}, 0.0))
+    assert (ex.settings.jobs_dir / "j" / ".stopped-j").exists()
     alive, run = observe(SimpleNamespace(status="PENDING"), 0.0, status="cancelling")
     assert not alive and run.never_started
     alive, run = observe(SimpleNamespace(status="FAILED", driver_exit_code=1, message="exited 1"), 3.0)
@@ -155,3 +169,40 @@ def test_the_service_says_how_to_install_ray(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setitem(sys.modules, "ray.job_submission", None)  # an import of it fails
     with pytest.raises(RuntimeError, match=r"pip install 'tuning\[ray\]'"):
         asyncio.run(executor(tmp_path).open())
+
+
+def test_every_failure_to_answer_is_a_connection_error(tmp_path: Path) -> None:
+    """Ray's client has no timeout and raises RuntimeError for any error status: a hung head, a 5xx and a
+    refused connection must all look the same to the supervisor (waited for, then executor_lost)."""
+    ex = executor(tmp_path)
+
+    class Client:
+        def get_job_info(self, ref: str) -> Any:
+            if ref == "hang":
+                time.sleep(2)
+            if ref == "unknown":
+                raise RuntimeError("Request failed with status code 404: Job unknown does not exist.")
+            if ref == "unwell":
+                raise RuntimeError("Request failed with status code 500: Internal Server Error.")
+            raise OSError("Connection refused")
+
+    ex._client = Client()
+    with pytest.raises(JobUnknown):
+        asyncio.run(ex._call("get_job_info", "unknown"))
+    for ref, why in (("hang", "no answer in 0.2 s"), ("unwell", "status code 500"), ("x", "refused")):
+        with pytest.raises(ConnectionError, match=why):
+            asyncio.run(ex._call("get_job_info", ref, timeout=0.2))
+
+
+def test_a_lost_submission_answer_is_not_a_failed_launch(tmp_path: Path) -> None:
+    ex = executor(tmp_path)
+    job_dir = ex.settings.data_dir / "jobs" / "j"
+    job_dir.mkdir(parents=True)
+    row = {"id": "j", "executor_ref": "j", "num_gpus": 0, "request": {}}
+    ex._call = Recorder(
+        {"submit_job": ConnectionError("reset"), "get_job_info": SimpleNamespace(status="PENDING")}
+    )  # type: ignore[method-assign]
+    assert asyncio.run(ex.launch(row, job_dir, {"output_dir": str(job_dir)})) == ({}, None)
+    ex._call = Recorder({"submit_job": ConnectionError("reset"), "get_job_info": JobUnknown("404")})  # type: ignore[method-assign]
+    with pytest.raises(JobUnknown):
+        asyncio.run(ex.launch(row, job_dir, {"output_dir": str(job_dir)}))

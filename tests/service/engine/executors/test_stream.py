@@ -48,10 +48,12 @@ def test_a_replayed_stream_stores_no_record_twice() -> None:
     assert [f["step"] for _, _, f in again] == [2] and last == 3
 
 
-def test_a_record_after_output_without_a_newline_and_bad_record_lines() -> None:
+def test_only_a_line_that_starts_with_the_marker_is_a_record_and_bad_record_lines() -> None:
     out, last = stream_records(
         [
-            "50%|#####     " + rec(1, step=1),
+            "50%|#####     ",  # a progress bar, ended by the newline the trainer writes before a record
+            rec(1, step=1),
+            "sample: " + rec(9, step=9),  # printed text that contains the marker: a log line, not a record
             RECORD_MARKER + "{not json",
             rec(2, "status"),
             RECORD_MARKER + "[1]",
@@ -59,8 +61,9 @@ def test_a_record_after_output_without_a_newline_and_bad_record_lines() -> None:
         last_seq=0,
     )
     assert out[0][0] == "log" and out[0][2] == {"line": "50%|#####     "}
-    assert out[1][0] == "metrics" and last == 1
-    skipped = [f["line"] for t, _, f in out[2:]]
+    assert out[1][0] == "metrics" and last == 1  # the forged seq 9 suppressed nothing
+    assert out[2][0] == "log" and out[2][2]["line"].startswith("sample: ")
+    skipped = [f["line"] for t, _, f in out[3:]]
     assert len(skipped) == 3 and all(s.startswith("[service] a record line") for s in skipped)
     assert "not valid JSON" in skipped[0] and "reserved for the service" in skipped[1]
 
