@@ -53,6 +53,7 @@ class RayHead:
             "--num-gpus", "0", "--object-store-memory", str(100 * 1024 * 1024), *map(str, ports),
         )  # fmt: skip
         if done.returncode != 0:
+            self.kill()  # whatever it left running
             raise RuntimeError(f"scripts/ray-local start failed:\n{done.stdout}\n{done.stderr}")
         assert f"TUNING_RAY_ADDRESS={self.address}" in done.stdout, done.stdout
         return self
@@ -65,6 +66,8 @@ class RayHead:
 
     def kill(self) -> None:
         """The head and every process it started, at once (SIGKILL): a lost head, for the tests."""
+        if not (self.dir / "head.pid").exists():
+            return
         for pid in {self.pid} | _descendants(self.pid):
             try:
                 os.killpg(os.getpgid(pid), signal.SIGKILL)

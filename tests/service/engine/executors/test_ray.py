@@ -129,6 +129,8 @@ def test_a_real_job_on_ray_succeeds_with_the_records_of_the_local_executor(
         steps = [r["step"] for r in got if r["type"] == "metrics"]
         assert steps == list(range(1, SMALL["max_steps"] + 1))
         assert on_ray.get(f"/v1/tunings.download/{ray_job}").status == 200
+        ckpts = on_ray.get(f"/v1/tunings.checkpoints/{ray_job}").json()["data"]
+        assert [c["step"] for c in ckpts] == [3], ckpts  # (the last step is the final adapter)
     finally:
         on_ray.shutdown()
         local.shutdown()

@@ -179,7 +179,7 @@ def test_every_failure_to_answer_is_a_connection_error(tmp_path: Path) -> None:
     class Client:
         def get_job_info(self, ref: str) -> Any:
             if ref == "hang":
-                time.sleep(2)
+                time.sleep(0.6)
             if ref == "unknown":
                 raise RuntimeError("Request failed with status code 404: Job unknown does not exist.")
             if ref == "unwell":
