@@ -9,6 +9,7 @@ free ports of its own, so it never meets another head on the same machine.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,6 +78,7 @@ class RayHead:
     def stop(self) -> None:
         done = self._script("stop")
         assert done.returncode == 0, done.stderr
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _descendants(root: int) -> set[int]:

@@ -157,9 +157,13 @@ def test_cancel_a_job_ray_holds_pending(light_service_env: ServiceEnv, ray_head:
     )
     try:
         job_id = fake_job(svc, "complete")["id"]
-        svc.wait_for(job_id, "running")
+        svc.wait_for(job_id, "running")  # (claimed: the submission to Ray follows)
+        client, deadline = ray_client(ray_head), time.monotonic() + 20
+        while not any(j.submission_id == job_id for j in client.list_jobs()):
+            assert time.monotonic() < deadline, "never submitted"
+            time.sleep(0.1)
         time.sleep(1.0)
-        assert str(ray_client(ray_head).get_job_status(job_id)) == "PENDING"
+        assert str(client.get_job_status(job_id)) == "PENDING"
         t0 = time.monotonic()
         assert svc.post(f"/v1/tunings.cancel/{job_id}").status == 200
         job = svc.wait_for(job_id, TERMINAL, timeout=10)
@@ -169,7 +173,7 @@ def test_cancel_a_job_ray_holds_pending(light_service_env: ServiceEnv, ray_head:
         # Should Ray start it after all, its entrypoint exits before the trainer (the marker), and Ray's
         # queued stop ends it. (This head can never schedule it: the Ray job itself stays PENDING.)
         assert (svc.data_dir / "jobs" / job_id / f".stopped-{job_id}").exists()
-        assert str(ray_client(ray_head).get_job_status(job_id)) == "PENDING"
+        assert str(client.get_job_status(job_id)) == "PENDING"
     finally:
         svc.shutdown()
 
