@@ -229,7 +229,7 @@ def decide_outcome(
     if exit_code is None:
         message = (
             "the trainer exited without reporting a result (exit status unknown: started by an earlier "
-            "service process)"
+            "service process, or its executor did not say)"
         )
     else:
         message = f"the trainer exited with code {exit_code} without reporting a result"

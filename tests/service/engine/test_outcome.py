@@ -184,3 +184,13 @@ def test_a_run_lost_while_pausing_is_not_paused() -> None:
         **lost,
     )  # fmt: skip
     assert status == JobStatus.CANCELLED and "may not have stopped" in message
+
+
+def test_a_run_ray_failed_without_an_exit_code_says_what_ray_said() -> None:
+    """The supervisor adds Ray's own account (Run.note) as the tail's last line: the message ends with it."""
+    note = "[ray] job j FAILED: Job supervisor actor died"
+    status, message, fields = decide_outcome(
+        row(status="running"), exit_code=None, killed_by_us=False, log_tail=["step 2", note]
+    )
+    assert status == JobStatus.FAILED and fields["error"]["code"] == "trainer_crashed"
+    assert "its executor did not say" in message and message.endswith(repr(note))
