@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from tests.support.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,7 +71,12 @@ class RayHead:
         """The head and every process it started, at once (SIGKILL): a lost head, for the tests."""
         if not (self.dir / "head.pid").exists():
             return
-        for pid in {self.pid} | _descendants(self.pid):
+        try:
+            head = psutil.Process(self.pid)
+            pids = {self.pid, *(p.pid for p in head.children(recursive=True))}
+        except psutil.NoSuchProcess:
+            return
+        for pid in pids:
             try:
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -79,23 +86,3 @@ class RayHead:
         done = self._script("stop")
         assert done.returncode == 0, done.stderr
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-        except OSError:
-            continue
-        children.setdefault(int(stat[stat.rfind(")") + 2 :].split()[1]), []).append(int(entry.name))
-    out: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
