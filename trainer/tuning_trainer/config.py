@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, get_args
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from .schema import INTEGRAL, StrictModel, first_problem, json_schema
 
@@ -138,6 +138,107 @@ class Hyperparameters(StrictModel):
     base"""
 
 
+# ---- experiment trackers (the create body's `integrations`; trackers.py logs to them) --------------------
+
+MAX_TRACKER_NAME_CHARS: Final = 128
+MAX_TRACKER_TAGS: Final = 64
+MAX_TRACKER_TAG_CHARS: Final = 64  # W&B's own limit on a tag
+MAX_TRACKER_URI_CHARS: Final = 2048
+TrackerName = Annotated[
+    str, Field(min_length=1, max_length=MAX_TRACKER_NAME_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+# A remote MLflow server only: a `file:` or database URI would let a client write anywhere the trainer can.
+# Without one the run goes to the service's TUNING_MLFLOW_TRACKING_URI, else to a file store in the job's
+# folder.
+MLFLOW_URI_PATTERN: Final = r"^(https?://[^\x00-\x20\x7f-\x9f]+|databricks(://[A-Za-z0-9_.-]+)?)$"
+
+
+class WandbSettings(StrictModel):
+    """Where a W&B run goes (OpenAI's `integrations[].wandb`). The W&B API key is the API key's own, set on
+    the server (`keys set-integration --wandb-api-key`); WANDB_MODE=offline in the service's environment
+    writes the run into the job's folder instead."""
+
+    project: TrackerName
+    name: TrackerName | None = None
+    """The run's display name (default: the job id)"""
+    entity: TrackerName | None = None
+    """The team or user (default: the key's W&B default entity)"""
+    tags: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=MAX_TRACKER_TAG_CHARS)]],
+        Field(max_length=MAX_TRACKER_TAGS),
+    ] = []
+
+
+class WandbIntegration(StrictModel):
+    """Log the run to Weights & Biases."""
+
+    type: Literal["wandb"]
+    wandb: WandbSettings
+
+
+class MlflowSettings(StrictModel):
+    tracking_uri: (
+        Annotated[
+            str,
+            Field(
+                max_length=MAX_TRACKER_URI_CHARS,
+                pattern=MLFLOW_URI_PATTERN,
+                json_schema_extra={
+                    "x-rule": "an http:// or https:// URL of an MLflow tracking server, or databricks "
+                    "(never a file or database URI)"
+                },
+            ),
+        ]
+        | None
+    ) = None
+    """An MLflow tracking server (http(s)://... or databricks); default: the service's
+    TUNING_MLFLOW_TRACKING_URI, else a file store in the job's folder (`mlruns/`)"""
+    experiment: TrackerName = "tuning"
+    """The MLflow experiment (made when missing)"""
+
+
+class MlflowIntegration(StrictModel):
+    """Log the run to MLflow."""
+
+    type: Literal["mlflow"]
+    mlflow: MlflowSettings = MlflowSettings()
+
+
+class TensorboardIntegration(StrictModel):
+    """Write TensorBoard event files into the job's folder (`tensorboard/`; download them with
+    `tunings.download?artifact=tensorboard`)."""
+
+    type: Literal["tensorboard"]
+
+
+Integration = Annotated[
+    WandbIntegration | MlflowIntegration | TensorboardIntegration, Field(discriminator="type")
+]
+TRACKER_TYPES: tuple[str, ...] = ("wandb", "mlflow", "tensorboard")
+
+
+def _one_per_tracker(value: list[Any]) -> list[Any]:
+    seen: set[str] = set()
+    for item in value:
+        if item.type in seen:
+            raise ValueError(f"{item.type} is listed twice: give each tracker once")
+        seen.add(item.type)
+    return value
+
+
+Integrations = Annotated[
+    list[Integration],
+    Field(
+        max_length=len(TRACKER_TYPES),
+        description="Experiment trackers the trainer logs the resolved config, every metric and every eval "
+        "to (rank 0 only). A tracker that fails (package missing, server unreachable) costs a `warning` "
+        "record, never the job",
+        json_schema_extra={"x-rule": "at most one of each type: wandb, mlflow, tensorboard"},
+    ),
+    AfterValidator(_one_per_tracker),
+]
+
+
 class JobConfig(StrictModel):
     """A job as the trainer runs it (its config.json)."""
 
@@ -161,6 +262,11 @@ class JobConfig(StrictModel):
     """An adapter folder (a job's adapter, or a checkpoint's) whose weights and LoRA shape the run starts
     from, with a fresh optimizer and schedule (the service's from_checkpoint)"""
     hyperparameters: Hyperparameters = Hyperparameters()
+    integrations: Integrations = []
+    """Experiment trackers to log to (rank 0); the run is named after the output folder (the job id)"""
+    mlflow_tracking_uri: Annotated[str, Field(min_length=1)] | None = None
+    """The service's MLflow server for an `mlflow` integration without its own tracking_uri (default: a
+    file store in output_dir/mlruns)"""
 
     @model_validator(mode="before")
     @classmethod

@@ -233,6 +233,9 @@ class _Resolver:
                 current = self.resolve(node)
                 if isinstance(part, str) and "anyOf" in current:
                     node = _branch(current, part, self) or node
+                tags = (current.get("discriminator") or {}).get("mapping") or {}
+                if isinstance(part, str) and part in tags:  # a tagged union's branch, by its tag
+                    node = {"$ref": tags[part]}
                 continue  # else a tag of pydantic's own (a validator wrapper): still the same field
             parent, node = node, step
             path.append(str(part))
@@ -308,6 +311,10 @@ def describe(node: Any, resolver: _Resolver | None = None) -> str:
     n = resolver.resolve(node)
     if "x-rule" in n:
         return str(n["x-rule"])
+    if "discriminator" in n:  # a tagged union: objects told apart by one property
+        tag = n["discriminator"].get("propertyName", "type")
+        names = ", ".join(json.dumps(v) for v in n["discriminator"].get("mapping", {}))
+        return f"an object whose {tag} is one of {names}"
     if "anyOf" in n:
         parts = [describe(b, resolver) for b in n["anyOf"] if resolver.resolve(b).get("type") != "null"]
         return " or ".join(dict.fromkeys(parts))
