@@ -109,6 +109,15 @@ class Settings(BaseSettings):
     executor_lost_seconds: Annotated[float, Field(gt=0)] = 15.0
     """How long an unreachable Ray head is waited for before its running jobs fail with `executor_lost`"""
 
+    max_runtime_seconds: Annotated[int, Field(ge=1)] | None = None
+    """The `max_runtime_seconds` of a job created without one (empty: no limit)"""
+    fair_share_window_hours: Annotated[float, Field(gt=0)] = 24.0
+    """Among queued jobs of equal priority, the API key with the least GPU time over this many past hours
+    goes first"""
+    quota_window_days: Annotated[float, Field(gt=0)] = 30.0
+    """A key's `max_gpu_hours` counts its GPU time over this many past days"""
+    mlflow_tracking_uri: str = ""
+    """The MLflow server of an `mlflow` integration that names none; empty: a file store in the job's folder"""
     inference_engine: Literal["transformers", "vllm"] = "transformers"
     """What serves /v1/chat/completions: transformers + peft (embedded, any device), or vLLM where it is
     installed (a GPU; LoRA adapters loaded at run time)"""

@@ -210,9 +210,24 @@ class Interrupted(_Record):
     exit_code: Literal[4]
 
 
-RECORDS: tuple[type[_Record], ...] = (Started, Metrics, Eval, Checkpoint, Completed, Failed, Interrupted)
+class RunWarning(_Record):
+    """Something went wrong that does not stop the run (e.g. an experiment tracker failed: it is turned off
+    for the rest of the run)."""
+
+    type: Literal["warning"]
+    code: str
+    """e.g. tracker_failed"""
+    message: str
+    tracker: str | None = None
+    """The tracker concerned (wandb, mlflow, tensorboard)"""
+
+
+RECORDS: tuple[type[_Record], ...] = (
+    Started, Metrics, Eval, Checkpoint, Completed, Failed, Interrupted, RunWarning
+)  # fmt: skip
 TrainerRecord = Annotated[
-    Started | Metrics | Eval | Checkpoint | Completed | Failed | Interrupted, Field(discriminator="type")
+    Started | Metrics | Eval | Checkpoint | Completed | Failed | Interrupted | RunWarning,
+    Field(discriminator="type"),
 ]
 
 

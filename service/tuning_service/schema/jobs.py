@@ -14,6 +14,8 @@ from tuning_trainer.config import (
     DEFAULT_SEED,
     Adapter,
     Hyperparameters,
+    Integration,
+    Integrations,
     LegacyMethod,
     Method,
     Seed,
@@ -155,6 +157,44 @@ WebhookUrl = Annotated[
         },
     ),
 ]
+MAX_PRIORITY = 100
+Priority = Annotated[
+    int,
+    Field(
+        ge=-MAX_PRIORITY,
+        le=MAX_PRIORITY,
+        description="The queue runs higher priorities first; among equal priorities, the API key with the "
+        "least GPU time in the fair-share window (TUNING_FAIR_SHARE_WINDOW_HOURS) first, then creation order",
+    ),
+    INTEGRAL,
+]
+MAX_RUNTIME_LIMIT_SECONDS = 30 * 24 * 3600
+MaxRuntimeSeconds = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_RUNTIME_LIMIT_SECONDS,
+        description="Training time allowed, counted over the job's runs (retries included) since it was "
+        "created or last resumed by hand. At the deadline the trainer checkpoints and stops, and the job "
+        "fails with `deadline_exceeded`, keeping the checkpoint: `tunings.resume` continues it with a fresh "
+        "allowance. Default: the service's TUNING_MAX_RUNTIME_SECONDS (none: no limit)",
+    ),
+    INTEGRAL,
+]
+MAX_AUTO_RETRY = 10
+AutoRetry = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=MAX_AUTO_RETRY,
+        description="Restart the job from its newest checkpoint up to this many times after an "
+        "infrastructure failure: the trainer crashed or was killed, ran out of memory (retried with the "
+        "smaller micro-batch the trainer suggests, gradient accumulation raised to keep the batch), or "
+        "the service restarted. Never after a user error (bad data or config, model not found). Each "
+        "retry is a `retry` record",
+    ),
+    INTEGRAL,
+]
 # from_checkpoint: a job id (its final adapter), JOB_ID:STEP (a checkpoint of it), or OpenAI's checkpoint id.
 FROM_CHECKPOINT_PATTERN = (
     r"^(ftjob-[A-Za-z0-9_-]{1,64}(:[0-9]{1,10})?|ftckpt-[A-Za-z0-9_-]{1,64}-[0-9]{1,10})$"
@@ -267,6 +307,10 @@ class CreateTuningRequest(RequestBody):
     checkpoints to resume from"""
     num_gpus: NumGpus = 1
     distributed: Distributed = "ddp"
+    integrations: Integrations = []
+    priority: Priority = 0
+    max_runtime_seconds: MaxRuntimeSeconds | None = None
+    auto_retry: AutoRetry = 0
     dry_run: DryRun = False
 
     @model_validator(mode="after")
@@ -321,6 +365,14 @@ class CreateTuningRequest(RequestBody):
             out["distributed"] = self.distributed
         if self.from_checkpoint is not None:
             out["from_checkpoint"] = self.from_checkpoint
+        if self.integrations:
+            out["integrations"] = [i.model_dump() for i in self.integrations]
+        if self.priority:
+            out["priority"] = self.priority
+        if self.max_runtime_seconds is not None:
+            out["max_runtime_seconds"] = self.max_runtime_seconds
+        if self.auto_retry:
+            out["auto_retry"] = self.auto_retry
         return out
 
 
@@ -413,6 +465,14 @@ class TuningJob(ResponseModel):
     trained_tokens: int | None
     error: JobError | None
     metrics: TrainingMetrics | None
+    integrations: list[Integration]
+    """The experiment trackers the trainer logs to"""
+    priority: int
+    max_runtime_seconds: int | None
+    """The job's own limit, or the service's default when it was created (null: none)"""
+    auto_retry: int
+    retries: int
+    """Automatic retries used so far (each one a `retry` record)"""
     webhook_url: str | None = None
     """Only on jobs created with a webhook_url"""
     webhook_events: list[WebhookEvent] | None = None
@@ -511,6 +571,29 @@ class ResumedAfterRestartRecord(_Sequenced):
     checkpoint: str
 
 
+WarningRecord = lenient(records.RunWarning, name="WarningRecord", base=_Sequenced)
+
+
+class RetryRecord(_Sequenced):
+    """An infrastructure failure of the job's run (auto_retry): the job was queued again to continue from
+    its newest checkpoint."""
+
+    type: Literal["retry"]
+    time: float
+    attempt: int
+    """1 for the first retry"""
+    max_retries: int
+    """The job's auto_retry"""
+    reason: str
+    """The failure's code: trainer_crashed, trainer_killed, out_of_memory, service_restart, ..."""
+    message: str
+    step: int | None
+    """The checkpoint's step the next run starts from (null: from the beginning)"""
+    checkpoint: str | None
+    batch_size: int | None = None
+    """Out of memory: the smaller micro-batch the next run uses"""
+
+
 class LogRecord(RootModel[Any]):
     """One record of a job: the trainer's (started, metrics, eval, checkpoint, completed, failed,
     interrupted: docs/trainer-protocol.md) or the service's (status changes, `log` lines of the trainer's
@@ -524,18 +607,20 @@ class LogRecord(RootModel[Any]):
         | CompletedRecord  # type: ignore[valid-type]
         | FailedRecord  # type: ignore[valid-type]
         | InterruptedRecord  # type: ignore[valid-type]
+        | WarningRecord  # type: ignore[valid-type]
         | StatusRecord
         | LogLineRecord
         | WebhookRecord
-        | ResumedAfterRestartRecord,
+        | ResumedAfterRestartRecord
+        | RetryRecord,
         Field(discriminator="type"),
     ]
 
 
 # The types LogRecord's union knows (tests/service/schema/test_document.py checks that they agree).
 RecordType = Literal[
-    "started", "metrics", "eval", "checkpoint", "completed", "failed", "interrupted",  # the trainer's
-    "status", "log", "webhook", "resumed_after_restart",  # the service's
+    "started", "metrics", "eval", "checkpoint", "completed", "failed", "interrupted", "warning",  # trainer
+    "status", "log", "webhook", "resumed_after_restart", "retry",  # the service's
 ]  # fmt: skip
 
 

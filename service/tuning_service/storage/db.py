@@ -13,17 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from ..states import JobStatus, check_transition
+from ..states import ACTIVE, JobStatus, check_transition
 
 BUSY_TIMEOUT_MS = 10_000
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Columns added after the first schema: (table, column, declaration). Added at start-up when missing, so an
 # existing database upgrades in place (CREATE TABLE IF NOT EXISTS does not add columns).
@@ -39,6 +39,15 @@ ADDED_COLUMNS = (
     ("jobs", "executor_ref", "TEXT"),  # the executor's id of that run (the Ray submission id)
     ("jobs", "stream_lines", "INTEGER NOT NULL DEFAULT 0"),  # lines of the run's stdout stored (Ray)
     ("jobs", "stream_seq", "INTEGER NOT NULL DEFAULT 0"),  # the last trainer record seq stored (Ray)
+    ("jobs", "priority", "INTEGER NOT NULL DEFAULT 0"),  # the request's priority, for the queue's order
+    ("jobs", "retries", "INTEGER NOT NULL DEFAULT 0"),  # automatic retries used (auto_retry)
+    ("jobs", "runtime_since", "REAL"),  # max_runtime_seconds counts the runs since (NULL: created_at)
+    ("jobs", "deadline_requested_at", "REAL"),  # the run was asked to stop at its max_runtime_seconds
+    ("api_keys", "max_running_jobs", "INTEGER"),  # NULL: no limit (quotas, usage.py)
+    ("api_keys", "max_queued_jobs", "INTEGER"),
+    ("api_keys", "max_gpu_hours", "REAL"),
+    ("api_keys", "wandb_api_key", "TEXT"),  # given to this key's trainers only, never shown
+    ("api_keys", "hf_token", "TEXT"),
 )
 # Data rewritten at start-up, idempotent. Before preference tuning a request's `method` named the adapter
 # ("qlora"/"lora"); it is now the training method ("sft", "dpo", ...) beside `adapter`.
@@ -124,6 +133,16 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at REAL
 );
 
+CREATE TABLE IF NOT EXISTS job_runs (       -- every run of a job, for GPU time: quotas and fair share
+    job_id TEXT NOT NULL,                    -- no FK: a deleted job's GPU time still counts
+    owner TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,                           -- NULL while the run holds its slot
+    gpus INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_runs_owner ON job_runs(owner, started_at);
+CREATE INDEX IF NOT EXISTS job_runs_job ON job_runs(job_id, ended_at);
+
 CREATE TABLE IF NOT EXISTS job_durations (   -- the job duration histogram of /metrics (metrics.py)
     status TEXT PRIMARY KEY,                 -- succeeded | failed | cancelled
     buckets TEXT NOT NULL,                   -- JSON list: jobs per metrics.JOB_DURATION_BUCKETS bucket, +Inf
@@ -198,6 +217,11 @@ def rows_to_dicts(rows: list[sqlite3.Row]) -> list[dict[str, Any]]:
     return out
 
 
+def _bind(params: Iterable[Any]) -> Any:
+    # Named parameters (a mapping, for `:name` placeholders) as they are; positional ones as a tuple.
+    return params if isinstance(params, Mapping) else tuple(params)
+
+
 def _first(rows: Iterable[sqlite3.Row]) -> dict[str, Any] | None:
     for row in rows:
         return row_to_dict(row)
@@ -217,13 +241,13 @@ class Tx:
         self.on_append = on_append
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
-        return await self.conn.execute(sql, tuple(params))
+        return await self.conn.execute(sql, _bind(params))
 
     async def one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
-        return _first(await self.conn.execute_fetchall(sql, tuple(params)))
+        return _first(await self.conn.execute_fetchall(sql, _bind(params)))
 
     async def all(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
-        return rows_to_dicts(list(await self.conn.execute_fetchall(sql, tuple(params))))
+        return rows_to_dicts(list(await self.conn.execute_fetchall(sql, _bind(params))))
 
     async def job(self, job_id: str) -> dict[str, Any] | None:
         return await self.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -282,6 +306,10 @@ class Tx:
         changed = await self.update(row["id"], where={"status": old.value}, status=new.value, **fields)
         if changed != 1:
             raise RuntimeError(f"job {row['id']} changed status concurrently (expected {old.value})")
+        if old in ACTIVE and new not in ACTIVE:  # the run gives its slot back: its GPU time ends here
+            await self.execute(
+                "UPDATE job_runs SET ended_at = ? WHERE job_id = ? AND ended_at IS NULL", (now, row["id"])
+            )
         data: dict[str, Any] = {"status": new.value}
         if message:
             data["message"] = message
@@ -389,16 +417,16 @@ class Database:
     # three thread hand-offs per query, each waiting for the GIL and, on a busy machine, for a core: that
     # was most of a request's time (docs/benchmarks.md, B1/B2). Big scans pass `in_thread=True`.
     async def one(self, sql: str, params: Iterable[Any] = ()) -> dict[str, Any] | None:
-        return _first(self.reader.execute(sql, tuple(params)).fetchall())
+        return _first(self.reader.execute(sql, _bind(params)).fetchall())
 
     async def all(
         self, sql: str, params: Iterable[Any] = (), *, in_thread: bool = False
     ) -> list[dict[str, Any]]:
         if in_thread:
             async with self._lock:
-                rows = await self.conn.execute_fetchall(sql, tuple(params))
+                rows = await self.conn.execute_fetchall(sql, _bind(params))
         else:
-            rows = self.reader.execute(sql, tuple(params)).fetchall()
+            rows = self.reader.execute(sql, _bind(params)).fetchall()
         return rows_to_dicts(list(rows))
 
     async def pragma(self, name: str) -> Any:

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from ..states import ACTIVE, NON_TERMINAL, JobStatus
 from .db import Database
+from .usage import QUEUE_ORDER, check_quota
 
 _ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in ACTIVE)
 _NON_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in NON_TERMINAL)
@@ -17,7 +18,7 @@ _NON_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in NON_TERMINAL)
 # half of a page's CPU time (docs/benchmarks.md, B2); SQLite drops them in C.
 _LIST_COLUMNS = (
     "id, status, model, fine_tuned_model, adapter_path, json_remove(request, '$.hyperparameters') AS request,"
-    " hyperparameters, metrics, error, trained_tokens, created_at, started_at, finished_at"
+    " hyperparameters, metrics, error, trained_tokens, created_at, started_at, finished_at, retries"
 )
 
 # A terminal job's public object changes only with these: it changes only through a status transition, and
@@ -78,10 +79,12 @@ class JobTables(Database):
         hyperparameters: dict[str, Any],
         num_gpus: int,
         now: float,
+        quota_since: float | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Insert a queued job (with its first `status` record), or return the job that already holds
-        (owner, idempotency_key). The check and the insert share one BEGIN IMMEDIATE transaction. `job_id`:
-        an id made beforehand (new_job_id), for a job whose folder is prepared before it is queued."""
+        (owner, idempotency_key). The check, the owner's quotas (QuotaExceeded; GPU hours counted since
+        `quota_since`) and the insert share one BEGIN IMMEDIATE transaction. `job_id`: an id made beforehand
+        (new_job_id), for a job whose folder is prepared before it is queued."""
         async with self.transaction() as tx:
             if idempotency_key is not None:
                 existing = await tx.one(
@@ -89,10 +92,11 @@ class JobTables(Database):
                 )
                 if existing is not None:
                     return existing, False
+            await check_quota(tx, owner, now=now, quota_since=now if quota_since is None else quota_since)
             job_id = job_id or new_job_id()
             await tx.execute(
                 "INSERT INTO jobs (id, owner, status, model, request, request_hash, idempotency_key,"
-                " hyperparameters, num_gpus, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " hyperparameters, num_gpus, priority, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     owner,
@@ -103,6 +107,7 @@ class JobTables(Database):
                     idempotency_key,
                     json.dumps(hyperparameters, sort_keys=True),
                     num_gpus,
+                    int(request.get("priority") or 0),
                     now,
                 ),
             )
@@ -150,11 +155,6 @@ class JobTables(Database):
         rows = cur.execute(sql, params).fetchall()
         return rows[:limit], len(rows) > limit
 
-    async def queue_positions(self) -> dict[str, int]:
-        """1-based position of every queued job, in claim order (oldest first)."""
-        rows = await self.all("SELECT id FROM jobs WHERE status = 'queued' ORDER BY ord")
-        return {r["id"]: i for i, r in enumerate(rows, start=1)}
-
     async def status_counts(self) -> dict[str, int]:
         """How many jobs are in each status (statuses without jobs are absent)."""
         rows = await self.all("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
@@ -196,18 +196,42 @@ class JobTables(Database):
     # ---- scheduling --------------------------------------------------------------------------------------
 
     async def claim_next(
-        self, *, supervisor_id: str, max_concurrent: int, gpus: list[str], now: float
+        self,
+        *,
+        supervisor_id: str,
+        max_concurrent: int,
+        gpus: list[str],
+        now: float,
+        fair_share_since: float | None = None,
     ) -> dict[str, Any] | None:
-        """Atomically move the oldest queued job to `running`, owned by `supervisor_id`, if a slot (and its
-        GPUs) are free. Jobs are claimed strictly in order: a job waiting for GPUs is not overtaken."""
+        """Atomically move the first queued job to `running`, owned by `supervisor_id`, if a slot (and its
+        GPUs) are free. The queue's order (usage.QUEUE_ORDER): priority, then the key with the least GPU
+        time since `fair_share_since`, then creation order. A job whose key already runs its
+        max_running_jobs is passed over; otherwise jobs are claimed strictly in order: a job waiting for
+        GPUs is not overtaken. The claim opens the run's `job_runs` row (its GPU time)."""
         # A plain read first: an idle scheduler polling every half second never takes the write lock.
         if await self.one("SELECT 1 AS x FROM jobs WHERE status = 'queued' LIMIT 1") is None:
             return None
         async with self.transaction() as tx:
-            active = await tx.all(f"SELECT gpu_lease FROM jobs WHERE status IN ({_ACTIVE_SQL})")
+            active = await tx.all(f"SELECT owner, gpu_lease FROM jobs WHERE status IN ({_ACTIVE_SQL})")
             if len(active) >= max_concurrent:
                 return None
-            head = await tx.one("SELECT * FROM jobs WHERE status = 'queued' ORDER BY ord LIMIT 1")
+            since = now if fair_share_since is None else fair_share_since
+            head = None
+            running: dict[str, int] = {}
+            for r in active:
+                running[r["owner"]] = running.get(r["owner"], 0) + 1
+            limits = {
+                r["id"]: r["max_running_jobs"]
+                for r in await tx.all(
+                    "SELECT id, max_running_jobs FROM api_keys WHERE max_running_jobs IS NOT NULL"
+                )
+            }
+            for candidate in await tx.all(QUEUE_ORDER, {"now": now, "since": since}):
+                limit = limits.get(candidate["owner"])
+                if limit is None or running.get(candidate["owner"], 0) < limit:
+                    head = candidate
+                    break
             if head is None:
                 return None
             lease: list[str] = []
@@ -232,6 +256,10 @@ class JobTables(Database):
             if changed != 1:  # cannot happen under BEGIN IMMEDIATE; the rowcount is the proof of the claim
                 return None
             await tx.append(head["id"], [("status", now, {"status": JobStatus.RUNNING.value})])
+            await tx.execute(
+                "INSERT INTO job_runs (job_id, owner, started_at, gpus) VALUES (?, ?, ?, ?)",
+                (head["id"], head["owner"], now, max(1, len(lease), int(head["num_gpus"] or 1))),
+            )
             return await tx.job(head["id"])
 
     async def heartbeat(self, supervisor_id: str, now: float) -> None:

@@ -15,11 +15,20 @@ from .keys import KeyTables
 from .metrics import MetricsReads
 from .models import ModelTables
 from .records import RecordTables
+from .usage import UsageTables
 from .webhooks import WebhookTables
 
 
 class Store(
-    JobTables, RecordTables, FileTables, KeyTables, WebhookTables, MetricsReads, ModelTables, Database
+    JobTables,
+    RecordTables,
+    FileTables,
+    KeyTables,
+    WebhookTables,
+    MetricsReads,
+    ModelTables,
+    UsageTables,
+    Database,
 ):
     """All of the tables, over one database."""
 
