@@ -117,7 +117,8 @@ class Settings(BaseSettings):
     quota_window_days: Annotated[float, Field(gt=0)] = 30.0
     """A key's `max_gpu_hours` counts its GPU time over this many past days"""
     mlflow_tracking_uri: str = ""
-    """The MLflow server of an `mlflow` integration that names none; empty: a file store in the job's folder"""
+    """The MLflow server of an `mlflow` integration that names none; empty: a file store in the job's
+    folder"""
     inference_engine: Literal["transformers", "vllm"] = "transformers"
     """What serves /v1/chat/completions: transformers + peft (embedded, any device), or vLLM where it is
     installed (a GPU; LoRA adapters loaded at run time)"""

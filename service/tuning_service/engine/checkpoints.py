@@ -43,6 +43,7 @@ def requeue_fields(checkpoint: Path | None) -> dict[str, Any]:
         "adapter_path": None,
         "cancel_requested_at": None,
         "pause_requested_at": None,
+        "deadline_requested_at": None,
         "exit_code": None,
         "pid": None,
         "pgid": None,

@@ -27,6 +27,7 @@ from ..settings import Settings
 from ..states import ACTIVE, NON_TERMINAL, RESUMABLE, JobStatus
 from ..storage.jobs import new_job_id
 from ..storage.store import Stamp, Store
+from ..storage.usage import QuotaExceeded
 from ..webhooks.delivery import Deliverer
 from ..webhooks.outbox import make_append_hook
 from ..webhooks.policy import ROTATION_OVERLAP_SECONDS, new_secret
@@ -115,6 +116,8 @@ class JobManager:
             request, source = await lineage.resolve(
                 request, owner=owner, store=self.store, jobs_dir=self.settings.jobs_dir
             )
+        if request.max_runtime_seconds is None and self.settings.max_runtime_seconds is not None:
+            request = request.model_copy(update={"max_runtime_seconds": self.settings.max_runtime_seconds})
         normal = request.normalised()
         rhash = request_hash(normal)
         hyperparameters = normal.pop("hyperparameters")  # stored once: the job's own column
@@ -134,8 +137,11 @@ class JobManager:
                 idempotency_key=idempotency_key,
                 hyperparameters=hyperparameters,
                 num_gpus=num_gpus,
-                now=time.time(),
+                now=(now := time.time()),
+                quota_since=now - self.settings.quota_window_days * 86400,
             )
+        except QuotaExceeded as exc:
+            raise APIError(429, "quota_exceeded", exc.message, param=exc.limit) from None
         finally:
             if source is not None and (row is None or row["id"] != job_id):  # no job was made of it
                 await asyncio.to_thread(shutil.rmtree, job_dir, True)
@@ -174,8 +180,13 @@ class JobManager:
     async def _public(self, row: dict[str, Any]) -> dict[str, Any]:
         pos = None
         if row["status"] == JobStatus.QUEUED.value:
-            pos = (await self.store.queue_positions()).get(row["id"])
+            pos = (await self._queue_positions()).get(row["id"])
         return public_job(row, pos)
+
+    async def _queue_positions(self) -> dict[str, int]:
+        now = time.time()
+        since = now - self.settings.fair_share_window_hours * 3600
+        return await self.store.queue_positions(now=now, fair_share_since=since)
 
     async def stamp(self, job_id: str) -> Stamp | None:
         """What tells whether a cached public job is still current, and its owner (api/jobcache.py)."""
@@ -205,7 +216,7 @@ class JobManager:
         rows, has_more = await self.store.list_jobs(
             owner=owner, status=status, after=after, limit=limit, metadata=metadata
         )
-        positions = await self.store.queue_positions() if any(r["status"] == "queued" for r in rows) else {}
+        positions = await self._queue_positions() if any(r["status"] == "queued" for r in rows) else {}
         return [public_job(r, positions.get(r["id"])) for r in rows], has_more
 
     async def cancel(self, job_id: str, *, owner: str) -> dict[str, Any]:
@@ -328,6 +339,10 @@ class JobManager:
                 now=now,
                 message=message,
                 **requeue_fields(None if step is None else found[step]),
+                # A resume by hand is a fresh start for the limits of a run: its max_runtime_seconds
+                # allowance and its automatic retries.
+                runtime_since=now,
+                retries=0,
             )
         log.info("job %s resumed (%s)", job_id, message)
         self.scheduler.wake()
@@ -393,12 +408,38 @@ class JobManager:
 
     # ---- API keys ----------------------------------------------------------------------------------------
 
-    async def create_key(self, name: str) -> tuple[str, str]:
-        """A new key: returns (id, plaintext). The plaintext is shown once; only its sha256 is stored."""
+    async def create_key(self, name: str, limits: dict[str, Any] | None = None) -> tuple[str, str]:
+        """A new key (with `limits`: max_running_jobs, max_queued_jobs, max_gpu_hours): returns (id,
+        plaintext). The plaintext is shown once; only its sha256 is stored."""
         plaintext = "tk-" + secrets.token_urlsafe(32)
         key_id = "key_" + secrets.token_hex(8)
-        await self.store.insert_key(key_id=key_id, name=name, key_hash=key_hash(plaintext), now=time.time())
+        await self.store.insert_key(
+            key_id=key_id, name=name, key_hash=key_hash(plaintext), now=time.time(), limits=limits
+        )
         return key_id, plaintext
+
+    async def update_key_limits(self, id_or_name: str, limits: dict[str, Any]) -> str | None:
+        """Set or lift (None) a key's limits; returns its id (None: no single active key matches)."""
+        return await self.store.update_key_limits(id_or_name, limits)
+
+    async def set_key_credentials(self, id_or_name: str, credentials: dict[str, str | None]) -> str | None:
+        """Set or remove (None) the credentials a key's trainers get (wandb_api_key, hf_token)."""
+        return await self.store.set_key_credentials(id_or_name, credentials)
+
+    async def usage(self, owner: str) -> dict[str, Any]:
+        """The caller's usage and limits (GET /v1/usage)."""
+        now = time.time()
+        window = self.settings.quota_window_days
+        used = await self.store.key_usage(owner, now=now, since=now - window * 86400)
+        return {
+            "object": "usage",
+            "key_id": owner,
+            "running_jobs": used["running_jobs"],
+            "queued_jobs": used["queued_jobs"],
+            "gpu_hours": round(used["gpu_seconds"] / 3600, 6),
+            "window_days": window,
+            "limits": used["limits"],
+        }
 
     async def ensure_env_keys(self, keys: builtins.list[str]) -> builtins.list[str]:
         """Register keys given in the environment (TUNING_API_KEYS or the development keys). Their id derives

@@ -44,6 +44,11 @@ def public_job(row: dict[str, Any], queue_position: int | None = None) -> dict[s
         "trained_tokens": row["trained_tokens"],
         "error": row["error"],
         "metrics": row["metrics"],
+        "integrations": req.get("integrations") or [],
+        "priority": int(req.get("priority") or 0),
+        "max_runtime_seconds": req.get("max_runtime_seconds"),
+        "auto_retry": int(req.get("auto_retry") or 0),
+        "retries": int(row.get("retries") or 0),
     }
     if req.get("webhook_url"):  # only on jobs that have one: the documented shape stays as it was
         job["webhook_url"] = req["webhook_url"]

@@ -12,6 +12,7 @@ from ..states import JobStatus
 from .tailer import Record
 
 TERMINAL_TYPES = frozenset({"completed", "failed", "interrupted"})
+DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 def new_metrics() -> dict[str, Any]:
@@ -151,6 +152,10 @@ def decide_outcome(
     # A pause is a stop with a checkpoint, like a cancel that leaves the job resumable (a cancel during the
     # pause turned the job into `cancelling`: cancel wins).
     pause = row.get("status") == JobStatus.PAUSING.value and not cancel
+    # max_runtime_seconds ran out and the run was asked to stop (supervisor): a failure that keeps its
+    # checkpoint, for a resume. A cancel or pause asked for since wins.
+    deadline = row.get("deadline_requested_at") is not None and not (cancel or pause)
+    limit = (row.get("request") or {}).get("max_runtime_seconds")
     sig = -exit_code if exit_code is not None and exit_code < 0 else None
     code_out = exit_code if exit_code is not None and exit_code >= 0 else None
     # `accelerate launch` turns every non-zero child status into 1; the trainer's own protocol code (2 user
@@ -186,6 +191,16 @@ def decide_outcome(
             return JobStatus.PAUSED, f"paused at step {step}; checkpoint saved at {ckpt}", {"error": None}
         if cancel:
             return JobStatus.CANCELLED, f"cancelled; checkpoint saved at {ckpt}", {}
+        if deadline:
+            message = (
+                f"max_runtime_seconds ({limit} s) reached: stopped at step {term.get('step')} after saving "
+                f"the checkpoint {ckpt}; resume the job to continue from it"
+            )
+            return (
+                JobStatus.FAILED,
+                message,
+                {"error": error(DEADLINE_EXCEEDED, message, checkpoint_path=ckpt)},
+            )
         message = "the trainer was interrupted by a signal that did not come from a cancel request" + (
             f"; its last checkpoint is {ckpt}" if ckpt else ""
         )
@@ -217,6 +232,13 @@ def decide_outcome(
             else "it exited before saving a checkpoint"
         )
         return JobStatus.CANCELLED, f"cancelled; the trainer stopped without a checkpoint ({how})", {}
+    if deadline:
+        message = (
+            f"max_runtime_seconds ({limit} s) reached: the trainer stopped without saving a checkpoint"
+            + (f" (killed after the {grace_seconds:g} s grace period)" if killed_by_us else "")
+            + "; a resume starts from the newest checkpoint on disk, if any"
+        )
+        return JobStatus.FAILED, message, {"error": error(DEADLINE_EXCEEDED, message)}
     if lost_reason is not None:
         message = lost_message or (
             "the service restarted and the trainer is no longer running; it left no final record"

@@ -94,7 +94,8 @@ class Scheduler:
             supervisor_id=self.supervisor.id,
             max_concurrent=self.settings.max_concurrent_jobs,
             gpus=self.supervisor.executor.gpus_to_lease(),
-            now=time.time(),
+            now=(now := time.time()),
+            fair_share_since=now - self.settings.fair_share_window_hours * 3600,
         )
         if row is None:
             return False

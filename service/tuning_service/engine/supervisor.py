@@ -24,11 +24,14 @@ from ..files.store import is_file_id
 from ..settings import Settings
 from ..states import JobStatus
 from ..storage.store import Store
+from . import credentials
+from .checkpoints import checkpoint_dirs
 from .executors import make_executor
 from .executors.base import EXECUTOR_LOST, Executor, Run
 from .executors.local import LocalExecutor
 from .lineage import INIT_ADAPTER
 from .outcome import decide_outcome, job_error, progress_fields
+from .retry import retry_plan
 
 log = logging.getLogger("tuning_service.supervisor")
 
@@ -69,7 +72,11 @@ def trainer_config(settings: Settings, row: dict[str, Any], job_dir: Path) -> di
         resume_from=row.get("resume_from"),
         hyperparameters=Hyperparameters.model_construct(**row["hyperparameters"]),
     )
-    return cfg.to_dict()
+    out = cfg.to_dict()
+    # Stored as validated JSON already (the create body's own models): copied, not rebuilt.
+    out["integrations"] = list(req.get("integrations") or [])
+    out["mlflow_tracking_uri"] = settings.mlflow_tracking_uri or None
+    return out
 
 
 class Supervisor:
@@ -157,6 +164,8 @@ class Supervisor:
             async with self.store.transaction() as tx:
                 await tx.update(job_id, config=config, **planned)
             row = {**row, **planned}
+            environment = await self.store.key_environment(row["owner"])
+            await asyncio.to_thread(credentials.write, job_dir, environment)
             fields, handle = await executor.launch(row, job_dir, config)
         except Exception as exc:
             log.exception("job %s: could not launch the trainer", job_id)
@@ -167,7 +176,7 @@ class Supervisor:
                 await tx.update(job_id, **fields)
             current = await tx.job(job_id)
         assert current is not None
-        self.tracked[job_id] = Run(job_id, handle=handle)
+        self.tracked[job_id] = Run(job_id, handle=handle, deadline_at=await self._deadline(current))
         if current["status"] in (JobStatus.CANCELLING.value, JobStatus.PAUSING.value):
             # A cancel (or pause) arrived between the claim and now, before the run could be signalled.
             await executor.stop(current)
@@ -206,6 +215,7 @@ class Supervisor:
             await self.finalize(run)
             return
         if await executor.alive(row):
+            run.deadline_at = await self._deadline(row)
             self.tracked[job_id] = run
             log.info("job %s: re-attached to its run (%s executor)", job_id, executor.name)
             return
@@ -256,12 +266,16 @@ class Supervisor:
             return
         now = time.time()
         alive = await executor.observe(run, row, now)
+        if alive and run.deadline_at is not None and now >= run.deadline_at:
+            row = await self._stop_at_deadline(row, executor, now)
         grace = self.settings.cancel_grace_seconds
         overdue = False
         if row["status"] == JobStatus.CANCELLING.value and row["cancel_requested_at"] is not None:
             overdue = now - row["cancel_requested_at"] >= grace
         elif row["status"] == JobStatus.PAUSING.value and row.get("pause_requested_at") is not None:
             overdue = now - row["pause_requested_at"] >= grace
+        elif row["status"] == JobStatus.RUNNING.value and row.get("deadline_requested_at") is not None:
+            overdue = now - row["deadline_requested_at"] >= grace
         if run.ended_at is not None and now - run.ended_at >= grace:
             overdue = (
                 True  # the main process is gone; what is left of the run gets the same grace, then SIGKILL
@@ -273,8 +287,42 @@ class Supervisor:
         if not alive:
             await self.finalize(run)
 
+    async def _deadline(self, row: dict[str, Any]) -> float | None:
+        """When the job's max_runtime_seconds runs out (its runs since it was created or resumed by hand
+        count, this one included), or None without a limit."""
+        limit = (row["request"] or {}).get("max_runtime_seconds")
+        if not limit:
+            return None
+        now = time.time()
+        since = row.get("runtime_since") or row["created_at"]
+        used = await self.store.job_runtime(row["id"], since=since, now=now)
+        return now + float(limit) - used
+
+    async def _stop_at_deadline(self, row: dict[str, Any], executor: Executor, now: float) -> dict[str, Any]:
+        """max_runtime_seconds is up: ask the trainer to checkpoint and stop (once), as a pause does; the
+        outcome is `failed` with `deadline_exceeded` (outcome.py)."""
+        async with self.store.transaction() as tx:
+            cur = await tx.job(row["id"])
+            if (
+                cur is None
+                or cur["status"] != JobStatus.RUNNING.value
+                or cur.get("deadline_requested_at") is not None
+            ):
+                return cur or row
+            limit = (cur["request"] or {}).get("max_runtime_seconds")
+            await tx.update(row["id"], deadline_requested_at=now)
+            line = f"max_runtime_seconds ({limit} s) reached: the trainer is asked to checkpoint and stop"
+            await tx.append(row["id"], [("log", now, {"line": line})])
+            cur = await tx.job(row["id"])
+        assert cur is not None
+        log.info("job %s: %s", row["id"], line)
+        await executor.stop(cur)
+        self.notify()
+        return cur
+
     def _untrack(self, job_id: str, executor: Executor | None) -> None:
         self.tracked.pop(job_id, None)
+        credentials.remove(self.job_dir(job_id))
         if executor is not None:
             executor.forget(job_id)
 
@@ -289,7 +337,9 @@ class Supervisor:
         if run.note:
             tail = [*tail, run.note][-LOG_TAIL_LINES:]
         reason, lost_message = run.lost if run.lost is not None else (lost_reason, None)
+        found = await asyncio.to_thread(checkpoint_dirs, self.job_dir(job_id))  # for a retry
         now = time.time()
+        retried = False
         async with self.store.transaction() as tx:
             row = await tx.job(job_id)
             if row is None or JobStatus(row["status"]).is_terminal() or row["supervisor_id"] != self.id:
@@ -307,9 +357,20 @@ class Supervisor:
             )
             if run.exit_code is not None:
                 fields["exit_code"] = run.exit_code
-            await tx.transition(row, status, now=now, message=message, **fields)
+            plan = retry_plan(row, fields.get("error") or {}, found) if status == JobStatus.FAILED else None
+            if plan is not None:
+                # The failure is told (its status record, then the retry), then the job is queued again.
+                retry_fields, record, retry_message = plan
+                await tx.append(job_id, [("log", now, {"line": f"failed: {message}"})])
+                await tx.append(job_id, [("retry", now, record)])
+                status, message, retried = JobStatus.QUEUED, retry_message, True
+                await tx.transition(row, status, now=now, message=message, **retry_fields)
+            else:
+                await tx.transition(row, status, now=now, message=message, **fields)
         self._untrack(job_id, executor)
         log.info("job %s: %s (%s)", job_id, status.value, message)
+        if retried and self.on_finished is not None:
+            self.on_finished()  # the scheduler: a slot is free, and the job is waiting for one
         self.notify()
         if self.on_finished is not None:
             self.on_finished()

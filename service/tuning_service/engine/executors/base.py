@@ -36,6 +36,8 @@ class Run:
     never_started: bool = False
     # A line the executor adds to the failure's log tail (e.g. Ray's own account of the end).
     note: str | None = None
+    # When max_runtime_seconds runs out (supervisor: the trainer is then asked to checkpoint and stop).
+    deadline_at: float | None = None
 
 
 class Executor(ABC):
