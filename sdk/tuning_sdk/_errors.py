@@ -10,7 +10,8 @@
     │   ├── NotFoundError               404
     │   ├── ConflictError               409
     │   ├── UnprocessableEntityError    422
-    │   ├── RateLimitError              429
+    │   ├── RateLimitError              429 (retried)
+    │   │   └── QuotaExceededError      429 quota_exceeded: over one of the key's quotas (never retried)
     │   └── InternalServerError         5xx
     └── WaitTimeoutError            tunings.wait(timeout=...) ran out before the job ended
 
@@ -37,6 +38,7 @@ __all__ = [
     "InternalServerError",
     "NotFoundError",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "RateLimitError",
     "TuningError",
     "UnprocessableEntityError",
@@ -156,6 +158,12 @@ class RateLimitError(APIStatusError):
     """429: too many requests; retried automatically, honouring ``Retry-After``."""
 
 
+class QuotaExceededError(RateLimitError):
+    """429 ``quota_exceeded``: the API key is over one of its quotas (queued jobs, GPU hours in the quota
+    window). Unlike a rate limit it does not clear in seconds, so it is never retried: ``param`` names the
+    limit (e.g. ``"max_gpu_hours"``), and ``client.usage.retrieve()`` shows the key's usage and limits."""
+
+
 class InternalServerError(APIStatusError):
     """5xx: a fault on the service's side (e.g. 503 ``engine_crashed``, ``engine_unavailable``,
     ``no_gpu_available``); retried automatically, except inside a stream that has begun."""
@@ -171,6 +179,9 @@ class WaitTimeoutError(TuningError, TimeoutError):
         super().__init__(message)
         self.job = job
 
+
+# The 429 code of a quota (the rate limit's is ``rate_limited``).
+QUOTA_EXCEEDED = "quota_exceeded"
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
@@ -206,6 +217,8 @@ def make_status_error(
         message = text[:500] or f"HTTP {status_code} with no error message"
     if status_code >= 500:
         cls: type[APIStatusError] = InternalServerError
+    elif status_code == 429 and code == QUOTA_EXCEEDED:
+        cls = QuotaExceededError
     else:
         cls = _STATUS_CLASSES.get(status_code, APIStatusError)
     return cls(

@@ -1,7 +1,8 @@
 """The HTTP transport: one `request` function over a urllib3 pool, with retries.
 
 Retried: connection errors (refused, reset, dropped mid-response), timeouts, 408, 429 and 5xx. Never retried:
-any other 4xx (the same request would fail the same way). Delays grow exponentially with jitter; a
+any other 4xx (the same request would fail the same way), nor a 429 ``quota_exceeded`` (a key over its quota
+stays over it for hours, not seconds: `QuotaExceededError`). Delays grow exponentially with jitter; a
 ``Retry-After`` header wins, up to `MAX_RETRY_AFTER`. Every POST carries an ``Idempotency-Key`` made once and
 sent unchanged on each retry, so a create whose answer was lost is never run twice.
 
@@ -23,7 +24,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from ._errors import APIConnectionError, APITimeoutError, TuningError, make_status_error
+from ._errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    QuotaExceededError,
+    TuningError,
+    make_status_error,
+)
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -46,6 +54,12 @@ _sleep = time.sleep
 
 def _should_retry_status(status: int) -> bool:
     return status in RETRYABLE_STATUSES or status >= 500
+
+
+def _should_retry(error: APIStatusError) -> bool:
+    """Whether an error answer is worth another try: a retryable status, unless its code says waiting will
+    not help (a quota: `QuotaExceededError`)."""
+    return _should_retry_status(error.status_code or 0) and not isinstance(error, QuotaExceededError)
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -238,7 +252,8 @@ class Transport:
             finally:
                 if stream:
                     resp.release_conn()
-            if _should_retry_status(status) and attempt < retries:
+            status_error = make_status_error(status, _decode(data), resp_headers)
+            if _should_retry(status_error) and attempt < retries:
                 delay = retry_delay(attempt, resp_headers)
                 log.info(
                     "%s %s -> %d; retry %d/%d in %.2fs", method, path, status, attempt + 1, retries, delay
@@ -246,7 +261,7 @@ class Transport:
                 _sleep(delay)
                 attempt += 1
                 continue
-            raise make_status_error(status, _decode(data), resp_headers)
+            raise status_error
 
 
 def is_timeout(exc: BaseException) -> bool:

@@ -1,7 +1,10 @@
 """Command line: serve the API, or manage API keys.
 
     python -m tuning_service [--host H] [--port P] [--workers N]      # uvicorn tuning_service.app:app
-    python -m tuning_service keys create --name NAME                   # prints a new key, once
+    python -m tuning_service keys create --name NAME [--max-running-jobs N] [--max-queued-jobs N]
+                                         [--max-gpu-hours H] [--json]   # prints a new key, once
+    python -m tuning_service keys update KEY_ID_OR_NAME [--max-running-jobs N|none] [...]
+    python -m tuning_service keys set-integration KEY_ID_OR_NAME [--wandb-api-key K|-] [--hf-token T|-]
     python -m tuning_service keys list
     python -m tuning_service keys revoke KEY_ID_OR_NAME
     python -m tuning_service keys set-webhook KEY_ID_OR_NAME [--url URL | --clear] [--rotate-secret]
@@ -57,6 +60,26 @@ def _keys_parser() -> argparse.ArgumentParser:
     create = sub.add_parser("create", help="create a key and print it (shown once; only its hash is stored)")
     create.add_argument("--name", required=True, help="a label for the key (e.g. the team or user)")
     create.add_argument("--webhook-url", default=None, help="default webhook for this key's jobs")
+    _limit_flags(create, lifting=False)
+    create.add_argument(
+        "--json", action="store_true", help='print {"id", "key", "name", ...} as JSON on stdout (for scripts)'
+    )
+    update = sub.add_parser("update", help="change a key's limits ('none' lifts one)")
+    update.add_argument("key", help="key id (key_...) or name")
+    _limit_flags(update, lifting=True)
+    cred = sub.add_parser(
+        "set-integration",
+        help="set (or clear) the credentials this key's trainers get: a W&B API key, a Hugging Face token "
+        "(never shown again)",
+    )
+    cred.add_argument("key", help="key id (key_...) or name")
+    for flag, what in (
+        ("--wandb-api-key", "W&B API key"),
+        ("--hf-token", "Hugging Face token (gated models)"),
+    ):
+        group = cred.add_mutually_exclusive_group()
+        group.add_argument(flag, default=None, metavar="VALUE", help=f"the {what}; '-' reads it from stdin")
+        group.add_argument(f"--clear-{flag[2:]}", action="store_true", help=f"remove the {what}")
     hook = sub.add_parser(
         "set-webhook",
         help="set a key's default webhook URL and/or make its signing secret (printed once)",
@@ -96,6 +119,45 @@ def serve(argv: Sequence[str]) -> int:
         timeout_graceful_shutdown=5,
     )
     return 0
+
+
+# The limits of a key (storage/usage.py enforces them): flag -> (column, type).
+_LIMIT_FLAGS = {
+    "--max-running-jobs": ("max_running_jobs", int, "jobs of this key running at once (more wait queued)"),
+    "--max-queued-jobs": ("max_queued_jobs", int, "queued jobs of this key; a create beyond: 429"),
+    "--max-gpu-hours": ("max_gpu_hours", float, "GPU hours over TUNING_QUOTA_WINDOW_DAYS; then: 429"),
+}
+
+
+def _limit_flags(p: argparse.ArgumentParser, *, lifting: bool) -> None:
+    for flag, (column, kind, what) in _LIMIT_FLAGS.items():
+
+        def parse(text: str, kind: Any = kind, flag: str = flag) -> Any:
+            if lifting and text.lower() == "none":
+                return None
+            try:
+                value = kind(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"{flag} takes a number{' or none' if lifting else ''}"
+                ) from None
+            if value < 0 or value != value or value == float("inf"):
+                raise argparse.ArgumentTypeError(f"{flag} must be a finite number >= 0")
+            return value
+
+        p.add_argument(flag, dest=column, type=parse, default=argparse.SUPPRESS, metavar="N", help=what)
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    return {column: getattr(args, column) for column, _, _ in _LIMIT_FLAGS.values() if hasattr(args, column)}
+
+
+def _secret_value(value: str) -> str:
+    """A credential given as a flag, or '-' for stdin (keeps it out of the shell history and `ps`)."""
+    text = sys.stdin.readline().strip() if value == "-" else value.strip()
+    if not text:
+        raise SystemExit("tuning-service: an empty credential; use --clear-... to remove one")
+    return text
 
 
 async def _with_manager(fn: Any) -> Any:
@@ -161,13 +223,20 @@ def keys(argv: Sequence[str]) -> int:
             return 2
         url = _check_webhook_url(args.webhook_url)
 
+        limits = _limits(args)
+
         async def create(m: Any) -> tuple[str, str, str | None]:
-            key_id, plaintext = await m.create_key(name)
+            key_id, plaintext = await m.create_key(name, limits)
             # Every new key gets its webhook signing secret now, so it is shown with the key.
             found = await m.set_key_webhook(key_id, url=url, clear=False, rotate=False)
             return key_id, plaintext, found[1] if found else None
 
         key_id, plaintext, secret = asyncio.run(_with_manager(create))
+        if args.json:
+            out = {"id": key_id, "key": plaintext, "name": name, "webhook_url": url, "webhook_secret": secret}
+            out.update({column: limits.get(column) for column, _, _ in _LIMIT_FLAGS.values()})
+            print(json.dumps(out))
+            return 0
         print(
             f"Created API key {key_id} ({name}). Copy it now: it is not stored and cannot be shown again.",
             file=sys.stderr,
@@ -190,6 +259,40 @@ def keys(argv: Sequence[str]) -> int:
         print(f"Updated {key_id}: {what}", file=sys.stderr)
         _print_secret(secret)
         return 0
+    if args.action == "update":
+        limits = _limits(args)
+        if not limits:
+            print(
+                "Nothing to change: give --max-running-jobs, --max-queued-jobs or --max-gpu-hours",
+                file=sys.stderr,
+            )
+            return 2
+        found_id = asyncio.run(_with_manager(lambda m: m.update_key_limits(args.key, limits)))
+        if found_id is None:
+            print(f"No single active key with id or name {args.key!r}", file=sys.stderr)
+            return 1
+        said = ", ".join(f"{k} = {'none' if v is None else f'{v:g}'}" for k, v in limits.items())
+        print(f"Updated {found_id}: {said}", file=sys.stderr)
+        return 0
+    if args.action == "set-integration":
+        changes: dict[str, str | None] = {}
+        for column in ("wandb_api_key", "hf_token"):
+            if getattr(args, f"clear_{column}"):
+                changes[column] = None
+            elif getattr(args, column) is not None:
+                changes[column] = _secret_value(getattr(args, column))
+        if not changes:
+            print(
+                "Nothing to change: give --wandb-api-key, --hf-token or a --clear-... flag", file=sys.stderr
+            )
+            return 2
+        found_id = asyncio.run(_with_manager(lambda m: m.set_key_credentials(args.key, changes)))
+        if found_id is None:
+            print(f"No single active key with id or name {args.key!r}", file=sys.stderr)
+            return 1
+        said = ", ".join(f"{k} {'removed' if v is None else 'set'}" for k, v in changes.items())
+        print(f"Updated {found_id}: {said} (its next runs get it)", file=sys.stderr)
+        return 0
     if args.action == "list":
 
         async def listing(m: Any) -> list[dict[str, Any]]:
@@ -202,14 +305,22 @@ def keys(argv: Sequence[str]) -> int:
         if not rows:
             print("No API keys. Create one with: python -m tuning_service keys create --name NAME")
             return 0
-        print(f"{'ID':<22} {'NAME':<24} {'CREATED':<20} {'STATUS':<28} WEBHOOK")
+        print(
+            f"{'ID':<22} {'NAME':<24} {'CREATED':<20} {'STATUS':<28} {'LIMITS':<24} {'CREDENTIALS':<12} "
+            "WEBHOOK"
+        )
         for r in rows:
             status = f"revoked {_fmt_time(r.get('revoked_at'))}" if r.get("revoked_at") else "active"
             hook = r.get("webhook_url") or ("-" if r.get("has_webhook_secret") else "- (no secret)")
+            shown = "/".join("-" if r.get(c) is None else f"{r[c]:g}" for c, _, _ in _LIMIT_FLAGS.values())
+            creds = ",".join(
+                n for c, n in (("wandb_api_key", "wandb"), ("hf_token", "hf")) if r.get(f"has_{c}")
+            )
             print(
                 f"{r['id']:<22} {str(r['name'])[:24]:<24} {_fmt_time(r.get('created_at')):<20} {status:<28} "
-                f"{hook}"
+                f"{shown:<24} {creds or '-':<12} {hook}"
             )
+        print("LIMITS: running/queued/GPU hours ('-': none)", file=sys.stderr)
         return 0
     revoked = asyncio.run(_with_manager(lambda m: m.revoke_key(args.key)))
     if not revoked:

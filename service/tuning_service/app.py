@@ -29,6 +29,7 @@ from .api import jobs as routes_jobs
 from .api import logs as routes_logs
 from .api import metrics as routes_metrics
 from .api import ui as routes_ui
+from .api import usage as routes_usage
 from .api.auth import setup_keys
 from .api.middleware import BodyLimits, RequestMiddleware
 from .api.ratelimit import RateLimiter
@@ -134,6 +135,7 @@ def create_app() -> Starlette:
             *routes_openai.routes,
             *routes_inference.routes,
             *routes_metrics.routes,
+            *routes_usage.routes,
             # The dashboard (/ui, and / leading to it): static files, no API.
             *routes_ui.root_routes,
             *routes_ui.routes,

@@ -74,7 +74,6 @@ PROBLEMS: tuple[tuple[str, str, str, int, str], ...] = (
     (BODY, "validation_file", VALUE, 400, "invalid_path"),
     # OpenAI-compatible create: what this service does not train or report.
     (BODY, "method.type", "*", 400, "unsupported_method"),
-    (BODY, "integrations", VALUE, 400, "unsupported_integration"),
     (BODY, "*", MISSING, 400, "invalid_request"),
     (BODY, "*", TYPE, 400, "invalid_request"),
     (BODY, "*", UNKNOWN_FIELD, 400, "invalid_request"),

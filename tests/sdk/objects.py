@@ -164,6 +164,11 @@ def job_body(job_id: str = "ftjob-1", status: str = "queued", **fields: Any) -> 
         "trained_tokens": None,
         "error": None,
         "metrics": None,
+        "integrations": [],
+        "priority": 0,
+        "max_runtime_seconds": None,
+        "auto_retry": 0,
+        "retries": 0,
     }
     body.update(fields)
     return conform(job_schema.TuningJob, body)

@@ -9,6 +9,12 @@ Every record of a run carries `seq` (1, 2, 3...). With TUNING_RECORDS_TO_STDOUT=
 printed on stdout as one line that starts with RECORD_MARKER: a trainer run by Ray Jobs reaches the service
 through its log stream alone, mixed with Ray's own lines, replayed from the start after a reconnect (the
 marker finds the records, the sequence number drops the ones already stored).
+
+Listeners (the experiment trackers, trackers.py) see the records the writer writes, and nothing when it is
+disabled (a process other than the main one): `after(record)` once each record is written, and
+`before_terminal(record)` just before the terminal record, so that whatever a listener reports while ending
+(a `warning`) still comes before the terminal record, which is a run's last. A listener must not raise: an
+exception would surface on the training loop's path.
 """
 
 from __future__ import annotations
@@ -19,13 +25,19 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 TERMINAL = ("completed", "failed", "interrupted")
 DURABLE = frozenset({"checkpoint", *TERMINAL})
 # The prefix of a record line on stdout; the rest of the line is the record's JSON.
 RECORD_MARKER = "@@tuning-record@@ "
 STDOUT_ENV = "TUNING_RECORDS_TO_STDOUT"
+
+
+class Listener(Protocol):
+    def before_terminal(self, record: dict[str, Any]) -> None: ...
+
+    def after(self, record: dict[str, Any]) -> None: ...
 
 
 def _clean(value: Any) -> Any:
@@ -47,6 +59,7 @@ class EventWriter:
         self.terminal_written: str | None = None
         self._fh: Any = None
         self._seq = 0
+        self.listeners: list[Listener] = []
 
     def write(self, type_: str, **fields: Any) -> dict[str, Any]:
         record = {"type": type_, "time": time.time(), **_clean(fields)}
@@ -57,6 +70,9 @@ class EventWriter:
             self.terminal_written = type_
         if not self.enabled:
             return record
+        if type_ in TERMINAL:
+            for listener in list(self.listeners):
+                listener.before_terminal(record)
         self._seq += 1
         record["seq"] = self._seq
         line = json.dumps(record, default=str, allow_nan=False)
@@ -73,6 +89,8 @@ class EventWriter:
             # require (a blank line is nothing to them).
             sys.stdout.write("\n" + RECORD_MARKER + line + "\n")
             sys.stdout.flush()
+        for listener in list(self.listeners):
+            listener.after(record)
         return record
 
     def close(self) -> None:

@@ -53,6 +53,7 @@ def openapi_document(routes: Iterable[BaseRoute], version: str) -> dict[str, Any
         "tags": [
             {"name": "tunings", "description": "Fine-tuning jobs"},
             {"name": "files", "description": "Uploaded training files"},
+            {"name": "usage", "description": "The calling API key's jobs, GPU time and limits"},
             {"name": "openai", "description": "OpenAI-compatible fine-tuning API (docs/openai-compat.md)"},
             {"name": "service"},
         ],

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..errors import APIError
 from ..files.download import tar_gz_stream
 from ..schema.jobs import CheckpointList, DownloadQuery, EventsQuery, LogPage, TuningJob
 from . import params
@@ -58,21 +59,38 @@ async def checkpoints(request: Request) -> JSONResponse:
 
 @operation(
     "downloadTuning",
-    "Download the final adapter (or a checkpoint) as tar.gz",
+    "Download the final adapter (or a checkpoint, or the TensorBoard files) as tar.gz",
     tag="tunings",
     path={"job_id": JOB_ID},
     query=DownloadQuery,
     ok=Content(
         {"application/gzip": {"type": "string", "format": "binary"}},
-        "A tar.gz stream of the adapter folder (members at the top level)",
+        "A tar.gz stream of the adapter folder (members at the top level), or of the job's `tensorboard/` "
+        "folder (artifact=tensorboard)",
     ),
-    errors={404: ("job_not_found", "checkpoint_not_found"), 409: ("adapter_not_ready",)},
+    errors={
+        404: ("job_not_found", "checkpoint_not_found", "artifact_not_found"),
+        409: ("adapter_not_ready",),
+        # A rule between two query parameters, which OpenAPI's parameter list cannot state.
+        422: ("checkpoint_not_applicable",),
+    },
 )
 async def download(request: Request) -> Response:
     owner = await authenticate(request)
     job_id = params.job_id(request)
     q = params.query(request, DownloadQuery)
-    folder, name = await jobs(request).adapter_dir(job_id, owner=owner, checkpoint=q.checkpoint)
+    if q.artifact == "tensorboard":
+        if q.checkpoint is not None:
+            raise APIError(
+                422,
+                "checkpoint_not_applicable",
+                "checkpoint selects an adapter; artifact=tensorboard downloads the job's TensorBoard files, "
+                "which are not per checkpoint: leave checkpoint out",
+                param="checkpoint",
+            )
+        folder, name = await jobs(request).tensorboard_dir(job_id, owner=owner)
+    else:
+        folder, name = await jobs(request).adapter_dir(job_id, owner=owner, checkpoint=q.checkpoint)
     log.info("job %s: download of %s", job_id, name)
     return StreamingResponse(
         tar_gz_stream(folder),

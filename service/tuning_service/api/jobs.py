@@ -64,6 +64,8 @@ CREATE_ERRORS = {
         "file_unreadable",
         "file_invalid",
     ),
+    # Over one of the key's limits (max_queued_jobs, max_gpu_hours): the message names it.
+    429: ("quota_exceeded",),
     500: ("estimate_failed",),
     # TUNING_EXECUTOR=ray: the cluster did not answer when asked what GPUs it has (executors/ray.py).
     503: ("executor_unavailable",),

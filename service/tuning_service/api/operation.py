@@ -43,7 +43,8 @@ STATUS_TEXT = {
     "an API key's settings)",
     413: "Request body over the limit",
     422: "Well-formed but invalid: a value outside its limits, a data file's contents (with `line`)",
-    429: "Too many requests for this API key (per-key rate limit); wait `Retry-After` seconds",
+    429: "Too many requests for this API key (rate_limited: wait `Retry-After` seconds), or over one of its "
+    "quotas (quota_exceeded: retrying soon will not help; GET /v1/usage shows the limits)",
 }
 
 

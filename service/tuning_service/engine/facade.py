@@ -362,6 +362,21 @@ class JobManager:
         on_disk = await asyncio.to_thread(checkpoint_dirs, job_dir) if checkpoint is not None else {}
         return checkpoints.download_target(row, job_dir, on_disk, checkpoint)
 
+    async def tensorboard_dir(self, job_id: str, *, owner: str) -> tuple[Path, str]:
+        """The job's TensorBoard folder (the trainer's tensorboard integration writes it) and the archive's
+        name; 404 artifact_not_found before there is one."""
+        await self._owned(job_id, owner)
+        folder = (self.settings.jobs_dir / job_id / "tensorboard").resolve()
+        if not await asyncio.to_thread(folder.is_dir):
+            raise APIError(
+                404,
+                "artifact_not_found",
+                f"Job {job_id} has no TensorBoard files: it was created without the tensorboard integration, "
+                "or its trainer has not logged yet",
+                param="artifact",
+            )
+        return folder, f"{job_id}-tensorboard.tar.gz"
+
     async def records(self, job_id: str, *, owner: str) -> JobRecords:
         """The job's records (engine/records.py): the owner is checked here, once."""
         await self._owned(job_id, owner)

@@ -26,6 +26,7 @@ import json
 import logging
 import multiprocessing
 import os
+import time
 from bisect import bisect_left
 from collections.abc import Iterator, MutableMapping, Sequence
 from pathlib import Path
@@ -43,7 +44,9 @@ from .. import procs
 from ..settings import Settings
 from ..states import ACTIVE_VALUES, STATUS_VALUES
 from ..storage.db import Tx
-from ..storage.metrics import MetricsReads, add_job_duration
+from ..storage.metrics import add_job_duration
+from ..storage.store import Store
+from ..storage.usage import LIMITS
 
 log = logging.getLogger("tuning_service.metrics")
 
@@ -268,9 +271,39 @@ class JobCollector(Collector):
     """Job-level series read from the shared database at scrape time (storage/metrics.py: indexed and
     bounded reads on the read-only connection, well under a millisecond)."""
 
-    def __init__(self, store: MetricsReads, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+
+    def _keys(self) -> Iterator[Metric]:
+        """Per API key: jobs, GPU hours in the quota window, limits (storage/usage.py)."""
+        now = time.time()
+        window = self.settings.quota_window_days
+        rows = self.store.usage_by_key(now=now, since=now - window * 86400)
+        labels = ["key_id", "key_name"]
+        jobs = GaugeMetricFamily(
+            "tuning_key_jobs", "Jobs of each API key holding a slot (running) or waiting (queued)",
+            labels=[*labels, "state"],
+        )  # fmt: skip
+        hours = GaugeMetricFamily(
+            "tuning_key_gpu_hours",
+            f"GPU hours of each API key over the quota window (TUNING_QUOTA_WINDOW_DAYS = {window:g})",
+            labels=labels,
+        )
+        limit = GaugeMetricFamily(
+            "tuning_key_limit", "Each API key's limits (absent: none)", labels=[*labels, "limit"]
+        )
+        for r in rows:
+            key = [str(r["id"]), str(r["name"])]
+            jobs.add_metric([*key, "running"], int(r["running"]))
+            jobs.add_metric([*key, "queued"], int(r["queued"]))
+            hours.add_metric(key, float(r["gpu_seconds"]) / 3600)
+            for name in LIMITS:
+                if r[name] is not None:
+                    limit.add_metric([*key, name], float(r[name]))
+        yield jobs
+        yield hours
+        yield limit
 
     def collect(self) -> Iterator[Metric]:
         counts = dict.fromkeys(STATUS_VALUES, 0)
@@ -311,6 +344,7 @@ class JobCollector(Collector):
                 tps.add_metric([job_id], float(tokens_per_second))
         yield loss
         yield tps
+        yield from self._keys()
         hooks = dict.fromkeys(("pending", "delivered", "failed"), 0)
         hooks.update(self.store.delivery_status_counts())
         w = GaugeMetricFamily(

@@ -91,7 +91,7 @@ def openai_job(job: dict[str, Any], org: str) -> dict[str, Any]:
         else {"code": err.get("code"), "message": err.get("message"), "param": err.get("param")},
         "seed": job["seed"],
         "estimated_finish": int(time.time() + eta) if running and isinstance(eta, (int, float)) else None,
-        "integrations": [],
+        "integrations": job.get("integrations") or [],
         "metadata": job.get("metadata") or None,
         "user_provided_suffix": job.get("suffix"),
         "method": openai_method(job, hp),
@@ -104,6 +104,10 @@ def openai_job(job: dict[str, Any], org: str) -> dict[str, Any]:
             "metrics": job.get("metrics"),
             "num_gpus": job["num_gpus"],
             "distributed": job["distributed"],
+            "priority": job.get("priority", 0),
+            "max_runtime_seconds": job.get("max_runtime_seconds"),
+            "auto_retry": job.get("auto_retry", 0),
+            "retries": job.get("retries", 0),
         },
     }
 

@@ -173,7 +173,7 @@ async def file_content(request: Request) -> Response:
         links=JOB_LINKS,
         also=(TuningEstimate,),
     ),
-    errors={**CREATE_ERRORS, 400: (*CREATE_ERRORS[400], "unsupported_method", "unsupported_integration")},
+    errors={**CREATE_ERRORS, 400: (*CREATE_ERRORS[400], "unsupported_method")},
 )
 async def create_job(request: Request) -> Response:
     owner = await authenticate(request)

@@ -730,5 +730,9 @@ class EventsQuery(QueryModel):
 
 
 class DownloadQuery(QueryModel):
+    artifact: Literal["adapter", "tensorboard"] = "adapter"
+    """What to download: the adapter (final, or a checkpoint's), or the TensorBoard event files of a job
+    created with the tensorboard integration"""
     checkpoint: Annotated[int, Field(ge=0, le=MAX_STEP)] | None = None
-    """A checkpoint step (see the checkpoints); without it, the final adapter"""
+    """A checkpoint step (see the checkpoints); without it, the final adapter. Adapters only: with
+    artifact=tensorboard it is refused (422 checkpoint_not_applicable)"""

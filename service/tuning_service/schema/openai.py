@@ -10,21 +10,24 @@ from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import Field, create_model, model_validator
 
-from tuning_trainer.config import Adapter, Hyperparameters, Method, Seed
+from tuning_trainer.config import Adapter, Hyperparameters, Integration, Integrations, Method, Seed
 from tuning_trainer.schema import StrictModel, cross_field
 
 from .base import Page, QueryModel, RequestBody, ResponseModel
 from .jobs import (
     MAX_CURSOR_CHARS,
+    AutoRetry,
     CreateTuningRequest,
     Cursor,
     Distributed,
     DryRun,
     FileRef,
     FromCheckpoint,
+    MaxRuntimeSeconds,
     Metadata,
     ModelName,
     NumGpus,
+    Priority,
     Suffix,
 )
 
@@ -162,17 +165,8 @@ class OpenAICreateJob(RequestBody):
     suffix: Suffix | None = None
     seed: Seed = CreateTuningRequest.model_fields["seed"].default
     metadata: Metadata = {}
-    integrations: Annotated[
-        list[Any],
-        Field(
-            max_length=0,
-            description="Not supported: follow training with the job's events or /v1/tunings.logs",
-            json_schema_extra={
-                "x-rule": "empty: integrations (e.g. wandb) are not supported by this service; follow "
-                "training with the job's events or /v1/tunings.logs"
-            },
-        ),
-    ] = []
+    integrations: Integrations = []
+    """Experiment trackers, OpenAI's shape for wandb; mlflow and tensorboard as on the native create"""
     tuning_method: Adapter | None = None
     """Extension: the adapter, qlora (default) or lora"""
     from_checkpoint: FromCheckpoint | None = None
@@ -182,6 +176,12 @@ class OpenAICreateJob(RequestBody):
     num_gpus: NumGpus = 1
     """Extension: see the native create"""
     distributed: Distributed = "ddp"
+    """Extension: see the native create"""
+    priority: Priority = 0
+    """Extension: see the native create"""
+    max_runtime_seconds: MaxRuntimeSeconds | None = None
+    """Extension: see the native create"""
+    auto_retry: AutoRetry = 0
     """Extension: see the native create"""
     dry_run: DryRun = False
     """Extension: see the native create (the answer is the native tuning.estimate)"""
@@ -220,6 +220,10 @@ class OpenAICreateJob(RequestBody):
             "dry_run": self.dry_run,
             "method": "dpo" if method.type == "dpo" else "sft",
             "from_checkpoint": self.from_checkpoint,
+            "integrations": self.integrations,
+            "priority": self.priority,
+            "max_runtime_seconds": self.max_runtime_seconds,
+            "auto_retry": self.auto_retry,
         }
         if self.tuning_method is not None:
             native["adapter"] = self.tuning_method
@@ -275,6 +279,10 @@ class OpenAIJobExtension(ResponseModel):
     metrics: dict[str, Any] | None
     num_gpus: int
     distributed: Literal["ddp", "fsdp"]
+    priority: int
+    max_runtime_seconds: int | None
+    auto_retry: int
+    retries: int
 
 
 class OpenAIJob(ResponseModel):
@@ -294,7 +302,7 @@ class OpenAIJob(ResponseModel):
     error: OpenAIJobError | None
     seed: int
     estimated_finish: int | None
-    integrations: list[Any]
+    integrations: list[Integration]
     metadata: dict[str, str] | None
     user_provided_suffix: str | None
     method: OpenAIJobMethod

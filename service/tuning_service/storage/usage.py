@@ -85,18 +85,19 @@ class UsageTables(Database):
             "limits": {name: (key or {}).get(name) for name in LIMITS},
         }
 
-    async def usage_by_key(self, *, now: float, since: float) -> list[dict[str, Any]]:
-        """Every key with jobs, GPU time or limits: its id, name, running and queued jobs, GPU seconds since
-        `since`, and limits (/metrics)."""
-        return await self.all(
+    def usage_by_key(self, *, now: float, since: float) -> list[dict[str, Any]]:
+        """Every active key: its id, name, running and queued jobs, GPU seconds since `since` and limits
+        (/metrics, at scrape time: a plain read on the read-only connection)."""
+        cur = self.reader.execute(
             "SELECT k.id, k.name, k.max_running_jobs, k.max_queued_jobs, k.max_gpu_hours,"
-            f" COALESCE(u.s, 0) AS gpu_seconds,"
+            " COALESCE(u.s, 0) AS gpu_seconds,"
             f" (SELECT COUNT(*) FROM jobs WHERE owner = k.id AND status IN ({_ACTIVE_SQL})) AS running,"
             " (SELECT COUNT(*) FROM jobs WHERE owner = k.id AND status = 'queued') AS queued"
             f" FROM api_keys k LEFT JOIN ({_GPU_SECONDS}) u ON u.owner = k.id"
             " WHERE k.revoked_at IS NULL ORDER BY k.created_at, k.id",
             {"now": now, "since": since},
         )
+        return [dict(r) for r in cur.fetchall()]
 
     async def job_runtime(self, job_id: str, *, since: float, now: float) -> float:
         """Seconds the job's runs since `since` have held a slot (the current one up to now)."""

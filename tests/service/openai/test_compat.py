@@ -143,9 +143,9 @@ def test_method_supervised_hyperparameters_and_extensions(api: openai.OpenAI, tr
     [
         ({"method": {"type": "reinforcement"}}, "method.type", "unsupported_method"),
         (
-            {"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]},
-            "integrations",
-            "unsupported_integration",
+            {"integrations": [{"type": "wandb", "wandb": {"project": "p", "tags": ["x" * 65]}}]},
+            "integrations.0.wandb.tags.0",
+            "invalid_value",
         ),
         ({"hyperparameters": {"n_epochs": "many"}}, "hyperparameters.n_epochs", "invalid_hyperparameter"),
         (
