@@ -26,6 +26,7 @@ from ._errors import (
     InternalServerError,
     NotFoundError,
     PermissionDeniedError,
+    QuotaExceededError,
     RateLimitError,
     TuningError,
     UnprocessableEntityError,
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
         TuningEstimate,
         TuningJob,
     )
-    from ._objects import Checkpoint, FileDeleted, FileError, FileObject
+    from ._objects import Checkpoint, FileDeleted, FileError, FileObject, KeyLimits, KeyUsage
     from ._pagination import CursorPage
     from ._streaming import Stream
     from ._transfer import ArchiveError
@@ -84,6 +85,8 @@ _LAZY = {
     "FileDeleted": "_objects",
     "FileError": "_objects",
     "FileObject": "_objects",
+    "KeyLimits": "_objects",
+    "KeyUsage": "_objects",
     "CursorPage": "_pagination",
     "ArchiveError": "_transfer",
     "AssistantMessage": "_inference",
@@ -148,11 +151,14 @@ __all__ = [
     "JobDeleted",
     "JobError",
     "JobStatus",
+    "KeyLimits",
+    "KeyUsage",
     "LogRecord",
     "Model",
     "ModelDeleted",
     "NotFoundError",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "RateLimitError",
     "Stream",
     "TokenLogprob",

@@ -3,7 +3,7 @@
 tuning files upload PATH [--purpose fine-tune] | list [--limit N] | get ID | delete ID
 tuning files content ID [-o FILE]
 tuning jobs events ID [--after SEQ] | checkpoints ID | pause ID | resume ID
-tuning jobs download ID DIR [--checkpoint STEP] [--overwrite]
+tuning jobs download ID DIR [--checkpoint STEP | --artifact tensorboard] [--overwrite]
 """
 
 from __future__ import annotations
@@ -90,10 +90,19 @@ def add_job_commands(acts: Any) -> None:
     ev.add_argument("id")
     ev.add_argument("--after", type=int, default=None, help="start after this sequence number")
     acts.add_parser("checkpoints", help="a job's checkpoints").add_argument("id")
-    dl = acts.add_parser("download", help="download the adapter (or a checkpoint) into a folder")
+    dl = acts.add_parser(
+        "download", help="download the adapter (or a checkpoint, or the TensorBoard files) into a folder"
+    )
     dl.add_argument("id")
     dl.add_argument("dir", help="the folder to unpack into (PeftModel.from_pretrained loads it)")
     dl.add_argument("--checkpoint", type=int, metavar="STEP", help="this checkpoint instead of the final one")
+    dl.add_argument(
+        "--artifact",
+        choices=("adapter", "tensorboard"),
+        default="adapter",
+        help="adapter (default) or tensorboard: the event files of a job created with --tensorboard "
+        "(tensorboard --logdir DIR)",
+    )
     dl.add_argument("--overwrite", action="store_true", help="replace DIR if it is not empty")
     acts.add_parser("pause", help="pause a job (it checkpoints; resume continues)").add_argument("id")
     acts.add_parser("resume", help="resume a paused, failed or cancelled job").add_argument("id")
@@ -174,11 +183,19 @@ def run_job_action(args: argparse.Namespace, client: TuningClient, print_job: An
         return 0
     if action == "download":
         folder = client.tunings.download(
-            args.id, args.dir, checkpoint=args.checkpoint, overwrite=args.overwrite
+            args.id, args.dir, checkpoint=args.checkpoint, artifact=args.artifact, overwrite=args.overwrite
         )
         files = sorted(p.name for p in folder.iterdir())
         if args.json:
-            _print_json({"id": args.id, "checkpoint": args.checkpoint, "path": str(folder), "files": files})
+            _print_json(
+                {
+                    "id": args.id,
+                    "artifact": args.artifact,
+                    "checkpoint": args.checkpoint,
+                    "path": str(folder),
+                    "files": files,
+                }
+            )
         else:
             print(f"unpacked into {folder}: {', '.join(files)}")
         return 0

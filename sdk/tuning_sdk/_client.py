@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .resources.files import Files
     from .resources.models import Models
     from .resources.tunings import Tunings
+    from .resources.usage import UsageResource
 
 DEFAULT_BASE_URL = "http://localhost:8000"
 
@@ -113,6 +114,14 @@ class TuningClient:
         from .resources.completions import Completions
 
         return Completions(self._transport)
+
+    @cached_property
+    def usage(self) -> UsageResource:
+        """The API key's usage and limits: ``client.usage.retrieve()`` (running and queued jobs, GPU hours in
+        the quota window, the key's limits)."""
+        from .resources.usage import UsageResource
+
+        return UsageResource(self._transport)
 
     def health_check(self) -> dict[str, Any]:
         """The service's health (no key needed).

@@ -107,6 +107,13 @@ def _str_tuple(value: Any) -> tuple[str, ...] | None:
     return tuple(str(x) for x in value) if isinstance(value, (list, tuple)) else None
 
 
+def _mapping_tuple(value: Any) -> tuple[Mapping[str, Any], ...]:
+    """A JSON array of objects as a tuple of them, as sent (empty if not an array)."""
+    if not isinstance(value, (list, tuple)):
+        return ()
+    return tuple(dict(x) for x in value if isinstance(x, Mapping))
+
+
 @dataclass(frozen=True)
 class TrainingMetrics:
     """A job's latest training progress, as reported by the trainer.
@@ -298,6 +305,15 @@ class TuningJob:
         adapter: how the adapter sits on the base: ``"qlora"`` (a 4-bit base) or ``"lora"``.
         from_checkpoint: the adapter the job started from, as given on create (``"ftjob-..."``,
             ``"ftjob-...:STEP"`` or ``"ftckpt-..."``); None for a fresh adapter.
+        integrations: the experiment trackers the trainer logs to, each as sent: ``{"type": "wandb",
+            "wandb": {"project", "name", "entity", "tags"}}``, ``{"type": "mlflow", "mlflow":
+            {"tracking_uri", "experiment"}}``, ``{"type": "tensorboard"}`` (empty: none).
+        priority: the queue's order, -100..100 (higher first; 0 by default).
+        max_runtime_seconds: the training time allowed (the job's own, or the service's default when it
+            was created); None: no limit. A job past it fails with ``deadline_exceeded``, keeping a
+            checkpoint that `resume` continues from.
+        auto_retry / retries: how many automatic retries after an infrastructure failure the job allows,
+            and how many it has used (each one a ``retry`` record).
 
     Example:
         >>> job = client.tunings.get("ftjob-...")
@@ -332,6 +348,11 @@ class TuningJob:
     distributed: str = "ddp"
     webhook_url: str | None = None
     webhook_events: tuple[str, ...] | None = None
+    integrations: tuple[Mapping[str, Any], ...] = ()
+    priority: int = 0
+    max_runtime_seconds: int | None = None
+    auto_retry: int = 0
+    retries: int = 0
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -387,6 +408,11 @@ class TuningJob:
             distributed=_opt_str(data.get("distributed")) or "ddp",
             webhook_url=_opt_str(data.get("webhook_url")),
             webhook_events=_str_tuple(data.get("webhook_events")),
+            integrations=_mapping_tuple(data.get("integrations")),
+            priority=_opt_int(data.get("priority")) or 0,
+            max_runtime_seconds=_opt_int(data.get("max_runtime_seconds")),
+            auto_retry=_opt_int(data.get("auto_retry")) or 0,
+            retries=_opt_int(data.get("retries")) or 0,
             raw=dict(data),
         )
 
@@ -529,13 +555,16 @@ def _reward_parts(margin: Any, accuracy: Any) -> list[str]:
 @dataclass(frozen=True)
 class LogRecord:
     """One record of a job's log: trainer events (`started`, `metrics`, `eval`, `checkpoint`, `completed`,
-    `failed`, `interrupted`), the service's `status` changes and `log` lines of the trainer's output.
+    `failed`, `interrupted`, `warning`), the service's `status` changes, `log` lines of the trainer's output,
+    webhook attempts, and `retry` (an automatic retry after an infrastructure failure: ``attempt``,
+    ``max_retries``, ``reason``, ``message``, ``step``, ``checkpoint``, ``batch_size``).
 
     The type-specific fields are in `data`; ``record["loss"]`` and ``record.get("loss")`` read them. A
     preference job's (dpo, orpo, simpo) `metrics` records also carry ``rewards_chosen``,
     ``rewards_rejected``, ``rewards_margin`` and ``rewards_accuracy``, its `eval` records
     ``eval_rewards_chosen`` ... ``eval_rewards_accuracy`` (``record.get("rewards_margin")``: None on an SFT
-    job's).
+    job's). A `warning` (something that does not stop the run, e.g. an experiment tracker that failed and was
+    turned off) has ``code``, ``message`` and ``tracker``.
 
     Example:
         >>> for rec in client.tunings.stream_logs(job.id):
@@ -606,6 +635,17 @@ class LogRecord:
             return f"completed: adapter at {d.get('adapter_path')}{loss_text}"
         if self.type == "failed":
             return f"failed: {d.get('message')} ({d.get('code')})"
+        if self.type == "warning":
+            tracker = f"{d['tracker']}: " if d.get("tracker") else ""
+            return f"warning: {tracker}{d.get('message')} ({d.get('code')})"
+        if self.type == "retry":
+            step = d.get("step")
+            text = f"retry {d.get('attempt')}/{d.get('max_retries')} ({d.get('reason')}) from " + (
+                f"step {step}" if step is not None else "the beginning"
+            )
+            if d.get("batch_size") is not None:
+                text += f", batch_size {d['batch_size']}"
+            return text + (f": {d['message']}" if d.get("message") else "")
         if self.type == "eval":
             rewards = _reward_parts(d.get("eval_rewards_margin"), d.get("eval_rewards_accuracy"))
             if isinstance(d.get("eval_loss"), (int, float)) or rewards:

@@ -1,5 +1,5 @@
-"""Typed views of uploaded files and job checkpoints (as in `_models`: frozen, tolerant, `raw` kept, and
-mirroring the service's document field for field)."""
+"""Typed views of uploaded files, job checkpoints and an API key's usage (as in `_models`: frozen, tolerant,
+`raw` kept, and mirroring the service's document field for field)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from ._models import _opt_float, _opt_int, _opt_str
 
-__all__ = ["Checkpoint", "FileDeleted", "FileError", "FileObject"]
+__all__ = ["Checkpoint", "FileDeleted", "FileError", "FileObject", "KeyLimits", "KeyUsage"]
 
 
 @dataclass(frozen=True)
@@ -150,4 +150,78 @@ class Checkpoint:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        return dict(self.raw)
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """An API key's limits (set on the server: ``python -m tuning_service keys update --max-...``); None: no
+    limit.
+
+    Attributes:
+        max_running_jobs: jobs of the key holding a slot at once (more wait in the queue).
+        max_queued_jobs: queued jobs of the key; a create beyond it is refused (`QuotaExceededError`).
+        max_gpu_hours: GPU hours over the quota window; once used, a create is refused (`QuotaExceededError`).
+    """
+
+    max_running_jobs: int | None = None
+    max_queued_jobs: int | None = None
+    max_gpu_hours: float | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KeyLimits:
+        return cls(
+            max_running_jobs=_opt_int(data.get("max_running_jobs")),
+            max_queued_jobs=_opt_int(data.get("max_queued_jobs")),
+            max_gpu_hours=_opt_float(data.get("max_gpu_hours")),
+            raw=dict(data),
+        )
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    """What the calling API key holds and has used, and its limits: the answer to ``client.usage.retrieve()``
+    (``GET /v1/usage``).
+
+    Attributes:
+        key_id: the key's id (``key_...``; never the key itself).
+        running_jobs: its jobs holding a slot (running, cancelling, pausing).
+        queued_jobs: its jobs waiting in the queue.
+        gpu_hours: GPU time of its runs over the last `window_days` (wall time x GPUs held; on a service
+            without GPUs, process hours), the running ones counted up to now.
+        window_days: the quota window.
+        limits: the key's `KeyLimits` (None in each: no limit).
+
+    Example:
+        >>> u = client.usage.retrieve()
+        >>> u.gpu_hours, u.limits.max_gpu_hours
+        (3.25, 100.0)
+    """
+
+    key_id: str = ""
+    running_jobs: int = 0
+    queued_jobs: int = 0
+    gpu_hours: float = 0.0
+    window_days: float = 0.0
+    limits: KeyLimits = field(default_factory=KeyLimits)
+    object: str = "usage"
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KeyUsage:
+        limits = data.get("limits")
+        return cls(
+            key_id=_opt_str(data.get("key_id")) or "",
+            running_jobs=_opt_int(data.get("running_jobs")) or 0,
+            queued_jobs=_opt_int(data.get("queued_jobs")) or 0,
+            gpu_hours=_opt_float(data.get("gpu_hours")) or 0.0,
+            window_days=_opt_float(data.get("window_days")) or 0.0,
+            limits=KeyLimits.from_dict(limits) if isinstance(limits, Mapping) else KeyLimits(),
+            object=str(data.get("object", "usage")),
+            raw=dict(data),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The usage object as the service sent it."""
         return dict(self.raw)

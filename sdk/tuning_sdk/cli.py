@@ -1,13 +1,15 @@
 """`tuning`: the command line of the SDK (installed with it; no extra dependencies).
 
     tuning health
+    tuning usage
     tuning jobs create --model M --training-file F [--method M] [--adapter A] [--from-checkpoint REF]
-                       [--hp key=value ...] [--wait]
+                       [--hp key=value ...] [--priority N] [--max-runtime-seconds N] [--auto-retry N]
+                       [--tensorboard] [--wandb-project P ...] [--mlflow ...] [--wait]
     tuning jobs list [--status S] [--limit N] | get ID | cancel ID | delete ID
     tuning jobs logs ID [-f]
     tuning jobs wait ID [--timeout S] [--stop-on-pause]
     tuning jobs events ID | checkpoints ID | pause ID | resume ID
-    tuning jobs download ID DIR [--checkpoint STEP] [--overwrite]
+    tuning jobs download ID DIR [--checkpoint STEP | --artifact tensorboard] [--overwrite]
     tuning files upload PATH | list | get ID | delete ID | content ID [-o FILE]
     tuning models list | get ID | delete ID
     tuning chat MODEL [--prompt TEXT [--json]] [--system TEXT] [--temperature T] [--max-tokens N]
@@ -24,7 +26,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from . import _cli_artifacts, _cli_chat
@@ -40,6 +42,7 @@ from ._errors import (
     WaitTimeoutError,
 )
 from ._models import TuningEstimate, TuningJob, _reward_parts
+from ._objects import KeyUsage
 from ._transfer import ArchiveError
 from ._version import __version__
 
@@ -59,8 +62,8 @@ EXIT_CODES_HELP = f"""exit codes:
   {EXIT_OK}    success (for wait / create --wait: the job succeeded)
   {EXIT_JOB_FAILED}    the job ended failed or cancelled (wait / create --wait)
   {EXIT_USAGE}    bad command line or configuration (e.g. no API key; chat --compare-base on a base model)
-  {EXIT_REJECTED}    the service rejected the request (400, 409, 413, 422, ...), or an uploaded file
-       failed validation (files upload)
+  {EXIT_REJECTED}    the service rejected the request (400, 409, 413, 422, 429 quota_exceeded, ...), or an
+       uploaded file failed validation (files upload)
   {EXIT_AUTH}    authentication or permission error (401, 403)
   {EXIT_NOT_FOUND}    no such job, file, checkpoint or model (404)
   {EXIT_CONNECTION}    the service could not be reached (connection error or timeout)
@@ -226,6 +229,10 @@ def _print_job(job: TuningJob) -> None:
         ("adapter", job.adapter or None),
         ("from_checkpoint", job.from_checkpoint),
         ("hyperparameters", json.dumps(job.hyperparameters.to_dict())),
+        ("integrations", _describe_integrations(job) or None),
+        ("priority", job.priority or None),
+        ("max_runtime", f"{job.max_runtime_seconds}s" if job.max_runtime_seconds is not None else None),
+        ("auto_retry", f"{job.retries}/{job.auto_retry} used" if job.auto_retry or job.retries else None),
         ("created_at", _fmt_time(job.created_at)),
         ("started_at", _fmt_time(job.started_at)),
         ("finished_at", _fmt_time(job.finished_at)),
@@ -244,6 +251,52 @@ def _print_job(job: TuningJob) -> None:
         print("log tail:")
         for line in job.error.log_tail:
             print(f"  {line}")
+
+
+# A tracker's settings as `jobs get` shows them: (field, label).
+_TRACKER_SETTINGS = (
+    ("project", "project"),
+    ("name", "run"),
+    ("entity", "entity"),
+    ("tags", "tags"),
+    ("experiment", "experiment"),
+    ("tracking_uri", "at"),
+)
+
+
+def _describe_integrations(job: TuningJob) -> str:
+    """The job's trackers in a line: ``wandb (project p, run r), mlflow (experiment e), tensorboard``."""
+    parts = []
+    for integration in job.integrations:
+        kind = str(integration.get("type", "?"))
+        settings = integration.get(kind)
+        details = []
+        if isinstance(settings, Mapping):
+            for key, label in _TRACKER_SETTINGS:
+                value = settings.get(key)
+                if isinstance(value, list):
+                    value = ",".join(map(str, value))
+                if value:
+                    details.append(f"{label} {value}")
+        parts.append(kind + (f" ({', '.join(details)})" if details else ""))
+    return ", ".join(parts)
+
+
+def _print_usage(usage: KeyUsage) -> None:
+    def limit(value: float | None) -> str:
+        return "-" if value is None else f"{value:g}"
+
+    lim = usage.limits
+    print(f"key      {usage.key_id}")
+    print(f"window   the last {usage.window_days:g} days (GPU hours)")
+    _cli_artifacts._table(
+        ("", "USED", "LIMIT"),
+        [
+            ("running jobs", usage.running_jobs, limit(lim.max_running_jobs)),
+            ("queued jobs", usage.queued_jobs, limit(lim.max_queued_jobs)),
+            ("GPU hours", f"{usage.gpu_hours:.2f}", limit(lim.max_gpu_hours)),
+        ],
+    )
 
 
 def _print_table(jobs: list[TuningJob]) -> None:
@@ -280,6 +333,27 @@ def _parse_kv(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
+def _integrations(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The create's `integrations` from the tracker flags (only the settings given are sent)."""
+    out: list[dict[str, Any]] = []
+    wandb = {
+        "project": args.wandb_project,
+        "name": args.wandb_name,
+        "entity": args.wandb_entity,
+        "tags": args.wandb_tag,
+    }
+    if args.wandb_project is not None:
+        out.append({"type": "wandb", "wandb": {k: v for k, v in wandb.items() if v is not None}})
+    elif any(v is not None for v in wandb.values()):
+        raise argparse.ArgumentTypeError("--wandb-name, --wandb-entity and --wandb-tag need --wandb-project")
+    mlflow = {"tracking_uri": args.mlflow_tracking_uri, "experiment": args.mlflow_experiment}
+    if args.mlflow or any(v is not None for v in mlflow.values()):
+        out.append({"type": "mlflow", "mlflow": {k: v for k, v in mlflow.items() if v is not None}})
+    if args.tensorboard:
+        out.append({"type": "tensorboard"})
+    return out
+
+
 def _wait(client: TuningClient, job_id: str, args: argparse.Namespace) -> int:
     bar = None if args.no_progress else _progress_bar(sys.stderr)
     try:
@@ -312,6 +386,13 @@ def _run(args: argparse.Namespace, client: TuningClient) -> int:
             for key, value in health.items():
                 print(f"{key}: {value}")
         return EXIT_OK
+    if cmd == "usage":
+        usage = client.usage.retrieve()
+        if args.json:
+            _print_json(usage.to_dict())
+        else:
+            _print_usage(usage)
+        return EXIT_OK
     if cmd == "files":
         return _cli_artifacts.run_files(args, client)
     if cmd == "models":
@@ -339,6 +420,10 @@ def _run(args: argparse.Namespace, client: TuningClient) -> int:
             distributed=args.distributed,
             webhook_url=args.webhook_url,
             webhook_events=args.webhook_event or None,
+            integrations=args.integrations or None,
+            priority=args.priority,
+            max_runtime_seconds=args.max_runtime_seconds,
+            auto_retry=args.auto_retry,
             idempotency_key=args.idempotency_key,
         )
         if args.dry_run:
@@ -423,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output on stdout")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("health", help="check that the service is up")
+    sub.add_parser("usage", help="this API key's running and queued jobs, GPU hours and limits")
 
     jobs = sub.add_parser(
         "jobs",
@@ -504,6 +590,45 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--distributed", choices=("ddp", "fsdp"), help="how several GPUs share the work (default ddp)"
     )
+    create.add_argument(
+        "--priority",
+        type=int,
+        metavar="N",
+        help="the queue's order, -100..100 (default 0): higher runs first",
+    )
+    create.add_argument(
+        "--max-runtime-seconds",
+        type=int,
+        metavar="N",
+        help="training time allowed; past it the job checkpoints and fails with deadline_exceeded (resume "
+        "continues it). Default: the service's",
+    )
+    create.add_argument(
+        "--auto-retry",
+        type=int,
+        metavar="N",
+        help="restart from the newest checkpoint up to N times (0..10) after an infrastructure failure "
+        "(crash, kill, out of memory, service restart)",
+    )
+    create.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="write TensorBoard event files (jobs download ID DIR --artifact tensorboard)",
+    )
+    create.add_argument("--wandb-project", metavar="P", help="log to Weights & Biases, into this project")
+    create.add_argument("--wandb-name", metavar="NAME", help="the W&B run's name (default: the job id)")
+    create.add_argument("--wandb-entity", metavar="E", help="the W&B team or user")
+    create.add_argument("--wandb-tag", action="append", metavar="T", help="a W&B tag (repeatable)")
+    create.add_argument("--mlflow", action="store_true", help="log to MLflow")
+    create.add_argument(
+        "--mlflow-tracking-uri",
+        metavar="U",
+        help="an MLflow tracking server, http(s)://... or databricks (default: the service's); implies "
+        "--mlflow",
+    )
+    create.add_argument(
+        "--mlflow-experiment", metavar="E", help="the MLflow experiment (default tuning); implies --mlflow"
+    )
     create.add_argument("--wait", action="store_true", help="wait for the job to end, with a progress bar")
     create.add_argument(
         "--dry-run",
@@ -535,7 +660,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat = _cli_chat.add_chat_command(sub)
 
     # `--json` is accepted after the command too (`tuning jobs list --json`).
-    leaves = [sub.choices["health"], *acts.choices.values(), *file_leaves, *model_leaves, chat]
+    leaves = [
+        sub.choices["health"],
+        sub.choices["usage"],
+        *acts.choices.values(),
+        *file_leaves,
+        *model_leaves,
+        chat,
+    ]
     for leaf in leaves:
         leaf.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
     return parser
@@ -548,6 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "action", None) == "create":
             args.hp = _parse_kv(args.hp, "--hp")
             args.metadata = _parse_kv(args.metadata, "--metadata")
+            args.integrations = _integrations(args)
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     try:

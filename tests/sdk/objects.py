@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, RootModel, ValidationError
 from tuning_service.schema import files as file_schema
 from tuning_service.schema import inference as inference_schema
 from tuning_service.schema import jobs as job_schema
+from tuning_service.schema import usage as usage_schema
 from tuning_trainer.config import Hyperparameters
 
 M = TypeVar("M", bound=BaseModel)
@@ -60,6 +61,7 @@ RESPONSE_MODELS: dict[tuple[str, str], type[BaseModel]] = {
     ("GET", "/v1/files.list"): file_schema.FileList,
     ("DELETE", "/v1/files.delete/"): file_schema.DeletedFile,
     ("GET", "/health"): job_schema.Health,
+    ("GET", "/v1/usage"): usage_schema.KeyUsage,
     # The inference routes (OpenAI's shapes). A model id may hold "/": `/v1/models/{model:path}`. A chat
     # completion or completion with "stream": true is an event stream (its chunks: `chat_chunk_body`,
     # `completion_body`).
@@ -325,6 +327,24 @@ def health_body(version: str = "1", **counts: int) -> dict[str, Any]:
     }
     body.update(counts)
     return conform(job_schema.Health, body)
+
+
+def key_usage_body(**fields: Any) -> dict[str, Any]:
+    """GET /v1/usage's answer: a key without limits that has run nothing; `fields` replace any field (a
+    `limits` given in part keeps the other limits null)."""
+    limits: dict[str, Any] = {"max_running_jobs": None, "max_queued_jobs": None, "max_gpu_hours": None}
+    limits.update(fields.pop("limits", {}))
+    body: dict[str, Any] = {
+        "object": "usage",
+        "key_id": "key_0123456789abcdef",
+        "running_jobs": 0,
+        "queued_jobs": 0,
+        "gpu_hours": 0.0,
+        "window_days": 30.0,
+        "limits": limits,
+    }
+    body.update(fields)
+    return conform(usage_schema.KeyUsage, body)
 
 
 # ---- inference: models, chat completions, completions ----------------------------------------------------

@@ -64,22 +64,27 @@ from tuning_sdk import (
     JobDeleted,
     JobError,
     JobStatus,
+    KeyLimits,
+    KeyUsage,
     LogRecord,
     Model,
     ModelDeleted,
     NotFoundError,
+    QuotaExceededError,
     TokenLogprob,
     TopLogprob,
     TrainingMetrics,
     TuningClient,
     TuningEstimate,
     TuningJob,
+    UnprocessableEntityError,
     Usage,
 )
 from tuning_sdk.resources.models import _model_path
 from tuning_service.schema import files as file_schema
 from tuning_service.schema import inference as inference_schema
 from tuning_service.schema import jobs as job_schema
+from tuning_service.schema import usage as usage_schema
 
 FAKE_TRAINER = Path(__file__).resolve().parents[1] / "service" / "fake_trainer.py"
 DEV_KEY_ID = "key_" + hashlib.sha256(DEV_KEY.encode()).hexdigest()[:16]
@@ -99,6 +104,8 @@ COUNTERPARTS: dict[str, type] = {
     "Checkpoint": Checkpoint,
     "TuningEstimate": TuningEstimate,
     "EstimateMemory": EstimateMemory,
+    "KeyUsage": KeyUsage,
+    "KeyLimits": KeyLimits,
     # The inference routes (schema/inference.py).
     "Model": Model,
     "DeletedModel": ModelDeleted,
@@ -118,7 +125,21 @@ COUNTERPARTS: dict[str, type] = {
 }
 # Objects the SDK keeps as a plain mapping of what was sent (so no field of theirs can go missing); the real
 # objects are still checked key by key against the schema.
-KEPT_AS_MAPPING = {"CheckpointMetrics": "Checkpoint.metrics (c.metrics['train_loss'], c.train_loss)"}
+KEPT_AS_MAPPING = {
+    "CheckpointMetrics": "Checkpoint.metrics (c.metrics['train_loss'], c.train_loss)",
+    # A job's trackers: TuningJob.integrations, each as sent (i["type"], i["wandb"]["project"]); the create
+    # takes them as dicts of the same shape.
+    **dict.fromkeys(
+        (
+            "WandbIntegration",
+            "WandbSettings",
+            "MlflowIntegration",
+            "MlflowSettings",
+            "TensorboardIntegration",
+        ),
+        "TuningJob.integrations, each tracker a mapping as sent",
+    ),
+}
 # Schemas the SDK has no model of, and why. A new schema in the document fails the accounting test until it
 # is mirrored or listed here.
 NOT_MIRRORED = {
@@ -399,7 +420,8 @@ class Produced:
     checkpoints: dict[str, list[dict[str, Any]]]  # job name -> its checkpoints
     deleted_job: dict[str, Any]
     deleted_file: dict[str, Any]
-    sdk: dict[str, Any]  # what the SDK's own calls returned for the same objects
+    usage: dict[str, Any]  # GET /v1/usage, with limits set on the key
+    sdk: dict[str, Any]  # what the SDK's own calls returned for the same objects (or raised)
     svc: ServiceProcess  # still running, for the tests of the inference routes
     client: TuningClient
 
@@ -500,6 +522,15 @@ def _produce(svc: ServiceProcess, client: TuningClient, receiver: Receiver, tmp:
         resume_on_restart=True,
         webhook_url=receiver.url,
         webhook_events=["job.succeeded", "job.checkpoint"],
+        # The trackers (the fake trainer ignores them) and the governance fields.
+        integrations=[
+            {"type": "wandb", "wandb": {"project": "contract", "name": "run-1", "tags": ["sdk", "x"]}},
+            {"type": "mlflow", "mlflow": {"experiment": "contract"}},
+            {"type": "tensorboard"},
+        ],
+        priority=5,
+        max_runtime_seconds=3600,
+        auto_retry=1,
     )
     jobs = {"queued": _ok(svc.get(f"/v1/tunings.get/{created.id}"))}
     sdk["job queued"] = client.tunings.get(created.id)
@@ -537,6 +568,27 @@ def _produce(svc: ServiceProcess, client: TuningClient, receiver: Receiver, tmp:
         if name != "queued":
             sdk[f"job {name}"] = client.tunings.get(job["id"])
 
+    # The TensorBoard files of the succeeded job (put where the trainer's tensorboard integration writes them:
+    # the fake trainer writes none), and the refusals of that download.
+    board = Path(jobs["succeeded"]["adapter_path"]).parent / "tensorboard"
+    board.mkdir()
+    (board / "events.out.tfevents.1764150000.host").write_bytes(b"\0" * 64)
+    sdk["tensorboard"] = client.tunings.download(created.id, tmp / "board", artifact="tensorboard")
+    sdk["tensorboard missing"] = _raised(
+        lambda: client.tunings.download(jobs["killed"]["id"], tmp / "none", artifact="tensorboard")
+    )
+    sdk["tensorboard checkpoint"] = _raised(
+        lambda: client.tunings.download(created.id, tmp / "none", checkpoint=2, artifact="tensorboard")
+    )
+
+    # Usage with limits on the key (every job has ended: the GPU hours no longer change), and a create over
+    # its queued-jobs quota; then the limits are lifted.
+    svc.cli("keys", "update", DEV_KEY_ID, "--max-running-jobs", "3", "--max-queued-jobs", "0")
+    usage = _ok(svc.get("/v1/usage"))
+    sdk["usage"] = client.usage.retrieve()
+    sdk["quota"] = _raised(lambda: client.tunings.create("fake:complete", sdk["file processed"].id))
+    svc.cli("keys", "update", DEV_KEY_ID, "--max-running-jobs", "none", "--max-queued-jobs", "none")
+
     # The succeeded job's webhook deliveries are recorded asynchronously: wait for them, so that its records
     # include the service's `webhook` type and no longer change.
     deadline = time.monotonic() + 30
@@ -564,8 +616,16 @@ def _produce(svc: ServiceProcess, client: TuningClient, receiver: Receiver, tmp:
     sdk["deleted job"] = client.tunings.delete(jobs["out of memory"]["id"])
     deleted_file = _ok(svc.delete(f"/v1/files.delete/{files['file error']['id']}"))
     return Produced(
-        doc, jobs, files, records, events, checkpoints, deleted_job, deleted_file, sdk, svc, client
+        doc, jobs, files, records, events, checkpoints, deleted_job, deleted_file, usage, sdk, svc, client
     )
+
+
+def _raised(call: Any) -> Exception:
+    try:
+        call()
+    except Exception as exc:
+        return exc
+    raise AssertionError("expected the call to raise")
 
 
 # ---- the objects, decoded ---------------------------------------------------------------------------------
@@ -603,6 +663,20 @@ def test_the_jobs_are_the_ones_meant(produced: Produced) -> None:
     assert q.metadata == {"team": "sdk", "purpose": "contract"}
     assert q.webhook_events == ("job.succeeded", "job.checkpoint")
     assert q.hyperparameters.lora_target_modules == ["q_proj", "v_proj"]
+    assert [i["type"] for i in q.integrations] == ["wandb", "mlflow", "tensorboard"]
+    assert q.integrations[0]["wandb"] == {
+        "project": "contract",
+        "name": "run-1",
+        "entity": None,
+        "tags": ["sdk", "x"],
+    }
+    assert q.integrations[1]["mlflow"] == {"tracking_uri": None, "experiment": "contract"}
+    assert (q.priority, q.max_runtime_seconds, q.auto_retry, q.retries) == (5, 3600, 1, 0)
+    assert (jobs["cancelled"].priority, jobs["cancelled"].integrations, jobs["cancelled"].auto_retry) == (
+        0,
+        (),
+        0,
+    )
     s = jobs["succeeded"]
     assert s.is_successful and s.fine_tuned_model and s.adapter_path and s.duration is not None
     assert s.metrics is not None and s.metrics.progress == 1.0 and s.metrics.current_step == 4
@@ -708,6 +782,33 @@ def test_deleted_objects_decode_field_by_field(produced: Produced) -> None:
     )
 
 
+def test_usage_decodes_field_by_field(produced: Produced) -> None:
+    wire = produced.usage
+    validate(usage_schema.KeyUsage, wire)
+    usage = KeyUsage.from_dict(wire)
+    _assert_same(produced, "usage", "KeyUsage", wire, usage)
+    assert produced.sdk["usage"] == usage  # client.usage.retrieve() decodes the same
+    assert usage.key_id == DEV_KEY_ID and (usage.running_jobs, usage.queued_jobs) == (0, 0)
+    assert usage.gpu_hours > 0 and usage.window_days > 0  # the jobs above ran
+    assert usage.limits == KeyLimits(max_running_jobs=3, max_queued_jobs=0, max_gpu_hours=None)
+
+
+def test_a_create_over_the_quota_is_a_quota_exceeded_error(produced: Produced) -> None:
+    err = produced.sdk["quota"]
+    assert isinstance(err, QuotaExceededError), err
+    assert (err.status_code, err.code, err.param) == (429, "quota_exceeded", "max_queued_jobs")
+    assert err.request_id and "max_queued_jobs" in err.message
+
+
+def test_the_tensorboard_files_download(produced: Produced) -> None:
+    folder = produced.sdk["tensorboard"]
+    assert [p.name for p in folder.iterdir()] == ["events.out.tfevents.1764150000.host"]
+    missing, with_checkpoint = produced.sdk["tensorboard missing"], produced.sdk["tensorboard checkpoint"]
+    assert isinstance(missing, NotFoundError) and missing.code == "artifact_not_found", missing
+    assert isinstance(with_checkpoint, UnprocessableEntityError), with_checkpoint
+    assert with_checkpoint.code == "checkpoint_not_applicable" and with_checkpoint.param == "checkpoint"
+
+
 # ---- the document against the SDK's models -----------------------------------------------------------------
 
 
@@ -779,7 +880,10 @@ def test_the_stubs_route_table_is_the_documents(produced: Produced) -> None:
     paths: Mapping[str, Any] = produced.doc.doc["paths"]
     documented: dict[tuple[str, str], str] = {}
     for path, ops in paths.items():
-        if not (path.startswith(("/v1/tunings.", "/v1/files.", *INFERENCE_ROUTES)) or path == "/health"):
+        if not (
+            path.startswith(("/v1/tunings.", "/v1/files.", *INFERENCE_ROUTES))
+            or path in ("/health", "/v1/usage")
+        ):
             continue  # the OpenAI-compatible fine-tuning routes, /openapi.json, /docs, /metrics
         for method, op in ops.items():
             schema = (op["responses"]["200"].get("content", {}).get("application/json") or {}).get("schema")

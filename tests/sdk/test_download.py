@@ -13,7 +13,7 @@ import pytest
 
 from tests.sdk.objects import checkpoint_body, checkpoint_list, log_page, record
 from tests.sdk.stub import Handler, Recorded, StubServer, error, job_body, reply
-from tuning_sdk import ArchiveError, ConflictError, NotFoundError, TuningClient, cli
+from tuning_sdk import ArchiveError, ConflictError, NotFoundError, TuningClient, UnprocessableEntityError, cli
 from tuning_sdk._transfer import safe_extract
 
 ADAPTER = {"adapter_config.json": b'{"peft_type": "LORA"}', "adapter_model.safetensors": b"\0" * 300}
@@ -62,6 +62,30 @@ def test_download_unpacks_the_adapter(stub: StubServer, client: TuningClient, tm
 
     client.tunings.download("ftjob-1", tmp_path / "ckpt", checkpoint=4)
     assert stub.requests[-1].query == {"checkpoint": ["4"]}
+    client.tunings.download("ftjob-1", tmp_path / "final", artifact="adapter")
+    assert stub.requests[-1].query == {}  # the default is not sent (a service before artifacts refuses it)
+
+
+def test_download_of_the_tensorboard_files(stub: StubServer, client: TuningClient, tmp_path: Path) -> None:
+    board = {"events.out.tfevents.1764150000.host": b"\0" * 40}
+    stub.route("GET", "/v1/tunings.download/", gz(make_tar(board)))
+    folder = client.tunings.download("ftjob-1", tmp_path / "runs" / "ftjob-1", artifact="tensorboard")
+    assert [p.name for p in folder.iterdir()] == list(board)
+    (req,) = stub.calls("GET", "/v1/tunings.download/")
+    assert req.path == "/v1/tunings.download/ftjob-1" and req.query == {"artifact": ["tensorboard"]}
+    # The service's refusals: no TensorBoard files, or a checkpoint (adapters only); nothing is written.
+    stub.route("GET", "/v1/tunings.download/", error(404, "artifact_not_found", "none", param="artifact"))
+    with pytest.raises(NotFoundError) as info:
+        client.tunings.download("ftjob-2", tmp_path / "none", artifact="tensorboard")
+    assert info.value.code == "artifact_not_found"
+    stub.route(
+        "GET", "/v1/tunings.download/", error(422, "checkpoint_not_applicable", "no", param="checkpoint")
+    )
+    with pytest.raises(UnprocessableEntityError) as unprocessable:
+        client.tunings.download("ftjob-1", tmp_path / "none", checkpoint=4, artifact="tensorboard")
+    assert unprocessable.value.param == "checkpoint"
+    assert stub.requests[-1].query == {"checkpoint": ["4"], "artifact": ["tensorboard"]}
+    assert not (tmp_path / "none").exists()
 
 
 def test_download_refuses_a_non_empty_folder_unless_overwrite(
@@ -242,6 +266,23 @@ def test_cli_job_artifacts(stub: StubServer, run, tmp_path: Path) -> None:
     assert code == 0 and json.loads(out)["files"] == sorted(ADAPTER)
     code, _, err = run("jobs", "download", "ftjob-1", str(tmp_path / "ad"))
     assert code == cli.EXIT_USAGE and "not empty" in err
+    stub.route("GET", "/v1/tunings.download/", gz(make_tar({"events.out.tfevents.1.h": b"x"})))
+    code, out, _ = run(
+        "jobs", "download", "ftjob-1", str(tmp_path / "tb"), "--artifact", "tensorboard", "--json"
+    )
+    assert code == 0 and json.loads(out) == {
+        "id": "ftjob-1",
+        "artifact": "tensorboard",
+        "checkpoint": None,
+        "path": str(tmp_path / "tb"),
+        "files": ["events.out.tfevents.1.h"],
+    }
+    assert stub.requests[-1].query == {"artifact": ["tensorboard"]}
+    code, out, _ = run("jobs", "download", "ftjob-1", str(tmp_path / "tb2"), "--artifact", "tensorboard")
+    assert code == 0 and out == f"unpacked into {tmp_path / 'tb2'}: events.out.tfevents.1.h\n"
+    with pytest.raises(SystemExit) as exited:
+        run("jobs", "download", "ftjob-1", str(tmp_path / "x"), "--artifact", "logs")
+    assert exited.value.code == cli.EXIT_USAGE
     stub.route("GET", "/v1/tunings.download/", gz(make_tar({"../x": b"1"})))
     code, _, err = run("jobs", "download", "ftjob-1", str(tmp_path / "evil"))
     assert code == cli.EXIT_SERVER and "outside" in err

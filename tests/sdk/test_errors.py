@@ -14,6 +14,7 @@ from tuning_sdk import (
     InternalServerError,
     NotFoundError,
     PermissionDeniedError,
+    QuotaExceededError,
     RateLimitError,
     TuningError,
     UnprocessableEntityError,
@@ -102,3 +103,22 @@ def test_errors_inside_a_stream_map_as_their_http_status_would() -> None:
     assert make_stream_error("boom").message == "boom" and make_stream_error("boom").status_code == 500
     assert make_stream_error({}).message == "the stream reported an error"
     assert make_stream_error({"message": "x", "type": "not_found_error"}).status_code == 404
+
+
+def test_a_quota_is_its_own_rate_limit_error() -> None:
+    """429 `quota_exceeded` (a key over its quota: it will not clear in seconds) is a QuotaExceededError, a
+    RateLimitError still; any other 429 stays a plain RateLimitError."""
+    body = {"error": {"code": "quota_exceeded", "message": "over", "param": "max_gpu_hours", "type": "x"}}
+    err = make_status_error(429, body, {"X-Request-ID": "req-q"})
+    assert type(err) is QuotaExceededError and isinstance(err, RateLimitError)
+    assert (err.status_code, err.code, err.param, err.request_id) == (
+        429,
+        "quota_exceeded",
+        "max_gpu_hours",
+        "req-q",
+    )
+    rate = {"error": {"code": "rate_limited", "message": "slow down", "param": None, "type": "x"}}
+    assert type(make_status_error(429, rate)) is RateLimitError
+    assert type(make_status_error(429, None)) is RateLimitError
+    # The code is only a quota's on a 429.
+    assert type(make_status_error(400, body)) is BadRequestError

@@ -17,6 +17,7 @@ from tuning_sdk import (
     BadRequestError,
     InternalServerError,
     NotFoundError,
+    QuotaExceededError,
     RateLimitError,
     TuningClient,
     UnprocessableEntityError,
@@ -132,9 +133,39 @@ def test_429_and_408_are_retried(stub: StubServer, client: TuningClient, sleeps:
 
 def test_rate_limit_error_after_retries(stub: StubServer, client: TuningClient, sleeps: list[float]) -> None:
     stub.route("GET", "/v1/tunings.get/ftjob-1", error(429, "rate_limited"))
-    with pytest.raises(RateLimitError):
+    with pytest.raises(RateLimitError) as info:
         client.tunings.get("ftjob-1")
+    assert type(info.value) is RateLimitError
     assert len(stub.calls("GET", "/v1/tunings.get/")) == 3
+
+
+def test_a_quota_exceeded_429_is_raised_at_once(
+    stub: StubServer, client: TuningClient, sleeps: list[float]
+) -> None:
+    """A key over its quota stays over it for hours: the 429 `quota_exceeded` is not retried (not even with
+    a Retry-After), while a rate limit's 429 on the same route still is."""
+    quota = error(429, "quota_exceeded", "over max_queued_jobs", param="max_queued_jobs")
+    stub.route("POST", "/v1/tunings.create", quota)
+    with pytest.raises(QuotaExceededError) as info:
+        client.tunings.create("tiny-llama", "data/train.jsonl")
+    assert len(stub.calls("POST", "/v1/tunings.create")) == 1 and sleeps == []
+    assert (info.value.status_code, info.value.code, info.value.param) == (
+        429,
+        "quota_exceeded",
+        "max_queued_jobs",
+    )
+    assert isinstance(info.value, RateLimitError) and info.value.request_id == "req-quota_exceeded"
+
+    body = {"error": {"code": "quota_exceeded", "message": "over", "param": None, "type": "x"}}
+    stub.route("POST", "/v1/tunings.create", reply(429, body, {"Retry-After": "1"}))
+    with pytest.raises(QuotaExceededError):
+        client.tunings.create("tiny-llama", "data/train.jsonl")
+    assert len(stub.calls("POST", "/v1/tunings.create")) == 2 and sleeps == []
+
+    limited = reply(429, {"error": {"code": "rate_limited", "message": "slow down"}}, {"Retry-After": "1"})
+    stub.route("POST", "/v1/tunings.create", limited, reply(200, job_body()))
+    assert client.tunings.create("tiny-llama", "data/train.jsonl").id == "ftjob-1"
+    assert len(stub.calls("POST", "/v1/tunings.create")) == 4 and sleeps == [1.0]
 
 
 def test_connection_refused_is_retried_then_raised(sleeps: list[float]) -> None:

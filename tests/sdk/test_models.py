@@ -129,6 +129,26 @@ def test_webhook_and_restart_fields_are_typed() -> None:
     assert (bare.resume_on_restart, bare.webhook_url, bare.webhook_events) == (False, None, None)
 
 
+def test_trackers_and_governance_fields_are_typed() -> None:
+    trackers = [
+        {"type": "wandb", "wandb": {"project": "p", "name": None, "entity": "team", "tags": ["x"]}},
+        {"type": "tensorboard"},
+    ]
+    wire = job_body(integrations=trackers, priority=10, max_runtime_seconds=7200, auto_retry=3, retries=2)
+    job = TuningJob.from_dict(wire)
+    assert job.integrations == tuple(trackers) and job.integrations[0]["wandb"]["entity"] == "team"
+    assert (job.priority, job.max_runtime_seconds, job.auto_retry, job.retries) == (10, 7200, 3, 2)
+    # An older service sends none of them: the defaults of a job that asked for none.
+    new_fields = ("integrations", "priority", "max_runtime_seconds", "auto_retry", "retries")
+    job = TuningJob.from_dict({k: v for k, v in FULL_JOB.items() if k not in new_fields})
+    assert [getattr(job, name) for name in new_fields] == [(), 0, None, 0, 0]
+    # Odd values (off the contract) do not raise.
+    odd = TuningJob.from_dict(
+        {**FULL_JOB, "integrations": [{"type": "x"}, "tensorboard"], "priority": "high"}
+    )
+    assert odd.integrations == ({"type": "x"},) and odd.priority == 0
+
+
 def test_a_preference_job_from_a_checkpoint_is_typed() -> None:
     wire = job_body(
         "ftjob-dpo",
@@ -200,6 +220,43 @@ def test_log_record() -> None:
     assert LogRecord.from_dict(record(4, "log", line="hello")).format() == "hello"
     assert not LogRecord.from_dict(record(5, "status", status="running", message=None)).is_terminal_status
     assert LogRecord.from_dict({"seq": 6, "type": "log"}).time == 0.0  # off the contract: no time
+
+
+def test_warning_and_retry_records_read_as_lines() -> None:
+    warning = LogRecord.from_dict(
+        record(7, "warning", code="tracker_failed", message="wandb is not installed", tracker="wandb")
+    )
+    assert warning.format() == "warning: wandb: wandb is not installed (tracker_failed)"
+    plain = LogRecord.from_dict(record(8, "warning", code="slow_disk", message="slow", tracker=None))
+    assert plain.format() == "warning: slow (slow_disk)"
+    retry = LogRecord.from_dict(
+        record(
+            9,
+            "retry",
+            attempt=1,
+            max_retries=2,
+            reason="trainer_crashed",
+            message="the trainer exited with status 1",
+            step=4,
+            checkpoint="checkpoints/checkpoint-4",
+        )
+    )
+    assert retry.format() == "retry 1/2 (trainer_crashed) from step 4: the trainer exited with status 1"
+    assert retry["checkpoint"] == "checkpoints/checkpoint-4" and retry.get("batch_size") is None
+    oom = LogRecord.from_dict(
+        record(
+            10,
+            "retry",
+            attempt=2,
+            max_retries=2,
+            reason="out_of_memory",
+            message="",
+            step=None,
+            checkpoint=None,
+            batch_size=2,
+        )
+    )
+    assert oom.format() == "retry 2/2 (out_of_memory) from the beginning, batch_size 2"
 
 
 def test_a_preference_jobs_records_show_the_rewards() -> None:

@@ -93,6 +93,54 @@ def test_create_sends_only_what_was_given(stub: StubServer, client: TuningClient
     ]
 
 
+# The trackers as a job carries them (every setting, defaults filled in) and the W&B one as asked for.
+WANDB_ASKED = {"type": "wandb", "wandb": {"project": "p", "name": "run-1", "tags": ["a", "b"]}}
+TRACKERS = [
+    {"type": "wandb", "wandb": {"project": "p", "name": "run-1", "entity": None, "tags": ["a", "b"]}},
+    {"type": "mlflow", "mlflow": {"tracking_uri": "https://mlflow.example.com", "experiment": "e"}},
+    {"type": "tensorboard"},
+]
+
+
+def test_create_sends_the_trackers_and_the_governance_fields(stub: StubServer, client: TuningClient) -> None:
+    answer = job_body(integrations=TRACKERS, priority=-5, max_runtime_seconds=600, auto_retry=2, retries=1)
+    stub.route("POST", "/v1/tunings.create", reply(200, answer))
+    job = client.tunings.create(
+        "tiny-llama",
+        "data/train.jsonl",
+        integrations=[WANDB_ASKED, *TRACKERS[1:]],
+        priority=-5,
+        max_runtime_seconds=600,
+        auto_retry=2,
+    )
+    (req,) = stub.calls("POST", "/v1/tunings.create")
+    assert req.json() == {
+        "model": "tiny-llama",
+        "training_file": "data/train.jsonl",
+        "integrations": [WANDB_ASKED, *TRACKERS[1:]],
+        "priority": -5,
+        "max_runtime_seconds": 600,
+        "auto_retry": 2,
+    }
+    assert job.integrations == tuple(TRACKERS)
+    assert (job.priority, job.max_runtime_seconds, job.auto_retry, job.retries) == (-5, 600, 2, 1)
+    # Zero is a value, not "unset": sent as given (an empty list of trackers too); the dry run takes them.
+    stub.route("POST", "/v1/tunings.create", reply(200, estimate_body()))
+    est = client.tunings.create(
+        "tiny-llama", "data/train.jsonl", integrations=(), priority=0, auto_retry=0, dry_run=True
+    )
+    assert isinstance(est, TuningEstimate)
+    body = stub.calls("POST", "/v1/tunings.create")[1].json()
+    assert body == {
+        "model": "tiny-llama",
+        "training_file": "data/train.jsonl",
+        "integrations": [],
+        "priority": 0,
+        "auto_retry": 0,
+        "dry_run": True,
+    }
+
+
 def test_create_dry_run_returns_the_estimate_with_its_adapter(stub: StubServer, client: TuningClient) -> None:
     stub.route("POST", "/v1/tunings.create", reply(200, estimate_body(method="orpo", adapter="qlora")))
     est = client.tunings.create("tiny-llama", "data/pairs.jsonl", method="orpo", dry_run=True)

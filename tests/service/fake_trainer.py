@@ -6,8 +6,10 @@ Run as `python fake_trainer.py --config JOB.json`. The behaviour comes from the 
 
   complete      started, `steps` metrics records, completed (an adapter folder), exit 0
   fail          started, (after `wait` s) failed {code: invalid_data, data_code, line}, exit 2
-  oom           started, failed {code: out_of_memory, hint}, exit 3
-  crash         started, a few metrics, a traceback on stderr, exit 1 with no terminal record
+  oom           started, failed {code: out_of_memory, hint, suggested_batch_size: half the batch}, exit 3;
+                with until_batch=N it trains like `complete` once the config's batch_size is at most N
+  crash         started, a few metrics, a traceback on stderr, exit 1 with no terminal record (at step 2, or
+                `crash_at`; with once=1 only when not resumed from a checkpoint)
   killself      started, then SIGKILLs itself (no terminal record)
   ignore_term   ignores SIGTERM and keeps running (only SIGKILL stops it)
   grandchildren spawns `children` processes in its group (which ignore SIGTERM when stubborn=1), then
@@ -15,7 +17,8 @@ Run as `python fake_trainer.py --config JOB.json`. The behaviour comes from the 
   partial       writes records in pieces (a partial last line for a while), plus one malformed line
 Options: steps (default 5), delay (seconds per step, default 0.01), save (write checkpoint-N every `save`
 steps, like the trainer's save_steps). A config with `resume_from` (.../checkpoint-N) continues at step N.
-Every launch appends "<pid> <CUDA_VISIBLE_DEVICES>" to <output_dir>/launches.txt: tests prove a job ran once.
+Every launch appends "<pid> <CUDA_VISIBLE_DEVICES>" to <output_dir>/launches.txt: tests prove a job ran once,
+and what the key's credentials file (.secrets.json) held to <output_dir>/secrets-seen.jsonl (tests only).
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ def main() -> int:
     delay = float(opts.get("delay", 0.01))
     with open(out / "launches.txt", "a") as f:
         f.write(f"{os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES', '-')}\n")
+    secrets = out / ".secrets.json"
+    with open(out / "secrets-seen.jsonl", "a") as f:
+        f.write(json.dumps(json.loads(secrets.read_text()) if secrets.exists() else {}) + "\n")
     events = open(out / "events.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 
     to_stdout = os.environ.get(STDOUT_ENV) == "1"
@@ -85,14 +91,16 @@ def main() -> int:
     print(f"fake trainer {mode} starting, pid {os.getpid()}", flush=True)
     start = int(Path(cfg["resume_from"]).name.split("-")[-1]) if cfg.get("resume_from") else 0
     save = int(opts.get("save", 0))
+    batch = cfg["hyperparameters"].get("batch_size")
+    batch = batch if isinstance(batch, int) else 2
     emit(
         "started",
         total_steps=steps,
         total_epochs=1,
         num_examples=8,
         start_step=start,
-        config={**cfg, "hyperparameters": {**cfg["hyperparameters"], "epochs": 1, "batch_size": 2}},
-        resolved_auto={"epochs": 1, "batch_size": 2},
+        config={**cfg, "hyperparameters": {**cfg["hyperparameters"], "epochs": 1, "batch_size": batch}},
+        resolved_auto={"epochs": 1, "batch_size": batch},
     )
 
     if mode == "fail":
@@ -102,8 +110,15 @@ def main() -> int:
             "failed", code="invalid_data", message="line 3: not valid JSON", data_code="invalid_json", line=3
         )
         return 2
-    if mode == "oom":
-        emit("failed", code="out_of_memory", message="CUDA out of memory", hint="lower batch_size")
+    if mode == "oom" and batch > int(opts.get("until_batch", 0)):
+        emit(
+            "failed",
+            code="out_of_memory",
+            message="CUDA out of memory",
+            hint="lower batch_size",
+            suggested_batch_size=batch // 2 if batch > 1 else None,
+            exit_code=3,
+        )
         return 3
     if mode == "killself":
         print("about to die", flush=True)
@@ -132,7 +147,8 @@ def main() -> int:
             return 4
         time.sleep(delay)
         step += 1
-        if mode == "crash" and step == 2:
+        crash_now = step == int(opts.get("crash_at", 2)) and not (opts.get("once") == "1" and start)
+        if mode == "crash" and crash_now:
             print("Traceback (most recent call last):\nRuntimeError: boom", file=sys.stderr, flush=True)
             return 1
         print(f"step {step}/{steps}", flush=True)

@@ -16,9 +16,18 @@ from typing import Any
 
 from .config import ConfigError
 from .data import summarise_job_files
-from .errors import EXIT_USER_ERROR, INVALID_CONFIG, TrainerError, classify
+from .errors import (
+    EXIT_USER_ERROR,
+    INVALID_CONFIG,
+    OUT_OF_MEMORY,
+    TrainerError,
+    classify,
+    suggested_batch_size,
+)
 from .events import EventWriter
+from .secrets import load_secrets
 from .signals import StopFlag
+from .trackers import Trackers
 
 
 def _quiet_environment() -> None:
@@ -76,7 +85,12 @@ def run(argv: list[str]) -> int:
             EventWriter(Path(out) / "events.jsonl").write("failed", **err.record())
         return EXIT_USER_ERROR
 
+    # Before anything reads a credential (huggingface_hub, wandb): the key's own HF token and W&B key.
+    load_secrets(cfg.output_dir)
     events = EventWriter(Path(cfg.output_dir) / "events.jsonl", enabled=_is_main_process())
+    # The job's experiment trackers listen to the records (main process only; nothing imported yet).
+    trackers = Trackers.attach(cfg, events)
+    recipe: Any = None
     try:
         train_summary, eval_summary = summarise_job_files(cfg)
         from .modelling import resolve_model
@@ -98,6 +112,10 @@ def run(argv: list[str]) -> int:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
         err = classify(exc)
+        if err.code == OUT_OF_MEMORY:
+            # What the service retries the job with: half the micro-batch the run resolved ("auto" included).
+            batch_size = (recipe.hp if recipe is not None else cfg.hyperparameters).batch_size
+            err.extra["suggested_batch_size"] = suggested_batch_size(batch_size)
         record: dict[str, Any] = err.record()
         events.write("failed", **record)
         detail = f"/{err.extra['data_code']}" if err.extra.get("data_code") else ""
@@ -110,6 +128,8 @@ def run(argv: list[str]) -> int:
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         return err.exit_code
     finally:
+        if trackers is not None:
+            trackers.close()
         events.close()
 
 

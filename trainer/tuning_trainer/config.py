@@ -64,80 +64,6 @@ class ConfigError(ValueError):
         return {"code": self.code, "message": self.message, "param": self.param}
 
 
-class Hyperparameters(StrictModel):
-    """Training hyperparameters (unknown names are refused). The seed spec's names (`epochs`, `learning_rate`,
-    `batch_size`) come first; `"auto"` values are resolved from the number of training examples when the
-    trainer starts (docs/trainer-protocol.md)."""
-
-    epochs: Annotated[int, Field(ge=1, le=1000), INTEGRAL] | Literal["auto"] = AUTO
-    """Passes over the training data; "auto": clamp(ceil(1500 / examples), 1, 5)"""
-    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
-    """Peak AdamW learning rate"""
-    batch_size: Annotated[int, Field(ge=1, le=4096), INTEGRAL] | Literal["auto"] = AUTO
-    """Examples per micro-batch (per process); "auto": the largest power of two <= 2% of the examples, in
-    [1, 8]"""
-    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=4096), INTEGRAL] = 1
-    """Micro-batches per optimizer step"""
-    warmup_ratio: Annotated[float, Field(ge=0, le=1)] = 0.03
-    """Fraction of the total steps spent warming the learning rate up"""
-    lr_scheduler_type: Scheduler = "cosine"
-    """Learning-rate schedule after the warm-up"""
-    weight_decay: Annotated[float, Field(ge=0, le=10)] = 0.0
-    """AdamW weight decay"""
-    max_grad_norm: Annotated[float, Field(ge=0, le=1e6)] = 1.0
-    """Gradient clipping norm (0 turns clipping off)"""
-    max_seq_length: Annotated[int, Field(ge=8, le=1_048_576), INTEGRAL] = 1024
-    """Tokens per example; longer examples are truncated"""
-    max_steps: Annotated[int, Field(ge=1, le=MAX_STEPS), INTEGRAL] | None = None
-    """Stop after this many optimizer steps (overrides epochs, as in HF; null: run every epoch)"""
-    lora_r: Annotated[int, Field(ge=1, le=4096), INTEGRAL] = 16
-    """LoRA rank"""
-    lora_alpha: Annotated[int, Field(ge=1, le=65536), INTEGRAL] = 32
-    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)"""
-    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    """Dropout on the LoRA branch (0 by default, as in Unsloth and torchtune: it costs a mask per layer and
-    rarely helps a short fine-tune)"""
-    lora_target_modules: (
-        Annotated[str, Field(min_length=1, max_length=MAX_MODULE_NAME_CHARS)]
-        | Annotated[list[ModuleName], Field(min_length=1, max_length=MAX_TARGET_MODULES)]
-    ) = "all-linear"
-    """"all-linear" (every linear layer except the output head) or a list of module names (flag:
-    --lora-target-modules q_proj,v_proj)"""
-    train_on_inputs: bool = False
-    """Train on the prompt's tokens too (default: only the assistant's answer is trained on)"""
-    eval_steps: Annotated[int, Field(ge=1, le=MAX_STEPS), INTEGRAL] | None = None
-    """Evaluate every N optimizer steps (null: once per epoch when a validation file is given)"""
-    save_steps: Annotated[int, Field(ge=1, le=MAX_STEPS), INTEGRAL] | None = None
-    """Checkpoint every N optimizer steps (null: only when stopped, by SIGTERM/SIGINT, and at the end)"""
-    logging_steps: Annotated[int, Field(ge=1, le=MAX_STEPS), INTEGRAL] = 1
-    """Write a `metrics` record every N optimizer steps"""
-    gradient_checkpointing: bool | Literal["auto"] = AUTO
-    """Recompute activations in the backward pass to save memory; "auto": on only where the memory estimate
-    without it exceeds 90% of the device's memory"""
-    packing: bool = False
-    """Fill each micro-batch with whole examples up to max_tokens_per_batch tokens (best fit), instead of
-    batch_size examples; examples never attend to each other either way"""
-    max_tokens_per_batch: Annotated[int, Field(ge=8, le=16_777_216), INTEGRAL] | Literal["auto"] = AUTO
-    """Token budget of a packed micro-batch (packing only; an example longer than it trains alone);
-    "auto": batch_size x max_seq_length"""
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = AUTO
-    """Attention kernel; "auto": flash_attention_2 on a GPU where flash-attn is installed, else sdpa"""
-    torch_compile: bool = False
-    """Compile the model with torch.compile (slower first steps, faster later ones)"""
-    dpo_beta: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] = AUTO
-    """Preference methods: dpo, how far the policy may move from the reference (β of the DPO loss); orpo,
-    the weight of the odds-ratio term (λ); simpo, the reward scale (β). "auto" (as OpenAI's beta): the
-    method's recommended value, 0.1 for dpo and orpo, 2.0 for simpo (which scales a mean token
-    log-probability, not a sum)"""
-    simpo_gamma_beta_ratio: Annotated[float, Field(ge=0, le=10)] = 0.5
-    """simpo only: the target reward margin γ as a multiple of dpo_beta (γ = ratio x β)"""
-    dpo_reference: Literal["base", "initial"] = "base"
-    """dpo only, for a job started from an adapter (from_checkpoint): the reference policy is the base with
-    the adapter disabled ("base"), or a frozen copy of the starting adapter ("initial", the SFT model of an
-    SFT-then-DPO pipeline; r-sized weights, not a second model). Without a starting adapter both are the
-    base"""
-
-
 # ---- experiment trackers (the create body's `integrations`; trackers.py logs to them) --------------------
 
 MAX_TRACKER_NAME_CHARS: Final = 128
@@ -237,6 +163,80 @@ Integrations = Annotated[
     ),
     AfterValidator(_one_per_tracker),
 ]
+
+
+class Hyperparameters(StrictModel):
+    """Training hyperparameters (unknown names are refused). The seed spec's names (`epochs`, `learning_rate`,
+    `batch_size`) come first; `"auto"` values are resolved from the number of training examples when the
+    trainer starts (docs/trainer-protocol.md)."""
+
+    epochs: Annotated[int, Field(ge=1, le=1000), INTEGRAL] | Literal["auto"] = AUTO
+    """Passes over the training data; "auto": clamp(ceil(1500 / examples), 1, 5)"""
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
+    """Peak AdamW learning rate"""
+    batch_size: Annotated[int, Field(ge=1, le=4096), INTEGRAL] | Literal["auto"] = AUTO
+    """Examples per micro-batch (per process); "auto": the largest power of two <= 2% of the examples, in
+    [1, 8]"""
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=4096), INTEGRAL] = 1
+    """Micro-batches per optimizer step"""
+    warmup_ratio: Annotated[float, Field(ge=0, le=1)] = 0.03
+    """Fraction of the total steps spent warming the learning rate up"""
+    lr_scheduler_type: Scheduler = "cosine"
+    """Learning-rate schedule after the warm-up"""
+    weight_decay: Annotated[float, Field(ge=0, le=10)] = 0.0
+    """AdamW weight decay"""
+    max_grad_norm: Annotated[float, Field(ge=0, le=1e6)] = 1.0
+    """Gradient clipping norm (0 turns clipping off)"""
+    max_seq_length: Annotated[int, Field(ge=8, le=1_048_576), INTEGRAL] = 1024
+    """Tokens per example; longer examples are truncated"""
+    max_steps: Annotated[int, Field(ge=1, le=MAX_STEPS), INTEGRAL] | None = None
+    """Stop after this many optimizer steps (overrides epochs, as in HF; null: run every epoch)"""
+    lora_r: Annotated[int, Field(ge=1, le=4096), INTEGRAL] = 16
+    """LoRA rank"""
+    lora_alpha: Annotated[int, Field(ge=1, le=65536), INTEGRAL] = 32
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)"""
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Dropout on the LoRA branch (0 by default, as in Unsloth and torchtune: it costs a mask per layer and
+    rarely helps a short fine-tune)"""
+    lora_target_modules: (
+        Annotated[str, Field(min_length=1, max_length=MAX_MODULE_NAME_CHARS)]
+        | Annotated[list[ModuleName], Field(min_length=1, max_length=MAX_TARGET_MODULES)]
+    ) = "all-linear"
+    """"all-linear" (every linear layer except the output head) or a list of module names (flag:
+    --lora-target-modules q_proj,v_proj)"""
+    train_on_inputs: bool = False
+    """Train on the prompt's tokens too (default: only the assistant's answer is trained on)"""
+    eval_steps: Annotated[int, Field(ge=1, le=MAX_STEPS), INTEGRAL] | None = None
+    """Evaluate every N optimizer steps (null: once per epoch when a validation file is given)"""
+    save_steps: Annotated[int, Field(ge=1, le=MAX_STEPS), INTEGRAL] | None = None
+    """Checkpoint every N optimizer steps (null: only when stopped, by SIGTERM/SIGINT, and at the end)"""
+    logging_steps: Annotated[int, Field(ge=1, le=MAX_STEPS), INTEGRAL] = 1
+    """Write a `metrics` record every N optimizer steps"""
+    gradient_checkpointing: bool | Literal["auto"] = AUTO
+    """Recompute activations in the backward pass to save memory; "auto": on only where the memory estimate
+    without it exceeds 90% of the device's memory"""
+    packing: bool = False
+    """Fill each micro-batch with whole examples up to max_tokens_per_batch tokens (best fit), instead of
+    batch_size examples; examples never attend to each other either way"""
+    max_tokens_per_batch: Annotated[int, Field(ge=8, le=16_777_216), INTEGRAL] | Literal["auto"] = AUTO
+    """Token budget of a packed micro-batch (packing only; an example longer than it trains alone);
+    "auto": batch_size x max_seq_length"""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = AUTO
+    """Attention kernel; "auto": flash_attention_2 on a GPU where flash-attn is installed, else sdpa"""
+    torch_compile: bool = False
+    """Compile the model with torch.compile (slower first steps, faster later ones)"""
+    dpo_beta: Annotated[float, Field(gt=0, le=100)] | Literal["auto"] = AUTO
+    """Preference methods: dpo, how far the policy may move from the reference (β of the DPO loss); orpo,
+    the weight of the odds-ratio term (λ); simpo, the reward scale (β). "auto" (as OpenAI's beta): the
+    method's recommended value, 0.1 for dpo and orpo, 2.0 for simpo (which scales a mean token
+    log-probability, not a sum)"""
+    simpo_gamma_beta_ratio: Annotated[float, Field(ge=0, le=10)] = 0.5
+    """simpo only: the target reward margin γ as a multiple of dpo_beta (γ = ratio x β)"""
+    dpo_reference: Literal["base", "initial"] = "base"
+    """dpo only, for a job started from an adapter (from_checkpoint): the reference policy is the base with
+    the adapter disabled ("base"), or a frozen copy of the starting adapter ("initial", the SFT model of an
+    SFT-then-DPO pipeline; r-sized weights, not a second model). Without a starting adapter both are the
+    base"""
 
 
 class JobConfig(StrictModel):

@@ -73,6 +73,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return False
 
 
+def suggested_batch_size(batch_size: object) -> int | None:
+    """The micro-batch size to retry an out-of-memory run with: half the run's resolved `batch_size` when
+    that is above 1 (None below, or while it was still "auto": nothing smaller to suggest)."""
+    if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 1:
+        return batch_size // 2
+    return None
+
+
 def classify(exc: BaseException) -> TrainerError:
     """Map any exception raised while training to the TrainerError that describes it."""
     if isinstance(exc, TrainerError):

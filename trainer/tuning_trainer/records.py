@@ -196,6 +196,9 @@ class Failed(_Record):
     """invalid_data: the 1-based line"""
     file: Literal["training_file", "validation_file"] | None = None
     """invalid_data: which file"""
+    suggested_batch_size: int | None = None
+    """out_of_memory: half the run's micro-batch size (batch_size, "auto" resolved) to retry with; null when
+    it was already 1"""
 
 
 class Interrupted(_Record):

@@ -1,5 +1,5 @@
 """The API's resources. Each module loads when first used (`TuningClient.tunings` / `.files` / `.models` /
-`.chat` / `.completions`), so importing one does not import the others."""
+`.chat` / `.completions` / `.usage`), so importing one does not import the others."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ if TYPE_CHECKING:
     from .files import Files
     from .models import Models
     from .tunings import Tunings
+    from .usage import UsageResource
 
-__all__ = ["Chat", "ChatCompletions", "Completions", "Files", "Models", "Tunings"]
+__all__ = ["Chat", "ChatCompletions", "Completions", "Files", "Models", "Tunings", "UsageResource"]
 _MODULES = {
     "Chat": ".chat",
     "ChatCompletions": ".chat",
@@ -21,6 +22,7 @@ _MODULES = {
     "Files": ".files",
     "Models": ".models",
     "Tunings": ".tunings",
+    "UsageResource": ".usage",
 }
 
 

@@ -1,4 +1,5 @@
-"""Job actions beyond the basics: pause, resume, events, checkpoints and the adapter download.
+"""Job actions beyond the basics: pause, resume, events, checkpoints and the download of the adapter (or the
+TensorBoard files).
 
 `Tunings` (``client.tunings``) inherits them; they are here to keep each module to one idea.
 """
@@ -78,7 +79,8 @@ class JobActions:
         self, job_id: str, *, limit: int | None = None, after: int | None = None
     ) -> Iterator[LogRecord]:
         """A job's events, oldest first: status changes, ``started``, ``metrics``, ``eval``, ``checkpoint``,
-        ``completed``, ``failed``, ``interrupted`` (the log stream's records without the raw output lines).
+        ``completed``, ``failed``, ``interrupted``, ``warning``, ``retry`` (the log stream's records without
+        the raw output lines).
 
         The iterator fetches page after page (cursor: the previous page's ``last_seq``) until the events
         recorded so far are exhausted; it does not wait for new ones (``stream_logs`` follows a live job).
@@ -152,19 +154,25 @@ class JobActions:
         path: str | os.PathLike[str],
         *,
         checkpoint: int | None = None,
+        artifact: str = "adapter",
         overwrite: bool = False,
     ) -> Path:
-        """Download a job's adapter (or one checkpoint) and unpack it into the folder `path`.
+        """Download a job's adapter (or one checkpoint, or its TensorBoard files) and unpack it into the
+        folder `path`.
 
         The archive is streamed to a temporary file, checked (every member must be a plain file or folder
-        inside `path`: no absolute names, no ``..``, no links) and unpacked all or nothing. The folder holds
-        ``adapter_config.json``, ``adapter_model.safetensors`` and the tokenizer files, ready for
-        ``PeftModel.from_pretrained(base_model, path)``.
+        inside `path`: no absolute names, no ``..``, no links) and unpacked all or nothing. The adapter's
+        folder holds ``adapter_config.json``, ``adapter_model.safetensors`` and the tokenizer files, ready for
+        ``PeftModel.from_pretrained(base_model, path)``; the TensorBoard folder holds the event files
+        (``tensorboard --logdir path``).
 
         Args:
             job_id: the job's id.
             path: the folder to create (its parents are created too).
-            checkpoint: a checkpoint's step (see `checkpoints`) instead of the final adapter.
+            checkpoint: a checkpoint's step (see `checkpoints`) instead of the final adapter (adapters only).
+            artifact: ``"adapter"`` (the default) or ``"tensorboard"``: the event files of a job created
+                with the ``{"type": "tensorboard"}`` integration (whatever it has written so far, while it
+                runs too).
             overwrite: replace `path` if it exists and is not empty.
 
         Returns:
@@ -172,13 +180,18 @@ class JobActions:
 
         Raises:
             ConflictError: no final adapter yet: the job has not succeeded (code ``adapter_not_ready``).
-            NotFoundError: no such job, or no such checkpoint (code ``checkpoint_not_found``).
+            NotFoundError: no such job, no such checkpoint (code ``checkpoint_not_found``), or no TensorBoard
+                files (``artifact_not_found``: a job without the tensorboard integration, or none written
+                yet).
+            UnprocessableEntityError: a `checkpoint` with ``artifact="tensorboard"``
+                (``checkpoint_not_applicable``), or an `artifact` the service does not know.
             ArchiveError: the archive was truncated, corrupt or held an unsafe member (nothing is written).
             FileExistsError: `path` exists and is not empty, and `overwrite` is False.
 
         Example:
             >>> folder = client.tunings.download(job.id, "adapters/my-job")
             >>> model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), folder)
+            >>> client.tunings.download(job.id, "runs/my-job", artifact="tensorboard")
         """
         dest = Path(path).expanduser().absolute()
         if dest.is_dir() and any(dest.iterdir()) and not overwrite:
@@ -189,7 +202,8 @@ class JobActions:
         resp = self._t.request(
             "GET",
             f"/v1/tunings.download/{_path_id(job_id)}",
-            params={"checkpoint": checkpoint},
+            # The default is left out: a service from before artifacts refuses a query it does not know.
+            params={"checkpoint": checkpoint, "artifact": None if artifact == "adapter" else artifact},
             stream=True,
             headers={"Accept": "application/gzip, */*"},
         )

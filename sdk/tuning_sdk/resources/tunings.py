@@ -32,7 +32,9 @@ RECONNECT_WINDOW = 60.0
 # While wait() follows the stream, re-read the job at most this often (a replayed history is a burst).
 MIN_REFRESH_INTERVAL = 0.2
 # Records after which the job object (status, metrics) has changed.
-_JOB_CHANGING = frozenset({"status", "started", "metrics", "eval", "completed", "failed", "interrupted"})
+_JOB_CHANGING = frozenset(
+    {"status", "started", "metrics", "eval", "completed", "failed", "interrupted", "retry"}
+)
 _LOGS_PAGE = 100
 
 
@@ -96,6 +98,10 @@ class Tunings(JobActions):
         resume_on_restart: bool | None = None,
         num_gpus: int | None = None,
         distributed: str | None = None,
+        integrations: Sequence[Mapping[str, Any]] | None = None,
+        priority: int | None = None,
+        max_runtime_seconds: int | None = None,
+        auto_retry: int | None = None,
         idempotency_key: str | None = None,
         dry_run: Literal[False] = False,
     ) -> TuningJob: ...
@@ -119,6 +125,10 @@ class Tunings(JobActions):
         resume_on_restart: bool | None = None,
         num_gpus: int | None = None,
         distributed: str | None = None,
+        integrations: Sequence[Mapping[str, Any]] | None = None,
+        priority: int | None = None,
+        max_runtime_seconds: int | None = None,
+        auto_retry: int | None = None,
         idempotency_key: str | None = None,
         dry_run: Literal[True],
     ) -> TuningEstimate: ...
@@ -141,6 +151,10 @@ class Tunings(JobActions):
         resume_on_restart: bool | None = None,
         num_gpus: int | None = None,
         distributed: str | None = None,
+        integrations: Sequence[Mapping[str, Any]] | None = None,
+        priority: int | None = None,
+        max_runtime_seconds: int | None = None,
+        auto_retry: int | None = None,
         idempotency_key: str | None = None,
         dry_run: bool = False,
     ) -> TuningJob | TuningEstimate:
@@ -180,6 +194,23 @@ class Tunings(JobActions):
                 is refused with 422 naming ``num_gpus``).
             distributed: how several GPUs share the work: ``"ddp"`` (default) or ``"fsdp"`` (the weights
                 sharded, for a base that does not fit one GPU).
+            integrations: experiment trackers the trainer logs the resolved config, every metric and every
+                eval to, at most one of each: ``{"type": "wandb", "wandb": {"project": ..., "name": ...,
+                "entity": ..., "tags": [...]}}`` (the W&B API key is the API key's own, set on the server),
+                ``{"type": "mlflow", "mlflow": {"tracking_uri": ..., "experiment": ...}}`` (both optional:
+                the service's tracking server, or a file store in the job's folder; experiment ``"tuning"``)
+                and ``{"type": "tensorboard"}`` (event files in the job's folder: ``download(...,
+                artifact="tensorboard")``). A tracker that fails costs a ``warning`` record, never the job.
+            priority: the queue's order, -100..100 (default 0): higher priorities run first; among equal
+                ones, the key with the least GPU time in the fair-share window, then creation order.
+            max_runtime_seconds: training time allowed, counted over the job's runs (retries included). At the
+                deadline the trainer checkpoints and stops and the job fails with ``deadline_exceeded``,
+                keeping the checkpoint (`resume` continues it with a fresh allowance). Default: the
+                service's (none: no limit).
+            auto_retry: restart the job from its newest checkpoint up to this many times (0..10, default 0)
+                after an infrastructure failure: the trainer crashed or was killed, ran out of memory
+                (retried with a smaller micro-batch), or the service restarted; never after a user error.
+                Each retry is a ``retry`` record; ``job.retries`` counts them.
             idempotency_key: makes the create safe to repeat (the SDK generates one per call when omitted,
                 reused across its automatic retries).
             dry_run: create no job: the service runs the trainer's planning on the data (the model's own
@@ -205,6 +236,9 @@ class Tunings(JobActions):
                 `from_checkpoint` job id whose job has not succeeded (``checkpoint_not_ready``: name one of
                 its checkpoints, ``JOB_ID:STEP``).
             PermissionDeniedError: a `webhook_url` the service's policy refuses (``webhook_url_not_allowed``).
+            QuotaExceededError: the key is over one of its quotas (429 ``quota_exceeded``; ``param`` names
+                the limit, ``client.usage.retrieve()`` shows them). Never retried: it does not clear in
+                seconds.
             AuthenticationError, APIConnectionError: as for every call.
 
         Example:
@@ -212,6 +246,9 @@ class Tunings(JobActions):
             ...                             hyperparameters={"epochs": 1, "learning_rate": 2e-4})
             >>> dpo = client.tunings.create(model="tiny-llama", training_file=pairs.id, method="dpo",
             ...                             from_checkpoint=job.id, hyperparameters={"dpo_beta": 0.1})
+            >>> tracked = client.tunings.create(model="tiny-llama", training_file="data/train.jsonl",
+            ...                                 integrations=[{"type": "tensorboard"}], priority=10,
+            ...                                 max_runtime_seconds=3600, auto_retry=2)
         """
         body: dict[str, Any] = {"model": model, "training_file": training_file}
         if hyperparameters is not None:
@@ -233,6 +270,10 @@ class Tunings(JobActions):
             "resume_on_restart": resume_on_restart,
             "num_gpus": num_gpus,
             "distributed": distributed,
+            "integrations": [dict(i) for i in integrations] if integrations is not None else None,
+            "priority": priority,
+            "max_runtime_seconds": max_runtime_seconds,
+            "auto_retry": auto_retry,
             "dry_run": dry_run or None,
         }
         body.update({k: v for k, v in optional.items() if v is not None})

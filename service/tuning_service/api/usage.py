@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ..schema.usage import Usage
+from ..schema.usage import KeyUsage
 from . import params
 from .auth import authenticate
 from .context import jobs
@@ -17,7 +17,7 @@ from .operation import Json, operation
     "getUsage",
     "The calling API key's usage and limits",
     tag="usage",
-    ok=Json(Usage, "Its running and queued jobs, GPU hours in the quota window, and limits"),
+    ok=Json(KeyUsage, "Its running and queued jobs, GPU hours in the quota window, and limits"),
 )
 async def usage(request: Request) -> JSONResponse:
     owner = await authenticate(request)

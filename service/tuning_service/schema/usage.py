@@ -18,7 +18,7 @@ class KeyLimits(ResponseModel):
     """GPU hours over the quota window; once used, a create is refused (429 quota_exceeded)"""
 
 
-class Usage(ResponseModel):
+class KeyUsage(ResponseModel):
     object: Literal["usage"]
     key_id: str
     running_jobs: int

@@ -182,7 +182,7 @@ def test_list_is_newest_first_with_cursor_and_filter(tmp_path: Path) -> None:
         assert [r["id"] for r in rows] == [mine[2]]
         rows, _ = await store.list_jobs(owner="key_a", status="queued", after=None, limit=10)
         assert [r["id"] for r in rows] == [mine[4], mine[3], mine[1], mine[0]]
-        positions = await store.queue_positions()
+        positions = await store.queue_positions(now=time.time(), fair_share_since=0)
         assert [positions[j] for j in (mine[0], mine[1], mine[3], mine[4], theirs)] == [1, 2, 3, 4, 5]
         assert await store.counts() == (5, 6)
         await store.close()
