@@ -13,6 +13,7 @@ from tests.sdk.objects import (
     health_body,
     job_error_body,
     job_list_body,
+    key_usage_body,
     log_page,
     metrics_body,
     record,
@@ -141,6 +142,168 @@ def test_create_preference_flags_map_to_the_body(stub: StubServer, run) -> None:
     with pytest.raises(SystemExit) as info:
         run("jobs", "create", "--model", "m", "--training-file", "f", "--adapter", "dora")
     assert info.value.code == 2
+
+
+def test_create_tracker_and_governance_flags_map_to_the_body(stub: StubServer, run) -> None:
+    trackers = [
+        {
+            "type": "wandb",
+            "wandb": {"project": "proj", "name": "run-1", "entity": "team", "tags": ["a", "b"]},
+        },
+        {"type": "mlflow", "mlflow": {"tracking_uri": "https://mlflow.example.com", "experiment": "exp"}},
+        {"type": "tensorboard"},
+    ]
+    answer = job_body(integrations=trackers, priority=10, max_runtime_seconds=3600, auto_retry=2, retries=1)
+    stub.route("POST", "/v1/tunings.create", reply(200, answer))
+    base = ("jobs", "create", "--model", "m", "--training-file", "f")
+    code, out, _ = run(
+        *base,
+        "--priority", "10",
+        "--max-runtime-seconds", "3600",
+        "--auto-retry", "2",
+        "--tensorboard",
+        "--wandb-project", "proj",
+        "--wandb-name", "run-1",
+        "--wandb-entity", "team",
+        "--wandb-tag", "a",
+        "--wandb-tag", "b",
+        "--mlflow",
+        "--mlflow-tracking-uri", "https://mlflow.example.com",
+        "--mlflow-experiment", "exp",
+    )  # fmt: skip
+    assert code == 0, out
+    body = stub.calls("POST", "/v1/tunings.create")[0].json()
+    assert body == {
+        "model": "m",
+        "training_file": "f",
+        "integrations": trackers,  # wandb, mlflow, tensorboard: the order the flags are documented in
+        "priority": 10,
+        "max_runtime_seconds": 3600,
+        "auto_retry": 2,
+    }
+    # The job as people read it.
+    assert (
+        "integrations     wandb (project proj, run run-1, entity team, tags a,b), "
+        "mlflow (experiment exp, at https://mlflow.example.com), tensorboard\n"
+    ) in out
+    assert "priority         10\n" in out and "max_runtime      3600s\n" in out
+    assert "auto_retry       1/2 used\n" in out
+
+    # Only what was given: a bare --mlflow (the service's server and experiment), a W&B project alone, and
+    # no trackers or governance fields at all when no flag names them.
+    stub.route("POST", "/v1/tunings.create", reply(200, job_body()))
+    assert run(*base, "--mlflow", "--wandb-project", "p", "--priority", "-3", "--auto-retry", "0")[0] == 0
+    assert run(*base, "--mlflow-experiment", "e")[0] == 0  # implies --mlflow
+    code, out, _ = run(*base)
+    assert code == 0 and "integrations" not in out and "priority" not in out and "auto_retry" not in out
+    bodies = [r.json() for r in stub.calls("POST", "/v1/tunings.create")[1:]]
+    assert bodies == [
+        {
+            "model": "m",
+            "training_file": "f",
+            "integrations": [{"type": "wandb", "wandb": {"project": "p"}}, {"type": "mlflow", "mlflow": {}}],
+            "priority": -3,
+            "auto_retry": 0,
+        },
+        {
+            "model": "m",
+            "training_file": "f",
+            "integrations": [{"type": "mlflow", "mlflow": {"experiment": "e"}}],
+        },
+        {"model": "m", "training_file": "f"},
+    ]
+
+
+def test_wandb_settings_without_a_project_are_a_usage_error(stub: StubServer, run) -> None:
+    for flag in ("--wandb-name", "--wandb-entity", "--wandb-tag"):
+        with pytest.raises(SystemExit) as info:
+            run("jobs", "create", "--model", "m", "--training-file", "f", flag, "x")
+        assert info.value.code == cli.EXIT_USAGE
+    with pytest.raises(SystemExit) as info:
+        run("jobs", "create", "--model", "m", "--training-file", "f", "--priority", "high")
+    assert info.value.code == cli.EXIT_USAGE
+    assert stub.calls("POST", "/v1/tunings.create") == []
+
+
+def test_a_create_over_the_quota_exits_3_at_once(stub: StubServer, run, sleeps: list[float]) -> None:
+    quota = error(429, "quota_exceeded", "this key has used its GPU hours", "max_gpu_hours")
+    stub.route("POST", "/v1/tunings.create", quota)
+    code, out, err = run("--json", "jobs", "create", "--model", "m", "--training-file", "f")
+    assert code == cli.EXIT_REJECTED and "quota_exceeded" in err and "GPU hours" in err
+    assert json.loads(out)["error"] == {
+        "type": "QuotaExceededError",
+        "message": "this key has used its GPU hours",
+        "status_code": 429,
+        "code": "quota_exceeded",
+        "param": "max_gpu_hours",
+        "request_id": "req-quota_exceeded",
+    }
+    assert len(stub.calls("POST", "/v1/tunings.create")) == 1 and sleeps == []  # not retried
+
+
+def test_usage_table_and_json(stub: StubServer, run) -> None:
+    wire = key_usage_body(
+        running_jobs=1,
+        queued_jobs=3,
+        gpu_hours=12.3456,
+        limits={"max_running_jobs": 2, "max_gpu_hours": 100.0},
+    )
+    stub.route("GET", "/v1/usage", reply(200, wire))
+    code, out, _ = run("usage")
+    assert code == 0
+    assert out.splitlines() == [
+        "key      key_0123456789abcdef",
+        "window   the last 30 days (GPU hours)",
+        "              USED   LIMIT",
+        "running jobs  1      2",
+        "queued jobs   3      -",
+        "GPU hours     12.35  100",
+    ]
+    for argv in (("usage", "--json"), ("--json", "usage")):
+        code, out, _ = run(*argv)
+        assert code == 0 and json.loads(out) == wire
+    stub.route("GET", "/v1/usage", error(401, "invalid_api_key"))
+    assert run("usage")[0] == cli.EXIT_AUTH
+
+
+def test_logs_show_warnings_and_retries(stub: StubServer, run) -> None:
+    data = [
+        record(
+            1, "warning", code="tracker_failed", message="W&B login failed: tracking off", tracker="wandb"
+        ),
+        record(
+            2,
+            "retry",
+            attempt=1,
+            max_retries=2,
+            reason="trainer_crashed",
+            message="the trainer exited with status 1",
+            step=4,
+            checkpoint="checkpoints/checkpoint-4",
+        ),
+        record(
+            3,
+            "retry",
+            attempt=2,
+            max_retries=2,
+            reason="out_of_memory",
+            message="CUDA out of memory",
+            step=None,
+            checkpoint=None,
+            batch_size=2,
+        ),
+    ]
+    stub.route("GET", "/v1/tunings.logs/", reply(200, log_page(data)))
+    code, out, _ = run("jobs", "logs", "ftjob-1")
+    lines = [line.split(" ", 2)[2].lstrip(" 0123456789") for line in out.splitlines()]
+    assert code == 0 and lines == [
+        "warning: wandb: W&B login failed: tracking off (tracker_failed)",
+        "retry 1/2 (trainer_crashed) from step 4: the trainer exited with status 1",
+        "retry 2/2 (out_of_memory) from the beginning, batch_size 2: CUDA out of memory",
+    ]
+    stub.route("GET", "/v1/tunings.events/", reply(200, log_page(data)))
+    code, out, _ = run("jobs", "events", "ftjob-1")
+    assert code == 0 and "retry 1/2 (trainer_crashed) from step 4" in out and "warning: wandb" in out
 
 
 def test_create_refused_checkpoint_exit_codes(stub: StubServer, run) -> None:

@@ -221,6 +221,7 @@ class RunWarning(_Record):
     code: str
     """e.g. tracker_failed"""
     message: str
+    """What went wrong, on one line, e.g. "mlflow: could not start: ..." (never a credential)"""
     tracker: str | None = None
     """The tracker concerned (wandb, mlflow, tensorboard)"""
 
