@@ -242,6 +242,13 @@ def test_api_keys(tmp_path: Path) -> None:
             keys = await m.list_keys()
             assert [k["name"] for k in keys] == ["ci", "env-1", "env-2"]
             fields = {"id", "name", "created_at", "revoked_at", "webhook_url", "has_webhook_secret"}
+            fields |= {
+                "max_running_jobs",
+                "max_queued_jobs",
+                "max_gpu_hours",
+                "has_wandb_api_key",
+                "has_hf_token",
+            }
             assert all(set(k) == fields for k in keys)  # never a hash or a secret
             assert await m.revoke_key("ci") and not await m.revoke_key("ci")
             assert await m.verify_key(plaintext) is None
