@@ -142,6 +142,8 @@ CREATE TABLE IF NOT EXISTS job_runs (       -- every run of a job, for GPU time:
 );
 CREATE INDEX IF NOT EXISTS job_runs_owner ON job_runs(owner, started_at);
 CREATE INDEX IF NOT EXISTS job_runs_job ON job_runs(job_id, ended_at);
+-- A window's runs (usage.py): the ones still going or ended inside it, never the whole history.
+CREATE INDEX IF NOT EXISTS job_runs_ended ON job_runs(ended_at);
 
 CREATE TABLE IF NOT EXISTS job_durations (   -- the job duration histogram of /metrics (metrics.py)
     status TEXT PRIMARY KEY,                 -- succeeded | failed | cancelled

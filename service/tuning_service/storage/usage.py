@@ -19,7 +19,7 @@ LIMITS = ("max_running_jobs", "max_queued_jobs", "max_gpu_hours")
 # GPU seconds of the runs that overlap [:since, :now], per owner.
 _GPU_SECONDS = (
     "SELECT owner, SUM(gpus * (MIN(COALESCE(ended_at, :now), :now) - MAX(started_at, :since))) AS s"
-    " FROM job_runs WHERE COALESCE(ended_at, :now) > :since AND started_at < :now GROUP BY owner"
+    " FROM job_runs WHERE (ended_at IS NULL OR ended_at > :since) AND started_at < :now GROUP BY owner"
 )
 # The queue's one order (claims and queue_position): priority, then the key with the least GPU time in the
 # fair-share window, then creation order.

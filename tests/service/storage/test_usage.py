@@ -4,6 +4,7 @@ on a real SQLite file with the clock given explicitly (each run lasts exactly wh
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,14 @@ from tuning_service.storage.store import Store
 from tuning_service.storage.usage import QuotaExceeded
 
 T0 = 1_000_000.0
+
+
+async def with_store(tmp_path: Path, body: Callable[[Store], Awaitable[None]]) -> None:
+    store = await open_store(tmp_path / "t.db")
+    try:
+        await body(store)
+    finally:
+        await store.close()
 
 
 async def key(store: Store, key_id: str, **limits: Any) -> str:
@@ -59,8 +68,7 @@ def test_two_keys_alternate_under_fair_share(tmp_path: Path) -> None:
     """Key a queues three jobs, then key b three: with equal runs, the key with less recent GPU time goes
     first, so the slot alternates a b a b a b (creation order alone would run a's three first)."""
 
-    async def body() -> None:
-        store = await open_store(tmp_path / "t.db")
+    async def body(store: Store) -> None:
         a, b = await key(store, "key_a"), await key(store, "key_b")
         jobs = {await queue(store, a, now=T0 + i): f"a{i}" for i in range(3)}
         jobs |= {await queue(store, b, now=T0 + 10 + i): f"b{i}" for i in range(3)}
@@ -74,12 +82,11 @@ def test_two_keys_alternate_under_fair_share(tmp_path: Path) -> None:
         # GPU time is what counts: a key whose runs lasted longer waits behind one with shorter runs.
         assert await store.job_runtime(next(iter(jobs)), since=0, now=now) == pytest.approx(60)
 
-    run(body())
+    run(with_store(tmp_path, body))
 
 
 def test_fair_share_forgets_gpu_time_older_than_its_window(tmp_path: Path) -> None:
-    async def body() -> None:
-        store = await open_store(tmp_path / "t.db")
+    async def body(store: Store) -> None:
         a, b = await key(store, "key_a"), await key(store, "key_b")
         first = await queue(store, a, now=T0)
         assert await claim(store, T0) == first
@@ -93,12 +100,11 @@ def test_fair_share_forgets_gpu_time_older_than_its_window(tmp_path: Path) -> No
         assert await store.queue_positions(now=later, fair_share_since=later - 3600) == {a_job: 1, b_job: 2}
         assert await claim(store, later, window=3600) == a_job
 
-    run(body())
+    run(with_store(tmp_path, body))
 
 
 def test_priority_comes_before_fair_share_and_creation_order(tmp_path: Path) -> None:
-    async def body() -> None:
-        store = await open_store(tmp_path / "t.db")
+    async def body(store: Store) -> None:
         a, b = await key(store, "key_a"), await key(store, "key_b")
         used = await queue(store, b, now=T0)
         await claim(store, T0)
@@ -114,12 +120,11 @@ def test_priority_comes_before_fair_share_and_creation_order(tmp_path: Path) -> 
             negative,
         ]
 
-    run(body())
+    run(with_store(tmp_path, body))
 
 
 def test_a_key_at_its_running_limit_is_passed_over_not_blocking_others(tmp_path: Path) -> None:
-    async def body() -> None:
-        store = await open_store(tmp_path / "t.db")
+    async def body(store: Store) -> None:
         a, b = await key(store, "key_a", max_running_jobs=1), await key(store, "key_b")
         a1, a2 = await queue(store, a, now=T0), await queue(store, a, now=T0 + 1)
         b1 = await queue(store, b, now=T0 + 2)
@@ -133,12 +138,11 @@ def test_a_key_at_its_running_limit_is_passed_over_not_blocking_others(tmp_path:
         assert usage["gpu_seconds"] == pytest.approx(3 + 1)  # a1's 3 s, and a2's first second
         assert usage["limits"] == {"max_running_jobs": 1, "max_queued_jobs": None, "max_gpu_hours": None}
 
-    run(body())
+    run(with_store(tmp_path, body))
 
 
 def test_max_queued_jobs_refuses_the_next_create_and_stores_nothing(tmp_path: Path) -> None:
-    async def body() -> None:
-        store = await open_store(tmp_path / "t.db")
+    async def body(store: Store) -> None:
         a = await key(store, "key_a", max_queued_jobs=2)
         first = await queue(store, a, idempotency_key="k1")
         await queue(store, a)
@@ -153,12 +157,11 @@ def test_max_queued_jobs_refuses_the_next_create_and_stores_nothing(tmp_path: Pa
         await claim(store, T0 + 1)
         await queue(store, a)
 
-    run(body())
+    run(with_store(tmp_path, body))
 
 
 def test_max_gpu_hours_counts_the_window_and_lifting_it_allows_again(tmp_path: Path) -> None:
-    async def body() -> None:
-        store = await open_store(tmp_path / "t.db")
+    async def body(store: Store) -> None:
         a = await key(store, "key_a", max_gpu_hours=1.0)
         job = await queue(store, a, num_gpus=2)
         await store.claim_next(supervisor_id="w", max_concurrent=1, gpus=["0", "1"], now=T0)
@@ -173,12 +176,11 @@ def test_max_gpu_hours_counts_the_window_and_lifting_it_allows_again(tmp_path: P
         await queue(store, a, now=T0 + 2000)
         assert await store.update_key_limits("nobody", {"max_gpu_hours": None}) is None
 
-    run(body())
+    run(with_store(tmp_path, body))
 
 
 def test_credentials_are_kept_per_key_and_never_listed(tmp_path: Path) -> None:
-    async def body() -> None:
-        store = await open_store(tmp_path / "t.db")
+    async def body(store: Store) -> None:
         a, b = await key(store, "key_a"), await key(store, "key_b")
         assert await store.set_key_credentials(a, {"wandb_api_key": "w-secret", "hf_token": "hf-secret"}) == a
         assert await store.key_environment(a) == {"WANDB_API_KEY": "w-secret", "HF_TOKEN": "hf-secret"}
@@ -193,4 +195,4 @@ def test_credentials_are_kept_per_key_and_never_listed(tmp_path: Path) -> None:
         assert await store.key_environment(a) == {"HF_TOKEN": "hf-secret"}
         assert await store.set_key_credentials("nobody", {"hf_token": "x"}) is None
 
-    run(body())
+    run(with_store(tmp_path, body))
