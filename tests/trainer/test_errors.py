@@ -52,10 +52,12 @@ def test_trainer_errors_pass_through() -> None:
     assert err.record() == {"code": "model_not_found", "message": "nope", "param": "model", "exit_code": 2}
 
 
+@pytest.mark.parametrize(("resolved", "suggested"), [(None, None), (8, 4), (5, 2), (1, None)])
 def test_oom_during_training_exits_3_with_a_failed_record(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resolved: int | None, suggested: int | None
 ) -> None:
-    """The entry point maps an OOM raised inside the recipe to exit 3 and a `failed` record with the hint."""
+    """The entry point maps an OOM raised inside the recipe to exit 3 and a `failed` record with the hint,
+    and the micro-batch to retry with: half the one the run resolved (None while still "auto", or at 1)."""
     import signal
 
     from tuning_trainer import recipe
@@ -63,6 +65,8 @@ def test_oom_during_training_exits_3_with_a_failed_record(
     from tuning_trainer.events import read_events
 
     def oom(self: recipe.Recipe) -> int:
+        if resolved is not None:  # what setup's run plan does with batch_size "auto"
+            self.hp = self.hp.model_copy(update={"batch_size": resolved})
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(recipe.Recipe, "run", oom)
@@ -79,3 +83,4 @@ def test_oom_during_training_exits_3_with_a_failed_record(
     (failed,) = read_events(tmp_path / "events.jsonl")
     assert rc == 3
     assert failed["type"] == "failed" and failed["code"] == "out_of_memory" and "hint" in failed
+    assert failed["suggested_batch_size"] == suggested

@@ -193,6 +193,30 @@ def test_a_missing_package_costs_one_warning_and_the_others_go_on(
     assert "grad_norm" not in run.data.metrics  # null values are not data points
 
 
+def test_a_resumed_job_continues_its_mlflow_run(tmp_path: Path) -> None:
+    cfg = _job(tmp_path, [{"type": "mlflow", "mlflow": {"experiment": "resumes"}}])
+    out = Path(cfg.output_dir)
+    writer = EventWriter(out / "events.jsonl")
+    Trackers.attach(cfg, writer)
+    _replay(writer, cfg, end="interrupted")
+    writer.close()
+    resumed = cfg.model_copy(update={"resume_from": str(out / "checkpoints" / "checkpoint-2")})
+    writer = EventWriter(out / "events.jsonl")
+    Trackers.attach(resumed, writer)
+    writer.write("started", config=resumed.to_dict(), start_step=2)
+    writer.write("metrics", step=3, loss=0.5)
+    writer.write("completed", exit_code=0)
+    writer.close()
+    assert "warning" not in [r["type"] for r in read_events(out / "events.jsonl")]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(out / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("resumes").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["resume_from"] == "None"  # the first attempt's
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 2.0), (2, 1.0), (3, 0.5)]
+
+
 def test_an_unreachable_mlflow_server_is_a_warning_within_seconds(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -120,7 +120,8 @@ class TrackerUnavailable(Exception):
 
 
 class Tracker:
-    """One tracker. Every method may raise: Trackers turns the first exception into a warning."""
+    """One tracker. Every method may raise: Trackers turns the first exception into a warning (or, from
+    `finish`, which comes after the terminal record, into a line on stderr) and calls the tracker no more."""
 
     name: ClassVar[str]
     module: ClassVar[str]
@@ -331,6 +332,10 @@ class WandbTracker(Tracker):
         self.run: Any = None
 
     def start(self, run: RunInfo) -> None:
+        # Settings(silent=True) comes too late for wandb.login's "Loaded credentials" line: the environment's
+        # switch silences it too (the operator's own WANDB_SILENT wins).
+        os.environ.setdefault("WANDB_SILENT", "true")
+
         def load() -> Any:
             import wandb
 
