@@ -159,7 +159,14 @@ Integrations = Annotated[
         description="Experiment trackers the trainer logs the resolved config, every metric and every eval "
         "to (rank 0 only). A tracker that fails (package missing, server unreachable) costs a `warning` "
         "record, never the job",
-        json_schema_extra={"x-rule": "at most one of each type: wandb, mlflow, tensorboard"},
+        json_schema_extra={
+            "x-rule": "at most one of each type: wandb, mlflow, tensorboard",
+            # The same rule in JSON Schema's words, for generic validators and test-data generators.
+            "allOf": [
+                {"contains": {"properties": {"type": {"const": t}}}, "minContains": 0, "maxContains": 1}
+                for t in TRACKER_TYPES
+            ],
+        },
     ),
     AfterValidator(_one_per_tracker),
 ]
