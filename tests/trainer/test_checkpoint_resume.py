@@ -19,7 +19,7 @@ from tests.conftest import REPO_ROOT
 from tests.trainer.conftest import events, finish, launch, of_type, start, trainer_env
 
 TOTAL = 60
-# The module fixture runs the trainer three times (~1 min on an idle 2-core machine); pytest-timeout counts
+# The module fixture runs the trainer four times (~1 min on an idle 2-core machine); pytest-timeout counts
 # fixture set-up against the first test, so allow for a busy machine.
 pytestmark = pytest.mark.timeout(900)
 
@@ -94,6 +94,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, train_f
     )
     reference_out = base / "reference"
     reference = launch(*common(tiny_model_dir, train_file, reference_out))
+    # The service's out-of-memory retry (engine/retry.py): the same checkpoint, half the micro-batch, twice
+    # the gradient accumulation.
+    halved_out = base / "halved"
+    halved = launch(
+        *common(tiny_model_dir, train_file, halved_out),
+        "--batch-size",
+        "2",
+        "--gradient-accumulation-steps",
+        "2",
+        "--resume-from",
+        interrupted[0]["checkpoint_path"],
+    )
     return {
         "out": out,
         "first": first,
@@ -101,6 +113,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, train_f
         "child_exited": child_exited,
         "reference": events(reference_out),
         "reference_proc": reference,
+        "halved": events(halved_out),
+        "halved_proc": halved,
     }
 
 
@@ -157,6 +171,26 @@ def test_resumed_run_reproduces_the_uninterrupted_one(runs: dict[str, Any]) -> N
         assert math.isclose(merged[step]["learning_rate"], ref["learning_rate"], rel_tol=1e-9), step
         assert math.isclose(merged[step]["loss"], ref["loss"], rel_tol=1e-4, abs_tol=1e-5), step
         assert merged[step]["tokens_seen"] == ref["tokens_seen"], step
+
+
+def test_a_resume_with_half_the_micro_batch_trains_the_same_steps(runs: dict[str, Any]) -> None:
+    """What an out-of-memory retry does: the checkpoint continued with batch_size / 2 and twice the
+    gradient accumulation trains each step on the same examples (same token counts), at the same learning
+    rates, to the same total; the losses agree with the uninterrupted run's up to LoRA dropout, whose masks
+    are drawn per micro-batch (measured: at most 1.8 % apart)."""
+    assert runs["halved_proc"].returncode == 0, runs["halved_proc"].stderr[-3000:]
+    (started,) = of_type(runs["halved"], "started")
+    n = started["start_step"]
+    assert n >= 5 and started["total_steps"] == TOTAL
+    assert started["config"]["hyperparameters"]["batch_size"] == 2
+    reference = {m["step"]: m for m in of_type(runs["reference"], "metrics")}
+    halved = {m["step"]: m for m in of_type(runs["halved"], "metrics")}
+    assert sorted(halved) == list(range(n + 1, TOTAL + 1))
+    for step, m in halved.items():
+        ref = reference[step]
+        assert m["tokens_seen"] == ref["tokens_seen"], step
+        assert math.isclose(m["learning_rate"], ref["learning_rate"], rel_tol=1e-9), step
+        assert math.isclose(m["loss"], ref["loss"], rel_tol=0.05), (step, m["loss"], ref["loss"])
 
 
 def test_sigint_to_the_trainer_itself_exits_4(tmp_path: Path, tiny_model_dir: Path, train_file: Path) -> None:

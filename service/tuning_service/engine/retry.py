@@ -45,14 +45,20 @@ def retry_plan(
     if row.get("deadline_requested_at") is not None:
         return None
     step = max(checkpoints) if checkpoints else None
-    fields = requeue_fields(None if step is None else checkpoints[step])
-    fields["retries"] = used + 1
     smaller = None
+    hp = None
     if code == OUT_OF_MEMORY:
         hp = _smaller_batch(row["hyperparameters"] or {}, (row.get("terminal_record") or {}))
         if hp is not None:
-            fields["hyperparameters"] = hp
             smaller = hp["batch_size"]
+            if hp.get("packing"):
+                # Packed bins are cut to the token budget: a smaller budget makes other bins, and a
+                # checkpoint of the old ones cannot be continued (the trainer refuses another total_steps).
+                step = None
+    fields = requeue_fields(None if step is None else checkpoints[step])
+    fields["retries"] = used + 1
+    if hp is not None:
+        fields["hyperparameters"] = hp
     where = (
         f"from the checkpoint of step {step}" if step is not None else "from the beginning (no checkpoint)"
     )
@@ -73,8 +79,11 @@ def retry_plan(
 
 def _smaller_batch(hp: dict[str, Any], terminal: dict[str, Any]) -> dict[str, Any] | None:
     """The hyperparameters with the micro-batch the trainer suggested after running out of memory, and
-    gradient accumulation raised so that an optimizer step still sees as many examples (the schedule and
-    the checkpoint's step count stay valid). None: no usable suggestion."""
+    gradient accumulation raised by the same factor. Without packing an optimizer step then trains on the
+    very same examples (a micro-batch is a run of the epoch's shuffled order, and ceil(ceil(n/b)/g) =
+    ceil(n/(b*g))): the step count, the schedule and the checkpoint stay valid, and the run continues as it
+    would have (tests/trainer/test_checkpoint_resume.py). With packing the token budget shrinks instead.
+    None: no usable suggestion (none, or one that does not divide the micro-batch)."""
     suggested = terminal.get("suggested_batch_size")
     batch = hp.get("batch_size")
     if not isinstance(suggested, int) or not isinstance(batch, int) or not 1 <= suggested < batch:
