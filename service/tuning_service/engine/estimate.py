@@ -48,14 +48,17 @@ class Estimator:
             return len(gpus), gpus
         return self.settings.cpu_processes, []
 
-    async def estimate(self, request: CreateTuningRequest) -> dict[str, Any]:
-        """The tuning.estimate object for an admitted create request."""
+    async def estimate(
+        self, request: CreateTuningRequest, environment: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The tuning.estimate object for an admitted create request. `environment`: the caller's
+        credentials its tokenizer may need (a gated model's HF_TOKEN)."""
         normal = request.normalised()
         row = {"request": normal, "hyperparameters": normal["hyperparameters"], "resume_from": None}
         # The config names an output folder, as the trainer's must; the estimate never writes there.
         config = trainer_config(self.settings, row, self.settings.data_dir / "estimates")
         world, gpus = self.world(request)
-        out = await self._run({"config": config, "num_processes": world}, gpus)
+        out = await self._run({"config": config, "num_processes": world}, gpus, environment or {})
         seconds, based_on = await self._seconds(out, normal["method"], normal["adapter"], world)
         return {
             "object": "tuning.estimate",
@@ -78,8 +81,10 @@ class Estimator:
             return None, 0
         return round(out["tokens_to_process"] / statistics.median(speeds), 1), len(speeds)
 
-    async def _run(self, request: dict[str, Any], gpus: list[str]) -> dict[str, Any]:
-        env = dict(os.environ)
+    async def _run(
+        self, request: dict[str, Any], gpus: list[str], environment: dict[str, str]
+    ) -> dict[str, Any]:
+        env = {**os.environ, **environment}
         env["TUNING_MODELS_DIR"] = str(self.settings.models_dir)
         # The GPUs the job would be leased, or none: the estimate sees the device the trainer would.
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)

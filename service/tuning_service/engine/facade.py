@@ -169,7 +169,9 @@ class JobManager:
             request, _ = await lineage.resolve(
                 request, owner=owner, store=self.store, jobs_dir=self.settings.jobs_dir
             )
-        return await self.estimator.estimate(request)
+        # The key's Hugging Face token, for a gated model's tokenizer (a local, short-lived process).
+        token = {k: v for k, v in (await self.store.key_environment(owner)).items() if k == "HF_TOKEN"}
+        return await self.estimator.estimate(request, token)
 
     async def _owned(self, job_id: str, owner: str) -> dict[str, Any]:
         row = await self.store.get_job(job_id)

@@ -15,6 +15,7 @@ import pytest
 from tests.service.core_fixtures import make_settings, request, run
 from tuning_service.engine import estimate
 from tuning_service.engine.estimate import Estimator, problem
+from tuning_service.engine.facade import JobManager
 from tuning_service.errors import APIError
 
 
@@ -122,3 +123,31 @@ def test_seconds_come_from_past_jobs_of_the_same_shape(
     # The median speed of the three of that shape: 200 tokens/s.
     assert (seconds, based_on) == (20.0, 3)
     assert seen == {"method": "sft", "adapter": "lora", "device": "cpu", "num_processes": 2}
+
+
+def test_the_planner_gets_the_callers_hf_token_and_nothing_else_of_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gated model's tokenizer needs the caller's Hugging Face token (keys set-integration --hf-token);
+    the planner answers here with what it was given, as an `error` the route would report."""
+    script = (
+        "import json, os; "
+        "print(json.dumps({'error': {'code': 'training_error', "
+        "'message': repr((os.environ.get('HF_TOKEN'), os.environ.get('WANDB_API_KEY')))}}))"
+    )
+    monkeypatch.setattr(estimate, "COMMAND", (sys.executable, "-c", script))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+    async def body() -> str:
+        m = await JobManager.start(make_settings(tmp_path, max_concurrent_jobs=0))
+        try:
+            owner, _ = await m.create_key("a")
+            await m.set_key_credentials("a", {"hf_token": "hf_GATED", "wandb_api_key": "w"})
+            with pytest.raises(APIError) as info:
+                await m.estimate(owner=owner, request=request())
+            return info.value.message
+        finally:
+            await m.stop()
+
+    assert run(body()).endswith("('hf_GATED', None)")
