@@ -52,7 +52,7 @@ def test_trainer_errors_pass_through() -> None:
     assert err.record() == {"code": "model_not_found", "message": "nope", "param": "model", "exit_code": 2}
 
 
-@pytest.mark.parametrize(("resolved", "suggested"), [(None, None), (8, 4), (5, 2), (1, None)])
+@pytest.mark.parametrize(("resolved", "suggested"), [(None, None), (8, 4), (6, 3), (5, 1), (9, 3), (1, None)])
 def test_oom_during_training_exits_3_with_a_failed_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resolved: int | None, suggested: int | None
 ) -> None:

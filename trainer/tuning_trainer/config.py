@@ -76,7 +76,11 @@ TrackerName = Annotated[
 # A remote MLflow server only: a `file:` or database URI would let a client write anywhere the trainer can.
 # Without one the run goes to the service's TUNING_MLFLOW_TRACKING_URI, else to a file store in the job's
 # folder.
-MLFLOW_URI_PATTERN: Final = r"^(https?://[^\x00-\x20\x7f-\x9f]+|databricks(://[A-Za-z0-9_.-]+)?)$"
+# No user:password in it either: the job's URI is shown to its API key (the job object, its records); an
+# MLflow server's credentials come from the trainer's environment (MLFLOW_TRACKING_TOKEN, ...).
+MLFLOW_URI_PATTERN: Final = (
+    r"^(https?://[^\x00-\x20\x7f-\x9f/@?#]+([/?#][^\x00-\x20\x7f-\x9f]*)?|databricks(://[A-Za-z0-9_.-]+)?)$"
+)
 
 
 class WandbSettings(StrictModel):
@@ -110,8 +114,8 @@ class MlflowSettings(StrictModel):
                 max_length=MAX_TRACKER_URI_CHARS,
                 pattern=MLFLOW_URI_PATTERN,
                 json_schema_extra={
-                    "x-rule": "an http:// or https:// URL of an MLflow tracking server, or databricks "
-                    "(never a file or database URI)"
+                    "x-rule": "an http:// or https:// URL of an MLflow tracking server without "
+                    "user:password, or databricks (never a file or database URI)"
                 },
             ),
         ]

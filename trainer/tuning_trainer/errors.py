@@ -74,10 +74,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def suggested_batch_size(batch_size: object) -> int | None:
-    """The micro-batch size to retry an out-of-memory run with: half the run's resolved `batch_size` when
-    that is above 1 (None below, or while it was still "auto": nothing smaller to suggest)."""
+    """The micro-batch size to retry an out-of-memory run with: the largest divisor of the run's resolved
+    `batch_size` that is at most half of it (8 -> 4, 6 -> 3, 5 -> 1), so that gradient accumulation can make
+    up for it exactly and each optimizer step keeps its examples; None at 1, or while it was still "auto"."""
     if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 1:
-        return batch_size // 2
+        return next(d for d in range(batch_size // 2, 0, -1) if batch_size % d == 0)
     return None
 
 

@@ -243,7 +243,9 @@ class Recipe:
             method=self.cfg.method,
             adapter=self.cfg.adapter,
             model_setup=self.model_info,
-            config=self.cfg.to_dict(),
+            # Not the service's MLflow server: a record is shown to the job's API key, and that URI is
+            # the operator's (it may carry credentials).
+            config=self.cfg.model_dump(exclude={"mlflow_tracking_uri"}),
             resolved_auto=self.resolved_auto,
             versions=library_versions(),
             device=self.device.label,

@@ -122,7 +122,11 @@ async def pause(request: Request) -> JSONResponse:
     tag="tunings",
     path={"job_id": JOB_ID},
     ok=Json(TuningJob, "The job, queued"),
-    errors={404: ("job_not_found",), 409: ("job_not_resumable", "no_checkpoint")},
+    errors={
+        404: ("job_not_found",),
+        409: ("job_not_resumable", "no_checkpoint"),
+        429: ("quota_exceeded",),  # it queues the job again: the key's max_queued_jobs, max_gpu_hours
+    },
 )
 async def resume(request: Request) -> JSONResponse:
     owner = await authenticate(request)

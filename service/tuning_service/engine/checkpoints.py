@@ -54,6 +54,15 @@ def requeue_fields(checkpoint: Path | None) -> dict[str, Any]:
     }
 
 
+def set_aside_checkpoints(job_dir: Path, attempt: int) -> None:
+    """Move the job's checkpoints to `checkpoints.before-retry-<attempt>/`: a retry that starts over with
+    another plan cannot continue them, nor can any later resume, which takes the newest one in
+    `checkpoints/` (kept, not deleted: they are the user's)."""
+    folder = job_dir / "checkpoints"
+    if folder.is_dir():
+        folder.rename(job_dir / f"checkpoints.before-retry-{attempt}")
+
+
 async def describe(store: Store, job_id: str, on_disk: dict[int, Path]) -> list[dict[str, Any]]:
     """The API objects of the checkpoints found on disk, oldest first, each with the metrics at its step."""
     records, _ = await store.records(job_id, limit=100_000, only_types=("checkpoint",))

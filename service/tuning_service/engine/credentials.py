@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 
 FILENAME = ".secrets.json"
@@ -22,11 +23,17 @@ def write(job_dir: Path, environment: dict[str, str]) -> None:
     if not environment:
         remove(job_dir)
         return
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(environment, fh)
-    os.replace(tmp, path)
+    # A fresh name, created here (O_EXCL: never an existing file with other permissions, never through a
+    # symlink), then renamed over the file: a reader sees the old file or the new one, whole.
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(environment, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def remove(job_dir: Path) -> None:

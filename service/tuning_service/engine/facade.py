@@ -27,7 +27,7 @@ from ..settings import Settings
 from ..states import ACTIVE, NON_TERMINAL, RESUMABLE, JobStatus
 from ..storage.jobs import new_job_id
 from ..storage.store import Stamp, Store
-from ..storage.usage import QuotaExceeded
+from ..storage.usage import QuotaExceeded, check_quota
 from ..webhooks.delivery import Deliverer
 from ..webhooks.outbox import make_append_hook
 from ..webhooks.policy import ROTATION_OVERLAP_SECONDS, new_secret
@@ -42,6 +42,12 @@ from .scheduler import Scheduler
 from .supervisor import Supervisor
 
 log = logging.getLogger("tuning_service.jobs")
+
+
+def quota_error(exc: QuotaExceeded) -> APIError:
+    # No Retry-After: a quota does not clear in seconds; `x-should-retry: false` tells OpenAI's clients
+    # (which retry every 429 by default) the same.
+    return APIError(429, "quota_exceeded", exc.message, param=exc.limit, headers={"x-should-retry": "false"})
 
 
 def key_hash(plaintext: str) -> str:
@@ -116,10 +122,12 @@ class JobManager:
             request, source = await lineage.resolve(
                 request, owner=owner, store=self.store, jobs_dir=self.settings.jobs_dir
             )
-        if request.max_runtime_seconds is None and self.settings.max_runtime_seconds is not None:
-            request = request.model_copy(update={"max_runtime_seconds": self.settings.max_runtime_seconds})
         normal = request.normalised()
+        # The fingerprint is of what the client sent: a retry with the same key and body is the same request
+        # even if the service's default changed meanwhile (the stored job keeps the default it got).
         rhash = request_hash(normal)
+        if request.max_runtime_seconds is None and self.settings.max_runtime_seconds is not None:
+            normal["max_runtime_seconds"] = self.settings.max_runtime_seconds
         hyperparameters = normal.pop("hyperparameters")  # stored once: the job's own column
         job_id = new_job_id()
         job_dir = self.settings.jobs_dir / job_id
@@ -141,7 +149,7 @@ class JobManager:
                 quota_since=now - self.settings.quota_window_days * 86400,
             )
         except QuotaExceeded as exc:
-            raise APIError(429, "quota_exceeded", exc.message, param=exc.limit) from None
+            raise quota_error(exc) from None
         finally:
             if source is not None and (row is None or row["id"] != job_id):  # no job was made of it
                 await asyncio.to_thread(shutil.rmtree, job_dir, True)
@@ -330,6 +338,12 @@ class JobManager:
                 raise APIError(
                     409, "job_not_resumable", f"Job {job_id} changed status; try again", param="id"
                 )
+            try:  # a resume queues a job: the key's quotas hold as for a create
+                await check_quota(
+                    tx, owner, now=now, quota_since=now - self.settings.quota_window_days * 86400
+                )
+            except QuotaExceeded as exc:
+                raise quota_error(exc) from None
             message = (
                 f"resumed from the checkpoint of step {step}"
                 if step is not None

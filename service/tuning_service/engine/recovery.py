@@ -124,6 +124,8 @@ async def _requeue(store: Store, supervisor: Supervisor, row: dict[str, Any]) ->
     term = row["terminal_record"]
     if row["status"] != JobStatus.RUNNING.value or (term is not None and term.get("type") != "interrupted"):
         return False
+    if row.get("deadline_requested_at") is not None:
+        return False  # it was stopping at its max_runtime_seconds: settled as deadline_exceeded instead
     job_id = row["id"]
     found = await asyncio.to_thread(checkpoint_dirs, supervisor.job_dir(job_id))
     if not found:
@@ -146,7 +148,12 @@ async def _requeue(store: Store, supervisor: Supervisor, row: dict[str, Any]) ->
             f"of step {step} (resume_on_restart)"
         )
         await tx.transition(
-            current, JobStatus.QUEUED, now=now, message=message, **requeue_fields(found[step])
+            current,
+            JobStatus.QUEUED,
+            now=now,
+            message=message,
+            run_ended_at=await tx.last_trainer_time(job_id),  # not the time the service was down
+            **requeue_fields(found[step]),
         )
     log.warning("job %s: trainer lost in the restart; re-queued from checkpoint step %d", job_id, step)
     return True

@@ -10,14 +10,19 @@ cancelled or that hit its max_runtime_seconds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuning_trainer.config import Hyperparameters
+
 from ..states import JobStatus
 from .checkpoints import requeue_fields
-from .executors.base import EXECUTOR_LOST
 
 OUT_OF_MEMORY = "out_of_memory"
+MAX_ACCUMULATION = next(
+    m.le for m in Hyperparameters.model_fields["gradient_accumulation_steps"].metadata if hasattr(m, "le")
+)
 INFRASTRUCTURE_FAILURES = frozenset(
     {
         "trainer_crashed",  # exited without a verdict (segfault, a killed child under accelerate)
@@ -25,16 +30,29 @@ INFRASTRUCTURE_FAILURES = frozenset(
         "interrupted",  # stopped by an outside SIGTERM/SIGINT (a host shutting down), after a checkpoint
         OUT_OF_MEMORY,
         "service_restart",  # the trainer went with the service
-        EXECUTOR_LOST,  # the cluster lost the run
     }
 )
+# Not `executor_lost`: an unreachable Ray head does not mean the run is gone (a network partition, a head
+# restarting), and a retry would start a second trainer writing the same job folder beside it.
 
 
-def retry_plan(
-    row: dict[str, Any], error: dict[str, Any], checkpoints: dict[int, Path]
-) -> tuple[dict[str, Any], dict[str, Any], str] | None:
-    """For a job whose run just failed with `error`: the row's fields, the `retry` record's data and the
-    status message that queue it again, or None when it is not to be retried."""
+@dataclass(frozen=True)
+class Retry:
+    """How a failed run's job is queued again."""
+
+    fields: dict[str, Any]
+    """The job row's columns"""
+    record: dict[str, Any]
+    """The `retry` record's data"""
+    message: str
+    """The `queued` status record's message"""
+    discard_checkpoints: bool = False
+    """The checkpoints on disk cannot be continued by the next run (another packing): put them aside"""
+
+
+def retry_plan(row: dict[str, Any], error: dict[str, Any], checkpoints: dict[int, Path]) -> Retry | None:
+    """For a job whose run just failed with `error`: how it is queued again, or None when it is not to be
+    retried."""
     allowed = int((row["request"] or {}).get("auto_retry") or 0)
     used = int(row.get("retries") or 0)
     code = str(error.get("code") or "")
@@ -47,20 +65,26 @@ def retry_plan(
     step = max(checkpoints) if checkpoints else None
     smaller = None
     hp = None
+    discard = False
     if code == OUT_OF_MEMORY:
         hp = _smaller_batch(row["hyperparameters"] or {}, (row.get("terminal_record") or {}))
         if hp is not None:
             smaller = hp["batch_size"]
             if hp.get("packing"):
                 # Packed bins are cut to the token budget: a smaller budget makes other bins, and a
-                # checkpoint of the old ones cannot be continued (the trainer refuses another total_steps).
-                step = None
+                # checkpoint of the old ones cannot be continued (the trainer refuses another total_steps),
+                # nor by any later resume: they are put aside (`discard_checkpoints`).
+                step, discard = None, bool(checkpoints)
     fields = requeue_fields(None if step is None else checkpoints[step])
     fields["retries"] = used + 1
     if hp is not None:
         fields["hyperparameters"] = hp
     where = (
-        f"from the checkpoint of step {step}" if step is not None else "from the beginning (no checkpoint)"
+        f"from the checkpoint of step {step}"
+        if step is not None
+        else "from the beginning (checkpoints of the old packing put aside)"
+        if discard
+        else "from the beginning (no checkpoint)"
     )
     message = f"{code}: retry {used + 1} of {allowed}, {where}" + (
         f", with batch_size {smaller}" if smaller is not None else ""
@@ -74,7 +98,7 @@ def retry_plan(
         "checkpoint": None if step is None else f"checkpoints/{checkpoints[step].name}",
         "batch_size": smaller,
     }
-    return fields, record, message
+    return Retry(fields, record, message, discard)
 
 
 def _smaller_batch(hp: dict[str, Any], terminal: dict[str, Any]) -> dict[str, Any] | None:
@@ -91,8 +115,10 @@ def _smaller_batch(hp: dict[str, Any], terminal: dict[str, Any]) -> dict[str, An
     if batch % suggested:
         return None  # the effective batch could not be kept exactly
     factor = batch // suggested
-    out = {**hp, "batch_size": suggested}
-    out["gradient_accumulation_steps"] = int(hp.get("gradient_accumulation_steps") or 1) * factor
+    accumulation = int(hp.get("gradient_accumulation_steps") or 1) * factor
+    if accumulation > MAX_ACCUMULATION:
+        return None  # beyond its limit the trainer would refuse the config
+    out = {**hp, "batch_size": suggested, "gradient_accumulation_steps": accumulation}
     if hp.get("packing") and isinstance(hp.get("max_tokens_per_batch"), int):
         out["max_tokens_per_batch"] = max(8, hp["max_tokens_per_batch"] // factor)
     return out

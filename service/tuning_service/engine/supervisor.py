@@ -25,7 +25,7 @@ from ..settings import Settings
 from ..states import JobStatus
 from ..storage.store import Store
 from . import credentials
-from .checkpoints import checkpoint_dirs
+from .checkpoints import checkpoint_dirs, set_aside_checkpoints
 from .executors import make_executor
 from .executors.base import EXECUTOR_LOST, Executor, Run
 from .executors.local import LocalExecutor
@@ -169,6 +169,7 @@ class Supervisor:
             fields, handle = await executor.launch(row, job_dir, config)
         except Exception as exc:
             log.exception("job %s: could not launch the trainer", job_id)
+            await asyncio.to_thread(credentials.remove, job_dir)
             await self._fail_launch(job_id, f"could not launch the trainer: {exc}")
             return
         async with self.store.transaction() as tx:
@@ -357,14 +358,24 @@ class Supervisor:
             )
             if run.exit_code is not None:
                 fields["exit_code"] = run.exit_code
+            # A run that ended while nobody watched (the service was down) held its slot until its last
+            # record, not until now: its GPU time and runtime stop there.
+            unwatched = lost_reason is not None and run.ended_at is None
+            fields["run_ended_at"] = await tx.last_trainer_time(job_id) if unwatched else run.ended_at
             plan = retry_plan(row, fields.get("error") or {}, found) if status == JobStatus.FAILED else None
             if plan is not None:
                 # The failure is told (its status record, then the retry), then the job is queued again.
-                retry_fields, record, retry_message = plan
+                if plan.discard_checkpoints:
+                    await asyncio.to_thread(
+                        set_aside_checkpoints, self.job_dir(job_id), int(row["retries"]) + 1
+                    )
+                retry_fields, record, retry_message = plan.fields, plan.record, plan.message
                 await tx.append(job_id, [("log", now, {"line": f"failed: {message}"})])
                 await tx.append(job_id, [("retry", now, record)])
                 status, message, retried = JobStatus.QUEUED, retry_message, True
-                await tx.transition(row, status, now=now, message=message, **retry_fields)
+                await tx.transition(
+                    row, status, now=now, message=message, run_ended_at=fields["run_ended_at"], **retry_fields
+                )
             else:
                 await tx.transition(row, status, now=now, message=message, **fields)
         self._untrack(job_id, executor)

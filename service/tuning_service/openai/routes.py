@@ -220,6 +220,7 @@ def _job_route(
     summary: str,
     act: Callable[[JobManager], Callable[..., Awaitable[dict[str, Any]]]],
     conflicts: tuple[str, ...] = (),
+    extra_errors: dict[int, tuple[str, ...]] | None = None,
 ) -> Handler:
     """A route that does one thing to a job and answers with it as OpenAI's object."""
 
@@ -230,7 +231,7 @@ def _job_route(
         return JSONResponse(oc.openai_job(job, owner))
 
     handler.__name__ = handler.__qualname__ = operation_id
-    errors = {404: ("job_not_found",), **({409: conflicts} if conflicts else {})}
+    errors = {404: ("job_not_found",), **({409: conflicts} if conflicts else {}), **(extra_errors or {})}
     describe = openai_operation(
         operation_id, summary, path={"job_id": JOB_ID}, ok=Json(OpenAIJob, "The job"), errors=errors
     )
@@ -241,7 +242,11 @@ get_job = _job_route("openaiGetJob", "OpenAI: get a job", lambda m: m.get)
 cancel_job = _job_route("openaiCancelJob", "OpenAI: cancel a job", lambda m: m.cancel, ("job_terminal",))
 pause_job = _job_route("openaiPauseJob", "OpenAI: pause a job", lambda m: m.pause, ("job_not_pausable",))
 resume_job = _job_route(
-    "openaiResumeJob", "OpenAI: resume a job", lambda m: m.resume, ("job_not_resumable", "no_checkpoint")
+    "openaiResumeJob",
+    "OpenAI: resume a job",
+    lambda m: m.resume,
+    ("job_not_resumable", "no_checkpoint"),
+    {429: ("quota_exceeded",)},
 )
 
 

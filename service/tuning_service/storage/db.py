@@ -16,13 +16,17 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import aiosqlite
+
+from tuning_trainer.records import RECORDS
 
 from ..states import ACTIVE, JobStatus, check_transition
 
 BUSY_TIMEOUT_MS = 10_000
+# The records the trainer writes (tuning_trainer/records.py), as opposed to the service's own.
+TRAINER_RECORD_TYPES: tuple[str, ...] = tuple(get_args(r.model_fields["type"].annotation)[0] for r in RECORDS)
 SCHEMA_VERSION = 5
 
 # Columns added after the first schema: (table, column, declaration). Added at start-up when missing, so an
@@ -269,6 +273,16 @@ class Tx:
         cur = await self.conn.execute(f"UPDATE jobs SET {sets} WHERE {cond}", params)
         return cur.rowcount
 
+    async def last_trainer_time(self, job_id: str) -> float | None:
+        """When the trainer last wrote a record of this job (by its own clock; the service's records and
+        output lines, stamped when the service read them, do not count)."""
+        marks = ", ".join("?" * len(TRAINER_RECORD_TYPES))
+        row = await self.one(
+            f"SELECT MAX(time) AS t FROM job_events WHERE job_id = ? AND type IN ({marks})",
+            (job_id, *TRAINER_RECORD_TYPES),
+        )
+        return None if row is None or row["t"] is None else float(row["t"])
+
     async def append(self, job_id: str, records: list[tuple[str, float, dict[str, Any]]]) -> int:
         """Append (type, time, data) records with the next sequence numbers; returns the new last seq."""
         row = await self.one("SELECT last_seq FROM jobs WHERE id = ?", (job_id,))
@@ -296,11 +310,13 @@ class Tx:
         *,
         now: float,
         message: str | None = None,
+        run_ended_at: float | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
         """Move a job from row["status"] to `new` (refusing illegal moves), write `fields`, append the
         `status` record. The UPDATE is conditional on the old status, so a concurrent change fails
-        loudly."""
+        loudly. Leaving an active status ends the run's GPU time at `run_ended_at` (when the run ended
+        unwatched, e.g. while the service was down), else now."""
         old = JobStatus(row["status"])
         check_transition(old, new)
         if new.is_terminal():
@@ -309,8 +325,10 @@ class Tx:
         if changed != 1:
             raise RuntimeError(f"job {row['id']} changed status concurrently (expected {old.value})")
         if old in ACTIVE and new not in ACTIVE:  # the run gives its slot back: its GPU time ends here
+            ended = now if run_ended_at is None else min(now, run_ended_at)
             await self.execute(
-                "UPDATE job_runs SET ended_at = ? WHERE job_id = ? AND ended_at IS NULL", (now, row["id"])
+                "UPDATE job_runs SET ended_at = MAX(started_at, ?) WHERE job_id = ? AND ended_at IS NULL",
+                (ended, row["id"]),
             )
         data: dict[str, Any] = {"status": new.value}
         if message:

@@ -268,7 +268,7 @@ def _row(**kw: Any) -> dict[str, Any]:
         ("trainer_crashed", {}, True),
         ("trainer_killed", {}, True),
         ("service_restart", {}, True),
-        ("executor_lost", {}, True),
+        ("executor_lost", {}, False),  # the run may still be going: never a second one beside it
         ("out_of_memory", {}, True),
         ("invalid_data", {}, False),
         ("model_not_found", {}, False),
@@ -284,7 +284,7 @@ def test_which_failures_are_retried(code: str, row: dict[str, Any], retried: boo
     plan = retry_plan(_row(**row), {"code": code, "message": "m"}, {})
     assert (plan is not None) is retried
     if plan is not None:
-        fields, record, message = plan
+        fields, record, message = plan.fields, plan.record, plan.message
         assert fields["retries"] == 1 and fields["resume_from"] is None and record["step"] is None
         assert "from the beginning" in message
 
@@ -318,6 +318,7 @@ def test_which_failures_are_retried(code: str, row: dict[str, Any], retried: boo
             },
         ),
         ({"batch_size": 8, "gradient_accumulation_steps": 1}, 3, None),  # 8 / 3 would change the batch
+        ({"batch_size": 8, "gradient_accumulation_steps": 4096}, 4, None),  # 4096 is accumulation's limit
         ({"batch_size": 1, "gradient_accumulation_steps": 1}, None, None),
     ],
 )
@@ -329,7 +330,8 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(
         row, {"code": "out_of_memory", "message": "oom"}, {4: Path("/j/checkpoints/checkpoint-4")}
     )
     assert plan is not None
-    fields, record, _ = plan
+    fields, record = plan.fields, plan.record
+    assert plan.discard_checkpoints is bool((expected or {}).get("packing"))
     assert fields.get("hyperparameters") == expected
     assert record["batch_size"] == (None if expected is None else expected["batch_size"])
     if (expected or {}).get("packing"):  # other bins: the old bins' checkpoint cannot be continued
@@ -363,3 +365,36 @@ def test_the_outcome_at_the_deadline() -> None:
     ] is (JobStatus.SUCCEEDED)
     cancelled = {**row, "status": "cancelling", "cancel_requested_at": 6.0, "terminal_record": term}
     assert decide_outcome(cancelled, exit_code=1, killed_by_us=False, log_tail=[])[0] is JobStatus.CANCELLED
+
+
+def test_a_packed_retry_that_starts_over_puts_the_old_checkpoints_aside(tmp_path: Path) -> None:
+    """Another token budget makes other bins: the old checkpoints can be continued by no run, so the retry
+    starts from step 0 and a later resume must not pick them up."""
+
+    async def body() -> None:
+        queued_only = await JobManager.start(make_settings(tmp_path, max_concurrent_jobs=0))
+        owner, _ = await queued_only.create_key("a")
+        job_id = await _create(
+            queued_only,
+            owner,
+            "oom?until_batch=1&steps=2",
+            auto_retry=1,
+            hyperparameters={"epochs": 1, "batch_size": 2, "packing": True, "max_tokens_per_batch": 64},
+        )
+        old = queued_only.settings.jobs_dir / job_id / "checkpoints" / "checkpoint-1"
+        old.mkdir(parents=True)  # as if an earlier run had saved one
+        (old / "trainer_state.pt").write_text("{}")
+        await queued_only.stop()
+        m = await JobManager.start(make_settings(tmp_path, max_concurrent_jobs=1))
+        try:
+            done = await wait_status(m, job_id, owner, "succeeded", timeout=30)
+            assert done["retries"] == 1
+            (retry,) = _types(await all_events(m, job_id, owner), "retry")
+            assert retry["step"] is None and retry["checkpoint"] is None
+            assert (m.settings.jobs_dir / job_id / "checkpoints.before-retry-1" / "checkpoint-1").is_dir()
+            config = json.loads((m.settings.jobs_dir / job_id / "config.json").read_text())
+            assert config["resume_from"] is None and config["hyperparameters"]["max_tokens_per_batch"] == 32
+        finally:
+            await m.stop()
+
+    run(body())

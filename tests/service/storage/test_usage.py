@@ -196,3 +196,25 @@ def test_credentials_are_kept_per_key_and_never_listed(tmp_path: Path) -> None:
         assert await store.set_key_credentials("nobody", {"hf_token": "x"}) is None
 
     run(with_store(tmp_path, body))
+
+
+def test_a_run_that_ended_unwatched_is_charged_until_its_last_record_not_the_recovery(tmp_path: Path) -> None:
+    """The trainer finished a minute in; the service came back eight hours later and settled it: the key is
+    charged a minute (its GPU time, fair share, max_runtime_seconds), not the outage."""
+
+    async def body(store: Store) -> None:
+        a = await key(store, "key_a")
+        job = await queue(store, a)
+        await claim(store, T0)
+        later = T0 + 8 * 3600
+        async with store.transaction() as tx:
+            await tx.append(job, [("metrics", T0 + 30, {"step": 1}), ("completed", T0 + 60, {})])
+            await tx.append(job, [("log", later, {"line": "read at recovery"})])  # the service's clock
+            assert await tx.last_trainer_time(job) == T0 + 60
+            row = await tx.job(job)
+            assert row is not None
+            await tx.transition(row, JobStatus.SUCCEEDED, now=later, run_ended_at=T0 + 60)
+        assert await store.job_runtime(job, since=0, now=later) == pytest.approx(60)
+        assert (await store.key_usage(a, now=later, since=0))["gpu_seconds"] == pytest.approx(60)
+
+    run(with_store(tmp_path, body))

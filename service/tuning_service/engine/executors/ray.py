@@ -59,6 +59,12 @@ PASSTHROUGH_ENV = (
     "HF_DATASETS_OFFLINE",
     "TOKENIZERS_PARALLELISM",
     "COVERAGE_PROCESS_START",
+    # Experiment trackers' own switches (never their credentials: those travel in the job's credentials
+    # file, engine/credentials.py).
+    "WANDB_MODE",
+    "WANDB_BASE_URL",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
 )
 CALL_TIMEOUT = 5.0  # seconds a call to the head may take (a whole log: LOGS_TIMEOUT)
 LOGS_TIMEOUT = 30.0
