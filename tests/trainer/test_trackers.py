@@ -221,8 +221,10 @@ def test_an_unreachable_mlflow_server_is_a_warning_within_seconds(tmp_path: Path
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    # The service's default server (TUNING_MLFLOW_TRACKING_URI), which may carry credentials (a job's own URI
+    # may not: the schema refuses user:password there, as the job object shows it).
     uri = f"http://user:secret-password@127.0.0.1:{port}"
-    cfg = _job(tmp_path, [{"type": "mlflow", "mlflow": {"tracking_uri": uri}}])
+    cfg = _job(tmp_path, [{"type": "mlflow"}], mlflow_tracking_uri=uri)
     writer = EventWriter(Path(cfg.output_dir) / "events.jsonl")
     Trackers.attach(cfg, writer)
     began = time.monotonic()
@@ -351,3 +353,36 @@ def test_secrets_sets_only_the_allowed_names(tmp_path: Path, monkeypatch: pytest
     assert "PATH_EXTRA" not in os.environ and "TUNING_X" not in os.environ
     (tmp_path / SECRETS_FILE).write_text('{"HF_TOKEN": "half')
     assert load_secrets(tmp_path) == []
+
+
+def test_a_flush_waits_for_mlflow_a_bounded_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that takes the requests but never answers: the flush at an eval or checkpoint gives up
+    after MLFLOW_FLUSH_S and the tracker is off (one warning), instead of holding the run (and a stop's
+    grace period) hostage."""
+    from concurrent.futures import Future
+
+    from tuning_trainer import trackers
+    from tuning_trainer.config import MlflowSettings
+
+    monkeypatch.setattr(trackers, "MLFLOW_FLUSH_S", 0.2)
+    tracker = trackers.MlflowTracker(MlflowSettings(), None)
+    tracker._pending = [Future()]  # a request in flight forever
+    began = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"unanswered after 0\.2 s"):
+        tracker.flush()
+    assert time.monotonic() - began < 2
+    tracker._pending = [Future() for _ in range(trackers.MLFLOW_MAX_PENDING + 1)]
+    with pytest.raises(TimeoutError, match="requests behind the run"):
+        tracker._raise_failed(wait=False)
+
+
+def test_a_wandb_run_that_starts_over_gets_a_run_of_its_own(tmp_path: Path) -> None:
+    from tuning_trainer.trackers import RunInfo, wandb_run_id
+
+    def info(start_step: int) -> RunInfo:
+        return RunInfo(job_id="ftjob-x", output_dir=tmp_path, config={}, start_step=start_step)
+
+    assert wandb_run_id(info(0)) == "ftjob-x"
+    (tmp_path / "wandb" / "offline-run-20261207_010203-ftjob-x").mkdir(parents=True)
+    assert wandb_run_id(info(40)) == "ftjob-x"  # a resume continues its run
+    assert wandb_run_id(info(0)) == "ftjob-x-attempt-2"  # a retry from the start: W&B would drop its steps

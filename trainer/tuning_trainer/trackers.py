@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -74,6 +75,11 @@ MLFLOW_NETWORK_DEFAULTS: Final = {
 # W&B: how long wandb.init may take to reach its server, and how long the end of a run may wait for the
 # upload (it comes after the terminal record, but the process lingers until it is done).
 WANDB_INIT_TIMEOUT_S: Final = 30.0
+# MLflow's data points go from a background thread; a flush (eval, checkpoint, the end) waits this long at
+# most, and the run may be this many requests ahead: beyond either the tracker is turned off (a warning), so
+# that a slow server costs the run at most one such wait, within the stop's grace period.
+MLFLOW_FLUSH_S: Final = 10.0
+MLFLOW_MAX_PENDING: Final = 1000
 WANDB_FINISH_TIMEOUT_S: Final = 60.0
 
 # The metrics record's values a tracker logs (the rest, e.g. eta_seconds, are about the trainer itself).
@@ -172,11 +178,9 @@ class TensorboardTracker(Tracker):
             return SummaryWriter
 
         summary_writer = self._import(load)
-        # purge_step: a resumed run re-logs the steps after its checkpoint; TensorBoard then drops the first
-        # attempt's events from that step on instead of drawing both.
-        self.writer = summary_writer(
-            log_dir=str(run.output_dir / "tensorboard"), purge_step=run.start_step or None
-        )
+        # purge_step: a resumed run re-logs the steps after its checkpoint (a retry that starts over, all
+        # of them); TensorBoard then drops the earlier attempt's events from that step on, not drawing both.
+        self.writer = summary_writer(log_dir=str(run.output_dir / "tensorboard"), purge_step=run.start_step)
         # Markdown: an indented block keeps the JSON's layout.
         text = "\n".join("    " + line for line in json.dumps(run.config, indent=2).splitlines())
         self.writer.add_text("config", text, global_step=run.start_step)
@@ -285,10 +289,19 @@ class MlflowTracker(Tracker):
         return runs[0] if runs else None
 
     def _raise_failed(self, *, wait: bool) -> None:
-        """The first failure among the requests sent (waiting for them all when `wait`), or nothing."""
+        """The first failure among the requests sent (waiting for them all when `wait`, MLFLOW_FLUSH_S at
+        most: a server that slow is a failed tracker, not a reason to hold the run), or nothing."""
+        if wait and self._pending:
+            _, late = futures_wait(self._pending, timeout=MLFLOW_FLUSH_S)
+            if late:
+                raise TimeoutError(
+                    f"{len(late)} request(s) to the MLflow server unanswered after {MLFLOW_FLUSH_S:g} s"
+                )
+        if len(self._pending) > MLFLOW_MAX_PENDING:
+            raise TimeoutError(f"the MLflow server is {len(self._pending)} requests behind the run")
         still: list[Future[Any]] = []
         for future in self._pending:
-            if wait or future.done():
+            if future.done():
                 future.result()  # raises the request's exception
             else:
                 still.append(future)
@@ -347,7 +360,7 @@ class WandbTracker(Tracker):
             project=s.project,
             entity=s.entity,
             name=s.name or run.job_id,
-            id=run.job_id,
+            id=wandb_run_id(run),
             resume="allow",
             tags=list(s.tags) or None,
             dir=str(run.output_dir),
@@ -500,6 +513,14 @@ class Trackers:
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------
+
+
+def wandb_run_id(run: RunInfo) -> str:
+    """The job id, so that a resumed run continues its W&B run. A run that starts over from step 0 in a
+    job that already has one (a retry without a checkpoint) gets a run of its own: W&B would drop every
+    step up to the old run's last."""
+    earlier = list((run.output_dir / "wandb").glob("*run-*")) if run.start_step == 0 else []
+    return run.job_id if not earlier else f"{run.job_id}-attempt-{len(earlier) + 1}"
 
 
 def _is_number(value: Any) -> bool:
