@@ -340,7 +340,6 @@ class Supervisor:
         reason, lost_message = run.lost if run.lost is not None else (lost_reason, None)
         found = await asyncio.to_thread(checkpoint_dirs, self.job_dir(job_id))  # for a retry
         now = time.time()
-        retried = False
         async with self.store.transaction() as tx:
             row = await tx.job(job_id)
             if row is None or JobStatus(row["status"]).is_terminal() or row["supervisor_id"] != self.id:
@@ -372,7 +371,7 @@ class Supervisor:
                 retry_fields, record, retry_message = plan.fields, plan.record, plan.message
                 await tx.append(job_id, [("log", now, {"line": f"failed: {message}"})])
                 await tx.append(job_id, [("retry", now, record)])
-                status, message, retried = JobStatus.QUEUED, retry_message, True
+                status, message = JobStatus.QUEUED, retry_message
                 await tx.transition(
                     row, status, now=now, message=message, run_ended_at=fields["run_ended_at"], **retry_fields
                 )
@@ -380,8 +379,6 @@ class Supervisor:
                 await tx.transition(row, status, now=now, message=message, **fields)
         self._untrack(job_id, executor)
         log.info("job %s: %s (%s)", job_id, status.value, message)
-        if retried and self.on_finished is not None:
-            self.on_finished()  # the scheduler: a slot is free, and the job is waiting for one
         self.notify()
         if self.on_finished is not None:
-            self.on_finished()
+            self.on_finished()  # the scheduler: a slot is free (and a retried job waits for one)
