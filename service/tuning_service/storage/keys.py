@@ -30,25 +30,16 @@ class KeyTables(Database):
     async def update_key_limits(self, id_or_name: str, limits: dict[str, Any]) -> str | None:
         """Set (a number) or lift (None) some of a key's limits. Returns the key's id, or None unless exactly
         one active key matches."""
-        limits = {k: v for k, v in limits.items() if k in LIMITS}
-        async with self.transaction() as tx:
-            rows = await tx.all(
-                "SELECT id FROM api_keys WHERE (id = ? OR name = ?) AND revoked_at IS NULL",
-                (id_or_name, id_or_name),
-            )
-            if len(rows) != 1:
-                return None
-            if limits:
-                sets = ", ".join(f"{k} = ?" for k in limits)
-                await tx.execute(
-                    f"UPDATE api_keys SET {sets} WHERE id = ?", (*limits.values(), rows[0]["id"])
-                )
-            return str(rows[0]["id"])
+        return await self._set_columns(id_or_name, {k: v for k, v in limits.items() if k in LIMITS})
 
     async def set_key_credentials(self, id_or_name: str, credentials: dict[str, str | None]) -> str | None:
         """Set (a string) or remove (None) a key's trainer credentials (CREDENTIALS: column -> environment
         variable). Returns the key's id, or None unless exactly one active key matches."""
-        credentials = {k: v for k, v in credentials.items() if k in CREDENTIALS}
+        return await self._set_columns(id_or_name, {k: v for k, v in credentials.items() if k in CREDENTIALS})
+
+    async def _set_columns(self, id_or_name: str, values: dict[str, Any]) -> str | None:
+        """Set columns (named by the callers' allow-lists, never by a client) of the one active key with this
+        id or name; its id, or None unless exactly one matches."""
         async with self.transaction() as tx:
             rows = await tx.all(
                 "SELECT id FROM api_keys WHERE (id = ? OR name = ?) AND revoked_at IS NULL",
@@ -56,10 +47,11 @@ class KeyTables(Database):
             )
             if len(rows) != 1:
                 return None
-            if credentials:
-                sets = ", ".join(f"{k} = ?" for k in credentials)
-                params = (*credentials.values(), rows[0]["id"])
-                await tx.execute(f"UPDATE api_keys SET {sets} WHERE id = ?", params)
+            if values:
+                sets = ", ".join(f"{k} = ?" for k in values)
+                await tx.execute(
+                    f"UPDATE api_keys SET {sets} WHERE id = ?", (*values.values(), rows[0]["id"])
+                )
             return str(rows[0]["id"])
 
     async def key_environment(self, key_id: str) -> dict[str, str]:
