@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.trainer.conftest import events, finish, launch, of_type, start, trainer_env
+from tests.trainer.conftest import events, finish, of_type, start, trainer_env
 
 TOTAL = 60
 # The module fixture runs the trainer four times (~1 min on an idle 2-core machine); pytest-timeout counts
@@ -89,23 +89,25 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, train_f
         first = finish(proc, timeout=60)
     interrupted = of_type(events(out), "interrupted")
     assert interrupted, events(out)
-    resumed = launch(
-        *common(tiny_model_dir, train_file, out), "--resume-from", interrupted[0]["checkpoint_path"]
-    )
-    reference_out = base / "reference"
-    reference = launch(*common(tiny_model_dir, train_file, reference_out))
-    # The service's out-of-memory retry (engine/retry.py): the same checkpoint, half the micro-batch, twice
-    # the gradient accumulation.
-    halved_out = base / "halved"
-    halved = launch(
-        *common(tiny_model_dir, train_file, halved_out),
-        "--batch-size",
-        "2",
-        "--gradient-accumulation-steps",
-        "2",
-        "--resume-from",
-        interrupted[0]["checkpoint_path"],
-    )
+    # Three independent runs from here: the resume, the uninterrupted reference and the service's
+    # out-of-memory retry (engine/retry.py: the same checkpoint, half the micro-batch, twice the gradient
+    # accumulation), side by side.
+    checkpoint = interrupted[0]["checkpoint_path"]
+    reference_out, halved_out = base / "reference", base / "halved"
+    procs = [
+        start(*common(tiny_model_dir, train_file, out), "--resume-from", checkpoint),
+        start(*common(tiny_model_dir, train_file, reference_out)),
+        start(
+            *common(tiny_model_dir, train_file, halved_out),
+            "--batch-size",
+            "2",
+            "--gradient-accumulation-steps",
+            "2",
+            "--resume-from",
+            checkpoint,
+        ),
+    ]
+    resumed, reference, halved = (finish(p) for p in procs)
     return {
         "out": out,
         "first": first,

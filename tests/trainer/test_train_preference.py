@@ -17,13 +17,14 @@ data's pattern (data/preference_*.jsonl: the right answer preferred over a wrong
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.trainer.conftest import events, finish, launch, of_type, run_module
+from tests.trainer.conftest import events, finish, of_type, run_module, start
 from tests.trainer.test_distributed import start_two
 
 pytestmark = pytest.mark.timeout(900)
@@ -57,48 +58,73 @@ def job(tiny_model_dir: Path, out: Path, *extra: str, method: str = "dpo", steps
     ]
 
 
+def run_side_by_side(starts: dict[str, Callable[[], Any]], at_once: int = 4) -> dict[str, Any]:
+    """Start independent trainer runs a few at a time and wait for them all (they share nothing but the
+    CPUs; most of a tiny run is its start-up, which overlaps well)."""
+    done: dict[str, Any] = {}
+    names = list(starts)
+    for i in range(0, len(names), at_once):
+        group = {name: starts[name]() for name in names[i : i + at_once]}
+        done |= {name: finish(proc) for name, proc in group.items()}
+    return done
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("preference")
     out: dict[str, Any] = {"base": base}
-    out["learn"] = launch(
-        *job(tiny_model_dir, base / "learn", "--validation-file", str(VALID), steps=LEARN_STEPS),
-        "--warmup-ratio",
-        "0.1",
-        "--lora-r",
-        "16",
-    )
-    # Resume: an uninterrupted run that keeps a checkpoint at step 6, and a run resumed from it. Dropout
-    # makes the result depend on the restored RNG state too.
+    # Resume: an uninterrupted run that keeps a checkpoint at step 6, and (below) a run resumed from it.
+    # Dropout makes the result depend on the restored RNG state too.
     dropout = ("--lora-dropout", "0.1", "--save-steps", "6")
-    out["whole"] = launch(*job(tiny_model_dir, base / "whole", *dropout))
-    out["resumed"] = launch(
-        *job(tiny_model_dir, base / "resumed", *dropout),
-        "--resume-from",
-        str(base / "whole" / "checkpoints" / "checkpoint-6"),
-    )
     # Two processes x 4 pairs and one process x 8 pairs take the same pairs in every step.
     two = job(tiny_model_dir, base / "two", steps=6)
     two[two.index("--batch-size") + 1] = "4"
-    out["two"] = finish(start_two(*two))
-    out["one"] = launch(*job(tiny_model_dir, base / "one", steps=6))
-    # SFT, then DPO from its adapter with each reference: the base (adapter off) or the SFT adapter itself.
+    # SFT, then (below) DPO from its adapter with each reference: the base (adapter off) or the SFT adapter.
     sft = job(tiny_model_dir, base / "sft", method="sft", steps=10)
     sft[sft.index("--training-file") + 1] = str(REPO_ROOT / "data" / "train.jsonl")
     sft[sft.index("--learning-rate") + 1] = "1e-2"
-    out["sft"] = launch(*sft)
-    for reference in ("base", "initial"):
-        out[f"from_sft_{reference}"] = launch(
-            *job(tiny_model_dir, base / f"from_sft_{reference}", "--lora-dropout", "0.1", steps=2),
-            "--init-adapter",
-            str(base / "sft" / "adapter"),
-            "--hp",
-            f"dpo_reference={reference}",
-        )
-    for method in ("orpo", "simpo"):
-        out[method] = launch(
-            *job(tiny_model_dir, base / method, method=method, steps=4), "--hp", "dpo_beta=auto"
-        )
+    first: dict[str, Callable[[], Any]] = {
+        "learn": lambda: start(
+            *job(tiny_model_dir, base / "learn", "--validation-file", str(VALID), steps=LEARN_STEPS),
+            "--warmup-ratio",
+            "0.1",
+            "--lora-r",
+            "16",
+        ),
+        "whole": lambda: start(*job(tiny_model_dir, base / "whole", *dropout)),
+        "sft": lambda: start(*sft),
+        "two": lambda: start_two(*two),
+        "one": lambda: start(*job(tiny_model_dir, base / "one", steps=6)),
+        **{
+            method: (
+                lambda method=method: start(
+                    *job(tiny_model_dir, base / method, method=method, steps=4), "--hp", "dpo_beta=auto"
+                )
+            )
+            for method in ("orpo", "simpo")
+        },
+    }
+    out |= run_side_by_side(first)
+    then: dict[str, Callable[[], Any]] = {
+        "resumed": lambda: start(
+            *job(tiny_model_dir, base / "resumed", *dropout),
+            "--resume-from",
+            str(base / "whole" / "checkpoints" / "checkpoint-6"),
+        ),
+        **{
+            f"from_sft_{reference}": (
+                lambda reference=reference: start(
+                    *job(tiny_model_dir, base / f"from_sft_{reference}", "--lora-dropout", "0.1", steps=2),
+                    "--init-adapter",
+                    str(base / "sft" / "adapter"),
+                    "--hp",
+                    f"dpo_reference={reference}",
+                )
+            )
+            for reference in ("base", "initial")
+        },
+    }
+    out |= run_side_by_side(then)
     return out
 
 
