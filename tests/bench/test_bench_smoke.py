@@ -4,8 +4,8 @@ docs and `scripts/bench/summary.py` read. No timing is asserted: figures are for
 The trainer benchmark trains for real (our trainer and both HF baselines, a few steps of a tiny random Llama),
 and so does one combination of the GPU script's CPU self-check (`gpu_qlora.sh --tiny`: QLoRA, no packing);
 the GPU script's full grid is checked as a dry run. The inference benchmark trains two tiny fine-tunes through
-a real service and starts its inference worker; it runs on its own (`inference_results`), so that `-k
-inference` runs nothing else."""
+a real service and starts its inference worker: test_bench_inference.py, a module of its own, so that the
+two run on different test workers."""
 
 from __future__ import annotations
 
@@ -99,32 +99,13 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     return {**loaded, "gpu_qlora": json.loads((out / "gpu.json").read_text())}
 
 
-@pytest.fixture(scope="module")
-def inference_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """scripts/bench/inference.py --quick (tiny model, 2 rounds: about a minute, more on a busy machine)."""
-    out = tmp_path_factory.mktemp("bench-inference")
-    run = subprocess.run(
-        [sys.executable, str(BENCH / "inference.py"), "--quick", "--json", str(out / "inference.json")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert run.returncode == 0, f"inference exited {run.returncode}:\n{(run.stdout + run.stderr)[-3000:]}"
-    assert "PASS" in run.stdout or "MISS" in run.stdout, run.stdout
-    summary = subprocess.run(
-        [sys.executable, str(BENCH / "summary.py"), str(out)], capture_output=True, text=True, check=True
-    )
-    assert all(i in summary.stdout for i in EXPECTED_IDS["inference"]), summary.stdout
-    return dict(json.loads((out / "inference.json").read_text()))
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_json_shape(results: dict[str, dict], name: str) -> None:
+    check_shape(results[name], name)
 
 
-@pytest.mark.parametrize("name", [*sorted(SCRIPTS), "inference"])
-def test_json_shape(request: pytest.FixtureRequest, name: str) -> None:
-    if name == "inference":
-        data = request.getfixturevalue("inference_results")
-    else:
-        data = request.getfixturevalue("results")[name]
+def check_shape(data: dict, name: str) -> None:
+    """What every benchmark's JSON holds (scripts/bench/_common.py)."""
     assert data["bench"] == name and data["quick"] is True
     assert data["machine"]["cpus"] >= 1 and len(data["machine"]["loadavg_1_5_15"]) == 3
     assert [r["id"] for r in data["results"]] == EXPECTED_IDS[name]
@@ -168,31 +149,6 @@ def test_trainer_same_batches_both_sides(results: dict[str, dict]) -> None:
         assert run["time_to_first_step_s"] >= run["setup_s"] > 0
     assert data["runs"]["hf_flat"][0]["padding_efficiency"] == 1.0  # flattening pads nothing
     assert data["ratios"]["hf"]["per_round"]["tokens_per_second"]  # every round's ratio, not only a median
-
-
-def test_inference_measured_every_side(inference_results: dict) -> None:
-    """The inference benchmark: interleaved rounds on both sides for each figure, the same greedy text, every
-    decode run as long as asked (no early EOS), the worker's own switch and load figures."""
-    d = inference_results["details"]
-    rounds = d["config"]["rounds"]
-    assert d["config"]["shape"] == "tiny" and rounds == 2 and len(d["config"]["fine_tunes"]) == 2
-    for key in ("ttft_base_s", "ttft_fine_tune_s"):
-        for side in ("api", "worker", "direct", "forward"):
-            values = d[key][side]
-            assert len(values) == rounds and all(v > 0 for v in values), (key, side)
-    cpu = d["ttft_base_s"]["cpu_ms_per_request"]
-    assert cpu["direct"]["bench"] > 0 and cpu["api"]["service"] >= 0 and cpu["api"]["worker"] >= 0
-    assert all(d["same_greedy_text"])  # the same model and prompt ids: the same tokens on both sides
-    for side in ("api", "direct"):
-        assert [r["tokens"] for r in d["decode"][side]] == [d["config"]["max_tokens"]] * rounds, side
-        assert all(r["tokens_per_s"] > 0 for r in d["decode"][side])
-    assert len(d["ratios_per_round"]["ttft_base"]) == rounds and len(d["ratios_per_round"]["cold"]) == 1
-    sw = d["switch"]
-    assert sw["worker"]["alt"]["switches"] > sw["worker"]["rep"]["switches"]
-    assert len(sw["direct_set_adapter_s"]) > 0 and d["adapter_loads"]["count"] == 2
-    assert d["cold"]["api"][0] > d["cold"]["load_seconds"][0] > 0
-    assert d["cold"]["direct"][0]["first_token_s"] > d["cold"]["direct"][0]["load_s"] > 0
-    assert d["worker_stats"]["model_loads"] >= 1 and d["worker_stats"]["failed"] == 0
 
 
 def test_gpu_script_self_check(results: dict[str, dict]) -> None:
