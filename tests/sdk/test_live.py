@@ -336,36 +336,6 @@ def test_cli_create_wait_logs(live_service: ServiceProcess) -> None:
     assert missing.returncode == 5 and "job_not_found" in missing.stderr
 
 
-def test_basic_usage_example(live_service: ServiceProcess) -> None:
-    out = subprocess.run(
-        # One epoch instead of three: the same code path, a third of the training time.
-        [sys.executable, str(REPO / "examples" / "basic_usage.py"), "--epochs", "1"],
-        capture_output=True,
-        text=True,
-        timeout=SLOW,
-        env=_env(live_service),
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    for step in range(1, 8):
-        assert f"Step {step}:" in out.stdout
-    assert "training succeeded" in out.stdout and "progress 100.0%" in out.stdout
-
-
-def test_advanced_usage_example_all(live_service: ServiceProcess) -> None:
-    t0 = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "advanced_usage.py"), "--all"],
-        capture_output=True,
-        text=True,
-        timeout=SLOW,
-        env=_env(live_service),
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "6/6 scenarios behaved as expected" in out.stdout
-    assert "NOT AS EXPECTED" not in out.stdout
-    print(f"advanced_usage --all took {time.monotonic() - t0:.0f}s")
-
-
 def test_rate_limit_is_retried_after_retry_after(light_service_env) -> None:
     # A real 429 from the service's token bucket: the SDK waits Retry-After and succeeds; without retries
     # the error surfaces as RateLimitError.
