@@ -7,11 +7,11 @@ import json
 import secrets
 from typing import Any, NamedTuple
 
-from ..states import ACTIVE, NON_TERMINAL, JobStatus
+from ..states import NON_TERMINAL, JobStatus
 from .db import Database
+from .usage import ACTIVE_SQL as _ACTIVE_SQL
 from .usage import QUEUE_ORDER, check_quota
 
-_ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in ACTIVE)
 _NON_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in NON_TERMINAL)
 # What a listed job needs (manager.public_job). Not `SELECT *`: decoding the trainer config, the terminal
 # record and the request's copy of the hyperparameters of 100 rows (in Python), only to drop them, was about

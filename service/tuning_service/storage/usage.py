@@ -13,7 +13,8 @@ from typing import Any
 from ..states import ACTIVE
 from .db import Database, Tx
 
-_ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in ACTIVE)
+# The statuses that hold a slot, as an SQL list (jobs.py uses it too).
+ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in ACTIVE)
 LIMITS = ("max_running_jobs", "max_queued_jobs", "max_gpu_hours")
 
 # GPU seconds of the runs that overlap [:since, :now], per owner.
@@ -73,7 +74,7 @@ class UsageTables(Database):
     async def key_usage(self, owner: str, *, now: float, since: float) -> dict[str, Any]:
         """A key's jobs holding a slot and waiting, its GPU seconds since `since`, and its limits."""
         row = await self.one(
-            f"SELECT SUM(status IN ({_ACTIVE_SQL})) AS running, SUM(status = 'queued') AS queued"
+            f"SELECT SUM(status IN ({ACTIVE_SQL})) AS running, SUM(status = 'queued') AS queued"
             " FROM jobs WHERE owner = ?",
             (owner,),
         )
@@ -91,7 +92,7 @@ class UsageTables(Database):
         cur = self.reader.execute(
             "SELECT k.id, k.name, k.max_running_jobs, k.max_queued_jobs, k.max_gpu_hours,"
             " COALESCE(u.s, 0) AS gpu_seconds,"
-            f" (SELECT COUNT(*) FROM jobs WHERE owner = k.id AND status IN ({_ACTIVE_SQL})) AS running,"
+            f" (SELECT COUNT(*) FROM jobs WHERE owner = k.id AND status IN ({ACTIVE_SQL})) AS running,"
             " (SELECT COUNT(*) FROM jobs WHERE owner = k.id AND status = 'queued') AS queued"
             f" FROM api_keys k LEFT JOIN ({_GPU_SECONDS}) u ON u.owner = k.id"
             " WHERE k.revoked_at IS NULL ORDER BY k.created_at, k.id",
